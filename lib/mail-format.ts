@@ -1,0 +1,163 @@
+// Pure functions for the mail the user types and the mail the client lists and shows.
+
+export type ComposedMail =
+  | { ok: true; from: string; to: string; subject: string; body: string[] }
+  | { ok: false; reason: string };
+
+export const MAX_SUBJECT_LENGTH = 50;
+
+/** X@Y with non-empty X and Y; no spaces, no second "@", nothing that could break `MAIL FROM:<...>`. */
+export function isAddress(text: string): boolean {
+  return /^[^\s@<>()\[\],;:"\\\x00-\x1f\x7f]+@[^\s@<>()\[\],;:"\\\x00-\x1f\x7f]+$/.test(text);
+}
+
+function field(line: string | undefined, name: string): string | null {
+  if (line === undefined) return null;
+  // "Wherever a space character is shown, one or more spaces can be there."
+  const m = new RegExp(`^${name}:(?:[ \\t]+(.*))?$`, "i").exec(line);
+  return m ? (m[1] ?? "").replace(/[ \t]+$/, "") : null;
+}
+
+/**
+ * Check the mail as typed (the lines before the final "." line): From, To, Subject in that order,
+ * addresses of the form X@Y, a subject of at most 50 characters, then any number of body lines.
+ */
+export function parseComposedMail(lines: string[]): ComposedMail {
+  const from = field(lines[0], "From");
+  if (from === null) return { ok: false, reason: "the first line must be From: <user>@<domain>" };
+  if (!isAddress(from)) return { ok: false, reason: "From must be of the form X@Y" };
+  const to = field(lines[1], "To");
+  if (to === null) return { ok: false, reason: "the second line must be To: <user>@<domain>" };
+  if (!isAddress(to)) return { ok: false, reason: "To must be of the form X@Y" };
+  const subject = field(lines[2], "Subject");
+  if (subject === null) return { ok: false, reason: "the third line must be Subject: <subject>" };
+  if ([...subject].length > MAX_SUBJECT_LENGTH) {
+    return { ok: false, reason: `the subject must be at most ${MAX_SUBJECT_LENGTH} characters` };
+  }
+  return { ok: true, from, to, subject, body: lines.slice(3) };
+}
+
+/** The text handed to SMTP DATA: the lines as typed, each ended by CRLF. */
+export function composeMessage(lines: string[]): string {
+  return lines.map((l) => l + "\r\n").join("");
+}
+
+export interface MailHeaders {
+  from: string;
+  to: string;
+  subject: string;
+  date: string;
+  /** The assignment's "Received: <date> : <hour> : <minute>" value, if present. */
+  received: string;
+}
+
+/**
+ * The first From, To, Subject, Date and assignment-style Received of a retrieved message.
+ * The assignment's format has no blank line after the headers, so the header block ends at a
+ * blank line or at the first line that is not a header (or a folded continuation).
+ */
+export function parseHeaders(message: string): MailHeaders {
+  const found = new Map<string, string>();
+  const received: string[] = [];
+  let current: { name: string; value: string } | null = null;
+  const commit = () => {
+    if (!current) return;
+    const value = current.value.trim();
+    if (current.name === "received") received.push(value);
+    else if (!found.has(current.name)) found.set(current.name, value);
+    current = null;
+  };
+  for (const line of message.split(/\r?\n/)) {
+    if (line === "") break;
+    if (/^[ \t]/.test(line) && current) {
+      (current as { value: string }).value += " " + line.trim();
+      continue;
+    }
+    const m = /^([!-9;-~]+):(.*)$/.exec(line);
+    if (!m) break;
+    commit();
+    current = { name: m[1]!.toLowerCase(), value: m[2]! };
+  }
+  commit();
+  return {
+    from: found.get("from") ?? "",
+    to: found.get("to") ?? "",
+    subject: found.get("subject") ?? "",
+    date: found.get("date") ?? "",
+    received: received.find((r) => assignmentReceived(r) !== null) ?? "",
+  };
+}
+
+const pad2 = (n: number | string) => String(n).padStart(2, "0");
+
+/** "2026-12-01 : 04 : 27" (or another date word) -> normalised "date : HH : MM", else null. */
+function assignmentReceived(value: string): string | null {
+  const m = /^([^\s:;]+)\s*:\s*(\d{1,2})\s*:\s*(\d{1,2})$/.exec(value.trim());
+  return m ? `${m[1]} : ${pad2(m[2]!)} : ${pad2(m[3]!)}` : null;
+}
+
+const MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+
+/** An RFC 5322 date as "YYYY-MM-DD : HH : MM", in the time zone it was written in. */
+export function formatDateHeader(value: string): string {
+  const m = /(\d{1,2})\s+([A-Za-z]{3})[a-z]*\s+(\d{2,4})\s+(\d{1,2}):(\d{2})/.exec(value);
+  if (m) {
+    const month = MONTHS.indexOf(m[2]!.toLowerCase());
+    if (month >= 0) {
+      let year = Number(m[3]);
+      if (m[3]!.length <= 2) year += year < 50 ? 2000 : 1900; // RFC 5322 4.3 obsolete years
+      return `${year}-${pad2(month + 1)}-${pad2(m[1]!)} : ${pad2(m[4]!)} : ${m[5]}`;
+    }
+  }
+  const t = Date.parse(value);
+  if (Number.isNaN(t)) return "";
+  const d = new Date(t);
+  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} : ${pad2(d.getHours())} : ${pad2(d.getMinutes())}`;
+}
+
+/** The address in a From header value: "Al <al@x>" -> "al@x"; a bare address is returned as is. */
+export function senderAddress(from: string): string {
+  const m = /<([^<>]*)>/.exec(from);
+  return m ? m[1]!.trim() : from.trim();
+}
+
+/** When the mail was received, for the list: our Received line, else the Date header, else "". */
+export function receivedWhen(headers: MailHeaders): string {
+  return (headers.received && assignmentReceived(headers.received)) || (headers.date && formatDateHeader(headers.date)) || "";
+}
+
+/** Control characters in mail must not drive the user's terminal (escape sequences). */
+export function sanitizeForTerminal(text: string): string {
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => {
+    const code = c.charCodeAt(0);
+    if (c === "\r") return "";
+    return code < 0x80 ? `^${String.fromCharCode(code ^ 0x40)}` : "?";
+  });
+}
+
+export interface ListRow {
+  no: number;
+  from: string;
+  when: string;
+  subject: string;
+}
+
+function fit(text: string, width: number): string {
+  const chars = [...sanitizeForTerminal(text)];
+  return chars.length > width ? chars.slice(0, width - 3).join("") + "..." : chars.join("");
+}
+
+/** The mail list: a heading, then one aligned line per mail. */
+export function formatMailList(rows: ListRow[]): string[] {
+  const table = [["Sl. No.", "Sender", "Received", "Subject"]].concat(
+    rows.map((r) => [String(r.no), fit(r.from, 40), fit(r.when, 24), fit(r.subject, 60)]),
+  );
+  const len = (s: string) => [...s].length;
+  const widths = [0, 1, 2].map((c) => Math.max(...table.map((row) => len(row[c]!))));
+  const pad = (cell: string, c: number) => {
+    if (c === 3) return cell;
+    const spaces = " ".repeat(widths[c]! - len(cell));
+    return c === 0 ? spaces + cell : cell + spaces;
+  };
+  return table.map((row) => row.map(pad).join("  ").trimEnd());
+}

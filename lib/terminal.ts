@@ -1,0 +1,156 @@
+// The one owner of stdin. It reads raw chunks and splits lines itself, so that prompts and reads
+// stay in step whether a person types at a terminal or a script pipes everything in at once
+// (Bun's prompt() and `for await (line of console)` lose buffered lines on pipes).
+
+const stdin = process.stdin;
+const isTTY = Boolean(stdin.isTTY);
+const decoder = new TextDecoder("utf-8");
+
+let buffer = ""; // received text; everything before `pos` is consumed
+let pos = 0;
+let ended = false;
+let listening = false;
+let wake: (() => void) | null = null;
+
+function onData(chunk: Buffer | string): void {
+  // Dropping the consumed prefix only here keeps reading a big piped input linear.
+  buffer = buffer.slice(pos) + (typeof chunk === "string" ? chunk : decoder.decode(chunk, { stream: true }));
+  pos = 0;
+  notify();
+}
+
+function onEnd(): void {
+  buffer += decoder.decode();
+  ended = true;
+  notify();
+}
+
+function notify(): void {
+  const w = wake;
+  wake = null;
+  w?.();
+}
+
+/** Wait until more input (or EOF) arrives. Stdin is paused in between so the process can exit. */
+function more(): Promise<void> {
+  if (!listening) {
+    listening = true;
+    stdin.on("data", onData);
+    stdin.on("end", onEnd);
+  }
+  stdin.resume();
+  return new Promise<void>((resolve) => {
+    wake = () => {
+      stdin.pause();
+      resolve();
+    };
+  });
+}
+
+function write(text: string): void {
+  process.stdout.write(text);
+}
+
+/** Print the prompt and read one line (without its line end); null at end of input. */
+export async function readLine(prompt = ""): Promise<string | null> {
+  write(prompt);
+  for (;;) {
+    const nl = buffer.indexOf("\n", pos);
+    if (nl >= 0) {
+      const line = buffer.slice(pos, nl);
+      pos = nl + 1;
+      return line.endsWith("\r") ? line.slice(0, -1) : line;
+    }
+    if (ended) {
+      if (pos >= buffer.length) return null;
+      const line = buffer.slice(pos); // a last line without a newline still counts
+      pos = buffer.length;
+      return line;
+    }
+    await more();
+  }
+}
+
+/** Run `body` with the TTY in raw mode, restoring cooked mode however it ends. */
+async function withRawMode<T>(body: () => Promise<T>): Promise<T> {
+  stdin.setRawMode(true);
+  try {
+    return await body();
+  } finally {
+    stdin.setRawMode(false);
+  }
+}
+
+async function nextChar(): Promise<string | null> {
+  for (;;) {
+    if (pos < buffer.length) {
+      const ch = String.fromCodePoint(buffer.codePointAt(pos)!);
+      pos += ch.length;
+      return ch;
+    }
+    if (ended) return null;
+    await more();
+  }
+}
+
+function interrupted(): never {
+  stdin.setRawMode(false);
+  write("^C\n");
+  process.exit(130);
+}
+
+/** Read a password: no echo at a terminal (backspace and Ctrl-C work), a plain line on a pipe. */
+export async function readPassword(prompt = ""): Promise<string | null> {
+  if (!isTTY) return readLine(prompt);
+  write(prompt);
+  return withRawMode(async () => {
+    let password = "";
+    for (;;) {
+      const ch = await nextChar();
+      if (ch === null) return password === "" ? null : password;
+      if (ch === "\r" || ch === "\n") break;
+      if (ch === "\x03") interrupted();
+      if (ch === "\x04") {
+        if (password === "") {
+          write("\n");
+          return null;
+        }
+        continue;
+      }
+      if (ch === "\x7f" || ch === "\b") password = [...password].slice(0, -1).join("");
+      else if (ch === "\x15") password = ""; // Ctrl-U, as in a cooked terminal
+      else if (ch >= " ") password += ch;
+    }
+    write("\n");
+    return password;
+  });
+}
+
+/**
+ * Read one key, like getchar(): at a terminal a single key press (Enter gives "\n"); on a pipe
+ * the next line's first character ("\n" for an empty line). null at end of input.
+ */
+export async function readKey(prompt = ""): Promise<string | null> {
+  if (!isTTY) {
+    const line = await readLine(prompt);
+    if (line === null) return null;
+    return line === "" ? "\n" : String.fromCodePoint(line.codePointAt(0)!);
+  }
+  write(prompt);
+  return withRawMode(async () => {
+    const ch = await nextChar();
+    if (ch === "\x03") interrupted();
+    if (ch === null || ch === "\x04") {
+      write("\n");
+      return null;
+    }
+    // An escape sequence (arrow keys...) arrives in one chunk: swallow its tail.
+    if (ch === "\x1b") pos += /^(?:\[[0-9;]*[A-Za-z~]|O[A-Za-z])?/.exec(buffer.slice(pos))![0].length;
+    const key = ch === "\r" ? "\n" : ch;
+    write(key === "\n" || key < " " ? "\n" : key + "\n");
+    return key;
+  });
+}
+
+/** Whether the user is at a terminal (for hints only; behaviour is the same otherwise). */
+export const interactive = isTTY;

@@ -1,0 +1,283 @@
+// mailclient: the Home machine's interactive client (assignment option 1 Manage Mail, 2 Send Mail,
+// 3 Quit), sending through smtpmail with SMTP and reading through popserver with POP3.
+
+import { hostname } from "node:os";
+import pkg from "./package.json" with { type: "json" };
+import { Pop3Client, Pop3Error } from "./lib/pop3-client.ts";
+import { formatReply, sendMail } from "./lib/smtp-client.ts";
+import {
+  composeMessage,
+  formatMailList,
+  parseComposedMail,
+  parseHeaders,
+  receivedWhen,
+  sanitizeForTerminal,
+  senderAddress,
+} from "./lib/mail-format.ts";
+import { readKey, readLine, readPassword } from "./lib/terminal.ts";
+
+const DEFAULT_SMTP_PORT = 2525;
+const DEFAULT_POP3_PORT = 1100;
+const USAGE = "usage: mailclient <server_IP> [smtp_port] [pop3_port]";
+const HELP = `${USAGE}
+
+Interactive mail client: sends mail through the SMTP server (smtpmail, default port
+${DEFAULT_SMTP_PORT}) and reads and deletes mail through the POP3 server (popserver, default
+port ${DEFAULT_POP3_PORT}) running on <server_IP> (an IP address or a host name).
+
+Options:
+  -h, --help     show this help
+  -V, --version  show the version`;
+
+interface Config {
+  host: string;
+  smtpPort: number;
+  pop3Port: number;
+  timeoutMs: number;
+}
+
+interface Session extends Config {
+  user: string;
+  password: string;
+}
+
+/** End of input at any prompt: unwinds to main, which exits cleanly. */
+class EndOfInput extends Error {}
+
+async function ask(read: Promise<string | null>): Promise<string> {
+  const answer = await read;
+  if (answer === null) throw new EndOfInput();
+  return answer;
+}
+
+function say(text = ""): void {
+  process.stdout.write(text + "\n");
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function parsePort(text: string): number | null {
+  if (!/^\d{1,5}$/.test(text)) return null;
+  const port = Number(text);
+  return port >= 1 && port <= 65535 ? port : null;
+}
+
+type Parsed = { config: Config } | { exit: number; out?: string; err?: string };
+
+export function parseArgs(args: string[]): Parsed {
+  if (args.includes("-h") || args.includes("--help")) return { exit: 0, out: HELP };
+  if (args.includes("-V") || args.includes("--version")) return { exit: 0, out: `mailclient ${pkg.version}` };
+  const bad = (why: string): Parsed => ({ exit: 2, err: `mailclient: ${why}\n${USAGE}` });
+  const option = args.find((a) => a.startsWith("-"));
+  if (option !== undefined) return bad(`unknown option ${option}`);
+  if (args.length < 1) return bad("missing server_IP");
+  if (args.length > 3) return bad("too many arguments");
+  const [host, smtp, pop3] = args as [string, string?, string?];
+  if (host === "" || /\s/.test(host)) return bad(`bad server address ${JSON.stringify(host)}`);
+  const smtpPort = smtp === undefined ? DEFAULT_SMTP_PORT : parsePort(smtp);
+  if (smtpPort === null) return bad(`bad smtp_port ${JSON.stringify(smtp)}`);
+  const pop3Port = pop3 === undefined ? DEFAULT_POP3_PORT : parsePort(pop3);
+  if (pop3Port === null) return bad(`bad pop3_port ${JSON.stringify(pop3)}`);
+  const timeoutMs = Number(process.env.MAILCLIENT_TIMEOUT_MS) || 30_000;
+  return { config: { host, smtpPort, pop3Port, timeoutMs } };
+}
+
+async function openPop3(s: Session): Promise<Pop3Client> {
+  const pop = await Pop3Client.connect(s.host, s.pop3Port, { timeoutMs: s.timeoutMs });
+  try {
+    await pop.login(s.user, s.password);
+    return pop;
+  } catch (err) {
+    await pop.quit().catch(() => {});
+    throw err;
+  }
+}
+
+async function login(config: Config): Promise<Session> {
+  for (;;) {
+    const user = (await ask(readLine("Username: "))).trim();
+    if (user === "" || /\s/.test(user)) {
+      say("The username is one word; please try again.");
+      continue;
+    }
+    const password = await ask(readPassword("Password: "));
+    const session = { ...config, user, password };
+    try {
+      const pop = await openPop3(session);
+      await pop.quit().catch(() => {});
+      say(`Logged in as ${user}.`);
+      return session;
+    } catch (err) {
+      if (err instanceof Pop3Error) {
+        say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}). Please try again.`);
+        continue;
+      }
+      say(`Cannot check the password: POP3 server unreachable (${errorText(err)}); continuing.`);
+      return session;
+    }
+  }
+}
+
+async function sendMailOption(s: Session): Promise<void> {
+  say('Enter the mail: From:, To:, Subject: lines, then the body; end with a line holding only ".".');
+  const lines: string[] = [];
+  for (;;) {
+    const line = await ask(readLine());
+    if (line === ".") break;
+    lines.push(line);
+  }
+  const mail = parseComposedMail(lines);
+  if (!mail.ok) {
+    say("Incorrect format");
+    return;
+  }
+  try {
+    const result = await sendMail({
+      host: s.host,
+      port: s.smtpPort,
+      timeoutMs: s.timeoutMs,
+      helo: hostname() || "localhost",
+      from: mail.from,
+      to: [mail.to],
+      message: composeMessage(lines),
+    });
+    say(result.ok ? "Mail sent successfully" : `Error in sending mail: ${formatReply(result.reply)}`);
+  } catch (err) {
+    say(`Error in sending mail: ${errorText(err)}`);
+  }
+}
+
+interface Entry {
+  /** The message number on the server; the displayed number is the position in the list. */
+  msgNo: number;
+  from: string;
+  when: string;
+  subject: string;
+}
+
+async function loadList(pop: Pop3Client): Promise<Entry[]> {
+  let hasTop = false;
+  try {
+    hasTop = (await pop.capa()).some((c) => c.trim().toUpperCase() === "TOP");
+  } catch (err) {
+    if (!(err instanceof Pop3Error)) throw err; // no CAPA: an RFC 1939-only server, use RETR
+  }
+  const entries: Entry[] = [];
+  for (const { n } of await pop.list()) {
+    const head = hasTop ? await pop.top(n, 0).catch(() => pop.retr(n)) : await pop.retr(n);
+    const h = parseHeaders(head);
+    entries.push({ msgNo: n, from: senderAddress(h.from), when: receivedWhen(h), subject: h.subject });
+  }
+  return entries;
+}
+
+function showList(entries: Entry[]): void {
+  say();
+  if (entries.length === 0) {
+    say("No mails.");
+    return;
+  }
+  const rows = entries.map((e, i) => ({ no: i + 1, from: e.from, when: e.when, subject: e.subject }));
+  for (const line of formatMailList(rows)) say(line);
+}
+
+/** Ask until the answer is -1 or a listed number; returns the index into entries, or -1. */
+async function askMailNumber(count: number): Promise<number> {
+  for (;;) {
+    const answer = (await ask(readLine("Enter mail no. to see: "))).trim();
+    if (!/^[-+]?\d+$/.test(answer)) {
+      say("Please give a mail number, or -1 to go back.");
+      continue;
+    }
+    const n = Number(answer);
+    if (n === -1) return -1;
+    if (n >= 1 && n <= count) return n - 1;
+    say("Mail no. out of range, give again");
+  }
+}
+
+async function manageMail(s: Session): Promise<void> {
+  let pop: Pop3Client;
+  try {
+    pop = await openPop3(s);
+  } catch (err) {
+    say(err instanceof Pop3Error ? `Cannot open the mailbox: ${err.text}` : `Cannot reach the POP3 server: ${errorText(err)}`);
+    return;
+  }
+  // One POP3 session for the whole visit, so message numbers stay valid and deletions
+  // (DELE marks) are committed together by QUIT on the way out, including at end of input.
+  let deleted = 0;
+  try {
+    const entries = await loadList(pop);
+    for (;;) {
+      showList(entries);
+      const i = await askMailNumber(entries.length);
+      if (i < 0) break;
+      const entry = entries[i]!;
+      const message = await pop.retr(entry.msgNo);
+      say();
+      process.stdout.write(sanitizeForTerminal(message.replace(/\r\n/g, "\n")));
+      say();
+      const key = await ask(readKey("Press d to delete this mail, any other key to return to the list: "));
+      if (key === "d") {
+        await pop.dele(entry.msgNo);
+        entries.splice(i, 1);
+        deleted++;
+        say(`Mail ${i + 1} deleted.`);
+      }
+    }
+  } catch (err) {
+    if (err instanceof EndOfInput) {
+      await commit(pop, deleted);
+      throw err;
+    }
+    pop.close();
+    say(`Manage Mail stopped: ${errorText(err)}${deleted > 0 ? " (deletions not committed)" : ""}`);
+    return;
+  }
+  await commit(pop, deleted);
+}
+
+async function commit(pop: Pop3Client, deleted: number): Promise<void> {
+  try {
+    await pop.quit();
+  } catch (err) {
+    if (deleted > 0) say(`Deleting mail may have failed: ${errorText(err)}`);
+  }
+}
+
+async function run(config: Config): Promise<void> {
+  const session = await login(config);
+  for (;;) {
+    say();
+    say("1. Manage Mail");
+    say("2. Send Mail");
+    say("3. Quit");
+    const choice = (await ask(readLine("Enter option: "))).trim();
+    if (choice === "1") await manageMail(session);
+    else if (choice === "2") await sendMailOption(session);
+    else if (choice === "3") return;
+    else say("Please enter 1, 2 or 3.");
+  }
+}
+
+async function main(): Promise<number> {
+  const parsed = parseArgs(process.argv.slice(2));
+  if (!("config" in parsed)) {
+    if (parsed.out) say(parsed.out);
+    if (parsed.err) process.stderr.write(parsed.err + "\n");
+    return parsed.exit;
+  }
+  try {
+    await run(parsed.config);
+  } catch (err) {
+    if (!(err instanceof EndOfInput)) throw err;
+    say();
+  }
+  say("Bye.");
+  return 0;
+}
+
+if (import.meta.main) process.exitCode = await main();
