@@ -1,0 +1,129 @@
+// Turns TCP chunks into protocol units. Chunks do not align with lines: one chunk may
+// hold many pipelined commands, half a command, or the end of DATA followed by the next
+// command. The reader is pull-based so the session decides, line by line, whether the
+// bytes that follow are commands or message text.
+
+export type LineEvent = { kind: "line"; text: string } | { kind: "too-long" };
+
+/** The message text of DATA, in wire form (dot-stuffed, CRLF line ends), without the final ".". */
+export interface MessageEvent {
+  kind: "message";
+  bytes: Buffer;
+  /** True when the text went over the size limit; its bytes were discarded as they came. */
+  tooBig: boolean;
+}
+
+const END_OF_DATA = Buffer.from("\r\n.\r\n");
+const LF = 0x0a;
+const CR = 0x0d;
+
+export class LineReader {
+  private pending: Buffer = Buffer.alloc(0);
+  private discardingLongLine = false;
+  // DATA state: chunks kept so far and the last bytes seen, so "\r\n.\r\n" split across
+  // chunks is still found. The CRLF that ended the DATA command counts as the start.
+  private dataChunks: Buffer[] = [];
+  private dataSize = 0;
+  private dataTail: Buffer = Buffer.from("\r\n");
+  private dataTooBig = false;
+  // Over this, DATA bytes are counted and dropped instead of kept.
+  private maxDataSize = Infinity;
+
+  push(chunk: Uint8Array): void {
+    // Copy: the runtime may reuse the chunk's memory once the data handler returns.
+    this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : Buffer.from(chunk);
+  }
+
+  get buffered(): number {
+    return this.pending.length;
+  }
+
+  /** Next command line (CRLF or bare LF terminated, terminator removed), or null if incomplete. */
+  nextLine(maxLength: number): LineEvent | null {
+    for (;;) {
+      const nl = this.pending.indexOf(LF);
+      if (this.discardingLongLine) {
+        if (nl < 0) {
+          this.pending = Buffer.alloc(0);
+          return null;
+        }
+        this.pending = this.pending.subarray(nl + 1);
+        this.discardingLongLine = false;
+        continue;
+      }
+      if (nl < 0) {
+        if (this.pending.length > maxLength) {
+          this.pending = Buffer.alloc(0);
+          this.discardingLongLine = true;
+          return { kind: "too-long" };
+        }
+        return null;
+      }
+      const end = nl > 0 && this.pending[nl - 1] === CR ? nl - 1 : nl;
+      if (nl + 1 > maxLength) {
+        this.pending = this.pending.subarray(nl + 1);
+        return { kind: "too-long" };
+      }
+      const text = this.pending.toString("utf8", 0, end);
+      this.pending = this.pending.subarray(nl + 1);
+      return { kind: "line", text };
+    }
+  }
+
+  /**
+   * Message text after DATA, up to CRLF "." CRLF only: a bare LF before or after the dot
+   * never ends it (SMTP smuggling). Bytes after the end stay for nextLine().
+   */
+  nextMessage(maxSize: number): MessageEvent | null {
+    this.maxDataSize = maxSize;
+    const p = this.pending;
+    if (p.length === 0) return null;
+    let contentEnd = -1; // in p; may be negative: the end lies inside kept chunks
+    let after = -1;
+    const head = Buffer.concat([this.dataTail, p.subarray(0, 4)]);
+    const h = head.indexOf(END_OF_DATA);
+    if (h >= 0 && h < this.dataTail.length) {
+      contentEnd = h + 2 - this.dataTail.length;
+      after = h + 5 - this.dataTail.length;
+    } else {
+      const i = p.indexOf(END_OF_DATA);
+      if (i >= 0) {
+        contentEnd = i + 2;
+        after = i + 5;
+      }
+    }
+    if (after < 0) {
+      this.keepData(p);
+      this.dataTail = Buffer.from(Buffer.concat([this.dataTail, p.subarray(Math.max(0, p.length - 4))]).subarray(-4));
+      this.pending = Buffer.alloc(0);
+      return null;
+    }
+    let bytes: Buffer;
+    if (contentEnd >= 0) {
+      this.keepData(p.subarray(0, contentEnd));
+      bytes = this.dataTooBig ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
+    } else {
+      const all = this.dataTooBig ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
+      bytes = all.subarray(0, Math.max(0, all.length + contentEnd));
+      this.dataSize += contentEnd;
+    }
+    const tooBig = this.dataTooBig || this.dataSize > maxSize;
+    this.pending = p.subarray(after);
+    this.dataChunks = [];
+    this.dataSize = 0;
+    this.dataTail = Buffer.from("\r\n");
+    this.dataTooBig = false;
+    return { kind: "message", bytes: tooBig ? Buffer.alloc(0) : bytes, tooBig };
+  }
+
+  private keepData(part: Buffer): void {
+    this.dataSize += part.length;
+    if (this.dataTooBig) return;
+    if (this.dataSize > this.maxDataSize) {
+      this.dataTooBig = true;
+      this.dataChunks = [];
+      return;
+    }
+    this.dataChunks.push(part);
+  }
+}

@@ -1,0 +1,90 @@
+// Every SMTP reply and POP3 response the servers send is built here, so the wording
+// (fixed word for word by the assignment) lives in one place.
+
+export interface SmtpReply {
+  readonly code: number;
+  readonly lines: readonly string[];
+}
+
+export function smtpReply(code: number, ...lines: string[]): SmtpReply {
+  return { code, lines: lines.length ? lines : [""] };
+}
+
+/** Wire form: "250-first\r\n250 last\r\n". */
+export function formatSmtpReply(r: SmtpReply): string {
+  let out = "";
+  r.lines.forEach((text, i) => {
+    const sep = i === r.lines.length - 1 ? " " : "-";
+    out += `${r.code}${sep}${text}\r\n`;
+  });
+  return out;
+}
+
+export const Smtp = {
+  greeting: (domain: string) => smtpReply(220, `${domain} Service ready`),
+  helo: (host: string) => smtpReply(250, `OK Hello ${host}`),
+  ehlo: (domain: string, host: string, extensions: string[]) =>
+    smtpReply(250, `${domain} Hello ${host}`, ...extensions),
+  senderOk: (addr: string) => smtpReply(250, `<${addr}>... Sender ok`),
+  recipientOk: (user: string) => smtpReply(250, `${user}... Recipient ok`),
+  startData: () => smtpReply(354, `Enter mail, end with "." on a line by itself`),
+  accepted: () => smtpReply(250, "OK Message accepted for delivery"),
+  ok: (text = "OK") => smtpReply(250, text),
+  resetOk: () => smtpReply(250, "OK Reset state"),
+  noop: () => smtpReply(250, "OK"),
+  cannotVerify: () => smtpReply(252, "Cannot VRFY user, but will accept message and attempt delivery"),
+  help: () => smtpReply(214, "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT"),
+  closing: (domain: string) => smtpReply(221, `${domain} closing connection`),
+  shuttingDown: (domain: string) => smtpReply(421, `${domain} Service not available, closing transmission channel`),
+  timeout: (domain: string) => smtpReply(421, `${domain} Timeout exceeded, closing transmission channel`),
+  tooManyConnections: (domain: string) => smtpReply(421, `${domain} Too many connections, try again later`),
+  localError: () => smtpReply(451, "Requested action aborted: local error in processing"),
+  storageFull: () => smtpReply(452, "Requested action not taken: insufficient system storage"),
+  tooManyRecipients: () => smtpReply(452, "Too many recipients"),
+  unknownCommand: () => smtpReply(500, "Syntax error, command unrecognized"),
+  lineTooLong: () => smtpReply(500, "Line too long"),
+  syntax: (detail: string) => smtpReply(501, `Syntax error in parameters or arguments: ${detail}`),
+  notImplemented: () => smtpReply(502, "Command not implemented"),
+  badSequence: (detail: string) => smtpReply(503, `Bad sequence of commands: ${detail}`),
+  paramNotImplemented: (p: string) => smtpReply(555, `Parameter not recognized or not implemented: ${p}`),
+  noSuchUser: () => smtpReply(550, "No such user"),
+  tooBig: () => smtpReply(552, "Message size exceeds fixed maximum message size"),
+  noValidRecipients: () => smtpReply(554, "No valid recipients"),
+};
+
+/** A POP3 status line; multi-line bodies are streamed separately by the adapter. */
+export interface PopReply {
+  readonly ok: boolean;
+  readonly text: string;
+}
+
+export function formatPopReply(r: PopReply): string {
+  return (r.ok ? "+OK" : "-ERR") + (r.text ? " " + r.text : "") + "\r\n";
+}
+
+const ok = (text: string): PopReply => ({ ok: true, text });
+const err = (text: string): PopReply => ({ ok: false, text });
+
+export const Pop = {
+  greeting: () => ok("POP3 server ready"),
+  ok,
+  err,
+  userOk: (name: string) => ok(`send PASS for ${name}`),
+  loggedIn: (count: number, octets: number) => ok(`maildrop locked and ready, ${count} messages (${octets} octets)`),
+  badLogin: () => err("[AUTH] invalid user name or password"),
+  needUser: () => err("send USER first"),
+  locked: () => err("[IN-USE] mailbox is already in use by another POP3 session"),
+  cannotOpen: (why: string) => err(`[SYS/TEMP] cannot open mailbox: ${why}`),
+  stat: (count: number, octets: number) => ok(`${count} ${octets}`),
+  noSuchMessage: () => err("no such message"),
+  deleted: () => err("message already deleted"),
+  unknownCommand: () => err("unknown command"),
+  wrongState: () => err("command not valid in this state"),
+  lineTooLong: () => err("line too long"),
+  syntax: (detail: string) => err(`syntax error: ${detail}`),
+  goodbye: (user: string | null) => ok(user ? `goodbye ${user}, POP3 server signing off` : "goodbye, POP3 server signing off"),
+  updateFailed: (why: string) => err(`some deleted messages not removed: ${why}`),
+  shuttingDown: () => err("server shutting down"),
+  timeout: () => err("autologout: idle for too long"),
+  tooManyConnections: () => err("[SYS/TEMP] too many connections, try again later"),
+};

@@ -1,0 +1,271 @@
+// The one socket adapter both servers share. Protocol logic lives in the sessions; this
+// file owns the Bun.listen details: framing, write backpressure (Bun's write() does not
+// buffer), idle timeouts, connection limits, logging and graceful shutdown.
+import type { Socket, TCPSocketListener } from "bun";
+import { LineReader } from "./lines.ts";
+
+export interface Output {
+  /** Reply text, already in wire form. */
+  text?: string;
+  /** A large body streamed after the text (POP3 RETR), with backpressure. */
+  body?: AsyncIterable<Uint8Array>;
+  /** Text to send after the body. */
+  after?: string;
+  close?: boolean;
+  log?: string;
+}
+
+export interface Handler {
+  open(): Output;
+  /** Handles the next complete unit in the reader (line or message), or null when more bytes are needed. */
+  next(reader: LineReader): Output | Promise<Output> | null;
+  /** The reply for an idle timeout, a shutdown, a failure inside the handler. */
+  timeoutText(): string;
+  shutdownText(): string;
+  errorText(): string;
+  /** The connection is gone: release locks and the like. */
+  closed(): void;
+}
+
+export interface ServerOptions {
+  name: string;
+  host: string;
+  port: number;
+  maxConnections: number;
+  idleTimeoutMs: number;
+  tooManyText: string;
+  verbose: boolean;
+  quiet?: boolean;
+  log: (line: string) => void;
+  /** trace is set in verbose mode: handlers report client lines through it. */
+  create(peer: string, trace?: (line: string) => void): Handler;
+}
+
+interface Conn {
+  id: number;
+  peer: string;
+  handler: Handler | null;
+  reader: LineReader;
+  out: Buffer[];
+  outBytes: number;
+  busy: boolean;
+  ending: boolean;
+  closed: boolean;
+  lastActive: number;
+  opened: number;
+  drained: (() => void) | null;
+}
+
+const HIGH_WATER = 1 << 20;
+let nextId = 0;
+
+export class MailServer {
+  private listener: TCPSocketListener<Conn> | null = null;
+  private readonly conns = new Set<Socket<Conn>>();
+  private sweeper: ReturnType<typeof setInterval> | null = null;
+  private stopping = false;
+
+  constructor(private readonly opt: ServerOptions) {}
+
+  get port(): number {
+    return this.listener?.port ?? 0;
+  }
+
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  start(): void {
+    const self = this;
+    this.listener = Bun.listen<Conn>({
+      hostname: this.opt.host,
+      port: this.opt.port,
+      socket: {
+        open(s) {
+          self.onOpen(s);
+        },
+        data(s, chunk) {
+          self.onData(s, chunk);
+        },
+        drain(s) {
+          self.flush(s);
+        },
+        close(s) {
+          self.onClose(s);
+        },
+        error(s, e) {
+          self.opt.log(`${self.opt.name}: connection ${s.data?.peer ?? "?"} error: ${e.message}`);
+        },
+      },
+    });
+    const every = Math.max(50, Math.min(1000, this.opt.idleTimeoutMs / 4));
+    this.sweeper = setInterval(() => this.sweep(), every);
+  }
+
+  private onOpen(s: Socket<Conn>): void {
+    const now = Date.now();
+    const peer = `${s.remoteAddress}`;
+    s.data = { id: ++nextId, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null };
+    this.conns.add(s);
+    if (this.stopping || this.conns.size > this.opt.maxConnections) {
+      this.send(s, this.opt.tooManyText);
+      this.end(s);
+      return;
+    }
+    const trace = this.opt.verbose ? (line: string) => this.opt.log(`[${s.data.id}] C: ${line}`) : undefined;
+    s.data.handler = this.opt.create(peer, trace);
+    if (!this.opt.quiet) this.opt.log(`${this.opt.name}: [${s.data.id}] connect from ${peer}`);
+    this.emit(s, s.data.handler.open());
+  }
+
+  private onData(s: Socket<Conn>, chunk: Buffer): void {
+    const c = s.data;
+    if (c.ending || !c.handler) return;
+    c.lastActive = Date.now();
+    c.reader.push(chunk);
+    // A client that sends faster than we answer is paused (TCP backpressure), not buffered.
+    if (c.busy && c.reader.buffered > HIGH_WATER) s.pause();
+    void this.pump(s);
+  }
+
+  private onClose(s: Socket<Conn>): void {
+    const c = s.data;
+    if (!c || c.closed) return;
+    c.closed = true;
+    this.conns.delete(s);
+    c.drained?.();
+    try {
+      c.handler?.closed();
+    } catch (e) {
+      this.opt.log(`${this.opt.name}: cleanup failed: ${(e as Error).message}`);
+    }
+    if (c.handler && !this.opt.quiet)
+      this.opt.log(`${this.opt.name}: [${c.id}] disconnect ${c.peer} after ${((Date.now() - c.opened) / 1000).toFixed(1)}s`);
+  }
+
+  private async pump(s: Socket<Conn>): Promise<void> {
+    const c = s.data;
+    if (c.busy || !c.handler) return;
+    c.busy = true;
+    try {
+      while (!c.ending && !c.closed) {
+        let step = c.handler.next(c.reader);
+        if (step === null) break;
+        if (step instanceof Promise) step = await step;
+        await this.emit(s, step);
+        if (c.outBytes > HIGH_WATER) await this.waitDrain(s);
+      }
+    } catch (e) {
+      this.opt.log(`${this.opt.name}: [${c.id}] internal error: ${(e as Error).stack ?? e}`);
+      this.send(s, c.handler.errorText());
+      this.end(s);
+    } finally {
+      c.busy = false;
+    }
+    if (s.isPaused && !c.closed) s.resume();
+    if (this.stopping && !c.ending && !c.closed) {
+      this.send(s, c.handler.shutdownText());
+      this.end(s);
+    }
+  }
+
+  private async emit(s: Socket<Conn>, out: Output): Promise<void> {
+    if (out.log) this.opt.log(`${this.opt.name}: [${s.data.id}] ${out.log}`);
+    if (out.text) this.send(s, out.text);
+    if (out.body) {
+      for await (const chunk of out.body) {
+        if (s.data.closed) return;
+        this.send(s, chunk);
+        if (s.data.outBytes > HIGH_WATER) await this.waitDrain(s);
+      }
+    }
+    if (out.after) this.send(s, out.after);
+    if (out.close) this.end(s);
+  }
+
+  private send(s: Socket<Conn>, data: string | Uint8Array): void {
+    const c = s.data;
+    if (c.closed || c.ending) return;
+    if (this.opt.verbose && typeof data === "string")
+      for (const line of data.split("\r\n").slice(0, -1)) this.opt.log(`[${c.id}] S: ${line}`);
+    let buf = typeof data === "string" ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    if (c.out.length === 0) {
+      const n = s.write(buf);
+      if (n < 0) return;
+      if (n === buf.length) return;
+      buf = buf.subarray(n);
+    }
+    c.out.push(buf);
+    c.outBytes += buf.length;
+  }
+
+  private flush(s: Socket<Conn>): void {
+    const c = s.data;
+    while (c.out.length) {
+      const buf = c.out[0]!;
+      const n = s.write(buf);
+      if (n < 0) return;
+      c.lastActive = Date.now();
+      if (n < buf.length) {
+        c.out[0] = buf.subarray(n);
+        c.outBytes -= n;
+        return;
+      }
+      c.out.shift();
+      c.outBytes -= buf.length;
+    }
+    const d = c.drained;
+    c.drained = null;
+    d?.();
+    if (c.ending) s.end();
+  }
+
+  private waitDrain(s: Socket<Conn>): Promise<void> {
+    if (s.data.outBytes === 0 || s.data.closed) return Promise.resolve();
+    return new Promise((resolve) => (s.data.drained = resolve));
+  }
+
+  /** Close after everything queued has been written. */
+  private end(s: Socket<Conn>): void {
+    const c = s.data;
+    if (c.ending) return;
+    c.ending = true;
+    // end() without data: end(bigData) has truncated in recent Bun versions.
+    if (c.out.length === 0) s.end();
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const s of this.conns) {
+      const c = s.data;
+      if (c.ending) {
+        // Peer stopped reading our last words: do not wait for it forever.
+        if (now - c.lastActive > this.opt.idleTimeoutMs) s.terminate();
+        continue;
+      }
+      if (!c.busy && now - c.lastActive > this.opt.idleTimeoutMs && c.handler) {
+        if (!this.opt.quiet) this.opt.log(`${this.opt.name}: [${c.id}] idle timeout`);
+        this.send(s, c.handler.timeoutText());
+        this.end(s);
+      }
+    }
+  }
+
+  /** Stop accepting, let work in flight finish, say goodbye to every client. */
+  async shutdown(graceMs = 10_000): Promise<void> {
+    this.stopping = true;
+    this.listener?.stop(false);
+    for (const s of this.conns) {
+      const c = s.data;
+      if (!c.busy && !c.ending && c.handler) {
+        this.send(s, c.handler.shutdownText());
+        this.end(s);
+      }
+    }
+    const deadline = Date.now() + graceMs;
+    while (this.conns.size > 0 && Date.now() < deadline) await Bun.sleep(10);
+    for (const s of this.conns) s.terminate();
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.listener?.stop(true);
+  }
+}

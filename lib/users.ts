@@ -1,0 +1,138 @@
+// user.txt: "name password" per line, separated by spaces or tabs. The file is re-read
+// whenever it changes on disk, so adding a user needs no restart. Only names listed here
+// ever become a path, which is why names are restricted to safe path components.
+import { statSync, readFileSync } from "node:fs";
+import { timingSafeEqual, createHash } from "node:crypto";
+
+const VALID_NAME = /^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$/;
+const HASH_PREFIXES = ["$argon2", "$2a$", "$2b$", "$2y$"];
+
+export function isSafeUserName(name: string): boolean {
+  return VALID_NAME.test(name) && name !== "." && name !== "..";
+}
+
+export interface UserTable {
+  /** Names in file order. */
+  readonly names: string[];
+  readonly passwords: Map<string, string>;
+  readonly problems: string[];
+}
+
+export function parseUserTable(text: string, fileName = "user.txt"): UserTable {
+  const names: string[] = [];
+  const passwords = new Map<string, string>();
+  const problems: string[] = [];
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) return;
+    const fields = line.split(/[ \t]+/);
+    const where = `${fileName} line ${i + 1}`;
+    if (fields.length !== 2) {
+      problems.push(`${where}: expected "name password", skipped`);
+    } else if (!isSafeUserName(fields[0]!)) {
+      problems.push(`${where}: invalid user name "${fields[0]!.slice(0, 40)}", skipped`);
+    } else if (passwords.has(fields[0]!)) {
+      problems.push(`${where}: duplicate user "${fields[0]}", skipped`);
+    } else {
+      names.push(fields[0]!);
+      passwords.set(fields[0]!, fields[1]!);
+    }
+  });
+  return { names, passwords, problems };
+}
+
+export class UserFileError extends Error {}
+
+/** The user.txt of a mail root, reloaded when its size, mtime or inode change. */
+export class Users {
+  private table: UserTable = { names: [], passwords: new Map(), problems: [] };
+  private stamp = "";
+
+  constructor(
+    readonly path: string,
+    private readonly warn: (msg: string) => void = () => {},
+    private readonly postmasterUser?: string,
+  ) {}
+
+  /** Loads the file now; throws UserFileError with a one-line reason when unusable. */
+  load(): void {
+    let st;
+    try {
+      st = statSync(this.path);
+    } catch {
+      throw new UserFileError(`cannot read ${this.path}: no such file`);
+    }
+    const stamp = `${st.ino}:${st.size}:${st.mtimeMs}`;
+    if (stamp === this.stamp) return;
+    let text: string;
+    try {
+      text = readFileSync(this.path, "utf8");
+    } catch (e) {
+      throw new UserFileError(`cannot read ${this.path}: ${(e as Error).message}`);
+    }
+    const table = parseUserTable(text, this.path);
+    for (const p of table.problems) this.warn(p);
+    if (table.names.length === 0) throw new UserFileError(`${this.path}: no valid "name password" lines`);
+    if (this.postmasterUser && !table.passwords.has(this.postmasterUser))
+      this.warn(`postmaster user "${this.postmasterUser}" is not in ${this.path}; using ${table.names[0]}`);
+    this.table = table;
+    this.stamp = stamp;
+  }
+
+  /** Keeps serving the last good table if the file turns bad while running. */
+  private refresh(): void {
+    try {
+      this.load();
+    } catch (e) {
+      if (this.stamp !== "bad") this.warn(`${(e as Error).message}; keeping the previous user list`);
+      this.stamp = "bad";
+    }
+  }
+
+  get names(): string[] {
+    this.refresh();
+    return this.table.names;
+  }
+
+  /**
+   * Maps the local part of an address to a listed user: exact match first, then a unique
+   * case-insensitive match; "postmaster" in any case goes to the postmaster user.
+   */
+  resolve(localPart: string): string | null {
+    this.refresh();
+    const { passwords, names } = this.table;
+    if (passwords.has(localPart)) return localPart;
+    const lower = localPart.toLowerCase();
+    if (lower === "postmaster") {
+      if (this.postmasterUser && passwords.has(this.postmasterUser)) return this.postmasterUser;
+      return names[0] ?? null;
+    }
+    const matches = names.filter((n) => n.toLowerCase() === lower);
+    return matches.length === 1 ? matches[0]! : null;
+  }
+
+  /** The user name if name and password match (plain text compared in constant time, or a Bun.password hash). */
+  async check(name: string, password: string): Promise<string | null> {
+    this.refresh();
+    const stored = this.table.passwords.get(name);
+    if (stored === undefined) {
+      equalConstantTime(password, password); // same work for unknown names
+      return null;
+    }
+    if (HASH_PREFIXES.some((p) => stored.startsWith(p))) {
+      try {
+        return (await Bun.password.verify(password, stored)) ? name : null;
+      } catch {
+        return null;
+      }
+    }
+    return equalConstantTime(password, stored) ? name : null;
+  }
+}
+
+function equalConstantTime(a: string, b: string): boolean {
+  // Hash first: timingSafeEqual needs equal lengths and would otherwise leak the length.
+  const ha = createHash("sha256").update(a).digest();
+  const hb = createHash("sha256").update(b).digest();
+  return timingSafeEqual(ha, hb);
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bun
+// smtpmail: the SMTP receiving server ("R" in the assignment). Receives mail and appends it
+// to <root>/<user>/mymailbox for users listed in <root>/user.txt.
+import { hostname } from "node:os";
+import { resolve, join } from "node:path";
+import { helpText, parseArgs, parseNumber, parsePort, parseSize, runMain, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
+import { FileMailStore } from "./lib/mail-store.ts";
+import { createSmtpServer } from "./lib/smtp-server.ts";
+import { Users } from "./lib/users.ts";
+import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
+
+const FLAGS: FlagSpec = {
+  "--root": { value: "DIR", help: "mail root holding user.txt and one directory per user (default: current directory)" },
+  "--domain": { value: "NAME", help: "name used in the 220 and 221 replies (default: this host's name)" },
+  "--host": { value: "ADDR", help: "address to listen on (default: 0.0.0.0)" },
+  "--postmaster": { value: "USER", help: "user who receives mail for postmaster (default: first user in user.txt)" },
+  "--max-size": { value: "BYTES", help: "largest message accepted, e.g. 10M (default: 10M)" },
+  "--max-recipients": { value: "N", help: "recipients per message (default: 1000)" },
+  "--max-connections": { value: "N", help: "simultaneous connections (default: 20000)" },
+  "--timeout": { value: "SECONDS", help: "idle timeout per connection (default: 300, RFC 5321 4.5.3.2)" },
+  "--verbose": { help: "log every command and reply as C: / S: lines" },
+  "--quiet": { help: "log only deliveries and errors, not every connection" },
+  "--version": { help: "print the version and exit" },
+  "--help": { help: "show this help" },
+};
+
+const USAGE = "usage: smtpmail [my_port] [options]     (port default 2525; 0 picks a free port)";
+
+await runMain("smtpmail", async () => {
+  const { positional, flags } = parseArgs(Bun.argv.slice(2), FLAGS);
+  if (flags.has("--help")) {
+    process.stdout.write(helpText(USAGE, "SMTP server: receives mail and stores it in <root>/<user>/mymailbox.", FLAGS));
+    return;
+  }
+  if (flags.has("--version")) {
+    process.stdout.write(`smtpmail ${VERSION}\n`);
+    return;
+  }
+  if (positional.length > 1) throw new UsageError(`unexpected argument "${positional[1]}"`);
+  const port = parsePort(positional[0], 2525, "port");
+  const root = resolve(String(flags.get("--root") ?? "."));
+  const log = (line: string) => process.stderr.write(line + "\n");
+  const postmaster = flags.get("--postmaster");
+  const users = new Users(join(root, "user.txt"), log, typeof postmaster === "string" ? postmaster : undefined);
+  users.load();
+  const store = new FileMailStore(root, log);
+  const domain = String(flags.get("--domain") ?? hostname());
+  const host = String(flags.get("--host") ?? "0.0.0.0");
+  const server = createSmtpServer(
+    {
+      domain,
+      host,
+      port,
+      maxMessageSize: parseSize(flags.get("--max-size"), 10 * 1024 * 1024, "--max-size"),
+      maxRecipients: parseNumber(flags.get("--max-recipients"), 1000, "--max-recipients", 1),
+      maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
+      idleTimeoutMs: parseNumber(flags.get("--timeout"), 300, "--timeout", 0.1) * 1000,
+      verbose: flags.has("--verbose"),
+      quiet: flags.has("--quiet"),
+      log,
+    },
+    users,
+    store,
+  );
+  listenOrExplain(server, host, port);
+  process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.names.join(" ")})\n`);
+  installShutdown("smtpmail", server, () => store.idle(), log);
+});
