@@ -1,0 +1,164 @@
+import { describe, expect, test } from "bun:test";
+import {
+  composeMessage,
+  formatDateHeader,
+  formatMailList,
+  isAddress,
+  parseComposedMail,
+  parseHeaders,
+  receivedWhen,
+  sanitizeForTerminal,
+  senderAddress,
+} from "../lib/mail-format.ts";
+
+describe("parseComposedMail", () => {
+  const good = ["From: agupta@10.5.20.22", "To: ng@10.5.21.32", "Subject: This week's lab assignment"];
+
+  test("accepts the assignment's example", () => {
+    const body = ["This is the first week after midsem.", "The students are eager to do assignments (ha ha ha!)"];
+    expect(parseComposedMail([...good, ...body])).toEqual({
+      ok: true,
+      from: "agupta@10.5.20.22",
+      to: "ng@10.5.21.32",
+      subject: "This week's lab assignment",
+      body,
+    });
+  });
+
+  test("the body may be empty", () => {
+    expect(parseComposedMail(good)).toMatchObject({ ok: true, body: [] });
+  });
+
+  test("one or more spaces (or tabs) after the colon, trailing spaces ignored", () => {
+    const r = parseComposedMail(["From:    a@b", "To:\tc@d  ", "Subject:   hello  world  ", "x"]);
+    expect(r).toMatchObject({ ok: true, from: "a@b", to: "c@d", subject: "hello  world" });
+  });
+
+  test("an empty subject is allowed", () => {
+    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject:"])).toMatchObject({ ok: true, subject: "" });
+    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject:   "])).toMatchObject({ ok: true, subject: "" });
+  });
+
+  test("body lines keep dots and header-looking text as typed", () => {
+    const body = ["..", ".x", "From: not a header", ""];
+    expect(parseComposedMail([...good, ...body])).toMatchObject({ ok: true, body });
+  });
+
+  test("subject of exactly 50 characters passes, 51 fails", () => {
+    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject: " + "s".repeat(50)]).ok).toBe(true);
+    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject: " + "s".repeat(51)]).ok).toBe(false);
+  });
+
+  const bad: Array<[string, string[]]> = [
+    ["nothing at all", []],
+    ["missing From", ["To: c@d", "Subject: x"]],
+    ["missing To", ["From: a@b", "Subject: x"]],
+    ["missing Subject", ["From: a@b", "To: c@d"]],
+    ["Subject missing, body instead", ["From: a@b", "To: c@d", "hello"]],
+    ["wrong order", ["To: c@d", "From: a@b", "Subject: x"]],
+    ["Subject before To", ["From: a@b", "Subject: x", "To: c@d"]],
+    ["no space after colon", ["From:a@b", "To: c@d", "Subject: x"]],
+    ["From without @", ["From: ab", "To: c@d", "Subject: x"]],
+    ["From with empty user", ["From: @b", "To: c@d", "Subject: x"]],
+    ["From with empty domain", ["From: a@", "To: c@d", "Subject: x"]],
+    ["To with empty user", ["From: a@b", "To: @d", "Subject: x"]],
+    ["To with empty domain", ["From: a@b", "To: c@", "Subject: x"]],
+    ["To with two addresses", ["From: a@b", "To: c@d e@f", "Subject: x"]],
+    ["address with two @", ["From: a@b@c", "To: c@d", "Subject: x"]],
+    ["address in angle brackets", ["From: <a@b>", "To: c@d", "Subject: x"]],
+    ["empty From", ["From:", "To: c@d", "Subject: x"]],
+    ["a blank line first", ["", "From: a@b", "To: c@d", "Subject: x"]],
+    ["misspelt field", ["Frm: a@b", "To: c@d", "Subject: x"]],
+  ];
+  for (const [name, lines] of bad) {
+    test(`rejects: ${name}`, () => {
+      expect(parseComposedMail(lines).ok).toBe(false);
+    });
+  }
+});
+
+test("isAddress", () => {
+  expect(isAddress("a@b")).toBe(true);
+  expect(isAddress("first.last@mail.example.com")).toBe(true);
+  for (const s of ["a", "a@", "@b", "a b@c", "a@b c", "a@@b", "a@b>", "a\r@b", ""]) expect(isAddress(s)).toBe(false);
+});
+
+test("composeMessage ends every typed line with CRLF", () => {
+  expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "hi"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\nhi\r\n");
+  expect(composeMessage([])).toBe("");
+});
+
+describe("parseHeaders and receivedWhen", () => {
+  test("the assignment's stored format (no blank line after the headers)", () => {
+    const h = parseHeaders("From: a@b\r\nTo: c@d\r\nSubject: Test mail\r\nReceived: 2026-12-01 : 04 : 27\r\nHello\r\nDate: not a header\r\n");
+    expect(h).toEqual({ from: "a@b", to: "c@d", subject: "Test mail", date: "", received: "2026-12-01 : 04 : 27" });
+    expect(receivedWhen(h)).toBe("2026-12-01 : 04 : 27");
+  });
+
+  test("RFC 5322 Received headers are skipped in favour of the assignment's line", () => {
+    const h = parseHeaders(
+      "Received: from x by y; Tue, 1 Dec 2026 04:27:00 +0000\r\nFrom: a@b\r\nTo: c@d\r\nSubject: s\r\nReceived: 2026-12-02 : 9 : 5\r\nDate: Tue, 1 Dec 2026 01:00:00 +0000\r\n\r\nbody\r\n",
+    );
+    expect(receivedWhen(h)).toBe("2026-12-02 : 09 : 05");
+  });
+
+  test("falls back to the Date header, then to blank", () => {
+    const h = parseHeaders(
+      "Received: from x by y; Tue, 1 Dec 2026 04:27:00 +0000\r\nFrom: Al <al@x.org>\r\nSubject: folded\r\n  subject\r\nDate: Tue, 1 Dec 2026 05:07:33 +0530\r\n\r\nbody\r\n",
+    );
+    expect(h.subject).toBe("folded subject");
+    expect(receivedWhen(h)).toBe("2026-12-01 : 05 : 07");
+    expect(receivedWhen(parseHeaders("From: a@b\r\nSubject: x\r\n\r\n"))).toBe("");
+  });
+
+  test("header names are case-insensitive and the first occurrence wins", () => {
+    const h = parseHeaders("FROM: a@b\nsubject: one\nSubject: two\n");
+    expect(h.from).toBe("a@b");
+    expect(h.subject).toBe("one");
+  });
+
+  test("an empty message has empty headers", () => {
+    expect(parseHeaders("")).toEqual({ from: "", to: "", subject: "", date: "", received: "" });
+  });
+});
+
+test("formatDateHeader", () => {
+  expect(formatDateHeader("Mon, 7 Jan 2030 23:59:59 -0800")).toBe("2030-01-07 : 23 : 59");
+  expect(formatDateHeader("7 Jan 99 3:04 GMT")).toBe("1999-01-07 : 03 : 04");
+  expect(formatDateHeader("garbage")).toBe("");
+});
+
+test("senderAddress takes the address out of a display name", () => {
+  expect(senderAddress("Al Gore <al@x.org>")).toBe("al@x.org");
+  expect(senderAddress(" al@x.org ")).toBe("al@x.org");
+});
+
+test("sanitizeForTerminal neutralises escape sequences but keeps text, tabs and newlines", () => {
+  expect(sanitizeForTerminal("a\x1b[31mb\tc\r\nd\x07")).toBe("a^[[31mb\tc\nd^G");
+  expect(sanitizeForTerminal("héllo ✓")).toBe("héllo ✓");
+});
+
+describe("formatMailList", () => {
+  test("a heading and aligned columns", () => {
+    const lines = formatMailList([
+      { no: 1, from: "a@b", when: "2026-12-01 : 04 : 27", subject: "Test" },
+      { no: 12, from: "someone.longer@example.org", when: "", subject: "Second" },
+    ]);
+    expect(lines).toEqual([
+      "Sl. No.  Sender                      Received              Subject",
+      "      1  a@b                         2026-12-01 : 04 : 27  Test",
+      "     12  someone.longer@example.org                        Second",
+    ]);
+  });
+
+  test("long fields are cut and control characters neutralised", () => {
+    const [, row] = formatMailList([{ no: 1, from: "x".repeat(100) + "@y", when: "w", subject: "\x1b[2J" + "s".repeat(100) }]);
+    expect(row).toContain("x".repeat(37) + "...");
+    expect(row).not.toContain("\x1b");
+    expect(row!.length).toBeLessThan(150);
+  });
+
+  test("an empty list is just the heading", () => {
+    expect(formatMailList([])).toEqual(["Sl. No.  Sender  Received  Subject"]);
+  });
+});
