@@ -50,10 +50,13 @@ const HEADER_LINE = /^[\x21-\x39\x3b-\x7e]+:/;
 const MAX_HEADER_SCAN = 256 * 1024;
 
 /**
- * Where the Received line goes: right after the Subject header (and its folded lines), as
- * the assignment's layout has it; without a Subject, at the end of the header block.
+ * The header block of a message: it ends at the first empty line, or at the first line
+ * that is neither a header field nor a folded continuation (the assignment's own layout has
+ * no empty line before the body). Also where the Received line goes: right after the
+ * Subject header (and its folded lines), as the assignment's layout has it; without a
+ * Subject, at the end of the header block.
  */
-function receivedInsertPoint(msg: Buffer): number {
+export function scanHeader(msg: Buffer): { end: number; afterSubject: number } {
   let pos = 0;
   let afterSubject = -1;
   let inSubject = false;
@@ -68,13 +71,14 @@ function receivedInsertPoint(msg: Buffer): number {
     pos = nl + 1;
     if (inSubject) afterSubject = pos;
   }
-  return afterSubject >= 0 ? afterSubject : pos;
+  return { end: pos, afterSubject };
 }
 
 /** The bytes appended to mymailbox for one message received by SMTP. */
 export function buildRecord(wire: Buffer, received: string): Buffer {
   const msg = normalizeLineEnds(wire);
-  const at = receivedInsertPoint(msg);
+  const { end, afterSubject } = scanHeader(msg);
+  const at = afterSubject >= 0 ? afterSubject : end;
   return Buffer.concat([msg.subarray(0, at), Buffer.from(received + "\r\n"), msg.subarray(at), TERMINATOR]);
 }
 
