@@ -1,0 +1,249 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import pkg from "../package.json" with { type: "json" };
+import { closedPort, fakePop3, fakeSmtp, type FakeMail, type FakeServer } from "./helpers/client-fake-server.ts";
+import { runClient, typed } from "./helpers/client-run.ts";
+
+const servers: FakeServer[] = [];
+afterEach(() => {
+  for (const s of servers.splice(0)) s.stop();
+});
+
+/** Each needle appears in the text after the previous one. */
+function expectInOrder(text: string, needles: string[]): void {
+  let at = 0;
+  for (const needle of needles) {
+    const i = text.indexOf(needle, at);
+    if (i < 0) throw new Error(`expected ${JSON.stringify(needle)} after offset ${at} in:\n${text}`);
+    at = i + needle.length;
+  }
+}
+
+function count(text: string, needle: string): number {
+  return text.split(needle).length - 1;
+}
+
+function mails(): FakeMail[] {
+  return [
+    { text: "From: alice@mail.test\r\nTo: bob@mail.test\r\nSubject: First one\r\nReceived: 2026-12-01 : 04 : 27\r\nHello Bob\r\n" },
+    {
+      text: "Received: from x by y; Tue, 1 Dec 2026 09:00:00 +0000\r\nFrom: Carol <carol@else.test>\r\nTo: bob@mail.test\r\nSubject: Second one\r\nDate: Tue, 1 Dec 2026 08:59:00 +0000\r\n\r\n.\r\n..dots\r\n",
+    },
+    { text: "From: dave@mail.test\r\nTo: bob@mail.test\r\nSubject: Third one\r\nReceived: 2026-12-02 : 10 : 05\r\n" },
+  ];
+}
+
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[] } = {}) {
+  const delivered: Array<{ from: string; to: string; data: string }> = [];
+  const mailbox = opts.mailbox ?? mails();
+  const smtp = fakeSmtp({ users: ["bob", "alice"], delivered });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true });
+  servers.push(smtp, pop);
+  return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
+}
+
+describe("command line", () => {
+  test("--help and --version", async () => {
+    const help = await runClient(["--help"], "");
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("usage: mailclient <server_IP> [smtp_port] [pop3_port]");
+    const version = await runClient(["--version"], "");
+    expect(version.code).toBe(0);
+    expect(version.stdout.trim()).toBe(`mailclient ${pkg.version}`);
+  });
+
+  for (const [name, args] of [
+    ["no arguments", []],
+    ["a bad smtp port", ["127.0.0.1", "smtp"]],
+    ["a port out of range", ["127.0.0.1", "2525", "70000"]],
+    ["too many arguments", ["127.0.0.1", "1", "2", "3"]],
+    ["an unknown option", ["--frobnicate", "127.0.0.1"]],
+  ] as Array<[string, string[]]>) {
+    test(`${name}: usage line and exit 2`, async () => {
+      const r = await runClient(args, "");
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain("usage: mailclient <server_IP> [smtp_port] [pop3_port]");
+      expect(r.stdout).toBe("");
+    });
+  }
+});
+
+describe("login", () => {
+  test("a wrong password is reported and asked again; then the menu", async () => {
+    const f = fakes();
+    const r = await runClient(f.args, typed("bob", "wrong", "bob", "secret", "3"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, ["Username: ", "Password: ", "Login failed: wrong username or password", "Username: ", "Password: ", "Logged in as bob.", "1. Manage Mail", "2. Send Mail", "3. Quit"]);
+    expect(r.stderr).toBe("");
+  });
+
+  test("an unreachable POP3 server is said plainly and the client carries on", async () => {
+    const f = fakes();
+    const dead = closedPort();
+    const r = await runClient(["127.0.0.1", String(f.smtp.port), String(dead)], typed("bob", "secret", "3"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, [`POP3 server unreachable (cannot connect to 127.0.0.1:${dead}: connection refused); continuing.`, "1. Manage Mail"]);
+  });
+
+  test("end of input at any prompt exits cleanly", async () => {
+    const f = fakes();
+    for (const input of ["", typed("bob"), typed("bob", "secret"), typed("bob", "secret", "2", "From: a@b"), typed("bob", "secret", "1", "1")]) {
+      const r = await runClient(f.args, input);
+      expect(r.code).toBe(0);
+      expect(r.stderr).toBe("");
+    }
+  });
+
+  test("anything else at the menu gets a hint and the menu again", async () => {
+    const f = fakes();
+    const r = await runClient(f.args, typed("bob", "secret", "7", "", "3"));
+    expect(r.code).toBe(0);
+    expect(count(r.stdout, "Please enter 1, 2 or 3.")).toBe(2);
+    expect(count(r.stdout, "1. Manage Mail")).toBe(3);
+  });
+});
+
+describe("Send Mail", () => {
+  test("a good mail is sent as typed, dots and all", async () => {
+    const f = fakes();
+    const r = await runClient(
+      f.args,
+      typed("bob", "secret", "2", "From:   alice@mail.test", "To: bob@mail.test", "Subject: Hi there", "line one", "..", ".x", "", ".", "3"),
+    );
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, ["Mail sent successfully", "1. Manage Mail"]);
+    expect(f.delivered).toEqual([
+      {
+        from: "alice@mail.test",
+        to: "bob@mail.test",
+        data: "From:   alice@mail.test\r\nTo: bob@mail.test\r\nSubject: Hi there\r\nline one\r\n..\r\n.x\r\n\r\n",
+      },
+    ]);
+  });
+
+  test("an empty body is fine", async () => {
+    const f = fakes();
+    const r = await runClient(f.args, typed("bob", "secret", "2", "From: alice@x", "To: bob@y", "Subject: empty", ".", "3"));
+    expect(r.stdout).toContain("Mail sent successfully");
+    expect(f.delivered.length).toBe(1);
+  });
+
+  test("each kind of bad mail prints Incorrect format and sends nothing", async () => {
+    const f = fakes();
+    const bad = [
+      ["To: bob@y", "From: alice@x", "Subject: swapped"],
+      ["From: alice@x", "Subject: no To"],
+      ["From: alice@x", "To: bob@y", "no subject line"],
+      ["From: alice", "To: bob@y", "Subject: From not X@Y"],
+      ["From: alice@x", "To: @y", "Subject: To without user"],
+      ["From: alice@x", "To: bob@", "Subject: To without domain"],
+      ["From: alice@x", "To: bob@y", "Subject: " + "x".repeat(51)],
+      [],
+    ];
+    const input = ["bob", "secret"];
+    for (const mail of bad) input.push("2", ...mail, ".");
+    input.push("3");
+    const r = await runClient(f.args, typed(...input));
+    expect(r.code).toBe(0);
+    expect(count(r.stdout, "Incorrect format")).toBe(bad.length);
+    expect(count(r.stdout, "1. Manage Mail")).toBe(bad.length + 1);
+    expect(f.delivered).toEqual([]);
+    expect(f.smtp.conns.length).toBe(0);
+  });
+
+  test("an unknown recipient prints the server's reply", async () => {
+    const f = fakes();
+    const r = await runClient(f.args, typed("bob", "secret", "2", "From: alice@x", "To: nobody@y", "Subject: hi", "body", ".", "3"));
+    expect(r.stdout).toContain("Error in sending mail: 550 No such user");
+    expect(r.stdout).not.toContain("Mail sent successfully");
+  });
+
+  test("an unreachable SMTP server is one clear line, then the menu", async () => {
+    const f = fakes();
+    const dead = closedPort();
+    const r = await runClient(["127.0.0.1", String(dead), String(f.pop.port)], typed("bob", "secret", "2", "From: alice@x", "To: bob@y", "Subject: hi", ".", "3"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, [`Error in sending mail: cannot connect to 127.0.0.1:${dead}: connection refused`, "1. Manage Mail"]);
+    expect(r.stderr).toBe("");
+  });
+});
+
+describe("Manage Mail", () => {
+  for (const top of [true, false]) {
+    test(`list, read, out of range, not a number, back (${top ? "TOP" : "RETR fallback"})`, async () => {
+      const f = fakes({ top });
+      const r = await runClient(f.args, typed("bob", "secret", "1", "0", "4", "abc", "2", "x", "-1", "3"));
+      expect(r.code).toBe(0);
+      expectInOrder(r.stdout, [
+        "Sl. No.  Sender           Received              Subject",
+        "      1  alice@mail.test  2026-12-01 : 04 : 27  First one",
+        "      2  carol@else.test  2026-12-01 : 08 : 59  Second one",
+        "      3  dave@mail.test   2026-12-02 : 10 : 05  Third one",
+        "Enter mail no. to see: Mail no. out of range, give again",
+        "Enter mail no. to see: Mail no. out of range, give again",
+        "Enter mail no. to see: Please give a mail number, or -1 to go back.",
+        "Subject: Second one\nDate: Tue, 1 Dec 2026 08:59:00 +0000\n\n.\n..dots\n",
+        "Press d to delete this mail",
+        "Sl. No.",
+        "Enter mail no. to see: ",
+        "1. Manage Mail",
+      ]);
+      const commands = f.pop.conns.at(-1)!.received.map((l) => l.split(" ")[0]);
+      expect(commands.includes("TOP")).toBe(top);
+      expect(commands.at(-1)).toBe("QUIT");
+      expect(f.mailbox.length).toBe(3);
+    });
+  }
+
+  test("d deletes: the mail vanishes from the list at once, numbers follow, QUIT commits", async () => {
+    const f = fakes();
+    // Delete mail 1; the list renumbers, so "1" is now the old mail 2; delete it too, then read the new 1.
+    const r = await runClient(f.args, typed("bob", "secret", "1", "1", "d", "1", "d", "2", "1", "q", "-1", "3"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, [
+      "Subject: First one",
+      "Mail 1 deleted.",
+      "      1  carol@else.test",
+      "      2  dave@mail.test",
+      "Subject: Second one",
+      "Mail 1 deleted.",
+      "      1  dave@mail.test",
+      "Enter mail no. to see: Mail no. out of range, give again",
+      "Subject: Third one",
+    ]);
+    const after = r.stdout.slice(r.stdout.lastIndexOf("Mail 1 deleted."));
+    expect(after).not.toContain("alice@mail.test");
+    expect(after).not.toContain("carol@else.test");
+    const commands = f.pop.conns.at(-1)!.received;
+    expect(commands.filter((c) => c.startsWith("DELE"))).toEqual(["DELE 1", "DELE 2"]);
+    expect(f.mailbox.map((m) => m.text)).toEqual([mails()[2]!.text]);
+  });
+
+  test("end of input right after a delete still commits it", async () => {
+    const f = fakes();
+    const r = await runClient(f.args, typed("bob", "secret", "1", "3", "d"));
+    expect(r.code).toBe(0);
+    expect(f.mailbox.length).toBe(2);
+  });
+
+  test("an empty mailbox", async () => {
+    const f = fakes({ mailbox: [] });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "1", "-1", "3"));
+    expectInOrder(r.stdout, ["No mails.", "Enter mail no. to see: Mail no. out of range, give again", "1. Manage Mail"]);
+  });
+
+  test("an unreachable POP3 server is one clear line, then the menu", async () => {
+    const f = fakes();
+    const dead = closedPort();
+    const r = await runClient(["127.0.0.1", String(f.smtp.port), String(dead)], typed("bob", "secret", "1", "3"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, [`Cannot reach the POP3 server: cannot connect to 127.0.0.1:${dead}: connection refused`, "1. Manage Mail"]);
+    expect(r.stderr).toBe("");
+  });
+
+  test("escape sequences in a mail are shown harmlessly", async () => {
+    const f = fakes({ mailbox: [{ text: "From: x@y\r\nTo: bob@z\r\nSubject: \x1b[2Jboom\r\nReceived: 2026-12-01 : 04 : 27\r\n\x1b]0;title\x07\r\n" }] });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "1", "", "-1", "3"));
+    expect(r.stdout).not.toContain("\x1b");
+    expect(r.stdout).toContain("^[[2Jboom");
+  });
+});
