@@ -1,0 +1,227 @@
+// A user's mailbox as a POP3 session sees it: the messages present at login, indexed by
+// offset (never held in memory), read straight from the file, and the rewrite at QUIT.
+//
+// Why this is safe beside a live smtpmail: SMTP only ever appends, so the bytes of the
+// snapshot taken at login never change while we hold the POP3 lock. The rewrite copies the
+// kept messages to a temp file without blocking SMTP, then takes the short write lock only
+// to copy what was appended since login and rename the temp file over mymailbox.
+import { open, readdir, rename, unlink, type FileHandle } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { acquireLock, tryLock, type Lock } from "./lock.ts";
+import { MailboxScanner, scanHeader, toWire, type MessageEntry } from "./mailbox.ts";
+import { syncDir, writeAll } from "./mail-store.ts";
+import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
+
+const CHUNK = 1 << 20;
+const STREAM_CHUNK = 256 * 1024;
+
+export class MaildropBusy extends Error {
+  override name = "MaildropBusy";
+}
+
+/** What the POP3 session needs of a mailbox; an in-memory version serves the unit tests. */
+export interface Maildrop {
+  readonly count: number;
+  /** Message i (0-based): RFC 1939 size and unique id. */
+  size(i: number): number;
+  uid(i: number): string;
+  /** The message in wire form (dot-stuffed, CRLF), ending with the ".\r\n" line. */
+  read(i: number): Promise<Uint8Array | AsyncIterable<Uint8Array>>;
+  /** Header plus the first `lines` body lines, in wire form with the ".\r\n" line. */
+  top(i: number, lines: number): Promise<Uint8Array>;
+  /** Removes the messages (0-based) from the mailbox, keeping everything else. */
+  commit(deleted: ReadonlySet<number>): Promise<void>;
+  /** Ends the session without changes. */
+  release(): void;
+}
+
+async function readAt(fh: FileHandle, pos: number, len: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(len);
+  let got = 0;
+  while (got < len) {
+    const { bytesRead } = await fh.read(buf, got, len - got, pos + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got === len ? buf : buf.subarray(0, got);
+}
+
+/** Index a mailbox region [from, to) in chunks: memory stays at one chunk plus one message. */
+async function scanFile(fh: FileHandle, from: number, to: number): Promise<MailboxScanner> {
+  const scanner = new MailboxScanner(from);
+  const buf = Buffer.allocUnsafe(CHUNK);
+  for (let pos = from; pos < to; ) {
+    const want = Math.min(CHUNK, to - pos);
+    const { bytesRead } = await fh.read(buf, 0, want, pos);
+    if (bytesRead === 0) break;
+    pos += bytesRead;
+    scanner.push(buf.subarray(0, bytesRead), pos >= to);
+  }
+  return scanner;
+}
+
+export class FileMaildrop implements Maildrop {
+  private constructor(
+    private readonly root: string,
+    private readonly user: string,
+    private readonly fh: FileHandle | null,
+    private readonly ino: number,
+    private readonly messages: MessageEntry[],
+    private readonly snapshotEnd: number,
+    private popLock: Lock | null,
+    private readonly warn: (m: string) => void,
+  ) {}
+
+  static async open(root: string, user: string, warn: (m: string) => void = () => {}): Promise<FileMaildrop> {
+    const lock = tryLock(popLockPath(root, user));
+    if (!lock) throw new MaildropBusy("mailbox is already in use by another POP3 session");
+    try {
+      const path = mailboxPath(root, user);
+      await removeLeftovers(path);
+      let fh: FileHandle;
+      try {
+        fh = await open(path, "r");
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") return new FileMaildrop(root, user, null, 0, [], 0, lock, warn);
+        throw e;
+      }
+      const st = await fh.stat();
+      const scanner = await scanFile(fh, 0, st.size);
+      if (scanner.validEnd < st.size)
+        warn(`${path}: ignoring ${st.size - scanner.validEnd} bytes of unterminated tail (interrupted write)`);
+      return new FileMaildrop(root, user, fh, st.ino, scanner.messages, scanner.validEnd, lock, warn);
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+  }
+
+  get count(): number {
+    return this.messages.length;
+  }
+
+  size(i: number): number {
+    return this.messages[i]!.size;
+  }
+
+  uid(i: number): string {
+    return this.messages[i]!.uid;
+  }
+
+  async read(i: number): Promise<Uint8Array | AsyncIterable<Uint8Array>> {
+    const m = this.messages[i]!;
+    const fh = this.fh!;
+    if (m.lf) return toWire(await readAt(fh, m.offset, m.length), true);
+    if (m.length <= STREAM_CHUNK) return readAt(fh, m.offset, m.length);
+    return (async function* () {
+      for (let pos = m.offset, end = m.offset + m.length; pos < end; pos += STREAM_CHUNK)
+        yield await readAt(fh, pos, Math.min(STREAM_CHUNK, end - pos));
+    })();
+  }
+
+  async top(i: number, lines: number): Promise<Uint8Array> {
+    const m = this.messages[i]!;
+    // Read growing prefixes until the header and the wanted lines are in hand.
+    for (let want = Math.min(m.length, 64 * 1024); ; want = Math.min(m.length, want * 4)) {
+      const stored = await readAt(this.fh!, m.offset, want);
+      const complete = want === m.length;
+      const msg = complete ? stored.subarray(0, stored.length - (stored.at(-2) === 0x0d ? 3 : 2)) : stored;
+      const { end } = scanHeader(msg);
+      let pos = end;
+      // Keep the empty separator line, then count body lines.
+      if (pos < msg.length && (msg[pos] === 0x0a || (msg[pos] === 0x0d && msg[pos + 1] === 0x0a))) pos = msg.indexOf(0x0a, pos) + 1;
+      let n = 0;
+      while (n < lines && pos < msg.length) {
+        const nl = msg.indexOf(0x0a, pos);
+        if (nl < 0) break;
+        pos = nl + 1;
+        n++;
+      }
+      if (complete || (end < msg.length && n === lines)) {
+        const part = Buffer.concat([msg.subarray(0, pos), Buffer.from(".\r\n")]);
+        return m.lf ? toWire(part, true) : part;
+      }
+    }
+  }
+
+  async commit(deleted: ReadonlySet<number>): Promise<void> {
+    try {
+      if (deleted.size > 0 && this.fh) await this.rewrite(deleted);
+    } finally {
+      this.release();
+    }
+  }
+
+  release(): void {
+    void this.fh?.close().catch(() => {});
+    this.popLock?.release();
+    this.popLock = null;
+  }
+
+  private async rewrite(deleted: ReadonlySet<number>): Promise<void> {
+    const path = mailboxPath(this.root, this.user);
+    const temp = `${path}.rewrite.${process.pid}.tmp`;
+    const out = await open(temp, "w");
+    let renamed = false;
+    try {
+      // 1. Kept messages of the snapshot, copied in coalesced ranges. No write lock yet:
+      //    smtpmail keeps appending meanwhile.
+      let runStart = -1;
+      let runEnd = -1;
+      const flush = async () => {
+        for (let pos = runStart; pos < runEnd; pos += CHUNK) await writeAll(out, await readAt(this.fh!, pos, Math.min(CHUNK, runEnd - pos)));
+      };
+      for (let i = 0; i < this.messages.length; i++) {
+        if (deleted.has(i)) continue;
+        const m = this.messages[i]!;
+        if (m.offset !== runEnd) {
+          if (runEnd > runStart) await flush();
+          runStart = m.offset;
+        }
+        runEnd = m.offset + m.length;
+      }
+      if (runEnd > runStart) await flush();
+      // 2. Under the write lock: whatever was appended since login, then the swap.
+      const lock = await acquireLock(writeLockPath(this.root, this.user));
+      try {
+        const cur = await open(path, "r");
+        try {
+          const st = await cur.stat();
+          if (st.ino !== this.ino) throw new Error("mailbox was replaced during the session");
+          if (st.size > this.snapshotEnd) {
+            const tail = await scanFile(cur, this.snapshotEnd, st.size);
+            for (let pos = this.snapshotEnd; pos < tail.validEnd; pos += CHUNK)
+              await writeAll(out, await readAt(cur, pos, Math.min(CHUNK, tail.validEnd - pos)));
+            if (tail.validEnd < st.size) this.warn(`${path}: dropped ${st.size - tail.validEnd} bytes of unterminated tail during rewrite`);
+          }
+        } finally {
+          await cur.close();
+        }
+        await out.datasync();
+        await out.close();
+        await rename(temp, path);
+        renamed = true;
+        await syncDir(dirname(path));
+      } finally {
+        lock.release();
+      }
+    } finally {
+      if (!renamed) {
+        await out.close().catch(() => {});
+        await unlink(temp).catch(() => {});
+      }
+    }
+  }
+}
+
+/** Temp files of a rewrite interrupted by a crash; only a POP3 lock holder may remove them. */
+async function removeLeftovers(path: string): Promise<void> {
+  const prefix = `${basename(path)}.rewrite.`;
+  let names: string[];
+  try {
+    names = await readdir(dirname(path));
+  } catch {
+    return;
+  }
+  for (const n of names) if (n.startsWith(prefix) && n.endsWith(".tmp")) await unlink(join(dirname(path), n)).catch(() => {});
+}

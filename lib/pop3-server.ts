@@ -1,0 +1,75 @@
+// Wires Pop3Session to the shared socket adapter, with user.txt and the mailbox files as
+// its store. Kept apart from popserver.ts so tests and benchmarks can start it in-process.
+import type { LineReader } from "./lines.ts";
+import { FileMaildrop } from "./maildrop.ts";
+import { formatPopReply, Pop } from "./reply.ts";
+import { MailServer, type Handler, type Output } from "./server.ts";
+import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
+import type { Users } from "./users.ts";
+
+export const MAX_POP_LINE = 512; // RFC 2449 allows 255 octets; be generous, never unbounded
+
+export interface PopServerOptions {
+  host: string;
+  port: number;
+  maxConnections: number;
+  idleTimeoutMs: number;
+  verbose: boolean;
+  quiet?: boolean;
+  log: (line: string) => void;
+}
+
+export function filePopStore(root: string, users: Users, warn: (m: string) => void): PopStore {
+  return {
+    findUser: (name) => (users.names.includes(name) ? name : null),
+    checkPassword: async (user, password) => (await users.check(user, password)) !== null,
+    open: (user) => FileMaildrop.open(root, user, warn),
+  };
+}
+
+function toOutput(r: PopResult): Output {
+  const body = r.body;
+  if (body === undefined || body instanceof Uint8Array) {
+    // Status and a small body in one write.
+    const text = formatPopReply(r.reply);
+    return body ? { body: single(Buffer.concat([Buffer.from(text), body])), close: r.close, log: r.log } : { text, close: r.close, log: r.log };
+  }
+  return { text: formatPopReply(r.reply), body, close: r.close, log: r.log };
+}
+
+async function* single(b: Uint8Array): AsyncIterable<Uint8Array> {
+  yield b;
+}
+
+export function createPopServer(opt: PopServerOptions, store: PopStore): MailServer {
+  return new MailServer({
+    name: "popserver",
+    host: opt.host,
+    port: opt.port,
+    maxConnections: opt.maxConnections,
+    idleTimeoutMs: opt.idleTimeoutMs,
+    verbose: opt.verbose,
+    quiet: opt.quiet,
+    log: opt.log,
+    tooManyText: formatPopReply(Pop.tooManyConnections()),
+    create(peer, trace): Handler {
+      const session = new Pop3Session(store, peer);
+      return {
+        open: () => ({ text: formatPopReply(session.greeting()) }),
+        next(reader: LineReader): Output | Promise<Output> | null {
+          const ev = reader.nextLine(MAX_POP_LINE);
+          if (!ev) return null;
+          if (ev.kind === "too-long") return toOutput(session.lineTooLong());
+          trace?.(/^PASS /i.test(ev.text) ? "PASS ********" : ev.text);
+          const r = session.handleLine(ev.text);
+          return r instanceof Promise ? r.then(toOutput) : toOutput(r);
+        },
+        // RFC 1939: an autologout does not enter UPDATE, so nothing is deleted.
+        timeoutText: () => formatPopReply(Pop.timeout()),
+        shutdownText: () => formatPopReply(Pop.shuttingDown()),
+        errorText: () => formatPopReply(Pop.err("internal error")),
+        closed: () => session.closed(),
+      };
+    },
+  });
+}

@@ -1,0 +1,213 @@
+// The POP3 server as a plain state machine (sans-IO, RFC 1939): command lines go in,
+// status lines (and message bodies to stream) come out. Users and mailboxes are reached
+// through the injected PopStore, so the session is tested with an in-memory one.
+import type { Maildrop } from "./maildrop.ts";
+import { Pop, type PopReply } from "./reply.ts";
+
+export interface PopStore {
+  /** The listed user of that exact name, or null. */
+  findUser(name: string): string | null;
+  checkPassword(user: string, password: string): Promise<boolean>;
+  /** Takes the POP3 lock and indexes the mailbox; throws MaildropBusy or another Error. */
+  open(user: string): Promise<Maildrop>;
+}
+
+export interface PopResult {
+  reply: PopReply;
+  /** Multi-line body in wire form, ending with the ".\r\n" line. */
+  body?: Uint8Array | AsyncIterable<Uint8Array>;
+  close?: boolean;
+  log?: string;
+}
+
+type State = "authorization" | "transaction" | "closed";
+
+export const CAPABILITIES = ["TOP", "UIDL", "USER", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
+const MAX_ARG = 40; // RFC 1939 section 3
+
+const lines = (rows: string[]) => Buffer.from(rows.map((r) => r + "\r\n").join("") + ".\r\n");
+
+export class Pop3Session {
+  state: State = "authorization";
+  private pendingUser: string | null = null;
+  private user: string | null = null;
+  private drop: Maildrop | null = null;
+  private deleted = new Set<number>();
+
+  constructor(private readonly store: PopStore, private readonly peer = "unknown") {}
+
+  greeting(): PopReply {
+    return Pop.greeting();
+  }
+
+  lineTooLong(): PopResult {
+    return { reply: Pop.lineTooLong() };
+  }
+
+  handleLine(line: string): PopResult | Promise<PopResult> {
+    const trimmed = line.trim();
+    const sp = trimmed.indexOf(" ");
+    const verb = (sp < 0 ? trimmed : trimmed.slice(0, sp)).toUpperCase();
+    const rest = sp < 0 ? "" : trimmed.slice(sp + 1);
+    // PASS keeps spaces inside the password; everything else splits into arguments.
+    const args = rest ? rest.split(/\s+/) : [];
+    if (verb === "CAPA") return { reply: Pop.ok("Capability list follows"), body: lines(CAPABILITIES) };
+    if (verb === "QUIT") return this.quit();
+    if (this.state === "authorization") {
+      switch (verb) {
+        case "USER":
+          return this.userCmd(args);
+        case "PASS":
+          return this.pass(rest);
+        case "STAT": case "LIST": case "RETR": case "DELE": case "RSET": case "NOOP": case "UIDL": case "TOP":
+          return { reply: Pop.wrongState() };
+        default:
+          return { reply: Pop.unknownCommand() };
+      }
+    }
+    if (args.some((a) => a.length > MAX_ARG)) return { reply: Pop.syntax("argument too long") };
+    switch (verb) {
+      case "STAT":
+        return this.noArgs(args) ?? { reply: Pop.stat(...this.totals()) };
+      case "NOOP":
+        return this.noArgs(args) ?? { reply: Pop.ok("") };
+      case "RSET": {
+        const bad = this.noArgs(args);
+        if (bad) return bad;
+        this.deleted.clear();
+        const [n, octets] = this.totals();
+        return { reply: Pop.ok(`maildrop has ${n} messages (${octets} octets)`) };
+      }
+      case "LIST":
+        return this.listing(args, (i) => String(this.drop!.size(i)));
+      case "UIDL":
+        return this.listing(args, (i) => this.drop!.uid(i));
+      case "RETR":
+        return this.retr(args);
+      case "TOP":
+        return this.top(args);
+      case "DELE":
+        return this.dele(args);
+      case "USER":
+      case "PASS":
+        return { reply: Pop.wrongState() };
+      default:
+        return { reply: Pop.unknownCommand() };
+    }
+  }
+
+  /** The connection ended without QUIT: nothing is deleted (RFC 1939 section 6). */
+  closed(): void {
+    this.drop?.release();
+    this.drop = null;
+    this.state = "closed";
+  }
+
+  private userCmd(args: string[]): PopResult {
+    if (args.length !== 1) return { reply: Pop.syntax("USER needs exactly one name") };
+    if (args[0]!.length > MAX_ARG) return { reply: Pop.syntax("name too long") };
+    const user = this.store.findUser(args[0]!);
+    this.pendingUser = user;
+    if (!user) return { reply: Pop.err("[AUTH] no such user") };
+    return { reply: Pop.userOk(user) };
+  }
+
+  private async pass(password: string): Promise<PopResult> {
+    const user = this.pendingUser;
+    this.pendingUser = null;
+    if (!user) return { reply: Pop.needUser() };
+    if (!(await this.store.checkPassword(user, password))) return { reply: Pop.badLogin(), log: `failed login for ${user} from ${this.peer}` };
+    try {
+      this.drop = await this.store.open(user);
+    } catch (e) {
+      // RFC 1939: the mailbox cannot be opened or locked: -ERR, and the server closes.
+      const busy = (e as Error).name === "MaildropBusy";
+      this.state = "closed";
+      return { reply: busy ? Pop.locked() : Pop.cannotOpen((e as Error).message), close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
+    }
+    this.user = user;
+    this.state = "transaction";
+    const [n, octets] = this.totals();
+    return { reply: Pop.loggedIn(n, octets), log: `login ${user} from ${this.peer}, ${n} messages` };
+  }
+
+  private async quit(): Promise<PopResult> {
+    if (this.state !== "transaction") {
+      this.state = "closed";
+      return { reply: Pop.goodbye(null), close: true };
+    }
+    // UPDATE state: remove the marked messages, then release everything.
+    const drop = this.drop!;
+    const count = this.deleted.size;
+    this.drop = null;
+    this.state = "closed";
+    try {
+      await drop.commit(this.deleted);
+    } catch (e) {
+      return { reply: Pop.updateFailed((e as Error).message), close: true, log: `update of ${this.user} failed: ${(e as Error).message}` };
+    }
+    return { reply: Pop.goodbye(this.user), close: true, log: count ? `${this.user} deleted ${count} messages` : undefined };
+  }
+
+  private noArgs(args: string[]): PopResult | null {
+    return args.length ? { reply: Pop.syntax("no arguments expected") } : null;
+  }
+
+  private totals(): [number, number] {
+    let n = 0;
+    let octets = 0;
+    const d = this.drop!;
+    for (let i = 0; i < d.count; i++) {
+      if (this.deleted.has(i)) continue;
+      n++;
+      octets += d.size(i);
+    }
+    return [n, octets];
+  }
+
+  /** A message number argument: 1-based, present, not deleted. Returns the 0-based index. */
+  private msg(arg: string | undefined): number | PopResult {
+    if (arg === undefined) return { reply: Pop.syntax("message number required") };
+    if (!/^\d+$/.test(arg)) return { reply: Pop.syntax(`invalid message number "${arg.slice(0, MAX_ARG)}"`) };
+    const n = Number(arg);
+    if (n < 1 || n > this.drop!.count) return { reply: Pop.noSuchMessage() };
+    if (this.deleted.has(n - 1)) return { reply: Pop.deleted() };
+    return n - 1;
+  }
+
+  private listing(args: string[], value: (i: number) => string): PopResult {
+    if (args.length > 1) return { reply: Pop.syntax("at most one message number") };
+    if (args.length === 1) {
+      const i = this.msg(args[0]);
+      if (typeof i !== "number") return i;
+      return { reply: Pop.ok(`${i + 1} ${value(i)}`) };
+    }
+    const rows: string[] = [];
+    for (let i = 0; i < this.drop!.count; i++) if (!this.deleted.has(i)) rows.push(`${i + 1} ${value(i)}`);
+    const [n, octets] = this.totals();
+    return { reply: Pop.ok(`${n} messages (${octets} octets)`), body: lines(rows) };
+  }
+
+  private async retr(args: string[]): Promise<PopResult> {
+    if (args.length !== 1) return { reply: Pop.syntax("RETR needs one message number") };
+    const i = this.msg(args[0]);
+    if (typeof i !== "number") return i;
+    return { reply: Pop.ok(`${this.drop!.size(i)} octets`), body: await this.drop!.read(i) };
+  }
+
+  private async top(args: string[]): Promise<PopResult> {
+    if (args.length !== 2) return { reply: Pop.syntax("TOP needs a message number and a line count") };
+    const i = this.msg(args[0]);
+    if (typeof i !== "number") return i;
+    if (!/^\d+$/.test(args[1]!)) return { reply: Pop.syntax(`invalid line count "${args[1]}"`) };
+    return { reply: Pop.ok("top of message follows"), body: await this.drop!.top(i, Number(args[1])) };
+  }
+
+  private dele(args: string[]): PopResult {
+    if (args.length !== 1) return { reply: Pop.syntax("DELE needs one message number") };
+    const i = this.msg(args[0]);
+    if (typeof i !== "number") return i;
+    this.deleted.add(i);
+    return { reply: Pop.ok(`message ${i + 1} deleted`) };
+  }
+}

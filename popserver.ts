@@ -1,0 +1,54 @@
+#!/usr/bin/env bun
+// popserver: the POP3 server (RFC 1939) over the mailboxes smtpmail fills.
+import { join, resolve } from "node:path";
+import { helpText, parseArgs, parseNumber, parsePort, runMain, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
+import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
+import { createPopServer, filePopStore } from "./lib/pop3-server.ts";
+import { Users } from "./lib/users.ts";
+
+const FLAGS: FlagSpec = {
+  "--root": { value: "DIR", help: "mail root holding user.txt and one directory per user (default: current directory)" },
+  "--host": { value: "ADDR", help: "address to listen on (default: 0.0.0.0)" },
+  "--max-connections": { value: "N", help: "simultaneous connections (default: 20000)" },
+  "--timeout": { value: "SECONDS", help: "autologout after this idle time (default: 600, RFC 1939)" },
+  "--verbose": { help: "log every command and reply as C: / S: lines (passwords hidden)" },
+  "--quiet": { help: "log only logins, deletions and errors, not every connection" },
+  "--version": { help: "print the version and exit" },
+  "--help": { help: "show this help" },
+};
+
+const USAGE = "usage: popserver [pop3_port] [options]     (port default 1100; 0 picks a free port)";
+
+await runMain("popserver", async () => {
+  const { positional, flags } = parseArgs(Bun.argv.slice(2), FLAGS);
+  if (flags.has("--help")) {
+    process.stdout.write(helpText(USAGE, "POP3 server: lets users read and delete the mail in <root>/<user>/mymailbox.", FLAGS));
+    return;
+  }
+  if (flags.has("--version")) {
+    process.stdout.write(`popserver ${VERSION}\n`);
+    return;
+  }
+  if (positional.length > 1) throw new UsageError(`unexpected argument "${positional[1]}"`);
+  const port = parsePort(positional[0], 1100, "port");
+  const root = resolve(String(flags.get("--root") ?? "."));
+  const log = (line: string) => process.stderr.write(line + "\n");
+  const users = new Users(join(root, "user.txt"), log);
+  users.load();
+  const host = String(flags.get("--host") ?? "0.0.0.0");
+  const server = createPopServer(
+    {
+      host,
+      port,
+      maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
+      idleTimeoutMs: parseNumber(flags.get("--timeout"), 600, "--timeout", 0.1) * 1000,
+      verbose: flags.has("--verbose"),
+      quiet: flags.has("--quiet"),
+      log,
+    },
+    filePopStore(root, users, log),
+  );
+  listenOrExplain(server, host, port);
+  process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.names.join(" ")})\n`);
+  installShutdown("popserver", server, async () => {}, log);
+});

@@ -1,0 +1,80 @@
+// Starts the real programs as child processes for end-to-end tests. With MAIL_TEST_BIN=dist
+// (or another directory) the compiled executables are used instead of the scripts, so the
+// same tests check what users actually run.
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+
+export const PROJECT = resolve(import.meta.dir, "../..");
+const BIN_DIR = process.env.MAIL_TEST_BIN ? resolve(PROJECT, process.env.MAIL_TEST_BIN) : null;
+
+/** The command line that runs one of the three programs. */
+export function command(program: "smtpmail" | "popserver" | "mailclient", args: string[]): string[] {
+  return BIN_DIR ? [join(BIN_DIR, program), ...args] : [process.execPath, join(PROJECT, `${program}.ts`), ...args];
+}
+
+/** A temporary mail root with user.txt and one directory per user. */
+export function makeRoot(users: Record<string, string> = { alice: "alicepw", bob: "bobpw" }): string {
+  const root = mkdtempSync(join(tmpdir(), "mailroot-"));
+  writeFileSync(join(root, "user.txt"), Object.entries(users).map(([u, p]) => `${u} ${p}\n`).join(""));
+  for (const u of Object.keys(users)) mkdirSync(join(root, u));
+  return root;
+}
+
+export function removeRoot(root: string): void {
+  rmSync(root, { recursive: true, force: true });
+}
+
+export interface Running {
+  port: number;
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  /** Everything the server wrote to stderr so far. */
+  log(): string;
+  /** Sends the signal and waits for the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number>;
+}
+
+async function start(program: "smtpmail" | "popserver", root: string, args: string[]): Promise<Running> {
+  const proc = Bun.spawn(command(program, ["0", "--root", root, "--host", "127.0.0.1", ...args]), {
+    cwd: root,
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let errText = "";
+  void (async () => {
+    const dec = new TextDecoder();
+    for await (const chunk of proc.stderr) errText += dec.decode(chunk, { stream: true });
+  })();
+  const reader = proc.stdout.getReader();
+  const dec = new TextDecoder();
+  let out = "";
+  const deadline = Date.now() + 15_000;
+  while (!/port (\d+)/.test(out)) {
+    if (Date.now() > deadline) throw new Error(`${program} did not start: ${out} ${errText}`);
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${program} exited before listening: ${out} ${errText}`);
+    out += dec.decode(value, { stream: true });
+  }
+  // Keep draining stdout so the child never blocks on a full pipe.
+  void (async () => {
+    for (;;) {
+      const { done } = await reader.read();
+      if (done) break;
+    }
+  })();
+  const port = Number(/port (\d+)/.exec(out)![1]);
+  return {
+    port,
+    proc,
+    log: () => errText,
+    async stop(signal: NodeJS.Signals = "SIGTERM") {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return await proc.exited;
+    },
+  };
+}
+
+export const startSmtp = (root: string, args: string[] = []) => start("smtpmail", root, args);
+export const startPop = (root: string, args: string[] = []) => start("popserver", root, args);
