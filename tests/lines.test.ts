@@ -1,0 +1,177 @@
+import { describe, expect, test } from "bun:test";
+import { LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
+
+const b = (s: string) => Buffer.from(s, "latin1");
+
+function lines(r: LineReader, max = 512): LineEvent[] {
+  const out: LineEvent[] = [];
+  for (let ev = r.nextLine(max); ev; ev = r.nextLine(max)) out.push(ev);
+  return out;
+}
+
+describe("LineReader.nextLine", () => {
+  test("pipelined commands in one chunk come out one by one", () => {
+    const r = new LineReader();
+    r.push(b("HELO a\r\nMAIL FROM:<x@y>\r\nRCPT TO:<z@w>\r\nDATA\r\n"));
+    expect(lines(r)).toEqual([
+      { kind: "line", text: "HELO a" },
+      { kind: "line", text: "MAIL FROM:<x@y>" },
+      { kind: "line", text: "RCPT TO:<z@w>" },
+      { kind: "line", text: "DATA" },
+    ]);
+    expect(r.buffered).toBe(0);
+  });
+
+  test("a command split at every byte position is reassembled", () => {
+    const wire = "MAIL FROM:<a@b>\r\nNOOP\r\n";
+    for (let cut = 0; cut <= wire.length; cut++) {
+      const r = new LineReader();
+      r.push(b(wire.slice(0, cut)));
+      const first = lines(r);
+      r.push(b(wire.slice(cut)));
+      const all = [...first, ...lines(r)];
+      expect(all).toEqual([
+        { kind: "line", text: "MAIL FROM:<a@b>" },
+        { kind: "line", text: "NOOP" },
+      ]);
+    }
+  });
+
+  test("bare LF ends a command line too; CR is stripped only before LF", () => {
+    const r = new LineReader();
+    r.push(b("NOOP\nRSET\r\nA\rB\r\n"));
+    expect(lines(r)).toEqual([
+      { kind: "line", text: "NOOP" },
+      { kind: "line", text: "RSET" },
+      { kind: "line", text: "A\rB" },
+    ]);
+  });
+
+  test("an incomplete line waits for more bytes", () => {
+    const r = new LineReader();
+    r.push(b("NOO"));
+    expect(r.nextLine(512)).toBeNull();
+    expect(r.buffered).toBe(3);
+    r.push(b("P\r"));
+    expect(r.nextLine(512)).toBeNull();
+    r.push(b("\n"));
+    expect(r.nextLine(512)).toEqual({ kind: "line", text: "NOOP" });
+  });
+
+  test("limit counts the CRLF: max-2 chars fit, max-1 do not", () => {
+    const r = new LineReader();
+    r.push(b("x".repeat(10) + "\r\n" + "y".repeat(11) + "\r\nNOOP\r\n"));
+    expect(lines(r, 12)).toEqual([
+      { kind: "line", text: "x".repeat(10) },
+      { kind: "too-long" },
+      { kind: "line", text: "NOOP" },
+    ]);
+  });
+
+  test("an over-long line without newline is reported once, discarded in pieces, and reading resumes after it", () => {
+    const r = new LineReader();
+    r.push(b("z".repeat(600)));
+    expect(r.nextLine(512)).toEqual({ kind: "too-long" });
+    expect(r.buffered).toBe(0);
+    for (let i = 0; i < 200; i++) {
+      r.push(b("z".repeat(500)));
+      expect(r.nextLine(512)).toBeNull();
+      expect(r.buffered).toBe(0); // memory stays bounded
+    }
+    r.push(b("zz\r\nNOOP\r\n"));
+    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+  });
+});
+
+function drainMessage(r: LineReader, max = 1 << 20): MessageEvent | null {
+  return r.nextMessage(max);
+}
+
+describe("LineReader.nextMessage", () => {
+  test("message ends at CRLF.CRLF; bytes after it are the next command", () => {
+    const r = new LineReader();
+    r.push(b("Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n"));
+    const m = drainMessage(r)!;
+    expect(m.kind).toBe("message");
+    expect(m.tooBig).toBe(false);
+    expect(m.bytes.toString()).toBe("Subject: x\r\n\r\nhello\r\n");
+    expect(lines(r)).toEqual([{ kind: "line", text: "QUIT" }]);
+  });
+
+  test("empty message: the terminator right after DATA's CRLF", () => {
+    const r = new LineReader();
+    r.push(b(".\r\nNOOP\r\n"));
+    const m = drainMessage(r)!;
+    expect(m.bytes.length).toBe(0);
+    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+  });
+
+  test("the end split at every byte position, in two and in one-byte chunks", () => {
+    const wire = "a\r\n..b\r\n.\r\n\r\nc\r\n.\r\nNOOP\r\n";
+    const expected = "a\r\n..b\r\n.\r\n\r\nc\r\n".slice(0, 8); // "a\r\n..b\r\n"
+    for (let cut = 0; cut <= wire.length; cut++) {
+      const r = new LineReader();
+      r.push(b(wire.slice(0, cut)));
+      let m = r.nextMessage(1000);
+      if (!m) {
+        r.push(b(wire.slice(cut)));
+        m = r.nextMessage(1000);
+      } else r.push(b(wire.slice(cut)));
+      expect(m?.bytes.toString()).toBe(expected);
+      // what follows the first end is handled again as text of a second message
+      const m2 = r.nextMessage(1000)!;
+      expect(m2.bytes.toString()).toBe("\r\nc\r\n");
+      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+    }
+    const r = new LineReader();
+    let m: MessageEvent | null = null;
+    for (const ch of wire) {
+      r.push(b(ch));
+      m ??= r.nextMessage(1000);
+    }
+    expect(m!.bytes.toString()).toBe(expected);
+  });
+
+  test("SMTP smuggling: <LF>.<CR><LF>, <CR><LF>.<LF>, <LF>.<LF> and <CR>.<CR><LF> never end DATA", () => {
+    for (const fake of ["\n.\r\n", "\r\n.\n", "\n.\n", "\r.\r\n", "\r\n.\r"]) {
+      const r = new LineReader();
+      const text = `a${fake}MAIL FROM:<evil@x>\r\n`;
+      r.push(b(text));
+      expect(r.nextMessage(1000)).toBeNull();
+      r.push(b(".\r\nNOOP\r\n"));
+      const m = r.nextMessage(1000)!;
+      expect(m.bytes.toString("latin1")).toBe(text);
+      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+    }
+  });
+
+  test("over the size limit: tooBig, no bytes kept, and the stream stays in step", () => {
+    const r = new LineReader();
+    for (let i = 0; i < 10; i++) {
+      r.push(b("x".repeat(98) + "\r\n"));
+      expect(r.nextMessage(500)).toBeNull();
+    }
+    r.push(b(".\r\nNOOP\r\n"));
+    const m = r.nextMessage(500)!;
+    expect(m.tooBig).toBe(true);
+    expect(m.bytes.length).toBe(0);
+    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+  });
+
+  test("exactly at the limit is accepted, one byte over is not", () => {
+    for (const [len, big] of [[100, false], [101, true]] as const) {
+      const r = new LineReader();
+      r.push(b("y".repeat(len - 2) + "\r\n.\r\n"));
+      const m = r.nextMessage(100)!;
+      expect(m.tooBig).toBe(big);
+      if (!big) expect(m.bytes.length).toBe(100);
+    }
+  });
+
+  test("a 1000-octet text line and longer are kept whole", () => {
+    const line = "w".repeat(5000);
+    const r = new LineReader();
+    r.push(b(line + "\r\n.\r\n"));
+    expect(r.nextMessage(1 << 20)!.bytes.toString()).toBe(line + "\r\n");
+  });
+});
