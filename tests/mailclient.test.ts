@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import pkg from "../package.json" with { type: "json" };
 import { closedPort, fakePop3, fakeSmtp, type FakeMail, type FakeServer } from "./helpers/client-fake-server.ts";
-import { runClient, typed } from "./helpers/client-run.ts";
+import { ROOT, runClient, typed } from "./helpers/client-run.ts";
+import { TmuxSession, tmuxPath } from "./helpers/client-tmux.ts";
 
 const servers: FakeServer[] = [];
 afterEach(() => {
@@ -245,5 +246,62 @@ describe("Manage Mail", () => {
     const r = await runClient(f.args, typed("bob", "secret", "1", "1", "", "-1", "3"));
     expect(r.stdout).not.toContain("\x1b");
     expect(r.stdout).toContain("^[[2Jboom");
+  });
+});
+
+describe("in a real terminal (tmux)", () => {
+  if (!tmuxPath) console.warn("SKIP tmux tests: tmux is not installed (apt-get install -y tmux)");
+
+  test.skipIf(!tmuxPath)("hidden password, one-key delete, send, quit", async () => {
+    const f = fakes();
+    const term = new TmuxSession();
+    try {
+      await term.start([process.execPath, "mailclient.ts", ...f.args], ROOT);
+      await term.waitFor("Username: ");
+      await term.line("bob");
+      await term.waitFor("Password: ");
+      await term.type("wrongpass");
+      await term.press("Enter");
+      await term.waitFor("Login failed");
+      await term.line("bob");
+      await term.waitFor("Password: ", 2);
+      await term.type("secrxx");
+      await term.press("BSpace", "BSpace");
+      await term.type("et");
+      await term.press("Enter");
+      let screen = await term.waitFor("Enter option: ");
+      expect(screen).toContain("Logged in as bob.");
+      expect(screen).not.toContain("wrongpass");
+      expect(screen).not.toContain("secr");
+
+      await term.line("1");
+      await term.waitFor("Enter mail no. to see: ");
+      await term.line("2");
+      await term.waitFor("Press d to delete");
+      await term.type("d"); // one key, no Enter: getchar() in raw mode
+      screen = await term.waitFor("Enter mail no. to see: ", 2);
+      expect(screen).toContain("Mail 2 deleted.");
+      const list = screen.slice(screen.lastIndexOf("Sl. No."));
+      expect(list).toContain("      2  dave@mail.test");
+      expect(list).not.toContain("carol@else.test");
+      await term.line("-1");
+      await term.waitFor("Enter option: ", 2);
+      expect(f.mailbox.length).toBe(2);
+
+      await term.line("2");
+      await term.waitFor("end with a line holding only");
+      for (const l of ["From: bob@mail.test", "To: alice@mail.test", "Subject: from tmux", "typed body", "."]) await term.line(l);
+      await term.waitFor("Mail sent successfully");
+      await term.line("2");
+      await term.waitFor("end with a line holding only", 2);
+      for (const l of ["From: bob", "To: alice@mail.test", "Subject: bad", "."]) await term.line(l);
+      await term.waitFor("Incorrect format");
+      await term.line("3");
+      screen = await term.waitFor("EXIT=");
+      expect(screen).toContain("EXIT=0");
+      expect(f.delivered.map((d) => d.to)).toEqual(["alice@mail.test"]);
+    } finally {
+      await term.stop();
+    }
   });
 });
