@@ -34,7 +34,10 @@ export function normalizeLineEnds(wire: Buffer): Buffer {
   let afterBareLf = false;
   for (let i = wire.indexOf(LF); i >= 0; i = wire.indexOf(LF, start)) {
     const end = i > start && wire[i - 1] === CR ? i - 1 : i;
-    if (afterBareLf && wire[start] === DOT) parts.push(Buffer.from("."));
+    // A lone "." ended by a bare LF ("<CRLF>.<LF>", a smuggling attempt) must not become
+    // a "." line in the file, where it would end the message: stuff it as well.
+    const loneDot = end === i && end - start === 1 && wire[start] === DOT;
+    if ((afterBareLf || loneDot) && wire[start] === DOT) parts.push(Buffer.from("."));
     parts.push(wire.subarray(start, end), Buffer.from("\r\n"));
     afterBareLf = end === i;
     start = i + 1;
@@ -134,7 +137,9 @@ export class MailboxScanner {
         if (buf[dotLine + 2] === LF) termEnd = dotLine + 3;
       }
       if (termEnd < 0) {
-        if (next === DOT) stuffed++;
+        // Every other line that starts with "." carries a stuffing dot: the reader
+        // (POP3 client) removes it, so it does not count in the RFC 1939 size.
+        stuffed++;
         search = dotLine + 1;
         continue;
       }
@@ -145,7 +150,9 @@ export class MailboxScanner {
     }
     // A final "." without a newline, at the very end of a hand-written file.
     if (atEof && buf.length - start >= 1 && buf[buf.length - 1] === DOT &&
-        (buf.length - 1 === start || buf[buf.length - 2] === LF)) {
+        // Only after a bare LF: our own records end "\r\n.\r\n", so "\r\n." at the end is
+        // an interrupted append (possibly cut inside a stuffed line), not a complete message.
+        (buf.length - 1 === start || (buf[buf.length - 2] === LF && buf[buf.length - 3] !== CR))) {
       const dotLine = buf.length - 1;
       if (dotLine > start) this.addMessage(buf, start, dotLine, buf.length, stuffed);
       start = buf.length;

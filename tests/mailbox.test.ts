@@ -1,0 +1,182 @@
+import { describe, expect, test } from "bun:test";
+import { buildRecord, MailboxScanner, normalizeLineEnds, receivedLine, scanBuffer, toWire, unstuff, type MessageEntry } from "../lib/mailbox.ts";
+
+const b = (s: string) => Buffer.from(s, "utf8");
+const RCV = "Received: 2024-03-05 : 09 : 07";
+
+/** What a POP3 client gets for one entry: wire form without the final ".", unstuffed. */
+function delivered(file: Buffer, m: MessageEntry): Buffer {
+  const wire = toWire(file.subarray(m.offset, m.offset + m.length), m.lf);
+  expect(wire.subarray(-3).toString()).toBe(".\r\n");
+  return unstuff(wire.subarray(0, wire.length - 3));
+}
+
+describe("receivedLine", () => {
+  test("date : hour : minute with zero padding", () => {
+    expect(receivedLine(new Date(2024, 2, 5, 9, 7, 59))).toBe(RCV);
+    expect(receivedLine(new Date(1999, 11, 31, 23, 59))).toBe("Received: 1999-12-31 : 23 : 59");
+  });
+});
+
+describe("buildRecord", () => {
+  test("the assignment's message: Received right after Subject, then body, then '.'", () => {
+    const wire = b("From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Test mail\r\nThis is a test mail.\r\nHow are you doing?\r\n");
+    expect(buildRecord(wire, RCV).toString()).toBe(
+      "From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Test mail\r\n" + RCV + "\r\nThis is a test mail.\r\nHow are you doing?\r\n.\r\n",
+    );
+  });
+
+  test("real-client headers are kept byte for byte; Received goes after a folded Subject", () => {
+    const wire = b("Date: Tue, 5 Mar 2024\r\nSubject: a long\r\n\tfolded subject\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n");
+    expect(buildRecord(wire, RCV).toString()).toBe(
+      "Date: Tue, 5 Mar 2024\r\nSubject: a long\r\n\tfolded subject\r\n" + RCV + "\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n.\r\n",
+    );
+  });
+
+  test("without Subject: at the end of the header block; without headers: first", () => {
+    expect(buildRecord(b("From: a@b\r\n\r\nhi\r\n"), RCV).toString()).toBe("From: a@b\r\n" + RCV + "\r\n\r\nhi\r\n.\r\n");
+    expect(buildRecord(b("just text\r\n"), RCV).toString()).toBe(RCV + "\r\njust text\r\n.\r\n");
+    expect(buildRecord(b(""), RCV).toString()).toBe(RCV + "\r\n.\r\n");
+  });
+
+  test("subject-like text in the body is not a header", () => {
+    const out = buildRecord(b("From: a@b\r\n\r\nSubject: not a header\r\n"), RCV).toString();
+    expect(out).toBe("From: a@b\r\n" + RCV + "\r\n\r\nSubject: not a header\r\n.\r\n");
+  });
+
+  test("dot-stuffed lines stay stuffed and one record scans as one message", () => {
+    const wire = b("Subject: s\r\n\r\n..\r\n...\r\n..x\r\n");
+    const rec = buildRecord(wire, RCV);
+    const s = scanBuffer(rec);
+    expect(s.messages.length).toBe(1);
+    expect(delivered(rec, s.messages[0]!).toString()).toBe("Subject: s\r\n" + RCV + "\r\n\r\n.\r\n..\r\n.x\r\n");
+  });
+
+  test("smuggled end-of-data lookalikes inside a message never split it in the file", () => {
+    for (const fake of ["\r\n.\n", "\n.\r\n", "\n.\n", "\n.\r\n.\n"]) {
+      const wire = b(`Subject: s\r\n\r\na${fake}MAIL FROM:<x@y>\r\n`);
+      const rec = buildRecord(wire, RCV);
+      const s = scanBuffer(Buffer.concat([rec, rec]));
+      expect(s.messages.length).toBe(2);
+      expect(s.validEnd).toBe(rec.length * 2);
+    }
+  });
+});
+
+describe("normalizeLineEnds", () => {
+  test("CRLF-only input is returned unchanged (same buffer)", () => {
+    const w = b("a\r\n.b\r\n");
+    expect(normalizeLineEnds(w)).toBe(w);
+  });
+  test("bare LF becomes CRLF; a '.' line after a bare LF is stuffed", () => {
+    expect(normalizeLineEnds(b("a\nb\r\nc\n")).toString()).toBe("a\r\nb\r\nc\r\n");
+    expect(normalizeLineEnds(b("a\n.x\n.\n")).toString()).toBe("a\r\n..x\r\n..\r\n");
+    expect(normalizeLineEnds(b("a\r\n.\nb\r\n")).toString()).toBe("a\r\n..\r\nb\r\n");
+  });
+  test("a final line without line end gets CRLF", () => {
+    expect(normalizeLineEnds(b("a\nb")).toString()).toBe("a\r\nb\r\n");
+  });
+});
+
+function smallMailbox(): Buffer {
+  return Buffer.concat([
+    buildRecord(b("From: a@b\r\nTo: c@d\r\nSubject: one\r\n\r\nline\r\n..\r\n"), RCV),
+    buildRecord(b(""), RCV),
+    buildRecord(b("Subject: three\r\n\r\n...x\r\nünïcødé ✓\r\n"), RCV),
+  ]);
+}
+
+describe("MailboxScanner", () => {
+  test("chunked input split at every byte position gives the same messages as one buffer", () => {
+    const file = smallMailbox();
+    const whole = scanBuffer(file);
+    expect(whole.messages.length).toBe(3);
+    expect(whole.validEnd).toBe(file.length);
+    for (let cut = 0; cut <= file.length; cut++) {
+      const s = new MailboxScanner();
+      s.push(file.subarray(0, cut));
+      s.push(file.subarray(cut), true);
+      expect(s.messages).toEqual(whole.messages);
+      expect(s.validEnd).toBe(file.length);
+    }
+    // one byte at a time
+    const s = new MailboxScanner();
+    for (let i = 0; i < file.length; i++) s.push(file.subarray(i, i + 1), i === file.length - 1);
+    expect(s.messages).toEqual(whole.messages);
+  });
+
+  test("offsets and lengths cover the file exactly", () => {
+    const file = smallMailbox();
+    const { messages } = scanBuffer(file);
+    let pos = 0;
+    for (const m of messages) {
+      expect(m.offset).toBe(pos);
+      expect(file.subarray(m.offset + m.length - 3, m.offset + m.length).toString()).toBe(".\r\n");
+      pos += m.length;
+      expect(m.lf).toBe(false);
+    }
+    expect(pos).toBe(file.length);
+  });
+
+  test("a torn tail (crash mid-append) is ignored, at every cut point of the last record", () => {
+    const good = smallMailbox();
+    const last = buildRecord(b("Subject: torn\r\n\r\na\r\n..x\r\n..\r\nb\r\n"), RCV);
+    for (let cut = 1; cut < last.length; cut++) {
+      const file = Buffer.concat([good, last.subarray(0, cut)]);
+      const s = scanBuffer(file);
+      expect(s.messages.length).toBe(3);
+      expect(s.validEnd).toBe(good.length);
+    }
+  });
+
+  test("the assignment's hand-written LF mailbox with a leading '.' line", () => {
+    const text =
+      ".\nFrom: ag@iitkgp.edu\nTo: gb@iitkgp.edu\nSubject: Hello\nReceived: 2024-01-02 : 10 : 30\nline one\n.x dotted\n.\n" +
+      "From: b@c\nTo: gb@iitkgp.edu\nSubject: Second\nReceived: 2024-01-02 : 11 : 00\n.";
+    const file = b(text);
+    const s = scanBuffer(file);
+    expect(s.messages.length).toBe(2);
+    expect(s.messages.every((m) => m.lf)).toBe(true);
+    expect(s.validEnd).toBe(file.length);
+    const first = delivered(file, s.messages[0]!).toString();
+    expect(first).toBe("From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Hello\r\nReceived: 2024-01-02 : 10 : 30\r\nline one\r\nx dotted\r\n");
+    expect(delivered(file, s.messages[1]!).toString()).toBe("From: b@c\r\nTo: gb@iitkgp.edu\r\nSubject: Second\r\nReceived: 2024-01-02 : 11 : 00\r\n");
+  });
+
+  test("RFC 1939 sizes: CRLF octets without stuffing dots, equal to what RETR delivers", () => {
+    const lf = b(".\nSubject: x\n\n..\n.y\nplain\n.\n");
+    const files = [smallMailbox(), lf, buildRecord(b("Subject: q\r\n\r\n.x\r\n"), RCV)];
+    for (const file of files) {
+      const s = scanBuffer(file);
+      expect(s.messages.length).toBeGreaterThan(0);
+      for (const m of s.messages) expect(m.size).toBe(delivered(file, m).length);
+    }
+    // a known value: "Subject: x\r\n\r\n.\r\ny\r\nplain\r\n" = 12+2+3+3+7
+    expect(scanBuffer(lf).messages[0]!.size).toBe(27);
+  });
+
+  test("identical messages get distinct UIDs; UIDs are stable across scans", () => {
+    const rec = buildRecord(b("Subject: same\r\n\r\nsame\r\n"), RCV);
+    const file = Buffer.concat([rec, rec, rec, buildRecord(b("other\r\n"), RCV)]);
+    const a = scanBuffer(file).messages.map((m) => m.uid);
+    expect(new Set(a).size).toBe(4);
+    expect(scanBuffer(file).messages.map((m) => m.uid)).toEqual(a);
+  });
+
+  test("an LF file whose last '.' has no newline is complete; a CRLF record cut after the dot is not", () => {
+    expect(scanBuffer(b("a\nb\n.")).messages.length).toBe(1);
+    const rec = buildRecord(b("x\r\n"), RCV);
+    expect(scanBuffer(Buffer.concat([rec, b("Subject: half\r\n.")])).messages.length).toBe(1);
+  });
+});
+
+describe("toWire and unstuff", () => {
+  test("toWire: LF entries get CRLF, stored CRLF records are passed through", () => {
+    expect(toWire(b("a\nb\n.\n"), true).toString()).toBe("a\r\nb\r\n.\r\n");
+    const rec = b("a\r\n.\r\n");
+    expect(toWire(rec, false)).toBe(rec);
+  });
+  test("unstuff removes one leading dot per line, including the first", () => {
+    expect(unstuff(b("..a\r\n...\r\nb.\r\n.c\r\n")).toString()).toBe(".a\r\n..\r\nb.\r\nc\r\n");
+  });
+});
