@@ -1,13 +1,19 @@
 // Drive a program in a real terminal: a private tmux server, send-keys, capture-pane.
 
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
 export const tmuxPath = Bun.which("tmux");
 
 export class TmuxSession {
-  private readonly socket = `mailclient-test-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  // A private server on a socket in our own temp dir: no clash with the user's tmux, nothing left behind.
+  private readonly dir = mkdtempSync(join(tmpdir(), "mailclient-tmux-"));
+  private readonly socket = join(this.dir, "sock");
   private panePid = 0;
 
   private async tmux(...args: string[]): Promise<string> {
-    const proc = Bun.spawn([tmuxPath!, "-L", this.socket, "-f", "/dev/null", ...args], { stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn([tmuxPath!, "-S", this.socket, "-f", "/dev/null", ...args], { stdout: "pipe", stderr: "pipe" });
     const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
     if (code !== 0) throw new Error(`tmux ${args[0]} failed: ${err.trim()}`);
     return out;
@@ -58,5 +64,6 @@ export class TmuxSession {
       } catch {}
     }
     await this.tmux("kill-server").catch(() => {});
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }
