@@ -157,7 +157,10 @@ export class SmtpSession {
     if (path.params.length) return one(Smtp.paramNotImplemented(path.params[0]!));
     this.rcptAttempted = true;
     const isPostmaster = /^postmaster$/i.test(path.addr);
-    if (!isPostmaster && !ADDRESS.test(path.addr)) return one(Smtp.syntax(`bad recipient address "${path.addr}"`));
+    if (path.addr === "") return one(Smtp.syntax("empty recipient address"));
+    // Anything else that is not a deliverable address ("../x", "/", NUL, ...) is simply
+    // not one of our users: 550, as the assignment and issue ask.
+    if (!isPostmaster && !ADDRESS.test(path.addr)) return one(Smtp.noSuchUser());
     if (this.rcptCount >= this.config.maxRecipients) return one(Smtp.tooManyRecipients());
     const local = isPostmaster ? path.addr : path.addr.slice(0, path.addr.lastIndexOf("@"));
     const user = this.users.resolve(local);
