@@ -19,7 +19,7 @@ const FLAGS: FlagSpec = {
 
 const USAGE = "usage: popserver [pop3_port] [options]     (port default 1100; 0 picks a free port)";
 
-await runMain("popserver", async () => {
+void runMain("popserver", async () => {
   const { positional, flags } = parseArgs(Bun.argv.slice(2), FLAGS);
   if (flags.has("--help")) {
     process.stdout.write(helpText(USAGE, "POP3 server: lets users read and delete the mail in <root>/<user>/mymailbox.", FLAGS));

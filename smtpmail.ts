@@ -26,7 +26,7 @@ const FLAGS: FlagSpec = {
 
 const USAGE = "usage: smtpmail [my_port] [options]     (port default 2525; 0 picks a free port)";
 
-await runMain("smtpmail", async () => {
+void runMain("smtpmail", async () => {
   const { positional, flags } = parseArgs(Bun.argv.slice(2), FLAGS);
   if (flags.has("--help")) {
     process.stdout.write(helpText(USAGE, "SMTP server: receives mail and stores it in <root>/<user>/mymailbox.", FLAGS));

@@ -1,0 +1,62 @@
+// `npm start`: both servers in one terminal. Serves the directory npm was started from if
+// it has a user.txt (as the assignment runs things); otherwise a demo mail root with demo
+// users, created on first use. Ctrl-C stops both cleanly.
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs, parsePort, runMain, type FlagSpec } from "../lib/cli.ts";
+
+const PROJECT = resolve(import.meta.dir, "..");
+const DEMO_USERS: [string, string][] = [["alice", "alice123"], ["bob", "bob123"], ["carol", "carol123"]];
+const FLAGS: FlagSpec = {
+  "--smtp-port": { value: "PORT", help: "SMTP port (default 2525)" },
+  "--pop-port": { value: "PORT", help: "POP3 port (default 1100)" },
+  "--root": { value: "DIR", help: "mail root to serve" },
+  "--help": { help: "show this help" },
+};
+
+await runMain("start", async () => {
+  const { flags } = parseArgs(Bun.argv.slice(2), FLAGS);
+  if (flags.has("--help")) {
+    console.log("usage: npm start [-- --smtp-port P --pop-port P --root DIR]");
+    return;
+  }
+  const smtpPort = parsePort(flags.get("--smtp-port") as string | undefined, 2525, "SMTP port");
+  const popPort = parsePort(flags.get("--pop-port") as string | undefined, 1100, "POP3 port");
+  // npm runs scripts in the package directory; INIT_CWD is where the user typed the command.
+  const here = process.env.INIT_CWD ?? process.cwd();
+  let root = flags.has("--root") ? resolve(here, String(flags.get("--root"))) : existsSync(join(here, "user.txt")) ? here : join(PROJECT, "demo-root");
+  if (!existsSync(join(root, "user.txt"))) {
+    mkdirSync(root, { recursive: true });
+    writeFileSync(join(root, "user.txt"), DEMO_USERS.map(([u, p]) => `${u} ${p}\n`).join(""));
+    for (const [u] of DEMO_USERS) mkdirSync(join(root, u), { recursive: true });
+    console.log(`Created demo mail root ${root}`);
+  }
+  console.log(`Mail root: ${root}`);
+  const userText = await Bun.file(join(root, "user.txt")).text();
+  console.log("Users (name password):");
+  for (const line of userText.split("\n")) if (line.trim() && !line.startsWith("#")) console.log(`  ${line.trim()}`);
+
+  const spawn = (script: string, port: number) =>
+    Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root], { stdio: ["ignore", "inherit", "inherit"] });
+  const smtp = spawn("smtpmail.ts", smtpPort);
+  const pop = spawn("popserver.ts", popPort);
+  console.log(`SMTP on port ${smtpPort}, POP3 on port ${popPort}. Try: bun mailclient.ts 127.0.0.1 ${smtpPort} ${popPort}`);
+  console.log("Press Ctrl-C to stop both servers.");
+
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    for (const p of [smtp, pop]) if (p.exitCode === null) p.kill("SIGTERM");
+  };
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
+  // If either server fails (port in use...), stop the other and report.
+  const first = await Promise.race([smtp.exited.then((c) => ["smtpmail", c] as const), pop.exited.then((c) => ["popserver", c] as const)]);
+  if (!stopping) {
+    console.error(`${first[0]} exited with code ${first[1]}; stopping the other server`);
+    stop();
+  }
+  const codes = await Promise.all([smtp.exited, pop.exited]);
+  process.exit(stopping && codes.every((c) => c === 0) ? 0 : 1);
+});
