@@ -1,0 +1,136 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import { acquireLock, tryLock } from "../lib/lock.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "lock-test-"));
+const procs: { pid: number; kill(): void }[] = [];
+afterAll(() => {
+  for (const p of procs) p.kill();
+  rmSync(dir, { recursive: true, force: true });
+});
+let n = 0;
+const lockPath = () => join(dir, `box${++n}.lock`);
+
+async function deadPid(): Promise<number> {
+  const p = Bun.spawn(["true"]);
+  await p.exited;
+  return p.pid;
+}
+function livePid(): number {
+  const p = Bun.spawn(["sleep", "60"]);
+  procs.push(p);
+  return p.pid;
+}
+
+describe("tryLock", () => {
+  test("takes a free lock, writes 'pid host', refuses a second taker, and releases", () => {
+    const p = lockPath();
+    const a = tryLock(p)!;
+    expect(a).not.toBeNull();
+    expect(readFileSync(p, "utf8").trim()).toBe(`${process.pid} ${hostname()}`);
+    expect(tryLock(p)).toBeNull();
+    a.release();
+    expect(existsSync(p)).toBe(false);
+    a.release(); // twice is harmless
+    const b = tryLock(p)!;
+    expect(b).not.toBeNull();
+    b.release();
+    // no temp files left behind
+    expect(readdirSync(dir).filter((f) => f.endsWith(".tmp"))).toEqual([]);
+  });
+
+  test("a lock held by a live process on this host is respected", () => {
+    const p = lockPath();
+    writeFileSync(p, `${livePid()} ${hostname()}\n`);
+    expect(tryLock(p)).toBeNull();
+    expect(existsSync(p)).toBe(true);
+  });
+
+  test("a stale lock from a dead pid is broken", async () => {
+    const p = lockPath();
+    const pid = await deadPid();
+    writeFileSync(p, `${pid} ${hostname()}\n`);
+    const l = tryLock(p);
+    expect(l).not.toBeNull();
+    expect(readFileSync(p, "utf8").trim()).toBe(`${process.pid} ${hostname()}`);
+    l!.release();
+  });
+
+  test("a garbage or empty lock file is broken", () => {
+    for (const content of ["", "garbage\n", "-5 host\n"]) {
+      const p = lockPath();
+      writeFileSync(p, content);
+      const l = tryLock(p);
+      expect(l).not.toBeNull();
+      l!.release();
+    }
+  });
+
+  test("a lock naming our own pid that we do not hold (left by an earlier process) is broken", () => {
+    const p = lockPath();
+    writeFileSync(p, `${process.pid} ${hostname()}\n`);
+    const l = tryLock(p);
+    expect(l).not.toBeNull();
+    l!.release();
+  });
+
+  test("another host's lock is never broken (its pids cannot be checked)", async () => {
+    const p = lockPath();
+    writeFileSync(p, `${await deadPid()} some-other-host.example\n`);
+    expect(tryLock(p)).toBeNull();
+  });
+});
+
+describe("acquireLock", () => {
+  test("waits for the holder to release", async () => {
+    const p = lockPath();
+    const a = tryLock(p)!;
+    setTimeout(() => a.release(), 50);
+    const b = await acquireLock(p, 5000);
+    expect(b.path).toBe(p);
+    b.release();
+  });
+
+  test("times out while a live process holds it", async () => {
+    const p = lockPath();
+    writeFileSync(p, `${livePid()} ${hostname()}\n`);
+    await expect(acquireLock(p, 100)).rejects.toThrow(/timed out/);
+  });
+
+  test("breaks a stale lock left by a killed process that really held it", async () => {
+    const p = lockPath();
+    // a child process takes the lock with lock.ts and is killed -9 while holding it
+    const child = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${JSON.stringify(join(import.meta.dir, "../lib/lock.ts"))}); if (!tryLock(${JSON.stringify(p)})) process.exit(3); console.log("held"); await Bun.sleep(60000);`], { stdout: "pipe" });
+    procs.push(child);
+    const reader = child.stdout.getReader();
+    const { value } = await reader.read();
+    expect(new TextDecoder().decode(value)).toContain("held");
+    expect(tryLock(p)).toBeNull();
+    child.kill(9);
+    await child.exited;
+    const l = await acquireLock(p, 5000);
+    l.release();
+  });
+
+  test("many concurrent waiters in one process each get it exactly once, one at a time", async () => {
+    const p = lockPath();
+    let inside = 0;
+    let max = 0;
+    let done = 0;
+    await Promise.all(
+      Array.from({ length: 20 }, async () => {
+        const l = await acquireLock(p, 10000);
+        inside++;
+        max = Math.max(max, inside);
+        await Bun.sleep(1);
+        inside--;
+        done++;
+        l.release();
+      }),
+    );
+    expect(done).toBe(20);
+    expect(max).toBe(1);
+  });
+});

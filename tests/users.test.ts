@@ -1,0 +1,106 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync, renameSync, unlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { isSafeUserName, parseUserTable, UserFileError, Users } from "../lib/users.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "users-test-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let n = 0;
+function file(text: string): string {
+  const p = join(dir, `user${++n}.txt`);
+  writeFileSync(p, text);
+  return p;
+}
+
+describe("parseUserTable", () => {
+  test("spaces and tabs, blank lines, comments, CRLF", () => {
+    const t = parseUserTable("alice  pw1\r\n\n\tbob\t \tpw2\n# comment\n   \ncarol pw3");
+    expect(t.names).toEqual(["alice", "bob", "carol"]);
+    expect(t.passwords.get("bob")).toBe("pw2");
+    expect(t.problems).toEqual([]);
+  });
+
+  test("malformed lines are reported with their line number and skipped", () => {
+    const t = parseUserTable("alice pw\njustone\nbad/name pw\nalice again\nx y z\n../up pw\nbob pw\n", "u.txt");
+    expect(t.names).toEqual(["alice", "bob"]);
+    expect(t.problems.length).toBe(5);
+    expect(t.problems[0]).toContain("u.txt line 2");
+    expect(t.problems[1]).toContain("line 3");
+    expect(t.problems[2]).toContain("line 4");
+    expect(t.problems[3]).toContain("line 5");
+    expect(t.problems[4]).toContain("line 6");
+  });
+
+  test("isSafeUserName rejects path-like and control names", () => {
+    for (const bad of ["", ".", "..", "../x", "a/b", "/", "a\x00b", ".hidden", "a b", "x".repeat(65)]) expect(isSafeUserName(bad)).toBe(false);
+    for (const good of ["alice", "a.b", "a_b-c+d", "A1", "x".repeat(64)]) expect(isSafeUserName(good)).toBe(true);
+  });
+});
+
+describe("Users", () => {
+  test("missing file and a file without valid lines are one-line UserFileErrors", () => {
+    expect(() => new Users(join(dir, "nope.txt")).load()).toThrow(UserFileError);
+    expect(() => new Users(file("\n# only comments\njunk\n")).load()).toThrow(/no valid/);
+  });
+
+  test("resolve: exact, unique case-insensitive, postmaster, unknown", () => {
+    const u = new Users(file("alice a\nBob b\nCarol c\ncarol c2\n"));
+    u.load();
+    expect(u.resolve("alice")).toBe("alice");
+    expect(u.resolve("ALICE")).toBe("alice");
+    expect(u.resolve("bob")).toBe("Bob");
+    expect(u.resolve("carol")).toBe("carol");
+    expect(u.resolve("CAROL")).toBeNull(); // ambiguous
+    expect(u.resolve("postmaster")).toBe("alice");
+    expect(u.resolve("POSTMASTER")).toBe("alice");
+    for (const bad of ["nobody", "../alice", "alice/", "", "alice\x00"]) expect(u.resolve(bad)).toBeNull();
+  });
+
+  test("postmaster goes to the chosen user, or the first when that user is not listed", () => {
+    const p = file("alice a\nbob b\n");
+    const u = new Users(p, () => {}, "bob");
+    u.load();
+    expect(u.resolve("Postmaster")).toBe("bob");
+    const warnings: string[] = [];
+    const v = new Users(p, (w) => warnings.push(w), "zed");
+    v.load();
+    expect(v.resolve("postmaster")).toBe("alice");
+    expect(warnings.join()).toContain("zed");
+  });
+
+  test("check: right and wrong passwords, unknown users, hashed passwords", async () => {
+    const hash = await Bun.password.hash("s3cret", { algorithm: "bcrypt", cost: 4 });
+    const u = new Users(file(`alice pw\nbob ${hash}\n`));
+    u.load();
+    expect(await u.check("alice", "pw")).toBe("alice");
+    expect(await u.check("alice", "pw ")).toBeNull();
+    expect(await u.check("alice", "")).toBeNull();
+    expect(await u.check("ALICE", "pw")).toBeNull();
+    expect(await u.check("nobody", "pw")).toBeNull();
+    expect(await u.check("bob", "s3cret")).toBe("bob");
+    expect(await u.check("bob", hash)).toBeNull();
+  });
+
+  test("edits take effect without a restart; a broken file keeps the last good list", async () => {
+    const p = file("alice a\n");
+    const warnings: string[] = [];
+    const u = new Users(p, (w) => warnings.push(w));
+    u.load();
+    expect(u.resolve("bob")).toBeNull();
+    writeFileSync(p, "alice a\nbob b\n");
+    expect(u.resolve("bob")).toBe("bob");
+    // replaced through rename (a new inode), same size
+    const tmp = p + ".new";
+    writeFileSync(tmp, "alice a\ncarl b\n");
+    renameSync(tmp, p);
+    expect(u.resolve("carl")).toBe("carl");
+    expect(u.resolve("bob")).toBeNull();
+    unlinkSync(p);
+    expect(u.resolve("carl")).toBe("carl");
+    expect(warnings.join("\n")).toContain("keeping the previous user list");
+    writeFileSync(p, "dave d\n");
+    expect(u.resolve("dave")).toBe("dave");
+    expect(u.names).toEqual(["dave"]);
+  });
+});
