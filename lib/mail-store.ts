@@ -158,7 +158,9 @@ async function repairTail(fh: FileHandle, size: number, path: string, warn: (m: 
   const end = (await readAt(fh, Math.max(0, size - 4), Math.min(4, size))).toString("latin1");
   const whole = size <= 4;
   if (end.endsWith("\n.\r\n") || end.endsWith("\n.\n") || (whole && (end === ".\r\n" || end === ".\n"))) return "";
-  if (end.endsWith("\n.") || (whole && end === ".")) return "\r\n";
+  // A hand-written (LF) file whose final "." lacks its newline. "\r\n." is different: our
+  // records end in ".\r\n", so that is a torn append (maybe cut inside a "..x" line).
+  if ((end.endsWith("\n.") && !end.endsWith("\r\n.")) || (whole && end === ".")) return "\n";
   // Search backwards for the last "." line.
   let cut = 0;
   const step = 64 * 1024;

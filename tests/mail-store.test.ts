@@ -1,0 +1,124 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import { FileMailStore } from "../lib/mail-store.ts";
+import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
+
+const roots: string[] = [];
+afterAll(() => {
+  for (const r of roots) rmSync(r, { recursive: true, force: true });
+});
+function root(users = ["alice", "bob"]): string {
+  const r = mkdtempSync(join(tmpdir(), "store-test-"));
+  roots.push(r);
+  for (const u of users) mkdirSync(join(r, u));
+  return r;
+}
+const rec = (subject: string) => buildRecord(Buffer.from(`Subject: ${subject}\r\n\r\nbody of ${subject}\r\n..\r\n`), "Received: 2024-01-01 : 00 : 00");
+const box = (r: string, u: string) => readFileSync(join(r, u, "mymailbox"));
+function subjects(file: Buffer): string[] {
+  const s = scanBuffer(file);
+  expect(s.validEnd).toBe(file.length);
+  return s.messages.map((m) => /Subject: (\S+)/.exec(file.subarray(m.offset, m.offset + m.length).toString())![1]!);
+}
+
+describe("FileMailStore", () => {
+  test("delivers to every user, creating a missing user directory", async () => {
+    const r = root(["alice"]);
+    const store = new FileMailStore(r);
+    await store.deliver(["alice", "carol"], rec("one"));
+    expect(subjects(box(r, "alice"))).toEqual(["one"]);
+    expect(subjects(box(r, "carol"))).toEqual(["one"]);
+    expect(box(r, "alice").equals(rec("one"))).toBe(true);
+  });
+
+  test("concurrent deliveries all land exactly once, with fewer fsyncs than messages (group commit)", async () => {
+    const r = root();
+    const store = new FileMailStore(r);
+    const N = 200;
+    await Promise.all(Array.from({ length: N }, (_, i) => store.deliver(i % 3 === 0 ? ["alice", "bob"] : ["alice"], rec(`m${i}`))));
+    const a = subjects(box(r, "alice"));
+    expect(a.length).toBe(N);
+    expect(new Set(a).size).toBe(N);
+    const b = subjects(box(r, "bob"));
+    expect(b.length).toBe(Math.ceil(N / 3));
+    expect(store.stats.messages).toBe(N + Math.ceil(N / 3));
+    expect(store.stats.fsyncs).toBeLessThan(store.stats.messages);
+    expect(store.stats.fsyncs).toBe(store.stats.batches);
+    await store.idle();
+    expect(readdirSync(join(r, "alice")).filter((f) => f.includes("lock"))).toEqual([]);
+  });
+
+  test("two stores (two processes' worth) appending to one mailbox never interleave", async () => {
+    const r = root();
+    const s1 = new FileMailStore(r);
+    const s2 = new FileMailStore(r);
+    await Promise.all(Array.from({ length: 60 }, (_, i) => (i % 2 ? s1 : s2).deliver(["alice"], rec(`x${i}`))));
+    expect(subjects(box(r, "alice")).sort()).toEqual(Array.from({ length: 60 }, (_, i) => `x${i}`).sort());
+  });
+
+  test("a torn tail is moved aside before the next append", async () => {
+    const r = root();
+    const good = rec("good");
+    const torn = rec("torn").subarray(0, 20);
+    writeFileSync(join(r, "alice", "mymailbox"), Buffer.concat([good, torn]));
+    const warnings: string[] = [];
+    const store = new FileMailStore(r, (w) => warnings.push(w));
+    await store.deliver(["alice"], rec("next"));
+    expect(box(r, "alice").equals(Buffer.concat([good, rec("next")]))).toBe(true);
+    const aside = readdirSync(join(r, "alice")).filter((f) => f.startsWith("mymailbox.torn-"));
+    expect(aside.length).toBe(1);
+    expect(readFileSync(join(r, "alice", aside[0]!)).equals(torn)).toBe(true);
+    expect(warnings.join()).toContain("unterminated tail");
+  });
+
+  test("a tail cut right after the final dot of a CRLF record is torn too, not completed", async () => {
+    const r = root();
+    const good = rec("good");
+    const half = Buffer.from("Subject: half\r\n\r\nbody\r\n.");  // could be the start of "..x"
+    writeFileSync(join(r, "alice", "mymailbox"), Buffer.concat([good, half]));
+    const store = new FileMailStore(r);
+    await store.deliver(["alice"], rec("next"));
+    expect(subjects(box(r, "alice"))).toEqual(["good", "next"]);
+  });
+
+  test("a torn tail with no complete message before it is moved aside entirely", async () => {
+    const r = root();
+    writeFileSync(join(r, "alice", "mymailbox"), "Subject: half\r\nno end");
+    await new FileMailStore(r).deliver(["alice"], rec("next"));
+    expect(subjects(box(r, "alice"))).toEqual(["next"]);
+  });
+
+  test("a hand-written LF mailbox (leading '.', last '.' without newline) is kept and appended to", async () => {
+    const r = root();
+    const hand = ".\nFrom: a@b\nTo: alice@x\nSubject: hand\nReceived: 2024-01-01 : 10 : 00\nhi\n.";
+    writeFileSync(join(r, "alice", "mymailbox"), hand);
+    await new FileMailStore(r).deliver(["alice"], rec("next"));
+    const file = box(r, "alice");
+    expect(file.toString().startsWith(hand)).toBe(true);
+    expect(subjects(file)).toEqual(["hand", "next"]);
+  });
+
+  test("a stale write lock from a dead process does not block delivery", async () => {
+    const r = root();
+    const p = Bun.spawn(["true"]);
+    await p.exited;
+    writeFileSync(join(r, "alice", "mymailbox.lock"), `${p.pid} ${hostname()}\n`);
+    await new FileMailStore(r, () => {}, 2000).deliver(["alice"], rec("after"));
+    expect(subjects(box(r, "alice"))).toEqual(["after"]);
+    expect(existsSync(join(r, "alice", "mymailbox.lock"))).toBe(false);
+  });
+
+  test("a live writer's lock makes delivery fail (reject), not write around it", async () => {
+    const r = root();
+    const sleeper = Bun.spawn(["sleep", "30"]);
+    try {
+      writeFileSync(join(r, "alice", "mymailbox.lock"), `${sleeper.pid} ${hostname()}\n`);
+      await expect(new FileMailStore(r, () => {}, 150).deliver(["alice"], rec("blocked"))).rejects.toThrow(/timed out/);
+      expect(existsSync(join(r, "alice", "mymailbox"))).toBe(false);
+    } finally {
+      sleeper.kill();
+    }
+  });
+});
