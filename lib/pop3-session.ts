@@ -53,6 +53,8 @@ export class Pop3Session {
     const args = rest ? rest.split(/\s+/) : [];
     if (verb === "CAPA") return { reply: Pop.ok("Capability list follows"), body: lines(CAPABILITIES) };
     if (verb === "QUIT") return this.quit();
+    // After a failed login or QUIT there is no maildrop: refuse instead of throwing.
+    if (this.state === "closed") return { reply: Pop.wrongState(), close: true };
     if (this.state === "authorization") {
       switch (verb) {
         case "USER":
@@ -117,8 +119,15 @@ export class Pop3Session {
     this.pendingUser = null;
     if (!user) return { reply: Pop.needUser() };
     if (!(await this.store.checkPassword(user, password))) return { reply: Pop.badLogin(), log: `failed login for ${user} from ${this.peer}` };
+    // The client may have vanished while we waited: closed() already ran, so nothing may stay open.
+    if (this.state === "closed") return { reply: Pop.err("connection closed"), close: true };
     try {
-      this.drop = await this.store.open(user);
+      const drop = await this.store.open(user);
+      if (this.state === "closed") {
+        drop.release();
+        return { reply: Pop.err("connection closed"), close: true };
+      }
+      this.drop = drop;
     } catch (e) {
       // RFC 1939: the mailbox cannot be opened or locked: -ERR, and the server closes.
       const busy = (e as Error).name === "MaildropBusy";
