@@ -1,7 +1,11 @@
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import pkg from "../package.json" with { type: "json" };
 import { closedPort, fakePop3, fakeSmtp, type FakeMail, type FakeServer } from "./helpers/client-fake-server.ts";
-import { ROOT, runClient, typed } from "./helpers/client-run.ts";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { sendMail } from "../lib/smtp-client.ts";
+import { clientCommand, ROOT, runClient, typed } from "./helpers/client-run.ts";
+import { makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { TmuxSession, tmuxPath } from "./helpers/client-tmux.ts";
 
 const servers: FakeServer[] = [];
@@ -249,59 +253,178 @@ describe("Manage Mail", () => {
   });
 });
 
-describe("in a real terminal (tmux)", () => {
+/**
+ * What a person does at a terminal: a wrong password, a corrected one, read mail 2 and delete it
+ * with one key, leave, send a good mail and a bad one, quit. The mailbox must start with three
+ * mails from alice, carol and dave; `args` point the client at the servers.
+ */
+async function terminalSession(args: string[]): Promise<void> {
+  const term = new TmuxSession();
+  try {
+    await term.start(clientCommand(args), ROOT);
+    await term.waitFor("Username: ");
+    await term.line("bob");
+    await term.waitFor("Password: ");
+    await term.type("wrongpass");
+    await term.press("Enter");
+    await term.waitFor("Login failed");
+    await term.line("bob");
+    await term.waitFor("Password: ", 2);
+    await term.type("secrxx");
+    await term.press("BSpace", "BSpace");
+    await term.type("et");
+    await term.press("Enter");
+    let screen = await term.waitFor("Enter option: ");
+    expect(screen).toContain("Logged in as bob.");
+    expect(screen).not.toContain("wrongpass");
+    expect(screen).not.toContain("secr");
+
+    await term.line("1");
+    screen = await term.waitFor("Enter mail no. to see: ");
+    expect(screen).toMatch(/ {6}2 {2}carol@else\.test +\d{4}-\d\d-\d\d : \d\d : \d\d {2}Second one/);
+    await term.line("9");
+    await term.waitFor("Mail no. out of range, give again");
+    await term.line("2");
+    await term.waitFor("Press d to delete");
+    await term.type("d"); // one key, no Enter: getchar() in raw mode
+    screen = await term.waitFor("Enter mail no. to see: ", 3);
+    expect(screen).toContain("Mail 2 deleted.");
+    const list = screen.slice(screen.lastIndexOf("Sl. No."));
+    expect(list).toContain("      2  dave@mail.test");
+    expect(list).not.toContain("carol@else.test");
+    await term.line("-1");
+    await term.waitFor("Enter option: ", 2);
+
+    await term.line("2");
+    await term.waitFor("end with a line holding only");
+    for (const l of ["From: bob@mail.test", "To: alice@mail.test", "Subject: from tmux", "typed body", "."]) await term.line(l);
+    await term.waitFor("Mail sent successfully");
+    await term.line("2");
+    await term.waitFor("end with a line holding only", 2);
+    for (const l of ["From: bob", "To: alice@mail.test", "Subject: bad", "."]) await term.line(l);
+    await term.waitFor("Incorrect format");
+    await term.line("3");
+    screen = await term.waitFor("EXIT=");
+    expect(screen).toContain("EXIT=0");
+  } finally {
+    await term.stop();
+  }
+}
+
+describe("in a real terminal (tmux), fake servers", () => {
   if (!tmuxPath) console.warn("SKIP tmux tests: tmux is not installed (apt-get install -y tmux)");
 
   test.skipIf(!tmuxPath)("hidden password, one-key delete, send, quit", async () => {
     const f = fakes();
-    const term = new TmuxSession();
-    try {
-      await term.start([process.execPath, "mailclient.ts", ...f.args], ROOT);
-      await term.waitFor("Username: ");
-      await term.line("bob");
-      await term.waitFor("Password: ");
-      await term.type("wrongpass");
-      await term.press("Enter");
-      await term.waitFor("Login failed");
-      await term.line("bob");
-      await term.waitFor("Password: ", 2);
-      await term.type("secrxx");
-      await term.press("BSpace", "BSpace");
-      await term.type("et");
-      await term.press("Enter");
-      let screen = await term.waitFor("Enter option: ");
-      expect(screen).toContain("Logged in as bob.");
-      expect(screen).not.toContain("wrongpass");
-      expect(screen).not.toContain("secr");
+    await terminalSession(f.args);
+    expect(f.mailbox.map((m) => m.text)).toEqual([mails()[0]!.text, mails()[2]!.text]);
+    expect(f.delivered.map((d) => d.to)).toEqual(["alice@mail.test"]);
+  });
+});
 
-      await term.line("1");
-      await term.waitFor("Enter mail no. to see: ");
-      await term.line("2");
-      await term.waitFor("Press d to delete");
-      await term.type("d"); // one key, no Enter: getchar() in raw mode
-      screen = await term.waitFor("Enter mail no. to see: ", 2);
-      expect(screen).toContain("Mail 2 deleted.");
-      const list = screen.slice(screen.lastIndexOf("Sl. No."));
-      expect(list).toContain("      2  dave@mail.test");
-      expect(list).not.toContain("carol@else.test");
-      await term.line("-1");
-      await term.waitFor("Enter option: ", 2);
-      expect(f.mailbox.length).toBe(2);
+const haveServers = existsSync(join(ROOT, "smtpmail.ts")) && existsSync(join(ROOT, "popserver.ts"));
+if (!haveServers) console.warn("SKIP end-to-end tests: smtpmail.ts or popserver.ts is missing");
 
-      await term.line("2");
-      await term.waitFor("end with a line holding only");
-      for (const l of ["From: bob@mail.test", "To: alice@mail.test", "Subject: from tmux", "typed body", "."]) await term.line(l);
-      await term.waitFor("Mail sent successfully");
-      await term.line("2");
-      await term.waitFor("end with a line holding only", 2);
-      for (const l of ["From: bob", "To: alice@mail.test", "Subject: bad", "."]) await term.line(l);
-      await term.waitFor("Incorrect format");
-      await term.line("3");
-      screen = await term.waitFor("EXIT=");
-      expect(screen).toContain("EXIT=0");
-      expect(f.delivered.map((d) => d.to)).toEqual(["alice@mail.test"]);
-    } finally {
-      await term.stop();
+describe.skipIf(!haveServers)("end to end with smtpmail and popserver", () => {
+  let root = "";
+  let smtp: Running;
+  let pop: Running;
+  let args: string[] = [];
+
+  beforeEach(async () => {
+    root = makeRoot({ bob: "secret", alice: "alicepw" });
+    smtp = await startSmtp(root);
+    pop = await startPop(root);
+    args = ["127.0.0.1", String(smtp.port), String(pop.port)];
+  });
+
+  afterEach(async () => {
+    await smtp?.stop();
+    await pop?.stop();
+    removeRoot(root);
+  });
+
+  const mailbox = (user: string) => {
+    const path = join(root, user, "mymailbox");
+    return existsSync(path) ? readFileSync(path, "utf8") : "";
+  };
+
+  async function seed(): Promise<void> {
+    for (const [from, subject, body] of [
+      ["alice@mail.test", "First one", "Hello Bob"],
+      ["carol@else.test", "Second one", "..\r\n.x\r\nsecond body"],
+      ["dave@mail.test", "Third one", "third body"],
+    ]) {
+      const message = `From: ${from}\r\nTo: bob@mail.test\r\nSubject: ${subject}\r\n${body}\r\n`;
+      const r = await sendMail({ host: "127.0.0.1", port: smtp.port, helo: "test", from: from!, to: ["bob@mail.test"], message });
+      expect(r).toEqual({ ok: true });
     }
+  }
+
+  test("login, good mail, each bad mail, unknown recipient, list, read, out of range, delete, quit", async () => {
+    const input = ["bob", "wrong", "bob", "secret"];
+    input.push("2", "From:  alice@mail.test", "To:   bob@mail.test", "Subject: Dots survive", "..", ".x", "...", "", "last", ".");
+    const bad = [
+      ["To: bob@mail.test", "From: alice@mail.test", "Subject: swapped"],
+      ["From: alice@mail.test", "Subject: no To"],
+      ["From: alice@mail.test", "To: bob@mail.test", "no subject"],
+      ["From: alice", "To: bob@mail.test", "Subject: not X@Y"],
+      ["From: alice@mail.test", "To: bob@", "Subject: empty domain"],
+      ["From: alice@mail.test", "To: bob@mail.test", "Subject: " + "s".repeat(51)],
+    ];
+    for (const mail of bad) input.push("2", ...mail, ".");
+    input.push("2", "From: alice@mail.test", "To: nobody@mail.test", "Subject: lost", "body", ".");
+    input.push("2", "From: alice@mail.test", "To: bob@mail.test", "Subject: Second mail", ".");
+    input.push("1", "0", "3", "1", "x", "1", "d", "1", "", "-1", "3");
+    const r = await runClient(args, typed(...input));
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe("");
+    const out = r.stdout;
+    expectInOrder(out, ["Login failed", "Logged in as bob.", "Mail sent successfully"]);
+    expect(count(out, "Incorrect format")).toBe(bad.length);
+    expect(out).toMatch(/Error in sending mail: 550 .*\n/);
+    expectInOrder(out, [
+      "Error in sending mail: 550",
+      "Mail sent successfully",
+      "Sl. No.  Sender",
+      "      1  alice@mail.test  ",
+      "Dots survive",
+      "      2  alice@mail.test  ",
+      "Second mail",
+      "Mail no. out of range, give again",
+      "Mail no. out of range, give again",
+      "From:  alice@mail.test\nTo:   bob@mail.test\nSubject: Dots survive\nReceived: ",
+      "\n..\n.x\n...\n\nlast\n",
+      "Press d to delete",
+      "Mail 1 deleted.",
+      "      1  alice@mail.test  ",
+      "Second mail",
+      "Enter mail no. to see: ",
+      "1. Manage Mail",
+      "Bye.",
+    ]);
+    expect(out).toMatch(/ {6}1 {2}alice@mail\.test {2}\d{4}-\d\d-\d\d : \d\d : \d\d {2}Dots survive/);
+    // The deletion reached the mailbox file; the other mail is intact.
+    expect(mailbox("bob")).not.toContain("Dots survive");
+    expect(mailbox("bob")).toContain("Subject: Second mail");
+
+    const again = await runClient(args, typed("bob", "secret", "1", "-1", "3"));
+    expect(again.stdout).not.toContain("Dots survive");
+    expectInOrder(again.stdout, ["      1  alice@mail.test", "Second mail"]);
+  });
+
+  test("an empty mailbox, then a mail from another user's session", async () => {
+    const first = await runClient(args, typed("alice", "alicepw", "1", "1", "-1", "2", "From: bob@x", "To: alice@y", "Subject: hi alice", "yo", ".", "1", "1", "", "-1", "3"));
+    expectInOrder(first.stdout, ["No mails.", "Mail no. out of range, give again", "Mail sent successfully", "      1  bob@x", "hi alice", "yo\n"]);
+  });
+
+  test.skipIf(!tmuxPath)("in a real terminal (tmux)", async () => {
+    await seed();
+    await terminalSession(args);
+    expect(mailbox("bob")).toContain("Subject: First one");
+    expect(mailbox("bob")).not.toContain("Subject: Second one");
+    expect(mailbox("bob")).toContain("Subject: Third one");
+    expect(mailbox("alice")).toContain("Subject: from tmux");
+    expect(mailbox("alice")).not.toContain("Subject: bad");
   });
 });

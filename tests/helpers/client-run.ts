@@ -1,8 +1,12 @@
 // Run mailclient.ts as a child process with all of its input piped in at once.
 
 import { join } from "node:path";
+import { command } from "./servers.ts";
 
 export const ROOT = join(import.meta.dir, "..", "..");
+
+/** mailclient's command line: the script, or the compiled binary under MAIL_TEST_BIN. */
+export const clientCommand = (args: string[]) => command("mailclient", args);
 
 export interface RunResult {
   code: number | null;
@@ -11,7 +15,7 @@ export interface RunResult {
 }
 
 export async function runClient(args: string[], input: string, opts: { limitMs?: number } = {}): Promise<RunResult> {
-  const proc = Bun.spawn([process.execPath, join(ROOT, "mailclient.ts"), ...args], {
+  const proc = Bun.spawn(clientCommand(args), {
     cwd: ROOT,
     stdin: new TextEncoder().encode(input),
     stdout: "pipe",
