@@ -125,7 +125,9 @@ export class FileMaildrop implements Maildrop {
     for (let want = Math.min(m.length, 64 * 1024); ; want = Math.min(m.length, want * 4)) {
       const stored = await readAt(this.fh!, m.offset, want);
       const complete = want === m.length;
-      const msg = complete ? stored.subarray(0, stored.length - (stored.at(-2) === 0x0d ? 3 : 2)) : stored;
+      // The stored "." line: ".\r\n", ".\n", or a bare "." at the end of a hand-written file.
+      const termLen = stored.at(-1) === 0x2e ? 1 : stored.at(-2) === 0x0d ? 3 : 2;
+      const msg = complete ? stored.subarray(0, stored.length - termLen) : stored;
       const { end } = scanHeader(msg);
       let pos = end;
       // Keep the empty separator line, then count body lines.
@@ -137,7 +139,9 @@ export class FileMaildrop implements Maildrop {
         pos = nl + 1;
         n++;
       }
-      if (complete || (end < msg.length && n === lines)) {
+      // In a partial read the header end counts only if scanHeader stopped at a whole line
+      // (empty or not a header), not at the cut in the middle of a long header.
+      if (complete || (end < msg.length && msg.indexOf(0x0a, end) >= 0 && n === lines)) {
         const part = Buffer.concat([msg.subarray(0, pos), Buffer.from(".\r\n")]);
         return m.lf ? toWire(part, true) : part;
       }

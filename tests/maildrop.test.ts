@@ -1,0 +1,320 @@
+// FileMaildrop over a real temp directory: POP3 lock, offset index, read/top, the rewrite at
+// QUIT beside concurrent appends, UIDs, hand-written LF files, crash leftovers.
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import { FileMaildrop, MaildropBusy } from "../lib/maildrop.ts";
+import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
+import { FileMailStore } from "../lib/mail-store.ts";
+import { mailboxPath, popLockPath } from "../lib/paths.ts";
+import { makeRoot, removeRoot } from "./helpers/servers.ts";
+import { unstuffBody } from "./helpers/wire.ts";
+
+const roots: string[] = [];
+afterAll(() => roots.forEach(removeRoot));
+function root(): string {
+  const r = makeRoot({ alice: "pw" });
+  roots.push(r);
+  return r;
+}
+
+async function bytes(b: Uint8Array | AsyncIterable<Uint8Array>): Promise<Buffer> {
+  if (b instanceof Uint8Array) return Buffer.from(b);
+  const parts: Buffer[] = [];
+  for await (const c of b) parts.push(Buffer.from(c));
+  return Buffer.concat(parts);
+}
+
+/** A message as a client sends it in DATA (wire form, stuffed, without the final "."). */
+function wireMsg(n: number, body: string[] = [`body of message ${n}`]): Buffer {
+  const lines = [`From: bob@example.com`, `To: alice@example.com`, `Subject: message ${n}`, "", ...body];
+  return Buffer.from(lines.map((l) => (l.startsWith(".") ? "." + l : l) + "\r\n").join(""));
+}
+const RECEIVED = "Received: 2024-01-02 : 03 : 04";
+const record = (n: number, body?: string[]) => buildRecord(wireMsg(n, body), RECEIVED);
+/** The message a POP3 client should get back (unstuffed, CRLF). */
+function expected(n: number, body: string[] = [`body of message ${n}`]): Buffer {
+  const lines = [`From: bob@example.com`, `To: alice@example.com`, `Subject: message ${n}`, RECEIVED, "", ...body];
+  return Buffer.from(lines.map((l) => l + "\r\n").join(""));
+}
+
+function writeBox(r: string, ...records: Buffer[]): string {
+  const p = mailboxPath(r, "alice");
+  writeFileSync(p, Buffer.concat(records));
+  return p;
+}
+
+async function all(d: FileMaildrop): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  for (let i = 0; i < d.count; i++) out.push(unstuffBody(await bytes(await d.read(i))));
+  return out;
+}
+
+describe("FileMaildrop", () => {
+  test("missing mailbox opens as empty and commits cleanly", async () => {
+    const r = root();
+    const d = await FileMaildrop.open(r, "alice");
+    expect(d.count).toBe(0);
+    await d.commit(new Set());
+    expect(existsSync(popLockPath(r, "alice"))).toBe(false);
+  });
+
+  test("read returns each message stuffed, CRLF, with '.' line; sizes equal the unstuffed octets", async () => {
+    const r = root();
+    const bodies = [["plain"], [".", "..", ".x", "", "ünïcödé ✓"], []];
+    writeBox(r, ...bodies.map((b, i) => record(i + 1, b)));
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      expect(d.count).toBe(3);
+      for (let i = 0; i < 3; i++) {
+        const raw = await bytes(await d.read(i));
+        expect(raw.subarray(-3).toString()).toBe(".\r\n");
+        // Every line that starts with "." is stuffed on the wire.
+        for (const l of raw.toString("utf8").slice(0, -3).split("\r\n").slice(0, -1)) if (l.startsWith(".")) expect(l.startsWith("..")).toBe(true);
+        const got = unstuffBody(raw);
+        expect(got.equals(expected(i + 1, bodies[i]))).toBe(true);
+        expect(d.size(i)).toBe(got.length);
+      }
+    } finally {
+      d.release();
+    }
+  });
+
+  test("a large message (over the streaming chunk) reads back whole", async () => {
+    const r = root();
+    const body = Array.from({ length: 8000 }, (_, i) => (i % 7 === 0 ? "." : "") + `line ${i} ` + "x".repeat(60));
+    writeBox(r, record(1), record(2, body), record(3));
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      const got = await all(d);
+      expect(got[1]!.equals(expected(2, body))).toBe(true);
+      expect(d.size(1)).toBe(got[1]!.length);
+      expect(got[2]!.equals(expected(3))).toBe(true);
+    } finally {
+      d.release();
+    }
+  });
+
+  test("top gives the header, the empty line and n body lines", async () => {
+    const r = root();
+    writeBox(r, record(1, ["one", ".two", "three"]));
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      const head = "From: bob@example.com\r\nTo: alice@example.com\r\nSubject: message 1\r\n" + RECEIVED + "\r\n\r\n";
+      expect((await bytes(await d.top(0, 0))).toString()).toBe(head + ".\r\n");
+      expect((await bytes(await d.top(0, 2))).toString()).toBe(head + "one\r\n..two\r\n.\r\n");
+      expect((await bytes(await d.top(0, 1000))).toString()).toBe(head + "one\r\n..two\r\nthree\r\n.\r\n");
+    } finally {
+      d.release();
+    }
+  });
+
+  test("top with a header longer than the first read (64 KiB) returns the whole header", async () => {
+    const r = root();
+    const extra = Array.from({ length: 1200 }, (_, i) => `X-Filler-${i}: ${"y".repeat(60)}`);
+    const wire = Buffer.from([...extra, "Subject: big header", "", "body line 1", "body line 2"].map((l) => l + "\r\n").join(""));
+    writeBox(r, buildRecord(wire, RECEIVED));
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      const top0 = (await bytes(await d.top(0, 0))).toString();
+      expect(top0.length).toBeGreaterThan(70_000);
+      expect(top0.endsWith("Subject: big header\r\n" + RECEIVED + "\r\n\r\n.\r\n")).toBe(true);
+      const top1 = (await bytes(await d.top(0, 1))).toString();
+      expect(top1.endsWith("\r\n\r\nbody line 1\r\n.\r\n")).toBe(true);
+    } finally {
+      d.release();
+    }
+  });
+
+  test("a second open while a session holds the maildrop is MaildropBusy; release frees it", async () => {
+    const r = root();
+    writeBox(r, record(1));
+    const d = await FileMaildrop.open(r, "alice");
+    let err: unknown;
+    try {
+      await FileMaildrop.open(r, "alice");
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(MaildropBusy);
+    d.release();
+    expect(existsSync(popLockPath(r, "alice"))).toBe(false);
+    const d2 = await FileMaildrop.open(r, "alice");
+    expect(d2.count).toBe(1);
+    d2.release();
+  });
+
+  test("commit removes exactly the marked messages and releases the lock; no deletions leaves the file alone", async () => {
+    const r = root();
+    const p = writeBox(r, ...[1, 2, 3, 4, 5].map((n) => record(n)));
+    const before = readFileSync(p);
+    const ino = statSync(p).ino;
+    const d0 = await FileMaildrop.open(r, "alice");
+    await d0.commit(new Set());
+    expect(readFileSync(p).equals(before)).toBe(true);
+    expect(statSync(p).ino).toBe(ino);
+    const d = await FileMaildrop.open(r, "alice");
+    await d.commit(new Set([0, 2, 4]));
+    expect(existsSync(popLockPath(r, "alice"))).toBe(false);
+    expect(readFileSync(p).equals(Buffer.concat([record(2), record(4)]))).toBe(true);
+    expect(readdirSync(join(r, "alice")).sort()).toEqual(["mymailbox"]);
+    const d2 = await FileMaildrop.open(r, "alice");
+    expect(await all(d2)).toEqual([expected(2), expected(4)]);
+    await d2.commit(new Set([0, 1]));
+    expect(readFileSync(p).length).toBe(0);
+  });
+
+  test("release without commit deletes nothing", async () => {
+    const r = root();
+    const p = writeBox(r, record(1), record(2));
+    const before = readFileSync(p);
+    const d = await FileMaildrop.open(r, "alice");
+    d.release();
+    expect(readFileSync(p).equals(before)).toBe(true);
+  });
+
+  test("the rewrite keeps mail appended (by FileMailStore) after login", async () => {
+    const r = root();
+    const p = writeBox(r, record(1), record(2), record(3));
+    const store = new FileMailStore(r);
+    const d = await FileMaildrop.open(r, "alice");
+    expect(d.count).toBe(3);
+    await store.deliver(["alice"], record(4));
+    await Promise.all([store.deliver(["alice"], record(5)), store.deliver(["alice"], record(6))]);
+    // The session still sees its login snapshot.
+    expect(d.count).toBe(3);
+    await d.commit(new Set([0, 2]));
+    const after = scanBuffer(readFileSync(p));
+    expect(after.validEnd).toBe(readFileSync(p).length);
+    const d2 = await FileMaildrop.open(r, "alice");
+    const got = (await all(d2)).map((b) => /Subject: message (\d+)/.exec(b.toString())![1]);
+    d2.release();
+    expect(got.sort()).toEqual(["2", "4", "5", "6"]);
+  });
+
+  test("appends racing the commit are kept, each exactly once", async () => {
+    const r = root();
+    writeBox(r, ...Array.from({ length: 200 }, (_, i) => record(i)));
+    const store = new FileMailStore(r);
+    const d = await FileMaildrop.open(r, "alice");
+    const deliveries = Array.from({ length: 50 }, (_, i) => store.deliver(["alice"], record(1000 + i)));
+    const marked = new Set(Array.from({ length: 100 }, (_, i) => i * 2));
+    await Promise.all([d.commit(marked), ...deliveries]);
+    const d2 = await FileMaildrop.open(r, "alice");
+    const got = (await all(d2)).map((b) => Number(/Subject: message (\d+)/.exec(b.toString())![1]));
+    d2.release();
+    const want = [...Array.from({ length: 100 }, (_, i) => i * 2 + 1), ...Array.from({ length: 50 }, (_, i) => 1000 + i)];
+    expect(got.sort((a, b) => a - b)).toEqual(want.sort((a, b) => a - b));
+  });
+
+  test("UIDs are unique for identical messages and stable across sessions", async () => {
+    const r = root();
+    writeBox(r, record(1), record(7), record(7), record(2), record(7));
+    const d = await FileMaildrop.open(r, "alice");
+    const uids = Array.from({ length: d.count }, (_, i) => d.uid(i));
+    expect(new Set(uids).size).toBe(5);
+    for (const u of uids) expect(u).toMatch(/^[\x21-\x7e]{1,70}$/); // RFC 1939 unique-id syntax
+    d.release();
+    const d2 = await FileMaildrop.open(r, "alice");
+    expect(Array.from({ length: d2.count }, (_, i) => d2.uid(i))).toEqual(uids);
+    // Deleting message 1 does not change the others' ids.
+    await d2.commit(new Set([0]));
+    const d3 = await FileMaildrop.open(r, "alice");
+    expect(Array.from({ length: d3.count }, (_, i) => d3.uid(i))).toEqual(uids.slice(1));
+    d3.release();
+  });
+
+  test("a hand-written LF-only mailbox in the assignment's format is served with CRLF and correct sizes", async () => {
+    const r = root();
+    const text =
+      "From: agupta@10.5.20.22\nTo: alice@10.5.21.32\nSubject: This week's lab\nReceived: 2024-01-02 : 10 : 30\nThe students are eager.\nLet us give them something.\n.\n" +
+      "From: ng@10.5.21.32\nTo: alice@10.5.21.32\nSubject: second\nReceived: 2024-01-03 : 11 : 45\nshort body\n.\n";
+    writeBox(r, Buffer.from(text));
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      expect(d.count).toBe(2);
+      const msgs = text.split("\n.\n").slice(0, 2).map((m) => Buffer.from(m.split("\n").join("\r\n") + "\r\n"));
+      for (let i = 0; i < 2; i++) {
+        const raw = await bytes(await d.read(i));
+        expect(raw.toString()).toBe(msgs[i]!.toString() + ".\r\n");
+        expect(d.size(i)).toBe(msgs[i]!.length);
+      }
+      const top = (await bytes(await d.top(0, 1))).toString();
+      expect(top).toBe("From: agupta@10.5.20.22\r\nTo: alice@10.5.21.32\r\nSubject: This week's lab\r\nReceived: 2024-01-02 : 10 : 30\r\nThe students are eager.\r\n.\r\n");
+    } finally {
+      d.release();
+    }
+  });
+
+  test("a hand-written file whose final '.' has no newline: the last message is complete in RETR and TOP", async () => {
+    const r = root();
+    writeBox(r, Buffer.from("From: a@b\nTo: alice@c\nSubject: s\nReceived: x\nfirst\nlast line\n."));
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      expect(d.count).toBe(1);
+      const want = "From: a@b\r\nTo: alice@c\r\nSubject: s\r\nReceived: x\r\nfirst\r\nlast line\r\n";
+      expect((await bytes(await d.read(0))).toString()).toBe(want + ".\r\n");
+      expect(d.size(0)).toBe(want.length);
+      expect((await bytes(await d.top(0, 10))).toString()).toBe(want + ".\r\n");
+    } finally {
+      d.release();
+    }
+  });
+
+  test("an unterminated tail (crash mid-append) is ignored, and survives a rewrite untouched or is dropped, never glued", async () => {
+    const r = root();
+    const torn = record(3).subarray(0, 40);
+    const p = writeBox(r, record(1), record(2), torn);
+    const warnings: string[] = [];
+    const d = await FileMaildrop.open(r, "alice", (m) => warnings.push(m));
+    expect(d.count).toBe(2);
+    expect(warnings.join("\n")).toMatch(/unterminated/);
+    expect(await all(d)).toEqual([expected(1), expected(2)]);
+    await d.commit(new Set([0]));
+    const after = readFileSync(p);
+    const s = scanBuffer(after);
+    expect(s.messages.length).toBe(1);
+    const d2 = await FileMaildrop.open(r, "alice");
+    expect(await all(d2)).toEqual([expected(2)]);
+    d2.release();
+  });
+
+  test("a leftover rewrite temp file does not block login and is cleaned up", async () => {
+    const r = root();
+    const p = writeBox(r, record(1), record(2));
+    writeFileSync(`${p}.rewrite.99999.tmp`, record(9));
+    const d = await FileMaildrop.open(r, "alice");
+    expect(await all(d)).toEqual([expected(1), expected(2)]);
+    await d.commit(new Set([1]));
+    expect(readdirSync(join(r, "alice")).sort()).toEqual(["mymailbox"]);
+    expect(readFileSync(p).equals(record(1))).toBe(true);
+  });
+
+  test("a stale POP3 lock left by a dead process does not block login; a live one does", async () => {
+    const r = root();
+    writeBox(r, record(1));
+    const dead = Bun.spawn(["true"]);
+    await dead.exited;
+    writeFileSync(popLockPath(r, "alice"), `${dead.pid} ${hostname()}\n`);
+    const d = await FileMaildrop.open(r, "alice");
+    expect(d.count).toBe(1);
+    d.release();
+    expect(existsSync(popLockPath(r, "alice"))).toBe(false);
+    // A lock naming a live process (a sleeping child) is respected.
+    const live = Bun.spawn(["sleep", "30"]);
+    try {
+      writeFileSync(popLockPath(r, "alice"), `${live.pid} ${hostname()}\n`);
+      let err: unknown;
+      try {
+        (await FileMaildrop.open(r, "alice")).release();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(MaildropBusy);
+    } finally {
+      live.kill(9);
+      await live.exited;
+    }
+  });
+});
