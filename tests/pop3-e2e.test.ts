@@ -1,0 +1,346 @@
+// End-to-end: the real popserver (and smtpmail) as child processes, spoken to over TCP.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { buildRecord } from "../lib/mailbox.ts";
+import { mailboxPath, popLockPath } from "../lib/paths.ts";
+import { command, makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
+import { popLogin, smtpSend, unstuffBody, Wire } from "./helpers/wire.ts";
+
+const USERS = { alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erinpw", frank: "frankpw", gina: "ginapw" };
+let root: string;
+let pop: Running;
+let smtp: Running;
+const extra: Running[] = [];
+const wires: Wire[] = [];
+
+beforeAll(async () => {
+  root = makeRoot(USERS);
+  [pop, smtp] = await Promise.all([startPop(root), startSmtp(root)]);
+});
+afterAll(async () => {
+  for (const w of wires) w.destroy();
+  for (const r of [pop, smtp, ...extra]) if (r) r.proc.kill(9);
+  await Promise.all([pop, smtp, ...extra].filter(Boolean).map((r) => r.proc.exited));
+  removeRoot(root);
+});
+
+const RECEIVED = "Received: 2024-05-06 : 07 : 08";
+function rec(n: number, body: string[] = [`body ${n}`]): Buffer {
+  return buildRecord(Buffer.from([`From: x@y`, `To: u@z`, `Subject: msg ${n}`, "", ...body].map((l) => (l.startsWith(".") ? "." + l : l) + "\r\n").join("")), RECEIVED);
+}
+function plain(n: number, body: string[] = [`body ${n}`]): Buffer {
+  return Buffer.from([`From: x@y`, `To: u@z`, `Subject: msg ${n}`, RECEIVED, "", ...body].map((l) => l + "\r\n").join(""));
+}
+function seed(user: string, ...records: Buffer[]): string {
+  const p = mailboxPath(root, user);
+  writeFileSync(p, Buffer.concat(records));
+  return p;
+}
+async function login(user: keyof typeof USERS): Promise<Wire> {
+  const w = await popLogin(pop.port, user, USERS[user]);
+  wires.push(w);
+  return w;
+}
+async function open(port = pop.port): Promise<Wire> {
+  const w = await Wire.open(port);
+  wires.push(w);
+  return w;
+}
+async function waitGone(path: string): Promise<boolean> {
+  for (let i = 0; i < 200; i++) {
+    if (!existsSync(path)) return true;
+    await Bun.sleep(10);
+  }
+  return false;
+}
+
+describe("popserver over TCP", () => {
+  test("a whole session: greeting, login, STAT/LIST/UIDL/RETR/TOP/DELE/RSET/NOOP/QUIT", async () => {
+    const p = seed("alice", rec(1), rec(2, [".", "..", ".x"]), rec(3));
+    const sizes = [plain(1), plain(2, [".", "..", ".x"]), plain(3)].map((b) => b.length);
+    const w = await open();
+    expect(await w.line()).toBe("+OK POP3 server ready");
+    expect(await w.cmd("USER alice")).toStartWith("+OK");
+    expect(await w.cmd("PASS alicepw")).toBe(`+OK maildrop locked and ready, 3 messages (${sizes[0]! + sizes[1]! + sizes[2]!} octets)`);
+    expect(await w.cmd("STAT")).toBe(`+OK 3 ${sizes[0]! + sizes[1]! + sizes[2]!}`);
+    expect(await w.cmd("LIST")).toStartWith("+OK");
+    expect((await w.multi()).toString()).toBe(`1 ${sizes[0]}\r\n2 ${sizes[1]}\r\n3 ${sizes[2]}\r\n.\r\n`);
+    expect(await w.cmd("LIST 2")).toBe(`+OK 2 ${sizes[1]}`);
+    expect(await w.cmd("UIDL")).toStartWith("+OK");
+    const uidl = (await w.multi()).toString().split("\r\n").slice(0, 3);
+    expect(uidl.map((l) => l.split(" ")[0])).toEqual(["1", "2", "3"]);
+    expect(new Set(uidl.map((l) => l.split(" ")[1])).size).toBe(3);
+    expect(await w.cmd("RETR 2")).toStartWith("+OK");
+    const raw = await w.multi();
+    expect(unstuffBody(raw).equals(plain(2, [".", "..", ".x"]))).toBe(true);
+    expect(unstuffBody(raw).length).toBe(sizes[1]);
+    expect(await w.cmd("TOP 1 0")).toStartWith("+OK");
+    expect((await w.multi()).toString()).toBe(`From: x@y\r\nTo: u@z\r\nSubject: msg 1\r\n${RECEIVED}\r\n\r\n.\r\n`);
+    expect(await w.cmd("DELE 1")).toStartWith("+OK");
+    expect(await w.cmd("RETR 1")).toStartWith("-ERR");
+    expect(await w.cmd("STAT")).toBe(`+OK 2 ${sizes[1]! + sizes[2]!}`);
+    expect(await w.cmd("RSET")).toStartWith("+OK");
+    expect(await w.cmd("STAT")).toBe(`+OK 3 ${sizes[0]! + sizes[1]! + sizes[2]!}`);
+    expect(await w.cmd("NOOP")).toBe("+OK");
+    expect(await w.cmd("DELE 3")).toStartWith("+OK");
+    expect(await w.cmd("QUIT")).toStartWith("+OK");
+    expect(await w.waitClosed()).toBe(true);
+    expect(readFileSync(p).equals(Buffer.concat([rec(1), rec(2, [".", "..", ".x"])]))).toBe(true);
+    expect(existsSync(popLockPath(root, "alice"))).toBe(false);
+  });
+
+  test("wrong password gets -ERR and the client may retry on the same connection", async () => {
+    seed("bob", rec(1));
+    const w = await open();
+    await w.line();
+    expect(await w.cmd("USER bob")).toStartWith("+OK");
+    expect(await w.cmd("PASS nope")).toStartWith("-ERR");
+    expect(await w.cmd("USER nosuchuser")).toStartWith("-ERR");
+    expect(await w.cmd("USER ../bob")).toStartWith("-ERR");
+    expect(await w.cmd("USER bob")).toStartWith("+OK");
+    expect(await w.cmd("PASS bobpw")).toStartWith("+OK");
+    expect(await w.cmd("QUIT")).toStartWith("+OK");
+  });
+
+  test("pipelined commands in one write get their replies in order", async () => {
+    seed("carol", rec(1), rec(2));
+    const w = await open();
+    await w.line();
+    w.write("USER carol\r\nPASS carolpw\r\nSTAT\r\nLIST\r\nRETR 1\r\nDELE 2\r\nNOOP\r\nRSET\r\nUIDL 1\r\nQUIT\r\n");
+    expect(await w.line()).toStartWith("+OK");
+    expect(await w.line()).toStartWith("+OK maildrop locked");
+    expect(await w.line()).toBe(`+OK 2 ${plain(1).length + plain(2).length}`);
+    expect(await w.line()).toStartWith("+OK");
+    expect((await w.multi()).toString()).toBe(`1 ${plain(1).length}\r\n2 ${plain(2).length}\r\n.\r\n`);
+    expect(await w.line()).toStartWith("+OK");
+    expect(unstuffBody(await w.multi()).equals(plain(1))).toBe(true);
+    expect(await w.line()).toStartWith("+OK message 2 deleted");
+    expect(await w.line()).toBe("+OK");
+    expect(await w.line()).toStartWith("+OK");
+    expect(await w.line()).toMatch(/^\+OK 1 \S+$/);
+    expect(await w.line()).toStartWith("+OK");
+    expect(await w.waitClosed()).toBe(true);
+    expect(w.pending.length).toBe(0);
+    expect(readFileSync(mailboxPath(root, "carol")).equals(Buffer.concat([rec(1), rec(2)]))).toBe(true);
+  });
+
+  test("an over-long line gets -ERR and the session goes on", async () => {
+    seed("dave", rec(1));
+    const w = await login("dave");
+    expect(await w.cmd("NOOP " + "x".repeat(5000))).toStartWith("-ERR");
+    expect(await w.cmd("STAT")).toBe(`+OK 1 ${plain(1).length}`);
+    // Split across writes, too.
+    w.write("LIST " + "9".repeat(3000));
+    await Bun.sleep(20);
+    w.write("9".repeat(3000) + "\r\n");
+    expect(await w.line()).toStartWith("-ERR");
+    expect(await w.cmd("LIST 1")).toBe(`+OK 1 ${plain(1).length}`);
+    expect(await w.cmd("QUIT")).toStartWith("+OK");
+  });
+
+  test("binary garbage gets -ERR and the session goes on", async () => {
+    seed("erin", rec(1));
+    const w = await open();
+    await w.line();
+    w.write(Buffer.from([0x00, 0xff, 0xfe, 0x80, 0x0d, 0x0a]));
+    expect(await w.line()).toStartWith("-ERR");
+    w.write(Buffer.from([0x01, 0x02, 0x20, 0xc3, 0x28, 0x0a])); // bare LF, invalid UTF-8
+    expect(await w.line()).toStartWith("-ERR");
+    expect(await w.cmd("USER erin")).toStartWith("+OK");
+    expect(await w.cmd("PASS erinpw")).toStartWith("+OK");
+    w.write(Buffer.concat([Buffer.from("RETR "), Buffer.from([0xff, 0x00, 0x7f]), Buffer.from("\r\n")]));
+    expect(await w.line()).toStartWith("-ERR");
+    expect(await w.cmd("STAT")).toBe(`+OK 1 ${plain(1).length}`);
+    expect(await w.cmd("QUIT")).toStartWith("+OK");
+  });
+
+  test("a second concurrent login to the same mailbox gets -ERR and is closed; the first goes on", async () => {
+    seed("frank", rec(1), rec(2));
+    const a = await login("frank");
+    const b = await open();
+    await b.line();
+    expect(await b.cmd("USER frank")).toStartWith("+OK");
+    expect(await b.cmd("PASS frankpw")).toStartWith("-ERR");
+    expect(await b.waitClosed()).toBe(true);
+    expect(await a.cmd("STAT")).toBe(`+OK 2 ${plain(1).length + plain(2).length}`);
+    expect(await a.cmd("DELE 1")).toStartWith("+OK");
+    expect(await a.cmd("QUIT")).toStartWith("+OK");
+    expect(readFileSync(mailboxPath(root, "frank")).equals(rec(2))).toBe(true);
+    // Now free again.
+    const c = await login("frank");
+    expect(await c.cmd("QUIT")).toStartWith("+OK");
+  });
+
+  test("a client that vanishes without QUIT deletes nothing and leaves no lock", async () => {
+    const p = seed("gina", rec(1), rec(2));
+    const before = readFileSync(p);
+    for (let round = 0; round < 3; round++) {
+      const w = await login("gina");
+      expect(await w.cmd("DELE 1")).toStartWith("+OK");
+      expect(await w.cmd("DELE 2")).toStartWith("+OK");
+      w.destroy();
+      expect(await waitGone(popLockPath(root, "gina"))).toBe(true);
+      expect(readFileSync(p).equals(before)).toBe(true);
+    }
+    // Vanishing right after PASS, before the reply.
+    for (let round = 0; round < 5; round++) {
+      const w = await open();
+      await w.line();
+      w.write("USER gina\r\nPASS ginapw\r\n");
+      w.destroy();
+    }
+    const w = await (async () => {
+      for (let i = 0; i < 100; i++) {
+        try {
+          return await login("gina");
+        } catch {
+          await Bun.sleep(20);
+        }
+      }
+      throw new Error("login never succeeded after vanished clients");
+    })();
+    expect(await w.cmd("STAT")).toStartWith("+OK 2 ");
+    expect(await w.cmd("QUIT")).toStartWith("+OK");
+    expect(readFileSync(p).equals(before)).toBe(true);
+  });
+
+  test("a message sent with SMTP reads back byte for byte (lines '.', '..', '.x', UTF-8, empty body)", async () => {
+    const cases: string[][] = [
+      ["From: bob@example.com", "To: alice@example.com", "Subject: dots", "", ".", "..", ".x", "...", "end"],
+      ["From: bob@example.com", "To: alice@example.com", "Subject: ünïcödé ✓ 日本", "", "héllo wörld ✓", "日本語のテキスト"],
+      ["From: bob@example.com", "To: alice@example.com", "Subject: empty body"],
+      ["From: bob@example.com", "To: alice@example.com", "Subject: blank lines", "", "", "", "x", ""],
+    ];
+    writeFileSync(mailboxPath(root, "alice"), "");
+    for (const c of cases) expect(await smtpSend(smtp.port, "bob@example.com", "alice@example.com", c)).toStartWith("250");
+    const w = await login("alice");
+    expect(await w.cmd("STAT")).toStartWith(`+OK ${cases.length} `);
+    for (let i = 0; i < cases.length; i++) {
+      const size = Number((await w.cmd(`LIST ${i + 1}`)).split(" ")[2]);
+      expect(await w.cmd(`RETR ${i + 1}`)).toStartWith("+OK");
+      const got = unstuffBody(await w.multi());
+      expect(got.length).toBe(size);
+      const lines = got.toString("utf8").split("\r\n");
+      expect(lines.pop()).toBe("");
+      // The stored copy is the sent message with the Received line added after Subject.
+      const at = lines.findIndex((l) => l.startsWith("Received: "));
+      expect(at).toBe(3);
+      expect(lines[at]).toMatch(/^Received: \d{4}-\d\d-\d\d : \d\d : \d\d$/);
+      lines.splice(at, 1);
+      expect(lines).toEqual(cases[i]!);
+    }
+    expect(await w.cmd("QUIT")).toStartWith("+OK");
+  });
+
+  test("a multi-megabyte message is sent whole (write backpressure)", async () => {
+    const body = Array.from({ length: 60_000 }, (_, i) => (i % 10 === 0 ? "." : "") + `line ${i} ${"z".repeat(70)}`);
+    const p = seed("bob", rec(1), rec(2, body), rec(3));
+    const w = await login("bob");
+    const size = Number((await w.cmd("LIST 2")).split(" ")[2]);
+    expect(size).toBeGreaterThan(4_000_000);
+    w.write("RETR 2\r\nRETR 3\r\nQUIT\r\n");
+    expect(await w.line()).toStartWith("+OK");
+    const got = unstuffBody(await w.multi(30_000));
+    expect(got.length).toBe(size);
+    expect(got.equals(plain(2, body))).toBe(true);
+    expect(await w.line()).toStartWith("+OK");
+    expect(unstuffBody(await w.multi()).equals(plain(3))).toBe(true);
+    expect(await w.line()).toStartWith("+OK");
+    expect(readFileSync(p).length).toBeGreaterThan(size);
+  });
+});
+
+describe("popserver process", () => {
+  test("--timeout 1: an idle session is logged out, nothing deleted, lock released", async () => {
+    const r = makeRoot({ ann: "annpw" });
+    try {
+      const p = join(r, "ann", "mymailbox");
+      writeFileSync(p, Buffer.concat([rec(1), rec(2)]));
+      const s = await startPop(r, ["--timeout", "1"]);
+      extra.push(s);
+      const w = await popLogin(s.port, "ann", "annpw");
+      wires.push(w);
+      expect(await w.cmd("DELE 1")).toStartWith("+OK");
+      const l = await w.line(10_000);
+      expect(l).toStartWith("-ERR");
+      expect(l).toMatch(/autologout/i);
+      expect(await w.waitClosed()).toBe(true);
+      expect(await waitGone(popLockPath(r, "ann"))).toBe(true);
+      expect(readFileSync(p).equals(Buffer.concat([rec(1), rec(2)]))).toBe(true);
+      // An active session is not logged out while it keeps talking.
+      const w2 = await popLogin(s.port, "ann", "annpw");
+      wires.push(w2);
+      for (let i = 0; i < 6; i++) {
+        await Bun.sleep(300);
+        expect(await w2.cmd("NOOP")).toBe("+OK");
+      }
+      expect(await w2.cmd("QUIT")).toStartWith("+OK");
+      expect(await s.stop("SIGTERM")).toBe(0);
+    } finally {
+      removeRoot(r);
+    }
+  });
+
+  test("SIGTERM: connected clients are told, the process exits 0, locks are released", async () => {
+    const r = makeRoot({ ann: "annpw" });
+    try {
+      writeFileSync(join(r, "ann", "mymailbox"), rec(1));
+      const s = await startPop(r);
+      extra.push(s);
+      const w = await popLogin(s.port, "ann", "annpw");
+      wires.push(w);
+      expect(await w.cmd("DELE 1")).toStartWith("+OK");
+      const code = await s.stop("SIGTERM");
+      expect(code).toBe(0);
+      expect(await w.line()).toStartWith("-ERR");
+      expect(await w.waitClosed()).toBe(true);
+      expect(existsSync(popLockPath(r, "ann"))).toBe(false);
+      expect(readFileSync(join(r, "ann", "mymailbox")).equals(rec(1))).toBe(true);
+      expect(s.log()).toMatch(/SIGTERM/);
+    } finally {
+      removeRoot(r);
+    }
+  });
+
+  async function runCli(args: string[], cwd: string): Promise<{ code: number; out: string; err: string }> {
+    const proc = Bun.spawn(command("popserver", args), { cwd, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    const timer = setTimeout(() => proc.kill(9), 15_000);
+    const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    clearTimeout(timer);
+    return { code, out, err };
+  }
+
+  test("CLI errors: one line on stderr and a non-zero exit", async () => {
+    const r = makeRoot({ ann: "annpw" });
+    const empty = makeRoot({});
+    try {
+      const cases: [string[], string, RegExp][] = [
+        [["abc", "--root", r], r, /port/],
+        [["70000", "--root", r], r, /port/],
+        [["0", "--bogus", "--root", r], r, /unknown option/],
+        [["0", "1", "--root", r], r, /unexpected argument/],
+        [["0", "--root", join(r, "nowhere")], r, /user\.txt/],
+        [["0", "--root", empty, "--host", "127.0.0.1"], empty, /user\.txt/],
+        [["0", "--root", r, "--timeout", "x"], r, /--timeout/],
+        [["0", "--root", r, "--host", "256.1.1.1"], r, /256\.1\.1\.1/],
+        [[String(pop.port), "--root", r, "--host", "127.0.0.1"], r, /in use/],
+      ];
+      for (const [args, cwd, re] of cases) {
+        const { code, out, err } = await runCli(args, cwd);
+        expect([args.join(" "), code === 0]).toEqual([args.join(" "), false]);
+        expect(err.trimEnd().split("\n")).toHaveLength(1);
+        expect(err).toMatch(/^popserver: /);
+        expect(err).toMatch(re);
+        expect(err).not.toMatch(/\n\s+at /);
+        expect(out).not.toMatch(/listening/);
+      }
+      const help = await runCli(["--help"], r);
+      expect(help.code).toBe(0);
+      expect(help.out).toMatch(/usage: popserver/);
+    } finally {
+      removeRoot(r);
+      removeRoot(empty);
+    }
+  });
+});
