@@ -1,0 +1,212 @@
+// Interop: real third-party clients against the real servers. Python's poplib and smtplib
+// (python3 -c subprocesses) and curl's pop3:// support.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { buildRecord } from "../lib/mailbox.ts";
+import { mailboxPath } from "../lib/paths.ts";
+import { makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
+
+const PYTHON = Bun.which("python3");
+const CURL = Bun.which("curl");
+const noPython = !PYTHON;
+const noCurl = !CURL;
+if (noPython) console.warn("pop3-interop: python3 not found on PATH, skipping the poplib/smtplib tests");
+if (noCurl) console.warn("pop3-interop: curl not found on PATH, skipping the curl pop3:// tests");
+
+let root: string;
+let pop: Running;
+let smtp: Running;
+beforeAll(async () => {
+  root = makeRoot({ alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw" });
+  [pop, smtp] = await Promise.all([startPop(root), startSmtp(root)]);
+});
+afterAll(async () => {
+  for (const r of [pop, smtp]) if (r) r.proc.kill(9);
+  await Promise.all([pop, smtp].filter(Boolean).map((r) => r.proc.exited));
+  removeRoot(root);
+});
+
+const RECEIVED = "Received: 2024-05-06 : 07 : 08";
+function rec(n: number, body: string[] = [`body ${n}`]): Buffer {
+  return buildRecord(Buffer.from([`From: x@y`, `To: u@z`, `Subject: msg ${n}`, "", ...body].map((l) => (l.startsWith(".") ? "." + l : l) + "\r\n").join("")), RECEIVED);
+}
+function plainLines(n: number, body: string[] = [`body ${n}`]): string[] {
+  return [`From: x@y`, `To: u@z`, `Subject: msg ${n}`, RECEIVED, "", ...body];
+}
+
+async function run(argv: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
+  const proc = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe", stdin: stdin === undefined ? "ignore" : new Blob([stdin]) });
+  const timer = setTimeout(() => proc.kill(9), 30_000);
+  const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  clearTimeout(timer);
+  return { code, out, err };
+}
+
+/** Runs a python snippet with PORT/SMTP_PORT/USER/PASS bound; it prints one JSON document. */
+async function py(code: string, env: Record<string, string | number>): Promise<any> {
+  const prelude = "import json, sys, poplib, smtplib\n" + Object.entries(env).map(([k, v]) => `${k} = ${JSON.stringify(v)}\n`).join("");
+  const r = await run([PYTHON!, "-c", prelude + code]);
+  if (r.code !== 0) throw new Error(`python failed (${r.code}): ${r.err}`);
+  return JSON.parse(r.out);
+}
+
+const dec = "def d(b):\n    return b.decode('utf-8') if isinstance(b, bytes) else b\n";
+
+describe("Python poplib", () => {
+  test.skipIf(noPython)("user, pass_, stat, list, uidl, retr, top, capa, dele, rset, quit", async () => {
+    writeFileSync(mailboxPath(root, "alice"), Buffer.concat([rec(1), rec(2, [".", "..", ".x", "ünï"]), rec(3)]));
+    const res = await py(
+      dec +
+        `
+p = poplib.POP3("127.0.0.1", PORT, timeout=20)
+out = {"welcome": d(p.getwelcome())}
+out["user"] = d(p.user(USER))
+out["pass"] = d(p.pass_(PASS))
+out["stat"] = list(p.stat())
+resp, lines, octets = p.list()
+out["list"] = [d(resp), [d(l) for l in lines]]
+out["list2"] = d(p.list(2))
+resp, lines, octets = p.uidl()
+out["uidl"] = [d(l) for l in lines]
+out["uidl1"] = d(p.uidl(1))
+resp, lines, octets = p.retr(2)
+out["retr2"] = [d(resp), [d(l) for l in lines], octets]
+resp, lines, octets = p.top(1, 0)
+out["top"] = [d(l) for l in lines]
+out["capa"] = {d(k): [d(x) for x in v] for k, v in p.capa().items()}
+out["dele"] = d(p.dele(1))
+try:
+    p.retr(1)
+    out["retr_deleted"] = "no error"
+except poplib.error_proto as e:
+    out["retr_deleted"] = d(e.args[0])
+out["stat_after_dele"] = list(p.stat())
+out["rset"] = d(p.rset())
+out["stat_after_rset"] = list(p.stat())
+out["dele3"] = d(p.dele(3))
+out["quit"] = d(p.quit())
+print(json.dumps(out))
+`,
+      { PORT: pop.port, USER: "alice", PASS: "alicepw" },
+    );
+    const sizes = [plainLines(1), plainLines(2, [".", "..", ".x", "ünï"]), plainLines(3)].map((ls) => Buffer.byteLength(ls.map((l) => l + "\r\n").join("")));
+    const total = sizes.reduce((a, b) => a + b, 0);
+    expect(res.welcome).toBe("+OK POP3 server ready");
+    expect(res.user).toStartWith("+OK");
+    expect(res.pass).toStartWith("+OK");
+    expect(res.stat).toEqual([3, total]);
+    expect(res.list[1]).toEqual(sizes.map((s, i) => `${i + 1} ${s}`));
+    expect(res.list2).toBe(`+OK 2 ${sizes[1]}`);
+    expect(res.uidl.length).toBe(3);
+    expect(res.uidl1).toBe(`+OK ${res.uidl[0]}`);
+    expect(res.retr2[1]).toEqual(plainLines(2, [".", "..", ".x", "ünï"]));
+    expect(res.top).toEqual(plainLines(1).slice(0, 5));
+    for (const c of ["TOP", "UIDL", "USER", "PIPELINING", "RESP-CODES", "IMPLEMENTATION"]) expect(Object.keys(res.capa)).toContain(c);
+    expect(res.dele).toStartWith("+OK");
+    expect(res.retr_deleted).toStartWith("-ERR");
+    expect(res.stat_after_dele).toEqual([2, total - sizes[0]!]);
+    expect(res.rset).toStartWith("+OK");
+    expect(res.stat_after_rset).toEqual([3, total]);
+    expect(res.quit).toStartWith("+OK");
+    expect(readFileSync(mailboxPath(root, "alice")).equals(Buffer.concat([rec(1), rec(2, [".", "..", ".x", "ünï"])]))).toBe(true);
+  });
+
+  test.skipIf(noPython)("wrong password raises error_proto, then a retry on the same connection works", async () => {
+    writeFileSync(mailboxPath(root, "bob"), rec(1));
+    const res = await py(
+      dec +
+        `
+out = {}
+p = poplib.POP3("127.0.0.1", PORT, timeout=20)
+p.user(USER)
+try:
+    p.pass_("wrong")
+    out["bad"] = "accepted"
+except poplib.error_proto as e:
+    out["bad"] = d(e.args[0])
+p.user(USER)
+out["good"] = d(p.pass_(PASS))
+out["stat"] = list(p.stat())
+p.quit()
+print(json.dumps(out))
+`,
+      { PORT: pop.port, USER: "bob", PASS: "bobpw" },
+    );
+    expect(res.bad).toStartWith("-ERR");
+    expect(res.good).toStartWith("+OK");
+    expect(res.stat[0]).toBe(1);
+  });
+
+  test.skipIf(noPython)("mail sent with smtplib reads back with poplib byte for byte", async () => {
+    writeFileSync(mailboxPath(root, "carol"), "");
+    const res = await py(
+      `
+import base64
+msgs = [
+    b"From: bob@example.com\\r\\nTo: carol@example.com\\r\\nSubject: dots and more\\r\\n\\r\\n.\\r\\n..\\r\\n.x\\r\\n\\r\\nlast\\r\\n",
+    "From: bob@example.com\\r\\nTo: carol@example.com\\r\\nSubject: =?utf-8?q?caf=C3=A9?=\\r\\nMIME-Version: 1.0\\r\\nContent-Type: text/plain; charset=utf-8\\r\\nContent-Transfer-Encoding: 8bit\\r\\n\\r\\nh\\u00e9llo \\u2713 \\u65e5\\u672c\\r\\n".encode("utf-8"),
+    b"From: bob@example.com\\r\\nTo: carol@example.com\\r\\nSubject: empty\\r\\n\\r\\n",
+]
+s = smtplib.SMTP("127.0.0.1", SMTP_PORT, timeout=20)
+s.helo("tester")
+for m in msgs:
+    s.sendmail("bob@example.com", ["carol@example.com"], m)
+s.quit()
+p = poplib.POP3("127.0.0.1", PORT, timeout=20)
+p.user(USER)
+p.pass_(PASS)
+got = []
+for i in range(len(msgs)):
+    resp, lines, octets = p.retr(i + 1)
+    size = int(p.list(i + 1).split()[2])
+    got.append({"raw": base64.b64encode(b"".join(l + b"\\r\\n" for l in lines)).decode(), "size": size})
+p.quit()
+print(json.dumps({"sent": [base64.b64encode(m).decode() for m in msgs], "got": got}))
+`,
+      { PORT: pop.port, SMTP_PORT: smtp.port, USER: "carol", PASS: "carolpw" },
+    );
+    expect(res.got.length).toBe(3);
+    for (let i = 0; i < 3; i++) {
+      const sent = Buffer.from(res.sent[i], "base64").toString("utf8");
+      const got = Buffer.from(res.got[i].raw, "base64");
+      expect(got.length).toBe(res.got[i].size);
+      const lines = got.toString("utf8").split("\r\n");
+      const at = lines.findIndex((l) => l.startsWith("Received: "));
+      expect(lines[at - 1]).toStartWith("Subject: ");
+      expect(lines[at]).toMatch(/^Received: \d{4}-\d\d-\d\d : \d\d : \d\d$/);
+      lines.splice(at, 1);
+      expect(lines.join("\r\n")).toBe(sent);
+    }
+  });
+});
+
+describe("curl pop3://", () => {
+  test.skipIf(noCurl)("RETR by URL, LIST and UIDL with -X", async () => {
+    writeFileSync(mailboxPath(root, "dave"), Buffer.concat([rec(1, ["hello", ".dot line", ".."]), rec(2)]));
+    const url = `pop3://dave:davepw@127.0.0.1:${pop.port}`;
+    const retr = await run([CURL!, "-sS", "--max-time", "20", `${url}/1`]);
+    expect(retr.err).toBe("");
+    expect(retr.code).toBe(0);
+    expect(retr.out).toBe(plainLines(1, ["hello", ".dot line", ".."]).map((l) => l + "\r\n").join(""));
+    const list = await run([CURL!, "-sS", "--max-time", "20", `${url}/`]);
+    expect(list.code).toBe(0);
+    const sizes = [plainLines(1, ["hello", ".dot line", ".."]), plainLines(2)].map((ls) => Buffer.byteLength(ls.map((l) => l + "\r\n").join("")));
+    expect(list.out).toBe(`1 ${sizes[0]}\r\n2 ${sizes[1]}\r\n`);
+    const uidl = await run([CURL!, "-sS", "--max-time", "20", "-X", "UIDL", `${url}/`]);
+    expect(uidl.code).toBe(0);
+    const rows = uidl.out.trimEnd().split("\r\n");
+    expect(rows.map((r) => r.split(" ")[0])).toEqual(["1", "2"]);
+    expect(new Set(rows.map((r) => r.split(" ")[1])).size).toBe(2);
+    const bad = await run([CURL!, "-sS", "--max-time", "20", `pop3://dave:wrong@127.0.0.1:${pop.port}/1`]);
+    expect(bad.code).not.toBe(0);
+    // Nothing was deleted by any of it.
+    expect(readFileSync(mailboxPath(root, "dave")).equals(Buffer.concat([rec(1, ["hello", ".dot line", ".."]), rec(2)]))).toBe(true);
+  });
+
+  test.skipIf(noCurl)("DELE with -X removes the message at QUIT", async () => {
+    writeFileSync(mailboxPath(root, "dave"), Buffer.concat([rec(1), rec(2)]));
+    const r = await run([CURL!, "-sS", "--max-time", "20", "-X", "DELE 1", "-I", `pop3://dave:davepw@127.0.0.1:${pop.port}/`]);
+    expect(r.code).toBe(0);
+    expect(readFileSync(mailboxPath(root, "dave")).equals(rec(2))).toBe(true);
+  });
+});
