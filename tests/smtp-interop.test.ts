@@ -1,0 +1,154 @@
+// Interop: real SMTP clients that no one here wrote, against the real smtpmail program.
+// Each test is skipped (with the reason in its name) when its tool is not installed.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { scanBuffer } from "../lib/mailbox.ts";
+import { makeRoot, removeRoot, startSmtp, type Running } from "./helpers/servers.ts";
+
+const hasPython = Bun.which("python3") !== null && Bun.spawnSync(["python3", "-c", "import smtplib"]).exitCode === 0;
+const hasCurl = Bun.which("curl") !== null;
+const hasSwaks = Bun.which("swaks") !== null;
+if (!hasPython) console.warn("smtp-interop: python3 with smtplib not installed, skipping its tests");
+if (!hasCurl) console.warn("smtp-interop: curl not installed (apt-get install -y curl), skipping its test");
+if (!hasSwaks) console.warn("smtp-interop: swaks not installed (apt-get install -y swaks), skipping its tests");
+
+let root: string;
+let srv: Running;
+beforeAll(async () => {
+  root = makeRoot({ alice: "a", bob: "b", carol: "c" });
+  srv = await startSmtp(root, ["--domain", "mx.interop"]);
+});
+afterAll(async () => {
+  if (srv && srv.proc.exitCode === null) srv.proc.kill(9);
+  await srv?.proc.exited;
+  removeRoot(root);
+});
+
+function records(user: string): string[] {
+  const p = join(root, user, "mymailbox");
+  const file = existsSync(p) ? readFileSync(p) : Buffer.alloc(0);
+  const s = scanBuffer(file);
+  expect(s.validEnd).toBe(file.length);
+  return s.messages.map((m) => file.subarray(m.offset, m.offset + m.length).toString("utf8"));
+}
+const withSubject = (user: string, subject: string) => records(user).filter((r) => r.includes(`\r\nSubject: ${subject}\r\n`) || r.startsWith(`Subject: ${subject}\r\n`));
+
+async function run(argv: string[], input?: string): Promise<{ out: string; err: string; code: number }> {
+  const p = Bun.spawn(argv, { stdin: input === undefined ? "ignore" : new TextEncoder().encode(input), stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => p.kill(9), 30_000);
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  clearTimeout(timer);
+  return { out, err, code };
+}
+async function python(script: string): Promise<any> {
+  const { out, err, code } = await run(["python3", "-c", script, String(srv.port)]);
+  if (code !== 0) throw new Error(`python failed (${code}): ${err}`);
+  return JSON.parse(out.trim().split("\n").at(-1)!);
+}
+
+describe.skipIf(!hasPython)("Python smtplib (skipped when python3 is not installed)", () => {
+  test("HELO path: helo() then sendmail()", async () => {
+    const r = await python(`
+import smtplib, sys, json
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="py.helo")
+code, msg = s.helo()
+refused = s.sendmail("py@helo.test", ["alice@mx.interop"], "From: py@helo.test\\r\\nTo: alice@mx.interop\\r\\nSubject: py-helo\\r\\n\\r\\nhello from smtplib\\r\\n.\\r\\n..\\r\\n.x\\r\\n")
+q = s.quit()
+print(json.dumps({"helo": [code, msg.decode()], "esmtp": s.does_esmtp, "refused": refused, "quit": [q[0], q[1].decode()]}))
+`);
+    expect(r.helo).toEqual([250, "OK Hello py.helo"]);
+    expect(r.esmtp).toBeFalsy();
+    expect(r.refused).toEqual({});
+    expect(r.quit).toEqual([221, "mx.interop closing connection"]);
+    const [rec, ...more] = withSubject("alice", "py-helo");
+    expect(more).toEqual([]);
+    expect(rec).toMatch(/\r\nReceived: \d{4}-\d\d-\d\d : \d\d : \d\d\r\n/);
+    // stored stuffed, as sent: the body lines ".", "..", ".x"
+    expect(rec).toEndWith("\r\nhello from smtplib\r\n..\r\n...\r\n..x\r\n.\r\n");
+  });
+
+  test("EHLO path: extensions seen, 8-bit message with several recipients", async () => {
+    const r = await python(`
+import smtplib, sys, json
+from email.message import EmailMessage
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]))
+code, _ = s.ehlo("py.ehlo")
+exts = sorted(s.esmtp_features.keys()); size = s.esmtp_features.get("size")
+m = EmailMessage()
+m["From"] = "py@ehlo.test"; m["To"] = "bob@mx.interop, carol@mx.interop"; m["Subject"] = "py-ehlo"
+m.set_content("naïve ünïcødé ✓\\n", cte="8bit")
+refused = s.send_message(m, to_addrs=["bob@mx.interop", "carol@mx.interop", "Alice@mx.interop"])
+s.quit()
+print(json.dumps({"ehlo": code, "exts": exts, "size": size, "refused": refused}))
+`);
+    expect(r.ehlo).toBe(250);
+    expect(r.exts).toEqual(expect.arrayContaining(["pipelining", "size", "8bitmime"]));
+    expect(Number(r.size)).toBe(10 * 1024 * 1024);
+    expect(r.refused).toEqual({});
+    for (const u of ["alice", "bob", "carol"]) {
+      const recs = withSubject(u, "py-ehlo");
+      expect(recs.length).toBe(1);
+      expect(recs[0]).toContain("naïve ünïcødé ✓\r\n");
+      expect(recs[0]).toContain("MIME-Version: 1.0\r\n");
+    }
+  });
+
+  test("a refused recipient: partly refused is reported per address, all refused raises", async () => {
+    const r = await python(`
+import smtplib, sys, json
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]))
+refused = s.sendmail("py@x.test", ["bob@mx.interop", "nobody@mx.interop"], "Subject: py-partial\\r\\n\\r\\nx\\r\\n")
+all_refused = None
+try:
+    s.sendmail("py@x.test", ["ghost@mx.interop", "../etc@mx.interop"], "Subject: py-none\\r\\n\\r\\nx\\r\\n")
+except smtplib.SMTPRecipientsRefused as e:
+    all_refused = {k: [v[0], v[1].decode()] for k, v in e.recipients.items()}
+s.quit()
+print(json.dumps({"refused": {k: [v[0], v[1].decode()] for k, v in refused.items()}, "all": all_refused}))
+`);
+    expect(r.refused).toEqual({ "nobody@mx.interop": [550, "No such user"] });
+    expect(r.all).toEqual({ "ghost@mx.interop": [550, "No such user"], "../etc@mx.interop": [550, "No such user"] });
+    expect(withSubject("bob", "py-partial").length).toBe(1);
+    expect(records("bob").some((x) => x.includes("py-none"))).toBe(false);
+  });
+});
+
+describe.skipIf(!hasCurl)("curl smtp:// (skipped when curl is not installed)", () => {
+  test("--mail-from --mail-rcpt --upload-file, with two recipients", async () => {
+    const file = join(root, "curl-msg.txt");
+    writeFileSync(file, "From: curl@x.test\r\nTo: alice@mx.interop\r\nSubject: curl-upload\r\n\r\nsent by curl\r\n.\r\nafter a dot line\r\n");
+    const { code, err } = await run(["curl", "-sS", `smtp://127.0.0.1:${srv.port}/curl.client`, "--mail-from", "curl@x.test", "--mail-rcpt", "alice@mx.interop", "--mail-rcpt", "carol@mx.interop", "--upload-file", file]);
+    expect(err).toBe("");
+    expect(code).toBe(0);
+    for (const u of ["alice", "carol"]) {
+      const recs = withSubject(u, "curl-upload");
+      expect(recs.length).toBe(1);
+      expect(recs[0]).toContain("\r\nsent by curl\r\n..\r\nafter a dot line\r\n.\r\n");
+    }
+  });
+
+  test("a refused recipient makes curl fail", async () => {
+    const file = join(root, "curl-msg2.txt");
+    writeFileSync(file, "Subject: curl-refused\r\n\r\nx\r\n");
+    const { code } = await run(["curl", "-sS", `smtp://127.0.0.1:${srv.port}`, "--mail-from", "curl@x.test", "--mail-rcpt", "nobody@mx.interop", "--upload-file", file]);
+    expect(code).not.toBe(0);
+  });
+});
+
+describe.skipIf(!hasSwaks)("swaks (skipped when swaks is not installed)", () => {
+  test("--server --to --from delivers", async () => {
+    const { code, out } = await run(["swaks", "--server", `127.0.0.1:${srv.port}`, "--to", "bob@mx.interop", "--from", "swaks@x.test", "--header", "Subject: swaks-test", "--body", "hello from swaks"]);
+    expect(code).toBe(0);
+    expect(out).toContain("250 OK Message accepted for delivery");
+    const recs = withSubject("bob", "swaks-test");
+    expect(recs.length).toBe(1);
+    expect(recs[0]).toContain("hello from swaks");
+  });
+
+  test("an unknown recipient: swaks reports 550 and fails", async () => {
+    const { code, out } = await run(["swaks", "--server", `127.0.0.1:${srv.port}`, "--to", "nobody@mx.interop", "--from", "swaks@x.test"]);
+    expect(code).not.toBe(0);
+    expect(out).toContain("550 No such user");
+  });
+});
