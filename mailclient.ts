@@ -158,17 +158,27 @@ interface Entry {
 }
 
 async function loadList(pop: Pop3Client): Promise<Entry[]> {
-  let hasTop = false;
+  let caps: string[] = [];
   try {
-    hasTop = (await pop.capa()).some((c) => c.trim().toUpperCase() === "TOP");
+    caps = (await pop.capa()).map((c) => c.trim().toUpperCase());
   } catch (err) {
     if (!(err instanceof Pop3Error)) throw err; // no CAPA: an RFC 1939-only server, use RETR
   }
+  const hasTop = caps.includes("TOP");
+  const head = (n: number) =>
+    hasTop ? pop.top(n, 0).catch((err) => (err instanceof Pop3Error ? pop.retr(n) : Promise.reject(err))) : pop.retr(n);
+  // With PIPELINING (RFC 2449) a window of requests is in flight at once, so a long mailbox
+  // costs a few round trips instead of one per mail; the window bounds what is buffered.
+  const window = caps.includes("PIPELINING") ? 64 : 1;
+  const listing = await pop.list();
   const entries: Entry[] = [];
-  for (const { n } of await pop.list()) {
-    const head = hasTop ? await pop.top(n, 0).catch(() => pop.retr(n)) : await pop.retr(n);
-    const h = parseHeaders(head);
-    entries.push({ msgNo: n, from: senderAddress(h.from), when: receivedWhen(h), subject: h.subject });
+  for (let i = 0; i < listing.length; i += window) {
+    const batch = listing.slice(i, i + window);
+    const heads = await Promise.all(batch.map(({ n }) => head(n)));
+    batch.forEach(({ n }, j) => {
+      const h = parseHeaders(heads[j]!);
+      entries.push({ msgNo: n, from: senderAddress(h.from), when: receivedWhen(h), subject: h.subject });
+    });
   }
   return entries;
 }

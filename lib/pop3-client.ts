@@ -44,14 +44,16 @@ export class Pop3Client {
     }
   }
 
-  // Each exchange is chained so that concurrent callers never read each other's lines.
+  // The command goes out at once (so callers can pipeline, RFC 2449); only the reading is
+  // chained, so that concurrent callers never read each other's lines.
   private exchange<T>(line: string, read: () => Promise<T>): Promise<T> {
-    const run = async () => {
+    try {
       assertOneLine(line);
       this.conn.write(line + "\r\n");
-      return read();
-    };
-    const next = this.readChain.then(run);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const next = this.readChain.then(read);
     this.readChain = next.catch(() => {});
     return next;
   }

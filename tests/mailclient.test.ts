@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import pkg from "../package.json" with { type: "json" };
-import { closedPort, fakePop3, fakeSmtp, type FakeMail, type FakeServer } from "./helpers/client-fake-server.ts";
+import { closedPort, fakePop3, fakeSmtp, startFake, type FakeMail, type FakeServer } from "./helpers/client-fake-server.ts";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { sendMail } from "../lib/smtp-client.ts";
@@ -228,6 +228,36 @@ describe("Manage Mail", () => {
     const r = await runClient(f.args, typed("bob", "secret", "1", "3", "d"));
     expect(r.code).toBe(0);
     expect(f.mailbox.length).toBe(2);
+  });
+
+  test("with PIPELINING the headers are fetched in flight together; a TOP refused falls back to RETR", async () => {
+    const heads = ["From: a@x\r\nSubject: one\r\n", "From: b@x\r\nSubject: two\r\n", "From: c@x\r\nSubject: three\r\n"];
+    // This server answers no TOP until all three have arrived: a client without pipelining stalls.
+    const pop = startFake(async (c) => {
+      c.send("+OK ready\r\n");
+      const tops: number[] = [];
+      for (;;) {
+        const line = await c.readLine();
+        if (line === null) return;
+        const [cmd, arg] = line.split(" ");
+        if (cmd === "CAPA") c.send("+OK\r\nTOP\r\nPIPELINING\r\n.\r\n");
+        else if (cmd === "LIST") c.send("+OK\r\n1 10\r\n2 10\r\n3 10\r\n.\r\n");
+        else if (cmd === "TOP") {
+          tops.push(Number(arg));
+          if (tops.length === 3)
+            for (const n of tops) c.send(n === 2 ? "-ERR TOP not today\r\n" : `+OK\r\n${heads[n - 1]}.\r\n`);
+        } else if (cmd === "RETR") c.send(`+OK\r\n${heads[Number(arg) - 1]}body\r\n.\r\n`);
+        else if (cmd === "QUIT") {
+          c.send("+OK bye\r\n");
+          c.end();
+        } else c.send("+OK\r\n");
+      }
+    });
+    servers.push(pop);
+    const r = await runClient(["127.0.0.1", String(closedPort()), String(pop.port)], typed("bob", "pw", "1", "-1", "3"));
+    expectInOrder(r.stdout, ["1  a@x", "one", "2  b@x", "two", "3  c@x", "three"]);
+    const sent = pop.conns.at(-1)!.received;
+    expect(sent.filter((l) => /^(TOP|RETR)/.test(l))).toEqual(["TOP 1 0", "TOP 2 0", "TOP 3 0", "RETR 2"]);
   });
 
   test("an empty mailbox", async () => {

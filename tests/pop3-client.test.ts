@@ -125,6 +125,23 @@ describe("Pop3Client against a scripted server", () => {
     await pop.quit();
   });
 
+  test("commands go out before earlier responses arrive (RFC 2449 pipelining)", async () => {
+    // Nothing is answered until both commands are in: a client that waits would stall here.
+    const srv = track(
+      startFake(async (c) => {
+        c.send("+OK hi\r\n");
+        const first = await c.readLine();
+        const second = await c.readLine();
+        c.send(`+OK\r\nX-First: ${first}\r\n.\r\n-ERR no ${second}\r\n`);
+      }),
+    );
+    const pop = await Pop3Client.connect("127.0.0.1", srv.port, { timeoutMs: 5000 });
+    const [a, b] = await Promise.allSettled([pop.top(1, 0), pop.top(2, 0)]);
+    expect(a).toEqual({ status: "fulfilled", value: "X-First: TOP 1 0\r\n" });
+    expect(b.status === "rejected" && b.reason).toMatchObject({ text: "no TOP 2 0" });
+    pop.close();
+  });
+
   test("a large RETR with many dot-stuffed lines round-trips byte for byte", async () => {
     const lines: string[] = ["From: big@x", "To: bob@y", "Subject: big"];
     for (let i = 0; i < 100_000; i++) lines.push([".", "..", ".x", "plain line " + i, ""][i % 5]!);
