@@ -44,6 +44,7 @@ void runMain("smtpmail", async () => {
   const users = new Users(join(root, "user.txt"), log, typeof postmaster === "string" ? postmaster : undefined);
   users.load();
   const store = new FileMailStore(root, log);
+  await store.recover();
   const domain = String(flags.get("--domain") ?? hostname());
   const host = String(flags.get("--host") ?? "0.0.0.0");
   const server = createSmtpServer(
@@ -64,5 +65,9 @@ void runMain("smtpmail", async () => {
   );
   listenOrExplain(server, host, port);
   process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.names.join(" ")})\n`);
-  installShutdown("smtpmail", server, () => store.idle(), log);
+  installShutdown("smtpmail", server, async () => {
+    await store.close();
+    const { messages, fsyncs } = store.stats;
+    log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs`);
+  }, log);
 });

@@ -1,14 +1,19 @@
 // Delivery into mymailbox files: what smtpmail does after DATA.
 //
-// Durability: a delivery resolves only after its bytes are fsync'd. Throughput: deliveries
-// that arrive while a mailbox's previous write+fsync is in flight are queued and written
-// together with one write and one fsync (group commit), so the fsync cost is shared.
-// The write lock (lock.ts) is held only for append+fsync; popserver takes the same lock
-// for the last step of its rewrite, so an append never lands in a file being replaced.
-import { mkdir, open, type FileHandle } from "node:fs/promises";
+// Deliveries are committed in rounds: everything queued while the previous round was in
+// flight is appended to its mailbox files, then made durable by ONE fsync of the delivery
+// journal (journal.ts), whatever the number of mailboxes; only then do the 250s go out.
+// Mailbox files are fsync'd in a checkpoint every few hundred milliseconds, after which the
+// journal is emptied. The write lock (lock.ts) is held only while appending; popserver takes
+// the same lock for the last step of its rewrite, so an append never lands in a file being
+// replaced.
+import { mkdirSync, fstatSync, statSync, openSync, readSync, closeSync, writeSync } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
-import { acquireLock } from "./lock.ts";
+import { acquireLock, tryLock } from "./lock.ts";
+import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
+import { isSafeUserName } from "./users.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
@@ -21,9 +26,33 @@ export interface StoreStats {
   batches: number;
 }
 
+interface Pending {
+  user: string;
+  record: Buffer;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+interface OpenBox {
+  fh: FileHandle;
+  /** File size after our last append; anything else means another writer was here. */
+  knownSize: number;
+  dirty: boolean;
+  lastUsed: number;
+}
+
+const CHECKPOINT_MS = 300;
+const MAX_JOURNAL_BYTES = 64 << 20;
+const CLOSE_IDLE_MS = 30_000;
+
 export class FileMailStore implements MailStore {
-  private readonly writers = new Map<string, MailboxWriter>();
   readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0 };
+  private queue: Pending[] = [];
+  private running = false;
+  private readonly boxes = new Map<string, OpenBox>();
+  private journal: Journal | null = null;
+  private lastCheckpoint = Date.now();
+  private timer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     private readonly root: string,
@@ -31,96 +60,207 @@ export class FileMailStore implements MailStore {
     private readonly lockTimeoutMs = 30_000,
   ) {}
 
-  async deliver(users: readonly string[], record: Buffer): Promise<void> {
-    await Promise.all(users.map((u) => this.writer(u).append(record)));
+  deliver(users: readonly string[], record: Buffer): Promise<void> {
+    const all = users.map((user) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, resolve, reject })));
+    this.kick();
+    return Promise.all(all).then(() => {});
   }
 
-  /** Resolves when no delivery is in flight (graceful shutdown). */
+  /** Resolves when no delivery is in flight and everything is checkpointed (shutdown). */
   async idle(): Promise<void> {
-    while ([...this.writers.values()].some((w) => w.busy)) await Bun.sleep(5);
-  }
-
-  private writer(user: string): MailboxWriter {
-    let w = this.writers.get(user);
-    if (!w) {
-      w = new MailboxWriter(mailboxPath(this.root, user), writeLockPath(this.root, user), this.stats, this.warn, this.lockTimeoutMs);
-      this.writers.set(user, w);
+    while (this.running || this.queue.length) await Bun.sleep(2);
+    this.running = true;
+    try {
+      await this.checkpoint(true);
+    } finally {
+      this.running = false;
     }
-    return w;
-  }
-}
-
-interface Pending {
-  record: Buffer;
-  resolve: () => void;
-  reject: (e: Error) => void;
-}
-
-class MailboxWriter {
-  private queue: Pending[] = [];
-  private running = false;
-  private dirReady = false;
-
-  constructor(
-    private readonly path: string,
-    private readonly lockPath: string,
-    private readonly stats: StoreStats,
-    private readonly warn: (msg: string) => void,
-    private readonly lockTimeoutMs: number,
-  ) {}
-
-  get busy(): boolean {
-    return this.running || this.queue.length > 0;
   }
 
-  append(record: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ record, resolve, reject });
-      if (!this.running) void this.run();
-    });
+  /** Closes files and removes this process's (empty) journal. */
+  async close(): Promise<void> {
+    await this.idle();
+    if (this.timer) clearTimeout(this.timer);
+    for (const b of this.boxes.values()) await b.fh.close().catch(() => {});
+    this.boxes.clear();
+    if (this.journal) {
+      this.journal.close();
+      removeJournal(this.journal.path);
+      this.journal = null;
+    }
+  }
+
+  /**
+   * At start-up, before serving: puts back every journalled copy whose mailbox bytes were
+   * lost in a crash of the machine. Returns how many copies were put back.
+   */
+  async recover(): Promise<number> {
+    let restored = 0;
+    for (const path of claimOrphanJournals(this.root)) {
+      for (const e of readJournal(path)) {
+        if (!isSafeUserName(e.user)) continue;
+        if (isPresent(mailboxPath(this.root, e.user), e.ino, e.offset, e.record)) continue;
+        await this.append(e.user, [e.record]);
+        restored++;
+      }
+      await this.checkpoint(true);
+      removeJournal(path);
+    }
+    if (restored) this.warn(`smtpmail: recovered ${restored} message copies from the delivery journal`);
+    return restored;
+  }
+
+  private kick(): void {
+    if (!this.running) void this.run();
   }
 
   private async run(): Promise<void> {
     this.running = true;
-    while (this.queue.length) {
-      const batch = this.queue;
-      this.queue = [];
-      try {
-        await this.write(batch.map((p) => p.record));
-        this.stats.messages += batch.length;
-        this.stats.batches++;
-        for (const p of batch) p.resolve();
-      } catch (e) {
-        this.warn(`delivery to ${this.path} failed: ${(e as Error).message}`);
-        for (const p of batch) p.reject(e as Error);
+    try {
+      while (this.queue.length) {
+        const batch = this.queue;
+        this.queue = [];
+        await this.round(batch);
+        if (Date.now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > MAX_JOURNAL_BYTES) await this.checkpoint(false);
       }
+    } finally {
+      this.running = false;
     }
-    this.running = false;
+    if (!this.timer && [...this.boxes.values()].some((b) => b.dirty)) {
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        if (this.running) return;
+        this.running = true;
+        this.checkpoint(false)
+          .catch((e) => this.warn(`checkpoint failed: ${(e as Error).message}`))
+          .finally(() => {
+            this.running = false;
+            this.kick();
+          });
+      }, CHECKPOINT_MS);
+    }
   }
 
-  private async write(records: Buffer[]): Promise<void> {
-    if (!this.dirReady) {
-      await mkdir(dirname(this.path), { recursive: true });
-      this.dirReady = true;
+  private async round(batch: Pending[]): Promise<void> {
+    const byUser = new Map<string, Pending[]>();
+    for (const p of batch) {
+      const list = byUser.get(p.user);
+      if (list) list.push(p);
+      else byUser.set(p.user, [p]);
     }
-    const lock = await acquireLock(this.lockPath, this.lockTimeoutMs);
-    try {
-      // Opened per batch: popserver may have replaced the file (rename) since last time.
-      const fh = await open(this.path, "a+");
+    const entries = [];
+    const placed: Pending[] = [];
+    for (const [user, items] of byUser) {
       try {
-        const { size } = await fh.stat();
-        const prefix = size > 0 ? await repairTail(fh, size, this.path, this.warn) : "";
-        const data = records.length === 1 && !prefix ? records[0]! : Buffer.concat([Buffer.from(prefix), ...records]);
-        await writeAll(fh, data);
-        await fh.datasync();
-        this.stats.fsyncs++;
-        if (size === 0) await syncDir(dirname(this.path));
-      } finally {
-        await fh.close();
+        const { ino, offsets } = await this.append(user, items.map((p) => p.record));
+        items.forEach((p, i) => entries.push({ user, ino, offset: offsets[i]!, record: p.record }));
+        placed.push(...items);
+      } catch (e) {
+        this.warn(`delivery to ${user} failed: ${(e as Error).message}`);
+        for (const p of items) p.reject(e as Error);
       }
+    }
+    if (!placed.length) return;
+    try {
+      this.journal ??= new Journal(newJournalPath(this.root));
+      await this.journal.append(entries);
+      this.stats.fsyncs++;
+      this.stats.batches++;
+      this.stats.messages += placed.length;
+      for (const p of placed) p.resolve();
+    } catch (e) {
+      this.warn(`delivery journal write failed: ${(e as Error).message}`);
+      for (const p of placed) p.reject(e as Error);
+    }
+  }
+
+  /** Appends records to a mailbox under its write lock; not yet fsync'd. */
+  private async append(user: string, records: Buffer[]): Promise<{ ino: number; offsets: number[] }> {
+    const path = mailboxPath(this.root, user);
+    const lockPath = writeLockPath(this.root, user);
+    if (!this.boxes.has(user)) mkdirSync(dirname(path), { recursive: true });
+    const lock = tryLock(lockPath) ?? (await acquireLock(lockPath, this.lockTimeoutMs));
+    try {
+      let box = this.boxes.get(user);
+      let st = box ? fstatSync(box.fh.fd) : null;
+      // Renamed over by a POP3 rewrite: our descriptor points at the old, unlinked file.
+      if (box && st!.nlink === 0) {
+        await box.fh.close().catch(() => {});
+        this.boxes.delete(user);
+        box = undefined;
+      }
+      if (!box) {
+        const fh = await open(path, "a+");
+        st = fstatSync(fh.fd);
+        box = { fh, knownSize: -1, dirty: false, lastUsed: 0 };
+        this.boxes.set(user, box);
+        if (st.size === 0) await syncDir(dirname(path));
+      }
+      let size = st!.size;
+      let prefix = "";
+      if (size !== box.knownSize && size > 0) {
+        prefix = await repairTail(box.fh, size, path, this.warn);
+        size = fstatSync(box.fh.fd).size;
+      }
+      const data = Buffer.concat(prefix ? [Buffer.from(prefix), ...records] : records);
+      let done = 0;
+      while (done < data.length) done += writeSync(box.fh.fd, data, done, data.length - done);
+      const offsets: number[] = [];
+      let at = size + prefix.length;
+      for (const r of records) {
+        offsets.push(at);
+        at += r.length;
+      }
+      box.knownSize = size + data.length;
+      box.dirty = true;
+      box.lastUsed = Date.now();
+      return { ino: st!.ino, offsets };
     } finally {
       lock.release();
     }
+  }
+
+  /** fsync every mailbox written since the last checkpoint, then empty the journal. */
+  private async checkpoint(force: boolean): Promise<void> {
+    const dirty = [...this.boxes.values()].filter((b) => b.dirty);
+    if (!dirty.length && !force) return;
+    for (const b of dirty) b.dirty = false;
+    await Promise.all(dirty.map((b) => b.fh.datasync()));
+    this.stats.fsyncs += dirty.length;
+    if (this.journal && this.journal.bytes > 0) {
+      await this.journal.clear();
+      this.stats.fsyncs++;
+    }
+    this.lastCheckpoint = Date.now();
+    const now = Date.now();
+    for (const [user, b] of this.boxes) {
+      if (!b.dirty && now - b.lastUsed > CLOSE_IDLE_MS) {
+        this.boxes.delete(user);
+        await b.fh.close().catch(() => {});
+      }
+    }
+  }
+}
+
+/** Whether a journalled copy is in the mailbox: same file, same bytes at the same place. */
+function isPresent(path: string, ino: number, offset: number, record: Buffer): boolean {
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    return false; // the file itself was lost
+  }
+  // Replaced since (a POP3 rewrite, which fsyncs what it copies): the copy was durable
+  // there, or was deleted by the user on purpose. Either way, do not put it back.
+  if (st.ino !== ino) return true;
+  if (st.size < offset + record.length) return false;
+  const fd = openSync(path, "r");
+  try {
+    const buf = Buffer.alloc(record.length);
+    readSync(fd, buf, 0, record.length, offset);
+    return buf.equals(record);
+  } finally {
+    closeSync(fd);
   }
 }
 

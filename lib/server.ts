@@ -54,6 +54,8 @@ interface Conn {
   lastActive: number;
   opened: number;
   drained: (() => void) | null;
+  /** Replies gathered while handling pipelined commands, or null when writing through. */
+  corked: string[] | null;
 }
 
 const HIGH_WATER = 1 << 20;
@@ -105,7 +107,7 @@ export class MailServer {
   private onOpen(s: Socket<Conn>): void {
     const now = Date.now();
     const peer = `${s.remoteAddress}`;
-    s.data = { id: ++nextId, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null };
+    s.data = { id: ++nextId, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, corked: null };
     this.conns.add(s);
     if (this.stopping || this.conns.size > this.opt.maxConnections) {
       this.send(s, this.opt.tooManyText);
@@ -148,14 +150,23 @@ export class MailServer {
     if (c.busy || !c.handler) return;
     c.busy = true;
     try {
+      // Replies to pipelined commands are gathered and written together: one syscall
+      // per batch instead of one per reply.
+      c.corked = [];
       while (!c.ending && !c.closed) {
         let step = c.handler.next(c.reader);
         if (step === null) break;
-        if (step instanceof Promise) step = await step;
+        if (step instanceof Promise) {
+          this.uncork(s);
+          step = await step;
+          c.corked = [];
+        }
         await this.emit(s, step);
         if (c.outBytes > HIGH_WATER) await this.waitDrain(s);
       }
+      this.uncork(s);
     } catch (e) {
+      this.uncork(s);
       this.opt.log(`${this.opt.name}: [${c.id}] internal error: ${(e as Error).stack ?? e}`);
       this.send(s, c.handler.errorText());
       this.end(s);
@@ -173,6 +184,7 @@ export class MailServer {
     if (out.log) this.opt.log(`${this.opt.name}: [${s.data.id}] ${out.log}`);
     if (out.text) this.send(s, out.text);
     if (out.body) {
+      this.uncork(s);
       for await (const chunk of out.body) {
         if (s.data.closed) return;
         this.send(s, chunk);
@@ -180,12 +192,26 @@ export class MailServer {
       }
     }
     if (out.after) this.send(s, out.after);
-    if (out.close) this.end(s);
+    if (out.close) {
+      this.uncork(s);
+      this.end(s);
+    }
+  }
+
+  private uncork(s: Socket<Conn>): void {
+    const c = s.data;
+    const parts = c.corked;
+    c.corked = null;
+    if (parts && parts.length) this.send(s, parts.length === 1 ? parts[0]! : parts.join(""));
   }
 
   private send(s: Socket<Conn>, data: string | Uint8Array): void {
     const c = s.data;
     if (c.closed || c.ending) return;
+    if (c.corked && typeof data === "string") {
+      c.corked.push(data);
+      return;
+    }
     if (this.opt.verbose && typeof data === "string")
       for (const line of data.split("\r\n").slice(0, -1)) this.opt.log(`[${c.id}] S: ${line}`);
     let buf = typeof data === "string" ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength);

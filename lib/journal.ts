@@ -1,0 +1,149 @@
+// The delivery journal: how many deliveries share one fsync, across mailbox files.
+//
+// A commit round appends each message to its mailbox file (not yet fsync'd), then writes
+// one journal entry per copy (user, inode, offset, bytes) and fsyncs the journal once: that
+// single fsync makes every message of the round durable, whatever mailbox it went to. Only
+// then does any client get its 250. Mailbox files are fsync'd later in a checkpoint, after
+// which the journal is emptied. After a crash of the machine, recover() puts back any copy
+// whose mailbox bytes did not reach the disk. (A crash of the process alone loses nothing
+// either way: written bytes are in the page cache.)
+import { closeSync, fstatSync, openSync, readSync, readdirSync, renameSync, unlinkSync, writeSync, mkdirSync, existsSync, fdatasync, ftruncate } from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+
+const datasync = promisify(fdatasync);
+const truncate = promisify(ftruncate);
+const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
+
+export interface JournalEntry {
+  user: string;
+  ino: number;
+  offset: number;
+  record: Buffer;
+}
+
+export function journalDir(root: string): string {
+  return join(root, ".smtpmail-journal");
+}
+
+export class Journal {
+  private fd: number;
+  private size = 0;
+
+  constructor(readonly path: string) {
+    this.fd = openSync(path, "a+");
+    this.size = fstatSync(this.fd).size;
+  }
+
+  /** Appends the entries and fsyncs once; resolves when they are durable. */
+  async append(entries: JournalEntry[]): Promise<void> {
+    const parts: Buffer[] = [];
+    for (const e of entries) {
+      parts.push(Buffer.from(`MJ1 ${e.user} ${e.ino} ${e.offset} ${e.record.length} ${Bun.hash.crc32(e.record).toString(16)}\n`), e.record);
+    }
+    const data = Buffer.concat(parts);
+    let done = 0;
+    while (done < data.length) done += writeSync(this.fd, data, done, data.length - done);
+    this.size += data.length;
+    await datasync(this.fd);
+  }
+
+  get bytes(): number {
+    return this.size;
+  }
+
+  /** After the mailboxes are fsync'd: nothing in the journal is needed any more. */
+  async clear(): Promise<void> {
+    await truncate(this.fd, 0);
+    // Durable, so that stale entries never come back after a crash.
+    await datasync(this.fd);
+    this.size = 0;
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}
+
+/** Reads entries until the first torn or corrupt one (never acknowledged). */
+export function readJournal(path: string): JournalEntry[] {
+  const fd = openSync(path, "r");
+  try {
+    const size = fstatSync(fd).size;
+    const all = Buffer.alloc(size);
+    let got = 0;
+    while (got < size) {
+      const n = readSync(fd, all, got, size - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    const entries: JournalEntry[] = [];
+    let pos = 0;
+    while (pos < got) {
+      const nl = all.indexOf(0x0a, pos);
+      if (nl < 0) break;
+      const m = /^MJ1 (\S+) (\d+) (\d+) (\d+) ([0-9a-f]+)$/.exec(all.toString("latin1", pos, nl));
+      if (!m) break;
+      const len = Number(m[4]);
+      if (nl + 1 + len > got) break;
+      const record = all.subarray(nl + 1, nl + 1 + len);
+      if (Bun.hash.crc32(record).toString(16) !== m[5]) break;
+      entries.push({ user: m[1]!, ino: Number(m[2]), offset: Number(m[3]), record: Buffer.from(record) });
+      pos = nl + 1 + len;
+    }
+    return entries;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A journal file name for this process; files of dead processes are recovered at start. */
+export function newJournalPath(root: string): string {
+  const dir = journalDir(root);
+  if (!existsSync(dir)) mkdirSync(dir, { recursive: true });
+  return join(dir, `${HOST}-${process.pid}-${Date.now()}.journal`);
+}
+
+function ownerAlive(name: string): boolean {
+  const m = /^(.+)-(\d+)-\d+\.journal$/.exec(name);
+  if (!m || m[1] !== HOST) return !m ? false : true; // another host's journal: not ours to judge
+  const pid = Number(m[2]);
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Journals left by processes that are gone. Each is claimed by renaming it first, so two
+ * servers starting at once never replay the same journal.
+ */
+export function claimOrphanJournals(root: string): string[] {
+  const dir = journalDir(root);
+  if (!existsSync(dir)) return [];
+  const claimed: string[] = [];
+  for (const name of readdirSync(dir)) {
+    if (name.endsWith(".journal") && !ownerAlive(name)) {
+      const to = join(dir, `${name}.replay-${HOST}-${process.pid}`);
+      try {
+        renameSync(join(dir, name), to);
+        claimed.push(to);
+      } catch {}
+    } else if (/\.replay-/.test(name)) {
+      // A replay interrupted by another crash: the replaying process is gone too.
+      const m = /\.replay-(.+)-(\d+)$/.exec(name);
+      if (m && m[1] === HOST && !ownerAlive(`${m[1]}-${m[2]}-0.journal`)) claimed.push(join(dir, name));
+    }
+  }
+  return claimed;
+}
+
+export function removeJournal(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {}
+}
