@@ -27,7 +27,10 @@ port ${DEFAULT_POP3_PORT}) running on <server_IP> (an IP address or a host name)
 
 Options:
   -h, --help     show this help
-  -V, --version  show the version`;
+  -V, --version  show the version
+
+Environment:
+  MAILCLIENT_TIMEOUT_MS  how long to wait for a server before giving up (default 30000)`;
 
 interface Config {
   host: string;
@@ -290,4 +293,10 @@ async function main(): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) process.exitCode = await main();
+if (import.meta.main) {
+  process.exitCode = await main().catch((err) => {
+    // A bug must still end with one readable line, not a stack trace at the user.
+    process.stderr.write(`mailclient: unexpected error: ${errorText(err)}\n`);
+    return 1;
+  });
+}
