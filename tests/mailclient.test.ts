@@ -72,6 +72,35 @@ describe("command line", () => {
   }
 });
 
+describe("lib/terminal.ts on a pipe", () => {
+  const probe = (kinds: string[]) => [process.execPath, join(ROOT, "tests/helpers/client-terminal-probe.ts"), ...kinds];
+
+  test("prompts and reads stay in step when all input is there at once", async () => {
+    const proc = Bun.spawn(probe(["line", "password", "key", "key", "key", "line", "line", "key"]), {
+      stdin: new TextEncoder().encode("user name\r\npass word\nd\n\nxyz\nlast line\nno newline"),
+      stdout: "pipe",
+    });
+    const out = await new Response(proc.stdout).text();
+    expect(await proc.exited).toBe(0);
+    expect(out).toBe(
+      '[line] "user name"\n[password] "pass word"\n[key] "d"\n[key] "\\n"\n[key] "x"\n[line] "last line"\n[line] "no newline"\n[key] null\n',
+    );
+  });
+
+  test("input arriving in pieces, lines split across writes", async () => {
+    const proc = Bun.spawn(probe(["line", "line", "key", "line"]), { stdin: "pipe", stdout: "pipe" });
+    for (const piece of ["fir", "st\nsec", "ond\n", "q", "\n"]) {
+      proc.stdin.write(piece);
+      await proc.stdin.flush();
+      await Bun.sleep(20);
+    }
+    proc.stdin.end();
+    const out = await new Response(proc.stdout).text();
+    expect(await proc.exited).toBe(0);
+    expect(out).toBe('[line] "first"\n[line] "second"\n[key] "q"\n[line] null\n');
+  });
+});
+
 describe("login", () => {
   test("a wrong password is reported and asked again; then the menu", async () => {
     const f = fakes();
