@@ -113,11 +113,12 @@ async function login(config: Config): Promise<Session> {
       say(`Logged in as ${user}.`);
       return session;
     } catch (err) {
-      if (err instanceof Pop3Error) {
+      if (err instanceof Pop3Error && (err.command === "USER" || err.command === "PASS")) {
         say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}). Please try again.`);
         continue;
       }
-      say(`Cannot check the password: POP3 server unreachable (${errorText(err)}); continuing.`);
+      const why = err instanceof Pop3Error ? `it said -ERR ${err.text}` : errorText(err);
+      say(`Cannot check the password: POP3 server unreachable (${why}); continuing.`);
       return session;
     }
   }

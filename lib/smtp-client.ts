@@ -107,7 +107,7 @@ export class LineConnection {
       this.partial.push(text.slice(start));
       this.partialLength += text.length - start;
       if (this.partialLength > MAX_LINE_LENGTH) {
-        this.fail(new Error(`line from ${this.host}:${this.port} longer than ${MAX_LINE_LENGTH} bytes`));
+        this.fail(new Error(`line from ${this.host}:${this.port} longer than ${MAX_LINE_LENGTH} characters`));
         this.socket.terminate();
         return;
       }
