@@ -4,7 +4,8 @@
 import { join } from "node:path";
 import { rmSync } from "node:fs";
 import { cpus } from "node:os";
-import { figure, makeRoot, startChild, cpuOf, PROJECT } from "./lib.ts";
+import { figure, makeRoot, startChild, cpuOf, memoryOf, PROJECT } from "./lib.ts";
+import { PopConn, writeMailbox } from "./pop-load.ts";
 import { fsyncFloor } from "./fsync-floor.ts";
 import { smtpLoad } from "./smtp-load.ts";
 
@@ -66,3 +67,70 @@ if (want("smtp")) {
     rmSync(root, { recursive: true, force: true });
   }
 }
+
+async function popScenario(label: string, count: number, bytes: number): Promise<void> {
+  const root = makeRoot(["alice"]);
+  const t0 = performance.now();
+  const fileSize = writeMailbox(root, "alice", count, bytes);
+  figure(`${label}: mailbox written (${count} messages)`, fileSize / 2 ** 20, "MiB");
+  figure(`${label}: time to write mailbox`, (performance.now() - t0) / 1000, "s");
+  const server = await startChild([join(PROJECT, "popserver.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+  const pid = server.proc.pid;
+  const rss0 = memoryOf(pid).rss;
+  const login = async () => {
+    const t = performance.now();
+    const c = await PopConn.open(server.port);
+    await c.send("USER alice");
+    if (!(await c.send("PASS alicepw"))) throw new Error("login failed");
+    await c.send("STAT");
+    return { c, ms: performance.now() - t };
+  };
+  const logins: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const { c, ms } = await login();
+    logins.push(ms);
+    c.close();
+    await Bun.sleep(50);
+  }
+  logins.sort((a, b) => a - b);
+  figure(`${label}: login+STAT latency (median of 3)`, logins[1]!, "ms");
+  const { c } = await login();
+  let t = performance.now();
+  await c.send("LIST", true);
+  figure(`${label}: LIST latency`, performance.now() - t, "ms");
+  t = performance.now();
+  await c.send("UIDL", true);
+  figure(`${label}: UIDL latency`, performance.now() - t, "ms");
+  const deadline = Date.now() + 60_000;
+  // One command at a time.
+  let n = 0;
+  t = performance.now();
+  const oneLimit = Math.min(count, 20_000);
+  for (let i = 1; i <= oneLimit && Date.now() < deadline; i++, n++) await c.send(`RETR ${i}`, true);
+  let secs = (performance.now() - t) / 1000;
+  figure(`${label}: RETR one at a time`, n / secs, "msg/s");
+  figure(`${label}: RETR one at a time`, (n * bytes) / secs / 1e6, "MB/s");
+  // Pipelined: a window of 64 commands in flight.
+  n = 0;
+  t = performance.now();
+  const window = 64;
+  for (let i = 1; i <= count && Date.now() < deadline; i += window) {
+    const batch: string[] = [];
+    for (let j = i; j < i + window && j <= count; j++) batch.push(`RETR ${j}`);
+    await Promise.all(c.sendMany(batch, true));
+    n += batch.length;
+  }
+  secs = (performance.now() - t) / 1000;
+  figure(`${label}: RETR pipelined (64 in flight)`, n / secs, "msg/s");
+  figure(`${label}: RETR pipelined (64 in flight)`, (n * (fileSize / count)) / secs / 1e6, "MB/s");
+  c.close();
+  const mem = memoryOf(pid);
+  figure(`${label}: popserver RSS idle before`, rss0 / 1024, "MiB");
+  figure(`${label}: popserver peak RSS`, mem.peak / 1024, "MiB");
+  figure(`${label}: peak RSS / mailbox size`, (mem.peak * 1024) / fileSize * 100, "%");
+  await server.stop();
+  rmSync(root, { recursive: true, force: true });
+}
+
+if (want("pop")) await popScenario("pop 10k", 10_000, 2400);
+if (want("pop-large")) await popScenario("pop 100k", 100_000, 10_700);

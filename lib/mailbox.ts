@@ -97,6 +97,13 @@ export interface MessageEntry {
   uid: string;
 }
 
+const CRLF_END = Buffer.from("\r\n.\r\n");
+const LF_DOT = Buffer.from("\n.");
+// UIDs hash the start of a message and its length: as unique in practice as a hash of the
+// whole (headers carry the Received time and Message-ID), and login does not have to hash
+// a gigabyte. Equal keys get a counter, so UIDs stay unique within the mailbox.
+const UID_PREFIX = 4096;
+
 /**
  * Incremental scanner of a mailbox file. Feed it consecutive chunks of the file; it reports
  * each complete message and keeps only the bytes of the message in progress. An unfinished
@@ -115,54 +122,86 @@ export class MailboxScanner {
     this.validEnd = startOffset;
   }
 
+  /** Convenience for callers without their own buffer: keeps the unfinished part itself. */
   push(chunk: Buffer, atEof = false): void {
     const buf = this.carry.length ? Buffer.concat([this.carry, chunk]) : chunk;
-    let start = 0; // start of the current record in buf
-    let search = 0;
-    let stuffed = 0;
-    for (;;) {
-      // Where the next line that begins with "." starts.
-      let dotLine: number;
-      if (search === start && buf[start] === DOT) dotLine = start;
-      else {
-        const i = buf.indexOf("\n.", search);
-        dotLine = i < 0 ? -1 : i + 1;
-      }
-      if (dotLine < 0 || dotLine + 1 >= buf.length) break; // need the byte after the dot
-      const next = buf[dotLine + 1];
-      let termEnd = -1;
-      if (next === LF) termEnd = dotLine + 2;
-      else if (next === CR) {
-        if (dotLine + 2 >= buf.length) break;
-        if (buf[dotLine + 2] === LF) termEnd = dotLine + 3;
-      }
-      if (termEnd < 0) {
-        // Every other line that starts with "." carries a stuffing dot: the reader
-        // (POP3 client) removes it, so it does not count in the RFC 1939 size.
-        stuffed++;
-        search = dotLine + 1;
-        continue;
-      }
-      if (dotLine > start) this.addMessage(buf, start, dotLine, termEnd, stuffed);
-      start = search = termEnd;
-      stuffed = 0;
-      this.validEnd = this.carryOffset + termEnd;
-    }
-    // A final "." without a newline, at the very end of a hand-written file.
-    if (atEof && buf.length - start >= 1 && buf[buf.length - 1] === DOT &&
-        // Only after a bare LF: our own records end "\r\n.\r\n", so "\r\n." at the end is
-        // an interrupted append (possibly cut inside a stuffed line), not a complete message.
-        (buf.length - 1 === start || (buf[buf.length - 2] === LF && buf[buf.length - 3] !== CR))) {
-      const dotLine = buf.length - 1;
-      if (dotLine > start) this.addMessage(buf, start, dotLine, buf.length, stuffed);
-      start = buf.length;
-      this.validEnd = this.carryOffset + start;
-    }
-    this.carry = Buffer.from(buf.subarray(start));
-    this.carryOffset += start;
+    const used = this.scan(buf, this.carryOffset, atEof);
+    this.carry = Buffer.from(buf.subarray(used));
+    this.carryOffset += used;
   }
 
-  private addMessage(buf: Buffer, start: number, dotLine: number, termEnd: number, stuffed: number): void {
+  /**
+   * Indexes the complete messages in buf, whose first byte is at file offset `base` and
+   * starts a record. Returns how many bytes were consumed; the rest must be passed again,
+   * followed by more of the file.
+   */
+  scan(buf: Buffer, base: number, atEof: boolean): number {
+    let start = 0;
+    while (start < buf.length) {
+      let dotLine = -1;
+      let termEnd = -1;
+      let stuffed = 0;
+      const firstLf = buf.indexOf(LF, start);
+      if (firstLf < 0) break;
+      if (buf[start] === DOT && firstLf <= start + 2 && (firstLf === start + 1 || buf[start + 1] === CR)) {
+        // A "." line right at the start: an empty record (the assignment's leading ".").
+        start = firstLf + 1;
+        this.validEnd = base + start;
+        continue;
+      }
+      if (firstLf > start && buf[firstLf - 1] === CR) {
+        // Our own records: CRLF lines, so the end is the one "\r\n.\r\n"; the lines
+        // that start with "." inside carry a stuffing dot each.
+        const i = buf.indexOf(CRLF_END, start);
+        if (i < 0) break;
+        dotLine = i + 2;
+        termEnd = i + 5;
+        if (buf[start] === DOT) stuffed++;
+        const content = buf.subarray(start, dotLine);
+        for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) stuffed++;
+      } else {
+        // A hand-written record with bare LF line ends: walk its "." lines.
+        let search = start;
+        if (buf[start] === DOT) stuffed++;
+        for (;;) {
+          const i = buf.indexOf(LF_DOT, search);
+          if (i < 0 || i + 2 >= buf.length) break;
+          const next = buf[i + 2];
+          if (next === LF) termEnd = i + 3;
+          else if (next === CR && buf[i + 3] === LF) termEnd = i + 4;
+          else if (next === CR && i + 3 >= buf.length) break;
+          if (termEnd >= 0) {
+            dotLine = i + 1;
+            break;
+          }
+          stuffed++;
+          search = i + 1;
+        }
+        if (termEnd < 0) break;
+      }
+      this.addMessage(buf, base, start, dotLine, termEnd, stuffed);
+      start = termEnd;
+      this.validEnd = base + start;
+    }
+    // A final "." without a newline, at the very end of a hand-written file. Only after a
+    // bare LF: our own records end "\r\n.\r\n", so "\r\n." at the end is an interrupted
+    // append (possibly cut inside a stuffed line), not a complete message.
+    if (atEof && buf.length - start >= 1 && buf[buf.length - 1] === DOT &&
+        (buf.length - 1 === start || (buf[buf.length - 2] === LF && buf[buf.length - 3] !== CR))) {
+      const dotLine = buf.length - 1;
+      if (dotLine > start) {
+        let stuffed = buf[start] === DOT ? 1 : 0;
+        const content = buf.subarray(start, dotLine);
+        for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) stuffed++;
+        this.addMessage(buf, base, start, dotLine, buf.length, stuffed);
+      }
+      start = buf.length;
+      this.validEnd = base + start;
+    }
+    return start;
+  }
+
+  private addMessage(buf: Buffer, base: number, start: number, dotLine: number, termEnd: number, stuffed: number): void {
     const content = buf.subarray(start, dotLine);
     const firstLf = content.indexOf(LF);
     const lf = firstLf >= 0 && (firstLf === 0 || content[firstLf - 1] !== CR);
@@ -172,17 +211,11 @@ export class MailboxScanner {
         if (i === 0 || content[i - 1] !== CR) size++;
       }
     }
-    const hash = Bun.hash.wyhash(content).toString(16).padStart(16, "0");
-    const seen = (this.uidCounts.get(hash) ?? 0) + 1;
-    this.uidCounts.set(hash, seen);
-    this.messages.push({
-      offset: this.carryOffset + start,
-      length: termEnd - start,
-      size,
-      lf,
-      // Identical messages get a counter so UIDs stay unique within the mailbox.
-      uid: seen === 1 ? hash : `${hash}-${seen}`,
-    });
+    const key = (Bun.hash.wyhash(content.length > UID_PREFIX ? content.subarray(0, UID_PREFIX) : content, BigInt(content.length)) & 0xffffffffffffn)
+      .toString(36);
+    const seen = (this.uidCounts.get(key) ?? 0) + 1;
+    this.uidCounts.set(key, seen);
+    this.messages.push({ offset: base + start, length: termEnd - start, size, lf, uid: seen === 1 ? key : `${key}-${seen}` });
   }
 }
 

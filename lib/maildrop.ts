@@ -46,16 +46,29 @@ async function readAt(fh: FileHandle, pos: number, len: number): Promise<Buffer>
   return got === len ? buf : buf.subarray(0, got);
 }
 
-/** Index a mailbox region [from, to) in chunks: memory stays at one chunk plus one message. */
+/**
+ * Index a mailbox region [from, to) in chunks. One buffer is reused: the unfinished
+ * message at its end moves to the front, so memory stays at about a chunk plus a message.
+ */
 async function scanFile(fh: FileHandle, from: number, to: number): Promise<MailboxScanner> {
   const scanner = new MailboxScanner(from);
-  const buf = Buffer.allocUnsafe(CHUNK);
+  let buf = Buffer.allocUnsafe(2 * CHUNK);
+  let have = 0; // unconsumed bytes at the front of buf
+  let base = from; // file offset of buf[0]
   for (let pos = from; pos < to; ) {
-    const want = Math.min(CHUNK, to - pos);
-    const { bytesRead } = await fh.read(buf, 0, want, pos);
+    if (have + CHUNK > buf.length) {
+      const bigger = Buffer.allocUnsafe(buf.length * 2); // a message larger than the buffer
+      buf.copy(bigger, 0, 0, have);
+      buf = bigger;
+    }
+    const { bytesRead } = await fh.read(buf, have, Math.min(CHUNK, to - pos), pos);
     if (bytesRead === 0) break;
     pos += bytesRead;
-    scanner.push(buf.subarray(0, bytesRead), pos >= to);
+    have += bytesRead;
+    const used = scanner.scan(buf.subarray(0, have), base, pos >= to);
+    buf.copyWithin(0, used, have);
+    have -= used;
+    base += used;
   }
   return scanner;
 }
