@@ -7,11 +7,11 @@
 // journal is emptied. The write lock (lock.ts) is held only while appending; popserver takes
 // the same lock for the last step of its rewrite, so an append never lands in a file being
 // replaced.
-import { mkdirSync, fstatSync, statSync, openSync, readSync, closeSync, writeSync } from "node:fs";
-import { open, type FileHandle } from "node:fs/promises";
+import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
+import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
 import { acquireLock, tryLock } from "./lock.ts";
-import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal } from "./journal.ts";
+import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
 
@@ -34,7 +34,7 @@ interface Pending {
 }
 
 interface OpenBox {
-  fh: FileHandle;
+  fd: number;
   /** File size after our last append; anything else means another writer was here. */
   knownSize: number;
   dirty: boolean;
@@ -81,7 +81,7 @@ export class FileMailStore implements MailStore {
   async close(): Promise<void> {
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
-    for (const b of this.boxes.values()) await b.fh.close().catch(() => {});
+    for (const b of this.boxes.values()) await closeFd(b.fd).catch(() => {});
     this.boxes.clear();
     if (this.journal) {
       this.journal.close();
@@ -148,7 +148,7 @@ export class FileMailStore implements MailStore {
       if (list) list.push(p);
       else byUser.set(p.user, [p]);
     }
-    const entries = [];
+    const entries: JournalEntry[] = [];
     const placed: Pending[] = [];
     for (const [user, items] of byUser) {
       try {
@@ -182,29 +182,28 @@ export class FileMailStore implements MailStore {
     const lock = tryLock(lockPath) ?? (await acquireLock(lockPath, this.lockTimeoutMs));
     try {
       let box = this.boxes.get(user);
-      let st = box ? fstatSync(box.fh.fd) : null;
+      let st = box ? fstatSync(box.fd) : null;
       // Renamed over by a POP3 rewrite: our descriptor points at the old, unlinked file.
       if (box && st!.nlink === 0) {
-        await box.fh.close().catch(() => {});
+        await closeFd(box.fd).catch(() => {});
         this.boxes.delete(user);
         box = undefined;
       }
       if (!box) {
-        const fh = await open(path, "a+");
-        st = fstatSync(fh.fd);
-        box = { fh, knownSize: -1, dirty: false, lastUsed: 0 };
+        const fd = await openFd(path, "a+");
+        st = fstatSync(fd);
+        box = { fd, knownSize: -1, dirty: false, lastUsed: 0 };
         this.boxes.set(user, box);
         if (st.size === 0) await syncDir(dirname(path));
       }
       let size = st!.size;
       let prefix = "";
       if (size !== box.knownSize && size > 0) {
-        prefix = await repairTail(box.fh, size, path, this.warn);
-        size = fstatSync(box.fh.fd).size;
+        prefix = repairTail(box.fd, size, path, this.warn);
+        size = fstatSync(box.fd).size;
       }
       const data = Buffer.concat(prefix ? [Buffer.from(prefix), ...records] : records);
-      let done = 0;
-      while (done < data.length) done += writeSync(box.fh.fd, data, done, data.length - done);
+      writeAllSync(box.fd, data);
       const offsets: number[] = [];
       let at = size + prefix.length;
       for (const r of records) {
@@ -225,7 +224,7 @@ export class FileMailStore implements MailStore {
     const dirty = [...this.boxes.values()].filter((b) => b.dirty);
     if (!dirty.length && !force) return;
     for (const b of dirty) b.dirty = false;
-    await Promise.all(dirty.map((b) => b.fh.datasync()));
+    await Promise.all(dirty.map((b) => datasync(b.fd)));
     this.stats.fsyncs += dirty.length;
     if (this.journal && this.journal.bytes > 0) {
       await this.journal.clear();
@@ -236,7 +235,7 @@ export class FileMailStore implements MailStore {
     for (const [user, b] of this.boxes) {
       if (!b.dirty && now - b.lastUsed > CLOSE_IDLE_MS) {
         this.boxes.delete(user);
-        await b.fh.close().catch(() => {});
+        await closeFd(b.fd).catch(() => {});
       }
     }
   }
@@ -264,38 +263,14 @@ function isPresent(path: string, ino: number, offset: number, record: Buffer): b
   }
 }
 
-export async function writeAll(fh: FileHandle, data: Buffer, position?: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, position === undefined ? null : position + done);
-    done += bytesWritten;
-  }
-}
-
-/** fsync a directory so a new or renamed entry in it survives a crash. */
-export async function syncDir(dir: string): Promise<void> {
-  const dh = await open(dir, "r");
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
-  }
-}
-
-async function readAt(fh: FileHandle, pos: number, len: number): Promise<Buffer> {
-  const buf = Buffer.alloc(len);
-  const { bytesRead } = await fh.read(buf, 0, len, pos);
-  return buf.subarray(0, bytesRead);
-}
-
 /**
  * Makes sure the file ends at a message boundary before appending. A crash in the middle of
  * an earlier append leaves an unterminated tail; appending after it would glue it onto the
  * next message. The tail was never acknowledged; it is moved aside (never silently dropped)
  * and cut off. Returns bytes to write first (a newline after a final "." without one).
  */
-async function repairTail(fh: FileHandle, size: number, path: string, warn: (m: string) => void): Promise<string> {
-  const end = (await readAt(fh, Math.max(0, size - 4), Math.min(4, size))).toString("latin1");
+function repairTail(fd: number, size: number, path: string, warn: (m: string) => void): string {
+  const end = (readAtSync(fd, Math.max(0, size - 4), Math.min(4, size))).toString("latin1");
   const whole = size <= 4;
   if (end.endsWith("\n.\r\n") || end.endsWith("\n.\n") || (whole && (end === ".\r\n" || end === ".\n"))) return "";
   // A hand-written (LF) file whose final "." lacks its newline. "\r\n." is different: our
@@ -306,7 +281,7 @@ async function repairTail(fh: FileHandle, size: number, path: string, warn: (m: 
   const step = 64 * 1024;
   for (let hi = size; hi > 0; hi -= step) {
     const lo = Math.max(0, hi - step - 4);
-    const chunk = await readAt(fh, lo, hi - lo);
+    const chunk = readAtSync(fd, lo, hi - lo);
     const a = chunk.lastIndexOf("\n.\r\n");
     const b = chunk.lastIndexOf("\n.\n");
     if (a >= 0 || b >= 0) {
@@ -315,14 +290,19 @@ async function repairTail(fh: FileHandle, size: number, path: string, warn: (m: 
     }
   }
   if (cut === 0 && size >= 2) {
-    const head = (await readAt(fh, 0, 3)).toString("latin1");
+    const head = (readAtSync(fd, 0, 3)).toString("latin1");
     if (head.startsWith(".\r\n")) cut = 3;
     else if (head.startsWith(".\n")) cut = 2;
   }
-  const torn = await readAt(fh, cut, size - cut);
+  const torn = readAtSync(fd, cut, size - cut);
   const aside = `${path}.torn-${Date.now()}`;
-  await Bun.write(aside, torn);
-  await fh.truncate(cut);
+  const asideFd = openSync(aside, "wx");
+  try {
+    writeAllSync(asideFd, torn);
+  } finally {
+    closeSync(asideFd);
+  }
+  ftruncateSync(fd, cut);
   warn(`${path}: unterminated tail of ${torn.length} bytes (interrupted write) moved to ${aside}`);
   return "";
 }

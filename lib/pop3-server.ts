@@ -28,17 +28,9 @@ export function filePopStore(root: string, users: Users, warn: (m: string) => vo
 }
 
 function toOutput(r: PopResult): Output {
-  const body = r.body;
-  if (body === undefined || body instanceof Uint8Array) {
-    // Status and a small body in one write.
-    const text = formatPopReply(r.reply);
-    return body ? { body: single(Buffer.concat([Buffer.from(text), body])), close: r.close, log: r.log } : { text, close: r.close, log: r.log };
-  }
-  return { text: formatPopReply(r.reply), body, close: r.close, log: r.log };
-}
-
-async function* single(b: Uint8Array): AsyncIterable<Uint8Array> {
-  yield b;
+  const text = formatPopReply(r.reply);
+  if (r.body instanceof Uint8Array) return { text, bytes: r.body, close: r.close, log: r.log };
+  return { text, body: r.body, close: r.close, log: r.log };
 }
 
 export function createPopServer(opt: PopServerOptions, store: PopStore): MailServer {

@@ -123,7 +123,8 @@ export class Pop3Session {
     if (this.state === "closed") return { reply: Pop.err("connection closed"), close: true };
     try {
       const drop = await this.store.open(user);
-      if (this.state === "closed") {
+      // closed() may have run during the await (TypeScript cannot see that).
+      if ((this.state as State) === "closed") {
         drop.release();
         return { reply: Pop.err("connection closed"), close: true };
       }
@@ -197,19 +198,23 @@ export class Pop3Session {
     return { reply: Pop.ok(`${n} messages (${octets} octets)`), body: lines(rows) };
   }
 
-  private async retr(args: string[]): Promise<PopResult> {
+  private retr(args: string[]): PopResult | Promise<PopResult> {
     if (args.length !== 1) return { reply: Pop.syntax("RETR needs one message number") };
     const i = this.msg(args[0]);
     if (typeof i !== "number") return i;
-    return { reply: Pop.ok(`${this.drop!.size(i)} octets`), body: await this.drop!.read(i) };
+    const reply = Pop.ok(`${this.drop!.size(i)} octets`);
+    const body = this.drop!.read(i);
+    return body instanceof Promise ? body.then((b) => ({ reply, body: b })) : { reply, body };
   }
 
-  private async top(args: string[]): Promise<PopResult> {
+  private top(args: string[]): PopResult | Promise<PopResult> {
     if (args.length !== 2) return { reply: Pop.syntax("TOP needs a message number and a line count") };
     const i = this.msg(args[0]);
     if (typeof i !== "number") return i;
-    if (!/^\d+$/.test(args[1]!)) return { reply: Pop.syntax(`invalid line count "${args[1]}"`) };
-    return { reply: Pop.ok("top of message follows"), body: await this.drop!.top(i, Number(args[1])) };
+    if (!/^\d+$/.test(args[1]!)) return { reply: Pop.syntax(`invalid line count "${args[1]!.slice(0, MAX_ARG)}"`) };
+    const reply = Pop.ok("top of message follows");
+    const body = this.drop!.top(i, Number(args[1]));
+    return body instanceof Promise ? body.then((b) => ({ reply, body: b })) : { reply, body };
   }
 
   private dele(args: string[]): PopResult {

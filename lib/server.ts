@@ -7,6 +7,8 @@ import { LineReader } from "./lines.ts";
 export interface Output {
   /** Reply text, already in wire form. */
   text?: string;
+  /** Bytes sent right after the text (a small POP3 message). */
+  bytes?: Uint8Array;
   /** A large body streamed after the text (POP3 RETR), with backpressure. */
   body?: AsyncIterable<Uint8Array>;
   /** Text to send after the body. */
@@ -55,7 +57,7 @@ interface Conn {
   opened: number;
   drained: (() => void) | null;
   /** Replies gathered while handling pipelined commands, or null when writing through. */
-  corked: string[] | null;
+  corked: (string | Uint8Array)[] | null;
 }
 
 const HIGH_WATER = 1 << 20;
@@ -173,7 +175,7 @@ export class MailServer {
     } finally {
       c.busy = false;
     }
-    if (s.isPaused && !c.closed) s.resume();
+    if (!c.closed) s.resume();
     if (this.stopping && !c.ending && !c.closed) {
       this.send(s, c.handler.shutdownText());
       this.end(s);
@@ -183,6 +185,7 @@ export class MailServer {
   private async emit(s: Socket<Conn>, out: Output): Promise<void> {
     if (out.log) this.opt.log(`${this.opt.name}: [${s.data.id}] ${out.log}`);
     if (out.text) this.send(s, out.text);
+    if (out.bytes) this.send(s, out.bytes);
     if (out.body) {
       this.uncork(s);
       for await (const chunk of out.body) {
@@ -202,13 +205,16 @@ export class MailServer {
     const c = s.data;
     const parts = c.corked;
     c.corked = null;
-    if (parts && parts.length) this.send(s, parts.length === 1 ? parts[0]! : parts.join(""));
+    if (!parts || !parts.length) return;
+    if (parts.length === 1) this.send(s, parts[0]!);
+    else if (parts.every((p) => typeof p === "string")) this.send(s, parts.join(""));
+    else this.send(s, Buffer.concat(parts.map((p) => (typeof p === "string" ? Buffer.from(p) : p))));
   }
 
   private send(s: Socket<Conn>, data: string | Uint8Array): void {
     const c = s.data;
     if (c.closed || c.ending) return;
-    if (c.corked && typeof data === "string") {
+    if (c.corked) {
       c.corked.push(data);
       return;
     }
@@ -269,7 +275,16 @@ export class MailServer {
         if (now - c.lastActive > this.opt.idleTimeoutMs) s.terminate();
         continue;
       }
-      if (!c.busy && now - c.lastActive > this.opt.idleTimeoutMs && c.handler) {
+      if (c.busy) {
+        // Stuck behind a client that stopped reading (a big RETR): idle as well, and
+        // nothing more can be said to it.
+        if (c.drained && now - c.lastActive > this.opt.idleTimeoutMs) {
+          if (!this.opt.quiet) this.opt.log(`${this.opt.name}: [${c.id}] client stopped reading, closing`);
+          s.terminate();
+        }
+        continue;
+      }
+      if (now - c.lastActive > this.opt.idleTimeoutMs && c.handler) {
         if (!this.opt.quiet) this.opt.log(`${this.opt.name}: [${c.id}] idle timeout`);
         this.send(s, c.handler.timeoutText());
         this.end(s);

@@ -1,0 +1,56 @@
+// Raw file-descriptor I/O shared by the mailbox writers and readers. Plain numbers rather
+// than fs/promises FileHandles: Bun treats a FileHandle reclaimed by the garbage collector
+// as an error, and a descriptor cached across deliveries must outlive any one call.
+// Reads and writes of a few KiB go through the page cache in microseconds and are done
+// synchronously; fsync and large reads go to the thread pool, so the event loop never waits
+// on the disk.
+import { close, fdatasync, fsync, open, openSync, read, readSync, writeSync, write } from "node:fs";
+import { promisify } from "node:util";
+
+export const openFd = promisify(open) as (path: string, flags: string) => Promise<number>;
+export const closeFd = promisify(close);
+export const datasync = promisify(fdatasync);
+const fsyncFd = promisify(fsync);
+// Node's promisified read/write resolve to { bytesRead } / { bytesWritten } objects.
+const readAsync = promisify(read) as unknown as (fd: number, buf: Buffer, off: number, len: number, pos: number) => Promise<{ bytesRead: number }>;
+const writeAsync = promisify(write) as unknown as (fd: number, buf: Buffer, off: number, len: number, pos: number | null) => Promise<{ bytesWritten: number }>;
+
+export function readAtSync(fd: number, pos: number, len: number): Buffer {
+  const buf = Buffer.allocUnsafe(len);
+  let got = 0;
+  while (got < len) {
+    const n = readSync(fd, buf, got, len - got, pos + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got === len ? buf : buf.subarray(0, got);
+}
+
+export async function readAt(fd: number, pos: number, len: number, into?: Buffer, intoOffset = 0): Promise<Buffer> {
+  const buf = into ?? Buffer.allocUnsafe(len);
+  let got = 0;
+  while (got < len) {
+    const { bytesRead: n } = await readAsync(fd, buf, intoOffset + got, len - got, pos + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return into ? buf.subarray(intoOffset, intoOffset + got) : got === len ? buf : buf.subarray(0, got);
+}
+
+export function writeAllSync(fd: number, data: Buffer): void {
+  for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done);
+}
+
+export async function writeAll(fd: number, data: Buffer): Promise<void> {
+  for (let done = 0; done < data.length; ) done += (await writeAsync(fd, data, done, data.length - done, null)).bytesWritten;
+}
+
+/** fsync a directory so a new or renamed entry in it survives a crash. */
+export async function syncDir(dir: string): Promise<void> {
+  const fd = openSync(dir, "r");
+  try {
+    await fsyncFd(fd);
+  } finally {
+    await closeFd(fd);
+  }
+}
