@@ -191,6 +191,7 @@ describe("FileMaildrop", () => {
     const got = (await all(d2)).map((b) => /Subject: message (\d+)/.exec(b.toString())![1]);
     d2.release();
     expect(got.sort()).toEqual(["2", "4", "5", "6"]);
+    await store.close();
   });
 
   test("appends racing the commit are kept, each exactly once", async () => {
@@ -204,6 +205,7 @@ describe("FileMaildrop", () => {
     const d2 = await FileMaildrop.open(r, "alice");
     const got = (await all(d2)).map((b) => Number(/Subject: message (\d+)/.exec(b.toString())![1]));
     d2.release();
+    await store.close();
     const want = [...Array.from({ length: 100 }, (_, i) => i * 2 + 1), ...Array.from({ length: 50 }, (_, i) => 1000 + i)];
     expect(got.sort((a, b) => a - b)).toEqual(want.sort((a, b) => a - b));
   });
@@ -223,6 +225,42 @@ describe("FileMaildrop", () => {
     const d3 = await FileMaildrop.open(r, "alice");
     expect(Array.from({ length: d3.count }, (_, i) => d3.uid(i))).toEqual(uids.slice(1));
     d3.release();
+  });
+
+  // BUG (reported, lib/mailbox.ts): UIDs hash only the first 4 KiB plus the length, and
+  // identical hashes get a counter suffix that depends on the messages before them. Change
+  // test.failing back to test once fixed.
+  test.failing("a different message never inherits the UID of a deleted one (same first 4 KiB and length)", async () => {
+    // Another client deletes A; a client that keeps mail on the server and saw A must not
+    // mistake B for A, or it never downloads B.
+    const r = root();
+    const prefix = Array.from({ length: 80 }, (_, i) => `shared line ${i} ${"p".repeat(50)}`);
+    const a = record(1, [...prefix, "tail AAAA"]);
+    const b = record(1, [...prefix, "tail BBBB"]);
+    expect(a.length).toBe(b.length);
+    const store = new FileMailStore(r);
+    const open: FileMaildrop[] = [];
+    try {
+      await store.deliver(["alice"], a);
+      const d1 = await FileMaildrop.open(r, "alice");
+      const uidA = d1.uid(0);
+      d1.release();
+      await store.deliver(["alice"], b);
+      const d2 = await FileMaildrop.open(r, "alice");
+      open.push(d2);
+      expect(d2.count).toBe(2);
+      expect(d2.uid(0)).toBe(uidA);
+      expect(d2.uid(1)).not.toBe(uidA);
+      await d2.commit(new Set([0])); // A deleted
+      const d3 = await FileMaildrop.open(r, "alice");
+      open.push(d3);
+      expect(d3.count).toBe(1);
+      expect((await all(d3))[0]!.toString()).toContain("tail BBBB");
+      expect(d3.uid(0)).not.toBe(uidA);
+    } finally {
+      for (const d of open) d.release();
+      await store.close();
+    }
   });
 
   test("a hand-written LF-only mailbox in the assignment's format is served with CRLF and correct sizes", async () => {

@@ -47,8 +47,8 @@ async function open(port = pop.port): Promise<Wire> {
   wires.push(w);
   return w;
 }
-async function waitGone(path: string): Promise<boolean> {
-  for (let i = 0; i < 200; i++) {
+async function waitGone(path: string, ms = 2000): Promise<boolean> {
+  for (let i = 0; i < ms / 10; i++) {
     if (!existsSync(path)) return true;
     await Bun.sleep(10);
   }
@@ -277,6 +277,34 @@ describe("popserver process", () => {
       }
       expect(await w2.cmd("QUIT")).toStartWith("+OK");
       expect(await s.stop("SIGTERM")).toBe(0);
+    } finally {
+      removeRoot(r);
+    }
+  });
+
+  // BUG (reported, lib/server.ts): the idle sweeper skips busy connections, and a connection
+  // waiting for a drain that never comes stays busy, so this client keeps the POP3 lock
+  // forever. Change test.failing back to test once fixed.
+  test.failing("--timeout 1: a client that stops reading in the middle of a big RETR is logged out and the lock released", async () => {
+    const r = makeRoot({ ann: "annpw" });
+    try {
+      const body = Array.from({ length: 400_000 }, (_, i) => `stalled line ${i} ${"s".repeat(60)}`);
+      writeFileSync(join(r, "ann", "mymailbox"), rec(1, body));
+      const s = await startPop(r, ["--timeout", "1"]);
+      extra.push(s);
+      const w = await popLogin(s.port, "ann", "annpw");
+      wires.push(w);
+      w.write("RETR 1\r\n");
+      await w.line();
+      w.sock.pause(); // stop reading: the server's writes back up
+      // Well past the idle timeout, the session must be over and the mailbox free again.
+      expect(await waitGone(popLockPath(r, "ann"), 5000)).toBe(true);
+      w.destroy();
+      const w2 = await popLogin(s.port, "ann", "annpw");
+      wires.push(w2);
+      expect(await w2.cmd("QUIT")).toStartWith("+OK");
+      s.proc.kill(9);
+      await s.proc.exited;
     } finally {
       removeRoot(r);
     }
