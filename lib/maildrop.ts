@@ -9,7 +9,7 @@ import { fstatSync } from "node:fs";
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
-import { MailboxScanner, scanHeader, toWire, type MessageEntry } from "./mailbox.ts";
+import { MailboxScanner, MessageIndex, scanHeader, toWire } from "./mailbox.ts";
 import { closeFd, datasync, openFd, readAt, readAtSync, syncDir, writeAll } from "./fsio.ts";
 import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
 
@@ -73,7 +73,7 @@ export class FileMaildrop implements Maildrop {
     private readonly user: string,
     private fd: number | null,
     private readonly ino: number,
-    private readonly messages: MessageEntry[],
+    private readonly messages: MessageIndex,
     private readonly snapshotEnd: number,
     private popLock: Lock | null,
     private readonly warn: (m: string) => void,
@@ -89,14 +89,14 @@ export class FileMaildrop implements Maildrop {
       try {
         fd = await openFd(path, "r");
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === "ENOENT") return new FileMaildrop(root, user, null, 0, [], 0, lock, warn);
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") return new FileMaildrop(root, user, null, 0, new MessageIndex(), 0, lock, warn);
         throw e;
       }
       const st = fstatSync(fd);
       const scanner = await scanFile(fd, 0, st.size);
       if (scanner.validEnd < st.size)
         warn(`${path}: ignoring ${st.size - scanner.validEnd} bytes of unterminated tail (interrupted write)`);
-      return new FileMaildrop(root, user, fd, st.ino, scanner.messages, scanner.validEnd, lock, warn);
+      return new FileMaildrop(root, user, fd, st.ino, scanner.finish(), scanner.validEnd, lock, warn);
     } catch (e) {
       lock.release();
       throw e;
@@ -104,19 +104,19 @@ export class FileMaildrop implements Maildrop {
   }
 
   get count(): number {
-    return this.messages.length;
+    return this.messages.count;
   }
 
   size(i: number): number {
-    return this.messages[i]!.size;
+    return this.messages.size(i);
   }
 
   uid(i: number): string {
-    return this.messages[i]!.uid;
+    return this.messages.uid(i);
   }
 
   read(i: number): Body {
-    const m = this.messages[i]!;
+    const m = this.messages.entry(i);
     const fd = this.fd!;
     // Small messages are read synchronously: a pread of a few KiB from the page cache costs
     // microseconds, far less than a round trip through the thread pool, and RETR rates
@@ -130,7 +130,7 @@ export class FileMaildrop implements Maildrop {
   }
 
   top(i: number, lines: number): Uint8Array {
-    const m = this.messages[i]!;
+    const m = this.messages.entry(i);
     // Read growing prefixes until the header and the wanted lines are in hand.
     for (let want = Math.min(m.length, 64 * 1024); ; want = Math.min(m.length, want * 4)) {
       const stored = readAtSync(this.fd!, m.offset, want);
@@ -187,9 +187,9 @@ export class FileMaildrop implements Maildrop {
       //    smtpmail keeps appending meanwhile.
       let runStart = -1;
       let runEnd = -1;
-      for (let i = 0; i < this.messages.length; i++) {
+      for (let i = 0; i < this.messages.count; i++) {
         if (deleted.has(i)) continue;
-        const m = this.messages[i]!;
+        const m = this.messages.entry(i);
         if (m.offset !== runEnd) {
           if (runEnd > runStart) await copy(src, runStart, runEnd);
           runStart = m.offset;
