@@ -24,6 +24,7 @@ type State = "authorization" | "transaction" | "closed";
 
 export const CAPABILITIES = ["TOP", "UIDL", "USER", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
 const MAX_ARG = 40; // RFC 1939 section 3
+const LISTING_CHUNK = 2000;
 
 const lines = (rows: string[]) => Buffer.from(rows.map((r) => r + "\r\n").join("") + ".\r\n");
 
@@ -192,10 +193,26 @@ export class Pop3Session {
       if (typeof i !== "number") return i;
       return { reply: Pop.ok(`${i + 1} ${value(i)}`) };
     }
-    const rows: string[] = [];
-    for (let i = 0; i < this.drop!.count; i++) if (!this.deleted.has(i)) rows.push(`${i + 1} ${value(i)}`);
     const [n, octets] = this.totals();
-    return { reply: Pop.ok(`${n} messages (${octets} octets)`), body: lines(rows) };
+    return { reply: Pop.ok(`${n} messages (${octets} octets)`), body: this.scanListing(value) };
+  }
+
+  /**
+   * The rows of LIST / UIDL. A long listing (100,000 messages is 1.5 MB) is produced in
+   * chunks as the client reads it, instead of as one large string.
+   */
+  private scanListing(value: (i: number) => string): Uint8Array | AsyncIterable<Uint8Array> {
+    const count = this.drop!.count;
+    const deleted = new Set(this.deleted);
+    const rows = (from: number, to: number, last: boolean) => {
+      let text = "";
+      for (let i = from; i < to; i++) if (!deleted.has(i)) text += `${i + 1} ${value(i)}\r\n`;
+      return Buffer.from(last ? text + ".\r\n" : text, "latin1");
+    };
+    if (count <= LISTING_CHUNK) return rows(0, count, true);
+    return (async function* () {
+      for (let i = 0; i < count; i += LISTING_CHUNK) yield rows(i, Math.min(count, i + LISTING_CHUNK), i + LISTING_CHUNK >= count);
+    })();
   }
 
   private retr(args: string[]): PopResult | Promise<PopResult> {
