@@ -173,8 +173,8 @@ export class MessageIndex {
 
 const CRLF_END = Buffer.from("\r\n.\r\n");
 const LF_DOT = Buffer.from("\n.");
-// UIDs hash the whole stored message (wyhash runs at several GB/s, so even a 1 GiB mailbox
-// hashes in well under a second). Identical messages get a counter, so UIDs stay unique.
+// UIDs hash the whole stored message (at several GB/s, so even a 1 GiB mailbox hashes in
+// well under a second). Identical messages get a counter, so UIDs stay unique.
 
 /**
  * Incremental scanner of a mailbox file. Feed it consecutive chunks of the file; it reports
@@ -242,8 +242,8 @@ export class MailboxScanner {
         dotLine = i + 2;
         termEnd = i + 5;
         if (buf[start] === DOT) stuffed++;
-        const content = buf.subarray(start, dotLine);
-        for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) stuffed++;
+        // The terminator's own "\n." (at i + 1) ends the search, so it never runs past it.
+        for (let j = buf.indexOf(LF_DOT, start); j >= 0 && j < i + 1; j = buf.indexOf(LF_DOT, j + 2)) stuffed++;
       } else {
         // A hand-written record with bare LF line ends: walk its "." lines.
         let search = start;
@@ -287,6 +287,8 @@ export class MailboxScanner {
   }
 
   private addMessage(buf: Buffer, base: number, start: number, dotLine: number, termEnd: number, stuffed: number): void {
+    // One view per message and no BigInt: indexing 100,000 messages must not leave
+    // megabytes of garbage behind.
     const content = buf.subarray(start, dotLine);
     const firstLf = content.indexOf(LF);
     const lf = firstLf >= 0 && (firstLf === 0 || content[firstLf - 1] !== CR);
@@ -296,7 +298,8 @@ export class MailboxScanner {
         if (i === 0 || content[i - 1] !== CR) size++;
       }
     }
-    const hash = Number(Bun.hash.wyhash(content) & 0xffffffffffffn);
+    // 53 bits from two independent 32-bit hashes of the whole message.
+    const hash = Bun.hash.crc32(content) * 2 ** 21 + (Bun.hash.cityHash32(content) & 0x1fffff);
     this.index.add(base + start, termEnd - start, size, lf, hash);
   }
 }

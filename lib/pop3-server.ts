@@ -29,8 +29,11 @@ export function filePopStore(root: string, users: Users, warn: (m: string) => vo
 
 function toOutput(r: PopResult): Output {
   const text = formatPopReply(r.reply);
-  if (r.body instanceof Uint8Array) return { text, bytes: r.body, close: r.close, log: r.log };
-  return { text, body: r.body, close: r.close, log: r.log };
+  const { body, close, log } = r;
+  if (body === undefined) return { text, close, log };
+  if (body instanceof Uint8Array) return { text, bytes: body, close, log };
+  if (Symbol.asyncIterator in body) return { text, body, close, log };
+  return { text, range: body, close, log };
 }
 
 export function createPopServer(opt: PopServerOptions, store: PopStore): MailServer {

@@ -1,7 +1,7 @@
 // The POP3 server as a plain state machine (sans-IO, RFC 1939): command lines go in,
 // status lines (and message bodies to stream) come out. Users and mailboxes are reached
 // through the injected PopStore, so the session is tested with an in-memory one.
-import type { Maildrop } from "./maildrop.ts";
+import type { Body, Maildrop } from "./maildrop.ts";
 import { Pop, type PopReply } from "./reply.ts";
 
 export interface PopStore {
@@ -15,7 +15,7 @@ export interface PopStore {
 export interface PopResult {
   reply: PopReply;
   /** Multi-line body in wire form, ending with the ".\r\n" line. */
-  body?: Uint8Array | AsyncIterable<Uint8Array>;
+  body?: Body;
   close?: boolean;
   log?: string;
 }
@@ -24,7 +24,15 @@ type State = "authorization" | "transaction" | "closed";
 
 export const CAPABILITIES = ["TOP", "UIDL", "USER", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
 const MAX_ARG = 40; // RFC 1939 section 3
-const LISTING_CHUNK = 2000;
+const LISTING_CHUNK = 1000;
+
+/** Digits of a non-negative integer, written without making a string. */
+function writeDecimal(buf: Buffer, pos: number, n: number): number {
+  let digits = 1;
+  for (let x = n; x >= 10; x = Math.floor(x / 10)) digits++;
+  for (let i = pos + digits - 1; i >= pos; i--, n = Math.floor(n / 10)) buf[i] = 0x30 + (n % 10);
+  return pos + digits;
+}
 
 const lines = (rows: string[]) => Buffer.from(rows.map((r) => r + "\r\n").join("") + ".\r\n");
 
@@ -82,7 +90,7 @@ export class Pop3Session {
         return { reply: Pop.ok(`maildrop has ${n} messages (${octets} octets)`) };
       }
       case "LIST":
-        return this.listing(args, (i) => String(this.drop!.size(i)));
+        return this.listing(args, (i) => this.drop!.size(i));
       case "UIDL":
         return this.listing(args, (i) => this.drop!.uid(i));
       case "RETR":
@@ -186,7 +194,7 @@ export class Pop3Session {
     return n - 1;
   }
 
-  private listing(args: string[], value: (i: number) => string): PopResult {
+  private listing(args: string[], value: (i: number) => string | number): PopResult {
     if (args.length > 1) return { reply: Pop.syntax("at most one message number") };
     if (args.length === 1) {
       const i = this.msg(args[0]);
@@ -201,15 +209,27 @@ export class Pop3Session {
    * The rows of LIST / UIDL. A long listing (100,000 messages is 1.5 MB) is produced in
    * chunks as the client reads it, instead of as one large string.
    */
-  private scanListing(value: (i: number) => string): Uint8Array | AsyncIterable<Uint8Array> {
+  private scanListing(value: (i: number) => string | number): Uint8Array | AsyncIterable<Uint8Array> {
     const count = this.drop!.count;
     const deleted = new Set(this.deleted);
+    // Rows are written into one reused buffer: a listing of 100,000 messages would otherwise
+    // leave 100,000 strings for the garbage collector.
+    const buf = Buffer.allocUnsafe(LISTING_CHUNK * 96);
     const rows = (from: number, to: number, last: boolean) => {
-      let text = "";
-      for (let i = from; i < to; i++) if (!deleted.has(i)) text += `${i + 1} ${value(i)}\r\n`;
-      return Buffer.from(last ? text + ".\r\n" : text, "latin1");
+      let pos = 0;
+      for (let i = from; i < to; i++) {
+        if (deleted.has(i)) continue;
+        pos = writeDecimal(buf, pos, i + 1);
+        buf[pos++] = 0x20;
+        const v = value(i);
+        pos = typeof v === "number" ? writeDecimal(buf, pos, v) : pos + buf.write(v, pos, "latin1");
+        buf[pos++] = 0x0d;
+        buf[pos++] = 0x0a;
+      }
+      if (last) pos += buf.write(".\r\n", pos, "latin1");
+      return buf.subarray(0, pos);
     };
-    if (count <= LISTING_CHUNK) return rows(0, count, true);
+    if (count <= LISTING_CHUNK) return Buffer.from(rows(0, count, true));
     return (async function* () {
       for (let i = 0; i < count; i += LISTING_CHUNK) yield rows(i, Math.min(count, i + LISTING_CHUNK), i + LISTING_CHUNK >= count);
     })();

@@ -2,13 +2,22 @@
 // file owns the Bun.listen details: framing, write backpressure (Bun's write() does not
 // buffer), idle timeouts, connection limits, logging and graceful shutdown.
 import type { Socket, TCPSocketListener } from "bun";
+import { readSync } from "node:fs";
 import { LineReader } from "./lines.ts";
+
+export interface FileRange {
+  fd: number;
+  offset: number;
+  length: number;
+}
 
 export interface Output {
   /** Reply text, already in wire form. */
   text?: string;
   /** Bytes sent right after the text (a small POP3 message). */
   bytes?: Uint8Array;
+  /** A byte range of a file sent right after the text, read straight into the output buffer. */
+  range?: FileRange;
   /** A large body streamed after the text (POP3 RETR), with backpressure. */
   body?: AsyncIterable<Uint8Array>;
   /** Text to send after the body. */
@@ -56,11 +65,28 @@ interface Conn {
   lastActive: number;
   opened: number;
   drained: (() => void) | null;
-  /** Replies gathered while handling pipelined commands, or null when writing through. */
-  corked: (string | Uint8Array)[] | null;
+  /**
+   * While handling pipelined commands, replies are gathered in `stage` (reused from batch
+   * to batch, so a RETR costs no allocation) and written with one syscall per batch.
+   */
+  corking: boolean;
+  stage: Buffer | null;
+  stageLen: number;
 }
 
 const HIGH_WATER = 1 << 20;
+const STAGE_MAX = 1 << 20;
+const STAGE_KEEP = 64 * 1024;
+
+function readFully(fd: number, buf: Buffer, at: number, length: number, position: number): number {
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, buf, at + got, length - got, position + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
 let nextId = 0;
 
 export class MailServer {
@@ -109,7 +135,7 @@ export class MailServer {
   private onOpen(s: Socket<Conn>): void {
     const now = Date.now();
     const peer = `${s.remoteAddress}`;
-    s.data = { id: ++nextId, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, corked: null };
+    s.data = { id: ++nextId, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, corking: false, stage: null, stageLen: 0 };
     this.conns.add(s);
     if (this.stopping || this.conns.size > this.opt.maxConnections) {
       this.send(s, this.opt.tooManyText);
@@ -154,14 +180,14 @@ export class MailServer {
     try {
       // Replies to pipelined commands are gathered and written together: one syscall
       // per batch instead of one per reply.
-      c.corked = [];
+      c.corking = true;
       while (!c.ending && !c.closed) {
         let step = c.handler.next(c.reader);
         if (step === null) break;
         if (step instanceof Promise) {
           this.uncork(s);
           step = await step;
-          c.corked = [];
+          c.corking = true;
         }
         await this.emit(s, step);
         if (c.outBytes > HIGH_WATER) await this.waitDrain(s);
@@ -186,11 +212,14 @@ export class MailServer {
     if (out.log) this.opt.log(`${this.opt.name}: [${s.data.id}] ${out.log}`);
     if (out.text) this.send(s, out.text);
     if (out.bytes) this.send(s, out.bytes);
+    if (out.range) this.sendRange(s, out.range);
     if (out.body) {
       this.uncork(s);
       for await (const chunk of out.body) {
         if (s.data.closed) return;
-        this.send(s, chunk);
+        // Producers may reuse a chunk's buffer once we return, so what the kernel does not
+        // take now is copied.
+        this.writeOut(s, Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), true);
         if (s.data.outBytes > HIGH_WATER) await this.waitDrain(s);
       }
     }
@@ -203,30 +232,70 @@ export class MailServer {
 
   private uncork(s: Socket<Conn>): void {
     const c = s.data;
-    const parts = c.corked;
-    c.corked = null;
-    if (!parts || !parts.length) return;
-    if (parts.length === 1) this.send(s, parts[0]!);
-    else if (parts.every((p) => typeof p === "string")) this.send(s, parts.join(""));
-    else this.send(s, Buffer.concat(parts.map((p) => (typeof p === "string" ? Buffer.from(p) : p))));
+    c.corking = false;
+    if (c.stageLen > 0 && c.stage) this.writeOut(s, c.stage.subarray(0, c.stageLen), true);
+    c.stageLen = 0;
+  }
+
+  /** Writes what is staged so far and keeps gathering. */
+  private flushStage(s: Socket<Conn>): void {
+    this.uncork(s);
+    s.data.corking = true;
+  }
+
+  /** Room for n more bytes in the stage, or false when n is too big to stage. */
+  private stageRoom(c: Conn, n: number): boolean {
+    if (n > STAGE_MAX) return false;
+    const need = c.stageLen + n;
+    if (!c.stage || c.stage.length < need) {
+      const grown = Buffer.allocUnsafe(Math.max(need, Math.min(STAGE_MAX, (c.stage?.length ?? 2048) * 2)));
+      if (c.stage) c.stage.copy(grown, 0, 0, c.stageLen);
+      c.stage = grown;
+    }
+    return true;
   }
 
   private send(s: Socket<Conn>, data: string | Uint8Array): void {
     const c = s.data;
     if (c.closed || c.ending) return;
-    if (c.corked) {
-      c.corked.push(data);
-      return;
-    }
     if (this.opt.verbose && typeof data === "string")
       for (const line of data.split("\r\n").slice(0, -1)) this.opt.log(`[${c.id}] S: ${line}`);
-    let buf = typeof data === "string" ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const n = typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
+    if (c.corking) {
+      if (c.stageLen + n > STAGE_MAX) this.flushStage(s);
+      if (this.stageRoom(c, n)) {
+        if (typeof data === "string") c.stage!.write(data, c.stageLen);
+        else c.stage!.set(data, c.stageLen);
+        c.stageLen += n;
+        return;
+      }
+    }
+    const buf = typeof data === "string" ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    this.writeOut(s, buf, false);
+  }
+
+  private sendRange(s: Socket<Conn>, r: FileRange): void {
+    const c = s.data;
+    if (c.closed || c.ending) return;
+    if (c.corking && c.stageLen + r.length > STAGE_MAX) this.flushStage(s);
+    if (c.corking && this.stageRoom(c, r.length)) {
+      c.stageLen += readFully(r.fd, c.stage!, c.stageLen, r.length, r.offset);
+      return;
+    }
+    const buf = Buffer.allocUnsafe(r.length);
+    this.writeOut(s, buf.subarray(0, readFully(r.fd, buf, 0, r.length, r.offset)), false);
+  }
+
+  /** Writes what the kernel takes now and queues the rest (copied if the buffer is reused). */
+  private writeOut(s: Socket<Conn>, buf: Buffer, reused: boolean): void {
+    const c = s.data;
+    if (c.closed || c.ending) return;
     if (c.out.length === 0) {
       const n = s.write(buf);
-      if (n < 0) return;
-      if (n === buf.length) return;
+      if (n < 0 || n === buf.length) return;
       buf = buf.subarray(n);
     }
+    if (reused) buf = Buffer.from(buf);
     c.out.push(buf);
     c.outBytes += buf.length;
   }
@@ -275,6 +344,8 @@ export class MailServer {
         if (now - c.lastActive > this.opt.idleTimeoutMs) s.terminate();
         continue;
       }
+      // A grown output buffer is kept while the client is active, not while it idles.
+      if (c.stage && c.stage.length > STAGE_KEEP && !c.busy && now - c.lastActive > 1000) c.stage = null;
       if (c.busy) {
         // Stuck behind a client that stopped reading (a big RETR): idle as well, and
         // nothing more can be said to it.

@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { FileMaildrop, MaildropBusy } from "../lib/maildrop.ts";
+import { collectBody, FileMaildrop, MaildropBusy, type Body } from "../lib/maildrop.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
@@ -19,12 +19,7 @@ function root(): string {
   return r;
 }
 
-async function bytes(b: Uint8Array | AsyncIterable<Uint8Array>): Promise<Buffer> {
-  if (b instanceof Uint8Array) return Buffer.from(b);
-  const parts: Buffer[] = [];
-  for await (const c of b) parts.push(Buffer.from(c));
-  return Buffer.concat(parts);
-}
+const bytes = (b: Body) => collectBody(b);
 
 /** A message as a client sends it in DATA (wire form, stuffed, without the final "."). */
 function wireMsg(n: number, body: string[] = [`body of message ${n}`]): Buffer {

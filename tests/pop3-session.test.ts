@@ -2,7 +2,7 @@
 // in-memory PopStore and Maildrop: every command in every state, exact reply forms.
 import { describe, expect, test } from "bun:test";
 import { CAPABILITIES, Pop3Session, type PopResult, type PopStore } from "../lib/pop3-session.ts";
-import { MaildropBusy, type Maildrop } from "../lib/maildrop.ts";
+import { collectBody, MaildropBusy, type Maildrop } from "../lib/maildrop.ts";
 import { formatPopReply } from "../lib/reply.ts";
 
 const wire = (msg: string) => Buffer.from(msg.split("\r\n").slice(0, -1).map((l) => (l.startsWith(".") ? "." + l : l) + "\r\n").join("") + ".\r\n");
@@ -76,10 +76,7 @@ async function run(s: Pop3Session, line: string): Promise<PopResult> {
 const status = (r: PopResult) => formatPopReply(r.reply).replace(/\r\n$/, "");
 async function bodyText(r: PopResult): Promise<string> {
   if (!r.body) throw new Error("no body");
-  if (r.body instanceof Uint8Array) return Buffer.from(r.body).toString("utf8");
-  const parts: Buffer[] = [];
-  for await (const c of r.body) parts.push(Buffer.from(c));
-  return Buffer.concat(parts).toString("utf8");
+  return (await collectBody(r.body)).toString("utf8");
 }
 
 async function loggedIn(e = env()): Promise<[Pop3Session, Env]> {
