@@ -74,7 +74,7 @@ describe("popserver over TCP", () => {
     expect(await w.cmd("RETR 2")).toStartWith("+OK");
     const raw = await w.multi();
     expect(unstuffBody(raw).equals(plain(2, [".", "..", ".x"]))).toBe(true);
-    expect(unstuffBody(raw).length).toBe(sizes[1]);
+    expect(unstuffBody(raw).length).toBe(sizes[1]!);
     expect(await w.cmd("TOP 1 0")).toStartWith("+OK");
     expect((await w.multi()).toString()).toBe(`From: x@y\r\nTo: u@z\r\nSubject: msg 1\r\n${RECEIVED}\r\n\r\n.\r\n`);
     expect(await w.cmd("DELE 1")).toStartWith("+OK");
