@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // popserver: the POP3 server (RFC 1939) over the mailboxes smtpmail fills.
 import { join, resolve } from "node:path";
-import { helpText, parseArgs, parseNumber, parsePort, runMain, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
+import { helpText, parseArgs, parseNumber, parsePort, runMain, securityOptions, SECURITY_FLAGS, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { createPopServer, filePopStore } from "./lib/pop3-server.ts";
 import { Users } from "./lib/users.ts";
@@ -11,6 +11,7 @@ const FLAGS: FlagSpec = {
   "--host": { value: "ADDR", help: "address to listen on (default: 0.0.0.0)" },
   "--max-connections": { value: "N", help: "simultaneous connections (default: 20000)" },
   "--timeout": { value: "SECONDS", help: "autologout after this idle time (default: 600, RFC 1939)" },
+  ...SECURITY_FLAGS,
   "--verbose": { help: "log every command and reply as C: / S: lines (passwords hidden)" },
   "--quiet": { help: "log only logins, deletions and errors, not every connection" },
   "--version": { help: "print the version and exit" },
@@ -36,11 +37,17 @@ void runMain("popserver", async () => {
   const users = new Users(join(root, "user.txt"), log);
   users.load();
   const host = String(flags.get("--host") ?? "0.0.0.0");
+  const sec = securityOptions(flags);
   const server = createPopServer(
     {
       host,
       port,
       maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
+      maxPerAddress: sec.maxPerAddress,
+      tlsFiles: sec.tlsFiles,
+      tlsPort: sec.tlsPort,
+      requireTls: sec.requireTls,
+      throttle: sec.throttle,
       idleTimeoutMs: parseNumber(flags.get("--timeout"), 600, "--timeout", 0.1) * 1000,
       verbose: flags.has("--verbose"),
       quiet: flags.has("--quiet"),
@@ -49,6 +56,7 @@ void runMain("popserver", async () => {
     filePopStore(root, users, log),
   );
   listenOrExplain(server, host, port);
-  process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.names.join(" ")})\n`);
+  const tlsNote = sec.tlsFiles ? `, STLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
+  process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.names.join(" ")}${tlsNote})\n`);
   installShutdown("popserver", server, async () => {}, log);
 });

@@ -3,11 +3,12 @@
 // to <root>/<user>/mymailbox for users listed in <root>/user.txt.
 import { hostname } from "node:os";
 import { resolve, join } from "node:path";
-import { helpText, parseArgs, parseNumber, parsePort, parseSize, runMain, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
+import { helpText, parseArgs, parseNumber, parsePort, parseSize, runMain, securityOptions, SECURITY_FLAGS, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { FileMailStore } from "./lib/mail-store.ts";
 import { createSmtpServer } from "./lib/smtp-server.ts";
 import { Users } from "./lib/users.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
+import { readPassword } from "./lib/terminal.ts";
 
 const FLAGS: FlagSpec = {
   "--root": { value: "DIR", help: "mail root holding user.txt and one directory per user (default: current directory)" },
@@ -17,6 +18,11 @@ const FLAGS: FlagSpec = {
   "--max-size": { value: "BYTES", help: "largest message accepted, e.g. 10M (default: 10M)" },
   "--max-recipients": { value: "N", help: "recipients per message (default: 1000)" },
   "--max-connections": { value: "N", help: "simultaneous connections (default: 20000)" },
+  "--max-messages": { value: "N", help: "messages accepted per connection before it is closed (default: 1000)" },
+  ...SECURITY_FLAGS,
+  "--require-auth": { help: "MAIL needs a prior AUTH (530), and the sender must be the authenticated user (553)" },
+  "--allow-plain-auth": { help: "offer AUTH on unencrypted connections too (default: only over TLS)" },
+  "--hash-password": { help: "read a password (not echoed) and print a hash to put in user.txt, then exit" },
   "--timeout": { value: "SECONDS", help: "idle timeout per connection (default: 300, RFC 5321 4.5.3.2)" },
   "--verbose": { help: "log every command and reply as C: / S: lines" },
   "--quiet": { help: "log only deliveries and errors, not every connection" },
@@ -36,6 +42,12 @@ void runMain("smtpmail", async () => {
     process.stdout.write(`smtpmail ${VERSION}\n`);
     return;
   }
+  if (flags.has("--hash-password")) {
+    const password = await readPassword("Password: ");
+    if (!password) throw new Error("no password given");
+    process.stdout.write((await Bun.password.hash(password)) + "\n");
+    return;
+  }
   if (positional.length > 1) throw new UsageError(`unexpected argument "${positional[1]}"`);
   const port = parsePort(positional[0], 2525, "port");
   const root = resolve(String(flags.get("--root") ?? "."));
@@ -47,6 +59,9 @@ void runMain("smtpmail", async () => {
   await store.recover();
   const domain = String(flags.get("--domain") ?? hostname());
   const host = String(flags.get("--host") ?? "0.0.0.0");
+  const sec = securityOptions(flags);
+  if (flags.has("--require-auth") && !sec.tlsFiles && !flags.has("--allow-plain-auth"))
+    throw new UsageError("--require-auth needs --tls-cert/--tls-key (AUTH is offered over TLS only) or --allow-plain-auth");
   const server = createSmtpServer(
     {
       domain,
@@ -55,6 +70,13 @@ void runMain("smtpmail", async () => {
       maxMessageSize: parseSize(flags.get("--max-size"), 10 * 1024 * 1024, "--max-size"),
       maxRecipients: parseNumber(flags.get("--max-recipients"), 1000, "--max-recipients", 1),
       maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
+      maxMessagesPerConnection: parseNumber(flags.get("--max-messages"), 1000, "--max-messages", 1),
+      maxPerAddress: sec.maxPerAddress,
+      tlsFiles: sec.tlsFiles,
+      tlsPort: sec.tlsPort,
+      requireTls: sec.requireTls,
+      requireAuth: flags.has("--require-auth"),
+      allowPlainAuth: flags.has("--allow-plain-auth"),
       idleTimeoutMs: parseNumber(flags.get("--timeout"), 300, "--timeout", 0.1) * 1000,
       verbose: flags.has("--verbose"),
       quiet: flags.has("--quiet"),
@@ -62,9 +84,11 @@ void runMain("smtpmail", async () => {
     },
     users,
     store,
+    { check: (name, password) => users.check(name, password), throttle: sec.throttle },
   );
   listenOrExplain(server, host, port);
-  process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.names.join(" ")})\n`);
+  const tlsNote = sec.tlsFiles ? `, STARTTLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
+  process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.names.join(" ")}${tlsNote})\n`);
   installShutdown("smtpmail", server, async () => {
     await store.close();
     const { messages, fsyncs } = store.stats;

@@ -1,6 +1,8 @@
 // Command-line parsing shared by the three programs: one positional port or address,
 // "--flag value" options, and one-line errors instead of stack traces.
 import pkg from "../package.json" with { type: "json" };
+import { DEFAULT_THROTTLE, LoginThrottle } from "./auth.ts";
+import { loadServerTls, type ServerTls } from "./tls.ts";
 
 export const VERSION: string = pkg.version;
 
@@ -71,4 +73,43 @@ export async function runMain(prog: string, main: () => Promise<void>): Promise<
     process.stderr.write(`${prog}: ${msg}\n`);
     process.exit(err instanceof UsageError ? 2 : 1);
   }
+}
+
+/** TLS, login and connection-limit flags both servers take. */
+export const SECURITY_FLAGS: FlagSpec = {
+  "--tls-cert": { value: "FILE", help: "PEM certificate (chain): enables STARTTLS / STLS" },
+  "--tls-key": { value: "FILE", help: "PEM private key of --tls-cert" },
+  "--tls-port": { value: "PORT", help: "also serve TLS from the first byte on this port (465 / 995 style; 0 picks one)" },
+  "--require-tls": { help: "refuse logins (and SMTP mail) until the connection is encrypted" },
+  "--max-per-address": { value: "N", help: "simultaneous connections from one client address (default: 1000)" },
+  "--login-delay": { value: "MS", help: "delay before answering a failed login, doubled per failure from that address (default: 200)" },
+  "--max-login-delay": { value: "MS", help: "longest such delay (default: 5000)" },
+  "--max-login-failures": { value: "N", help: "failed logins after which a connection is closed (default: 3)" },
+};
+
+export interface SecurityOptions {
+  tlsFiles: ServerTls | null;
+  tlsPort: number | undefined;
+  requireTls: boolean;
+  maxPerAddress: number;
+  throttle: LoginThrottle;
+}
+
+export function securityOptions(flags: Map<string, string | true>): SecurityOptions {
+  const tlsFiles = loadServerTls(flags.get("--tls-cert"), flags.get("--tls-key"));
+  const tlsPortFlag = flags.get("--tls-port");
+  if (tlsPortFlag !== undefined && !tlsFiles) throw new UsageError("--tls-port needs --tls-cert and --tls-key");
+  if (flags.has("--require-tls") && !tlsFiles) throw new UsageError("--require-tls needs --tls-cert and --tls-key");
+  return {
+    tlsFiles,
+    tlsPort: tlsPortFlag === undefined ? undefined : parsePort(String(tlsPortFlag), 0, "--tls-port"),
+    requireTls: flags.has("--require-tls"),
+    maxPerAddress: parseNumber(flags.get("--max-per-address"), 1000, "--max-per-address", 1),
+    throttle: new LoginThrottle({
+      ...DEFAULT_THROTTLE,
+      baseDelayMs: parseNumber(flags.get("--login-delay"), DEFAULT_THROTTLE.baseDelayMs, "--login-delay"),
+      maxDelayMs: parseNumber(flags.get("--max-login-delay"), DEFAULT_THROTTLE.maxDelayMs, "--max-login-delay"),
+      maxFailuresPerConnection: parseNumber(flags.get("--max-login-failures"), DEFAULT_THROTTLE.maxFailuresPerConnection, "--max-login-failures", 1),
+    }),
+  };
 }

@@ -4,7 +4,9 @@ import type { LineReader } from "./lines.ts";
 import { FileMaildrop } from "./maildrop.ts";
 import { formatPopReply, Pop } from "./reply.ts";
 import { MailServer, type Handler, type Output } from "./server.ts";
+import type { LoginThrottle } from "./auth.ts";
 import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
+import type { ServerTls } from "./tls.ts";
 import type { Users } from "./users.ts";
 
 export const MAX_POP_LINE = 512; // RFC 2449 allows 255 octets; be generous, never unbounded
@@ -13,7 +15,13 @@ export interface PopServerOptions {
   host: string;
   port: number;
   maxConnections: number;
+  maxPerAddress?: number;
   idleTimeoutMs: number;
+  /** Certificate and key: enables STLS, and the implicit-TLS port when tlsPort is set. */
+  tlsFiles?: ServerTls | null;
+  tlsPort?: number;
+  requireTls?: boolean;
+  throttle?: LoginThrottle;
   verbose: boolean;
   quiet?: boolean;
   log: (line: string) => void;
@@ -30,6 +38,7 @@ export function filePopStore(root: string, users: Users, warn: (m: string) => vo
 function toOutput(r: PopResult): Output {
   const text = formatPopReply(r.reply);
   const { body, close, log } = r;
+  if (r.startTls || r.delayMs) return { text, close, log, startTls: r.startTls, delayMs: r.delayMs };
   if (body === undefined) return { text, close, log };
   if (body instanceof Uint8Array) return { text, bytes: body, close, log };
   if (Symbol.asyncIterator in body) return { text, body, close, log };
@@ -42,13 +51,17 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
     host: opt.host,
     port: opt.port,
     maxConnections: opt.maxConnections,
+    maxPerAddress: opt.maxPerAddress,
     idleTimeoutMs: opt.idleTimeoutMs,
+    tls: opt.tlsFiles,
+    tlsPort: opt.tlsPort,
+    tooManyFromAddressText: formatPopReply(Pop.tooManyFromAddress()),
     verbose: opt.verbose,
     quiet: opt.quiet,
     log: opt.log,
     tooManyText: formatPopReply(Pop.tooManyConnections()),
-    create(peer, trace): Handler {
-      const session = new Pop3Session(store, peer);
+    create(peer, trace, secure): Handler {
+      const session = new Pop3Session(store, peer, { tls: !!opt.tlsFiles, secure, requireTls: opt.requireTls, throttle: opt.throttle });
       return {
         open: () => ({ text: formatPopReply(session.greeting()) }),
         next(reader: LineReader): Output | Promise<Output> | null {
@@ -64,6 +77,7 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
         shutdownText: () => formatPopReply(Pop.shuttingDown()),
         errorText: () => formatPopReply(Pop.err("internal error")),
         closed: () => session.closed(),
+        secured: () => session.tlsStarted(),
       };
     },
   });

@@ -1,6 +1,7 @@
 // The POP3 server as a plain state machine (sans-IO, RFC 1939): command lines go in,
 // status lines (and message bodies to stream) come out. Users and mailboxes are reached
 // through the injected PopStore, so the session is tested with an in-memory one.
+import type { LoginThrottle } from "./auth.ts";
 import type { Body, Maildrop } from "./maildrop.ts";
 import { Pop, type PopReply } from "./reply.ts";
 
@@ -18,6 +19,21 @@ export interface PopResult {
   body?: Body;
   close?: boolean;
   log?: string;
+  /** Start TLS once the reply is sent (STLS). */
+  startTls?: boolean;
+  /** Wait this long before sending the reply (a failed login). */
+  delayMs?: number;
+}
+
+export interface PopTlsOptions {
+  /** A certificate is loaded: STLS is offered on plaintext connections. */
+  tls?: boolean;
+  /** The connection is encrypted (implicit TLS, or after STLS). */
+  secure?: boolean;
+  /** Refuse USER and PASS until the connection is encrypted. */
+  requireTls?: boolean;
+  /** Slows failed PASS per client address; without it failures are answered at once. */
+  throttle?: LoginThrottle;
 }
 
 type State = "authorization" | "transaction" | "closed";
@@ -42,8 +58,31 @@ export class Pop3Session {
   private user: string | null = null;
   private drop: Maildrop | null = null;
   private deleted = new Set<number>();
+  private failedLogins = 0;
 
-  constructor(private readonly store: PopStore, private readonly peer = "unknown") {}
+  constructor(
+    private readonly store: PopStore,
+    private readonly peer = "unknown",
+    private readonly opt: PopTlsOptions = {},
+  ) {}
+
+  /** After STLS: RFC 2595 section 4, the client starts the login over. */
+  tlsStarted(): void {
+    this.opt.secure = true;
+    this.pendingUser = null;
+  }
+
+  private get loginAllowed(): boolean {
+    return !this.opt.requireTls || !!this.opt.secure;
+  }
+
+  /** RFC 2595: STLS while it can be used, USER only where a plaintext login is allowed. */
+  private capabilities(): string[] {
+    if (!this.opt.tls) return CAPABILITIES;
+    const caps = CAPABILITIES.filter((c) => c !== "USER" || this.loginAllowed);
+    if (!this.opt.secure && this.state === "authorization") caps.push("STLS");
+    return caps;
+  }
 
   greeting(): PopReply {
     return Pop.greeting();
@@ -60,16 +99,18 @@ export class Pop3Session {
     const rest = sp < 0 ? "" : trimmed.slice(sp + 1);
     // PASS keeps spaces inside the password; everything else splits into arguments.
     const args = rest ? rest.split(/\s+/) : [];
-    if (verb === "CAPA") return { reply: Pop.ok("Capability list follows"), body: lines(CAPABILITIES) };
+    if (verb === "CAPA") return { reply: Pop.ok("Capability list follows"), body: lines(this.capabilities()) };
     if (verb === "QUIT") return this.quit();
     // After a failed login or QUIT there is no maildrop: refuse instead of throwing.
     if (this.state === "closed") return { reply: Pop.wrongState(), close: true };
     if (this.state === "authorization") {
       switch (verb) {
+        case "STLS":
+          return this.stls(args);
         case "USER":
-          return this.userCmd(args);
+          return this.loginAllowed ? this.userCmd(args) : { reply: Pop.tlsRequired() };
         case "PASS":
-          return this.pass(rest);
+          return this.loginAllowed ? this.pass(rest) : { reply: Pop.tlsRequired() };
         case "STAT": case "LIST": case "RETR": case "DELE": case "RSET": case "NOOP": case "UIDL": case "TOP":
           return { reply: Pop.wrongState() };
         default:
@@ -102,6 +143,8 @@ export class Pop3Session {
       case "USER":
       case "PASS":
         return { reply: Pop.wrongState() };
+      case "STLS":
+        return this.opt.tls ? { reply: Pop.wrongState() } : { reply: Pop.unknownCommand() };
       default:
         return { reply: Pop.unknownCommand() };
     }
@@ -112,6 +155,13 @@ export class Pop3Session {
     this.drop?.release();
     this.drop = null;
     this.state = "closed";
+  }
+
+  private stls(args: string[]): PopResult {
+    if (!this.opt.tls) return { reply: Pop.unknownCommand() };
+    if (args.length) return { reply: Pop.syntax("no arguments expected") };
+    if (this.opt.secure) return { reply: Pop.tlsActive() };
+    return { reply: Pop.beginTls(), startTls: true };
   }
 
   private userCmd(args: string[]): PopResult {
@@ -127,7 +177,7 @@ export class Pop3Session {
     const user = this.pendingUser;
     this.pendingUser = null;
     if (!user) return { reply: Pop.needUser() };
-    if (!(await this.store.checkPassword(user, password))) return { reply: Pop.badLogin(), log: `failed login for ${user} from ${this.peer}` };
+    if (!(await this.store.checkPassword(user, password))) return this.loginFailed(user);
     // The client may have vanished while we waited: closed() already ran, so nothing may stay open.
     if (this.state === "closed") return { reply: Pop.err("connection closed"), close: true };
     try {
@@ -148,6 +198,18 @@ export class Pop3Session {
     this.state = "transaction";
     const [n, octets] = this.totals();
     return { reply: Pop.loggedIn(n, octets), log: `login ${user} from ${this.peer}, ${n} messages` };
+  }
+
+  private loginFailed(user: string): PopResult {
+    const log = `failed login for ${user} from ${this.peer}`;
+    const throttle = this.opt.throttle;
+    if (!throttle) return { reply: Pop.badLogin(), log };
+    const delayMs = throttle.failed(this.peer);
+    if (++this.failedLogins >= throttle.config.maxFailuresPerConnection) {
+      this.state = "closed";
+      return { reply: Pop.tooManyFailures(), close: true, delayMs, log };
+    }
+    return { reply: Pop.badLogin(), delayMs, log };
   }
 
   private async quit(): Promise<PopResult> {

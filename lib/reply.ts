@@ -50,6 +50,24 @@ export const Smtp = {
   noSuchUser: () => smtpReply(550, "No such user"),
   tooBig: () => smtpReply(552, "Message size exceeds fixed maximum message size"),
   noValidRecipients: () => smtpReply(554, "No valid recipients"),
+  // STARTTLS (RFC 3207) and AUTH (RFC 4954)
+  readyForTls: () => smtpReply(220, "Ready to start TLS"),
+  tlsActive: () => smtpReply(503, "Bad sequence of commands: TLS already active"),
+  tlsRequired: () => smtpReply(530, "Must issue a STARTTLS command first"),
+  authRequired: () => smtpReply(530, "Authentication required"),
+  encryptionRequired: () => smtpReply(538, "Encryption required for requested authentication mechanism"),
+  authNotAvailable: () => smtpReply(502, "AUTH not available"),
+  authMechanism: () => smtpReply(504, "Unrecognized authentication type"),
+  /** A SASL challenge: base64 text, "" for an empty one. */
+  authChallenge: (base64: string) => smtpReply(334, base64),
+  authCancelled: () => smtpReply(501, "Authentication cancelled"),
+  authBadBase64: () => smtpReply(501, "Cannot decode the response (base64 expected)"),
+  authOk: () => smtpReply(235, "Authentication successful"),
+  authFailed: () => smtpReply(535, "Authentication credentials invalid"),
+  tooManyFailures: (domain: string) => smtpReply(421, `${domain} Too many failed logins, closing transmission channel`),
+  senderNotOwned: (addr: string) => smtpReply(553, `<${addr}>... Sender address not owned by the authenticated user`),
+  tooManyMessages: (domain: string) => smtpReply(421, `${domain} Too many messages on this connection, closing transmission channel`),
+  tooManyFromAddress: (domain: string) => smtpReply(421, `${domain} Too many connections from your address, try again later`),
 };
 
 /** A POP3 status line; multi-line bodies are streamed separately by the adapter. */
@@ -87,4 +105,10 @@ export const Pop = {
   shuttingDown: () => err("server shutting down"),
   timeout: () => err("autologout: idle for too long"),
   tooManyConnections: () => err("[SYS/TEMP] too many connections, try again later"),
+  tooManyFromAddress: () => err("[SYS/TEMP] too many connections from your address, try again later"),
+  // STLS (RFC 2595)
+  beginTls: () => ok("Begin TLS negotiation"),
+  tlsActive: () => err("TLS already active"),
+  tlsRequired: () => err("TLS required: send STLS first"),
+  tooManyFailures: () => err("[AUTH] invalid user name or password; too many failures, closing"),
 };

@@ -4,6 +4,7 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { readSync } from "node:fs";
 import { LineReader } from "./lines.ts";
+import type { ServerTls } from "./tls.ts";
 
 export interface FileRange {
   fd: number;
@@ -24,6 +25,10 @@ export interface Output {
   after?: string;
   close?: boolean;
   log?: string;
+  /** Wait this long before sending (a failed login): only this connection waits. */
+  delayMs?: number;
+  /** After sending the text, start TLS on this connection (STARTTLS / STLS). */
+  startTls?: boolean;
 }
 
 export interface Handler {
@@ -36,6 +41,8 @@ export interface Handler {
   errorText(): string;
   /** The connection is gone: release locks and the like. */
   closed(): void;
+  /** The TLS handshake asked for by startTls is under way: start the session over. */
+  secured?(): void;
 }
 
 export interface ServerOptions {
@@ -43,13 +50,20 @@ export interface ServerOptions {
   host: string;
   port: number;
   maxConnections: number;
+  /** Simultaneous connections from one client address. */
+  maxPerAddress?: number;
   idleTimeoutMs: number;
   tooManyText: string;
+  tooManyFromAddressText?: string;
+  /** Certificate for STARTTLS / STLS and the implicit-TLS port. */
+  tls?: ServerTls | null;
+  /** Port serving TLS from the first byte (465 / 995 style); needs tls. */
+  tlsPort?: number;
   verbose: boolean;
   quiet?: boolean;
   log: (line: string) => void;
   /** trace is set in verbose mode: handlers report client lines through it. */
-  create(peer: string, trace?: (line: string) => void): Handler;
+  create(peer: string, trace: ((line: string) => void) | undefined, secure: boolean): Handler;
 }
 
 interface Conn {
@@ -72,6 +86,14 @@ interface Conn {
   corking: boolean;
   stage: Buffer | null;
   stageLen: number;
+  /** Counted in the per-address limit. */
+  counted: boolean;
+  /** Set by a STARTTLS upgrade: the socket the connection continues on. */
+  upgradedTo: Socket<Conn> | null;
+}
+
+function newConn(peer: string, now: number, id = ++nextId): Conn {
+  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, corking: false, stage: null, stageLen: 0, counted: false, upgradedTo: null };
 }
 
 const HIGH_WATER = 1 << 20;
@@ -91,6 +113,8 @@ let nextId = 0;
 
 export class MailServer {
   private listener: TCPSocketListener<Conn> | null = null;
+  private tlsListener: TCPSocketListener<Conn> | null = null;
+  private readonly perAddress = new Map<string, number>();
   private readonly conns = new Set<Socket<Conn>>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private stopping = false;
@@ -101,49 +125,70 @@ export class MailServer {
     return this.listener?.port ?? 0;
   }
 
+  get tlsPort(): number {
+    return this.tlsListener?.port ?? 0;
+  }
+
   get connections(): number {
     return this.conns.size;
   }
 
   start(): void {
-    const self = this;
-    this.listener = Bun.listen<Conn>({
-      hostname: this.opt.host,
-      port: this.opt.port,
-      socket: {
-        open(s) {
-          self.onOpen(s);
-        },
-        data(s, chunk) {
-          self.onData(s, chunk);
-        },
-        drain(s) {
-          self.flush(s);
-        },
-        close(s) {
-          self.onClose(s);
-        },
-        error(s, e) {
-          self.opt.log(`${self.opt.name}: connection ${s.data?.peer ?? "?"} error: ${e.message}`);
-        },
-      },
-    });
+    this.listener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.port, socket: this.handlers(false) });
+    if (this.opt.tls && this.opt.tlsPort !== undefined) {
+      try {
+        this.tlsListener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.tlsPort, tls: this.opt.tls, socket: this.handlers(true) });
+      } catch (e) {
+        this.listener.stop(true);
+        throw e;
+      }
+    }
     const every = Math.max(50, Math.min(1000, this.opt.idleTimeoutMs / 4));
     this.sweeper = setInterval(() => this.sweep(), every);
   }
 
-  private onOpen(s: Socket<Conn>): void {
-    const now = Date.now();
+  /** Socket handlers; `secure` for the implicit-TLS port, null for a socket upgraded by STARTTLS (already open). */
+  private handlers(secure: boolean | null) {
+    const self = this;
+    return {
+      open(s: Socket<Conn>) {
+        if (secure !== null) self.onOpen(s, secure);
+      },
+      data(s: Socket<Conn>, chunk: Buffer) {
+          self.onData(s, chunk);
+      },
+      drain(s: Socket<Conn>) {
+        self.flush(s);
+      },
+      close(s: Socket<Conn>) {
+        self.onClose(s);
+      },
+      error(s: Socket<Conn>, e: Error) {
+        self.opt.log(`${self.opt.name}: connection ${s.data?.peer ?? "?"} error: ${e.message}`);
+      },
+    };
+  }
+
+  private onOpen(s: Socket<Conn>, secure: boolean): void {
     const peer = `${s.remoteAddress}`;
-    s.data = { id: ++nextId, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, corking: false, stage: null, stageLen: 0 };
+    s.data = newConn(peer, Date.now());
     this.conns.add(s);
     if (this.stopping || this.conns.size > this.opt.maxConnections) {
       this.send(s, this.opt.tooManyText);
       this.end(s);
       return;
     }
+    // Refused at once, without a session: a flood from one address costs others nothing.
+    const fromPeer = (this.perAddress.get(peer) ?? 0) + 1;
+    if (this.opt.maxPerAddress !== undefined && fromPeer > this.opt.maxPerAddress) {
+      this.send(s, this.opt.tooManyFromAddressText ?? this.opt.tooManyText);
+      this.end(s);
+      return;
+    }
+    this.perAddress.set(peer, fromPeer);
+    s.data.counted = true;
     const trace = this.opt.verbose ? (line: string) => this.opt.log(`[${s.data.id}] C: ${line}`) : undefined;
-    s.data.handler = this.opt.create(peer, trace);
+    s.data.handler = this.opt.create(peer, trace, secure);
     if (!this.opt.quiet) this.opt.log(`${this.opt.name}: [${s.data.id}] connect from ${peer}`);
     this.emit(s, s.data.handler.open());
   }
@@ -163,6 +208,11 @@ export class MailServer {
     if (!c || c.closed) return;
     c.closed = true;
     this.conns.delete(s);
+    if (c.counted) {
+      const left = (this.perAddress.get(c.peer) ?? 1) - 1;
+      if (left > 0) this.perAddress.set(c.peer, left);
+      else this.perAddress.delete(c.peer);
+    }
     c.drained?.();
     try {
       c.handler?.closed();
@@ -190,6 +240,10 @@ export class MailServer {
           c.corking = true;
         }
         await this.emit(s, step);
+        if (c.upgradedTo) {
+          s = c.upgradedTo;
+          c.upgradedTo = null;
+        }
         if (c.outBytes > HIGH_WATER) await this.waitDrain(s);
       }
       this.uncork(s);
@@ -210,7 +264,19 @@ export class MailServer {
 
   private async emit(s: Socket<Conn>, out: Output): Promise<void> {
     if (out.log) this.opt.log(`${this.opt.name}: [${s.data.id}] ${out.log}`);
+    if (out.delayMs) {
+      this.uncork(s);
+      await Bun.sleep(out.delayMs);
+      s.data.corking = true;
+    }
     if (out.text) this.send(s, out.text);
+    if (out.startTls) {
+      this.uncork(s);
+      await this.waitDrain(s);
+      s.data.corking = true;
+      if (!s.data.closed && !s.data.ending) this.startTls(s);
+      return;
+    }
     if (out.bytes) this.send(s, out.bytes);
     if (out.range) this.sendRange(s, out.range);
     if (out.body) {
@@ -228,6 +294,27 @@ export class MailServer {
       this.uncork(s);
       this.end(s);
     }
+  }
+
+  /**
+   * Bun 1.4.5's upgradeTLS works when it is called right after the reply went out, before the
+   * event loop runs again: the client's ClientHello must reach the TLS layer, not our data
+   * handler (a later upgrade loses it and the handshake hangs). The raw socket keeps firing
+   * data events with the ciphertext, so it gets a dead Conn that ignores them; bytes the
+   * client sent before the handshake are dropped with the old reader (RFC 3207, RFC 2595).
+   */
+  private startTls(s: Socket<Conn>): void {
+    const c = s.data;
+    const dead = newConn(c.peer, c.opened, c.id);
+    dead.closed = true;
+    const [raw, tls] = s.upgradeTLS<Conn>({ data: c, tls: this.opt.tls!, socket: this.handlers(null) });
+    raw.data = dead;
+    s.data = dead;
+    this.conns.delete(s);
+    this.conns.add(tls);
+    c.reader = new LineReader();
+    c.upgradedTo = tls;
+    c.handler?.secured?.();
   }
 
   private uncork(s: Socket<Conn>): void {
@@ -367,6 +454,7 @@ export class MailServer {
   async shutdown(graceMs = 10_000): Promise<void> {
     this.stopping = true;
     this.listener?.stop(false);
+    this.tlsListener?.stop(false);
     for (const s of this.conns) {
       const c = s.data;
       if (!c.busy && !c.ending && c.handler) {
@@ -379,5 +467,6 @@ export class MailServer {
     for (const s of this.conns) s.terminate();
     if (this.sweeper) clearInterval(this.sweeper);
     this.listener?.stop(true);
+    this.tlsListener?.stop(true);
   }
 }

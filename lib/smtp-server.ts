@@ -4,7 +4,8 @@ import type { LineReader } from "./lines.ts";
 import type { MailStore } from "./mail-store.ts";
 import { formatSmtpReply, Smtp, type SmtpReply } from "./reply.ts";
 import { MailServer, type Handler, type Output } from "./server.ts";
-import { SmtpSession, type Directory, type SmtpConfig } from "./smtp-session.ts";
+import { SmtpSession, type Authenticator, type Directory, type SmtpConfig, type SmtpResult } from "./smtp-session.ts";
+import type { ServerTls } from "./tls.ts";
 
 export const MAX_COMMAND_LINE = 512; // RFC 5321 4.5.3.1.4, CRLF included
 
@@ -12,7 +13,11 @@ export interface SmtpServerOptions extends SmtpConfig {
   host: string;
   port: number;
   maxConnections: number;
+  maxPerAddress?: number;
   idleTimeoutMs: number;
+  /** Certificate and key: enables STARTTLS, and the implicit-TLS port when tlsPort is set. */
+  tlsFiles?: ServerTls | null;
+  tlsPort?: number;
   verbose: boolean;
   quiet?: boolean;
   log: (line: string) => void;
@@ -20,19 +25,29 @@ export interface SmtpServerOptions extends SmtpConfig {
 
 const text = (replies: SmtpReply[]) => replies.map(formatSmtpReply).join("");
 
-export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store: MailStore): MailServer {
+function toOutput(session: SmtpSession, r: SmtpResult): Output | Promise<Output> {
+  if (r.login) return session.finishLogin(r.login).then((done) => toOutput(session, done));
+  return { text: text(r.replies), close: r.close, log: r.log, delayMs: r.delayMs, startTls: r.startTls };
+}
+
+export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store: MailStore, auth: Authenticator | null = null): MailServer {
+  const config: SmtpConfig = { ...opt, tls: !!opt.tlsFiles };
   return new MailServer({
     name: "smtpmail",
     host: opt.host,
     port: opt.port,
     maxConnections: opt.maxConnections,
+    maxPerAddress: opt.maxPerAddress,
     idleTimeoutMs: opt.idleTimeoutMs,
+    tls: opt.tlsFiles,
+    tlsPort: opt.tlsPort,
+    tooManyFromAddressText: formatSmtpReply(Smtp.tooManyFromAddress(opt.domain)),
     verbose: opt.verbose,
     quiet: opt.quiet,
     log: opt.log,
     tooManyText: formatSmtpReply(Smtp.tooManyConnections(opt.domain)),
-    create(peer, trace): Handler {
-      const session = new SmtpSession(opt, users, store, peer);
+    create(peer, trace, secure): Handler {
+      const session = new SmtpSession(config, users, store, peer, auth, secure);
       return {
         open: () => ({ text: formatSmtpReply(session.greeting()) }),
         next(reader: LineReader): Output | Promise<Output> | null {
@@ -53,14 +68,14 @@ export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store
             trace?.("<line too long>");
             return { text: text(session.lineTooLong().replies) };
           }
-          trace?.(ev.text);
-          const r = session.handleLine(ev.text);
-          return { text: text(r.replies), close: r.close };
+          if (trace) trace(session.expectingAuthResponse ? "********" : /^\s*AUTH\s/i.test(ev.text) ? ev.text.replace(/^(\s*\S+\s+\S+)\s+\S+/, "$1 ********") : ev.text);
+          return toOutput(session, session.handleLine(ev.text));
         },
         timeoutText: () => formatSmtpReply(Smtp.timeout(opt.domain)),
         shutdownText: () => formatSmtpReply(Smtp.shuttingDown(opt.domain)),
         errorText: () => formatSmtpReply(Smtp.localError()),
         closed() {},
+        secured: () => session.tlsStarted(),
       };
     },
   });

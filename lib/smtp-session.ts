@@ -1,6 +1,7 @@
 // The SMTP receiver as a plain state machine (sans-IO): command lines and message text go
 // in, replies come out. It knows nothing of sockets or files: recipients are resolved
 // through a Directory and messages handed to a MailStore, both injected.
+import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
 import type { MessageEvent } from "./lines.ts";
 import { buildRecord, receivedLine } from "./mailbox.ts";
 import type { MailStore } from "./mail-store.ts";
@@ -11,6 +12,22 @@ export interface SmtpConfig {
   maxMessageSize: number;
   maxRecipients: number;
   now?: () => Date;
+  /** A certificate is loaded: STARTTLS is offered on plaintext connections. */
+  tls?: boolean;
+  /** Refuse AUTH and mail transactions until the connection is encrypted. */
+  requireTls?: boolean;
+  /** Refuse MAIL until the client has authenticated (530). */
+  requireAuth?: boolean;
+  /** Offer AUTH on unencrypted connections too. */
+  allowPlainAuth?: boolean;
+  /** Messages accepted on one connection before it is closed (421). */
+  maxMessagesPerConnection?: number;
+}
+
+/** What AUTH checks passwords against, and the shared failed-login throttle. */
+export interface Authenticator {
+  check(user: string, password: string): Promise<string | null>;
+  throttle: LoginThrottle;
 }
 
 export interface Directory {
@@ -24,6 +41,12 @@ export interface SmtpResult {
   close?: boolean;
   /** One line for the server log (deliveries). */
   log?: string;
+  /** Start TLS once the replies are sent (STARTTLS). */
+  startTls?: boolean;
+  /** Credentials to check: the adapter passes them to finishLogin() and sends what it returns. */
+  login?: Credentials;
+  /** Wait this long before sending the replies (a failed login). */
+  delayMs?: number;
 }
 
 type State = "command" | "data" | "closed";
@@ -59,13 +82,47 @@ export class SmtpSession {
   private recipients: string[] = []; // user names, each once
   private rcptCount = 0;
   private rcptAttempted = false;
+  private authUser: string | null = null;
+  /** AUTH in progress: the next line is a SASL response, not a command. */
+  private sasl: { mech: "PLAIN" } | { mech: "LOGIN"; user: string | null } | null = null;
+  private failedLogins = 0;
+  private messages = 0;
 
   constructor(
     private readonly config: SmtpConfig,
     private readonly users: Directory,
     private readonly store: MailStore,
     private readonly peer = "unknown",
+    private readonly auth: Authenticator | null = null,
+    /** The connection is encrypted (implicit TLS, or after STARTTLS). */
+    private secure = false,
   ) {}
+
+  /** The user this session authenticated as, or null. */
+  get authenticated(): string | null {
+    return this.authUser;
+  }
+
+  /** Whether the next line is a SASL response (its contents must not be logged). */
+  get expectingAuthResponse(): boolean {
+    return this.sasl !== null;
+  }
+
+  /**
+   * The TLS handshake after STARTTLS: RFC 3207 section 4.2 wants everything learnt before it
+   * forgotten, so the client starts again with EHLO.
+   */
+  tlsStarted(): void {
+    this.secure = true;
+    this.reset();
+    this.helo = null;
+    this.authUser = null;
+    this.sasl = null;
+  }
+
+  private get authOffered(): boolean {
+    return this.auth !== null && (this.secure || (!!this.config.allowPlainAuth && !this.config.requireTls));
+  }
 
   greeting(): SmtpReply {
     return Smtp.greeting(this.config.domain);
@@ -81,6 +138,7 @@ export class SmtpSession {
   }
 
   handleLine(line: string): SmtpResult {
+    if (this.sasl) return this.saslResponse(line);
     const m = /^\s*([A-Za-z]+)(?:\s+(.*))?$/.exec(line);
     const verb = m?.[1]?.toUpperCase() ?? "";
     const arg = (m?.[2] ?? "").trim();
@@ -101,11 +159,16 @@ export class SmtpSession {
       case "NOOP":
         return one(Smtp.noop());
       case "VRFY":
+        if (this.tlsMissing) return one(Smtp.tlsRequired());
         return one(arg ? Smtp.cannotVerify() : Smtp.syntax("VRFY needs an argument"));
       case "EXPN":
         return one(Smtp.notImplemented());
       case "HELP":
         return one(Smtp.help());
+      case "STARTTLS":
+        return this.starttls(arg);
+      case "AUTH":
+        return this.authCmd(arg);
       case "QUIT":
         this.state = "closed";
         return { replies: [Smtp.closing(this.config.domain)], close: true };
@@ -119,17 +182,101 @@ export class SmtpSession {
     this.reset();
     this.helo = arg;
     if (verb === "HELO") return one(Smtp.helo(arg));
-    return one(Smtp.ehlo(this.config.domain, arg, ["PIPELINING", `SIZE ${this.config.maxMessageSize}`, "8BITMIME", "HELP"]));
+    const ext = ["PIPELINING", `SIZE ${this.config.maxMessageSize}`, "8BITMIME"];
+    if (this.config.tls && !this.secure) ext.push("STARTTLS");
+    if (this.authOffered) ext.push("AUTH PLAIN LOGIN");
+    ext.push("HELP");
+    return one(Smtp.ehlo(this.config.domain, arg, ext));
+  }
+
+  private starttls(arg: string): SmtpResult {
+    if (!this.config.tls) return one(Smtp.unknownCommand());
+    if (arg) return one(Smtp.syntax("STARTTLS takes no arguments"));
+    if (this.secure) return one(Smtp.tlsActive());
+    return { replies: [Smtp.readyForTls()], startTls: true };
+  }
+
+  private authCmd(arg: string): SmtpResult {
+    if (!this.authOffered) {
+      if (this.auth && this.config.tls && !this.secure) return one(Smtp.encryptionRequired());
+      return one(Smtp.authNotAvailable());
+    }
+    if (!this.helo) return one(Smtp.badSequence("send EHLO first"));
+    if (this.authUser !== null) return one(Smtp.badSequence("already authenticated"));
+    if (this.from !== null) return one(Smtp.badSequence("AUTH not permitted during a mail transaction"));
+    const [mech = "", initial, extra] = arg.split(/\s+/);
+    if (!mech || extra !== undefined) return one(Smtp.syntax("expected AUTH mechanism [initial-response]"));
+    switch (mech.toUpperCase()) {
+      case "PLAIN":
+        this.sasl = { mech: "PLAIN" };
+        return initial === undefined ? one(Smtp.authChallenge("")) : this.saslResponse(initial);
+      case "LOGIN":
+        this.sasl = { mech: "LOGIN", user: null };
+        return initial === undefined ? one(Smtp.authChallenge(encodeBase64("Username:"))) : this.saslResponse(initial);
+      default:
+        return one(Smtp.authMechanism());
+    }
+  }
+
+  private saslResponse(line: string): SmtpResult {
+    const sasl = this.sasl!;
+    if (line.trim() === "*") {
+      this.sasl = null;
+      return one(Smtp.authCancelled());
+    }
+    const text = decodeBase64(line);
+    if (text === null) {
+      this.sasl = null;
+      return one(Smtp.authBadBase64());
+    }
+    if (sasl.mech === "LOGIN" && sasl.user === null) {
+      sasl.user = text;
+      return one(Smtp.authChallenge(encodeBase64("Password:")));
+    }
+    this.sasl = null;
+    const creds = sasl.mech === "PLAIN" ? parsePlain(text) : { user: sasl.user!, password: text };
+    // A malformed PLAIN response counts as a failed login: it is how a guesser would probe.
+    return { replies: [], login: creds ?? { user: "", password: "" } };
+  }
+
+  /** Checks the credentials from a `login` result; a failure is slowed per client address. */
+  async finishLogin(creds: Credentials): Promise<SmtpResult> {
+    const user = creds.user ? await this.auth!.check(creds.user, creds.password) : null;
+    if (user !== null && this.state !== "closed") {
+      this.authUser = user;
+      return { replies: [Smtp.authOk()], log: `authenticated ${user} from ${this.peer}` };
+    }
+    this.failedLogins++;
+    const delayMs = this.auth!.throttle.failed(this.peer);
+    const log = `failed AUTH for ${JSON.stringify(creds.user.slice(0, 64))} from ${this.peer}`;
+    if (this.failedLogins >= this.auth!.throttle.config.maxFailuresPerConnection) {
+      this.state = "closed";
+      return { replies: [Smtp.authFailed(), Smtp.tooManyFailures(this.config.domain)], close: true, delayMs, log };
+    }
+    return { replies: [Smtp.authFailed()], delayMs, log };
+  }
+
+  /** RFC 3207 section 4: a server that requires TLS answers 530 to everything but a few commands. */
+  private get tlsMissing(): boolean {
+    return !!this.config.requireTls && !this.secure;
   }
 
   private mail(arg: string): SmtpResult {
     if (!this.helo) return one(Smtp.badSequence("send HELO or EHLO first"));
+    if (this.tlsMissing) return one(Smtp.tlsRequired());
+    if (this.config.requireAuth && this.authUser === null) return one(Smtp.authRequired());
     if (this.from !== null) return one(Smtp.badSequence("sender already given, RSET first"));
+    const maxMessages = this.config.maxMessagesPerConnection;
+    if (maxMessages !== undefined && this.messages >= maxMessages) {
+      this.state = "closed";
+      return { replies: [Smtp.tooManyMessages(this.config.domain)], close: true };
+    }
     const m = /^FROM:(.*)$/i.exec(arg);
     if (!m) return one(Smtp.syntax('expected "MAIL FROM:<address>"'));
     const path = parsePath(m[1]!);
     if ("error" in path) return one(Smtp.syntax(path.error));
     if (path.addr !== "" && !ADDRESS.test(path.addr)) return one(Smtp.syntax(`bad sender address "${path.addr}"`));
+    if (this.authUser !== null && !this.owns(this.authUser, path.addr)) return one(Smtp.senderNotOwned(path.addr));
     for (const p of path.params) {
       const [key, value = ""] = p.split("=", 2) as [string, string?];
       switch (key.toUpperCase()) {
@@ -148,7 +295,14 @@ export class SmtpSession {
     return one(Smtp.senderOk(path.addr));
   }
 
+  /** An authenticated user sends as themselves: the local part names them (any domain of ours). */
+  private owns(user: string, addr: string): boolean {
+    const at = addr.lastIndexOf("@");
+    return at > 0 && this.users.resolve(addr.slice(0, at)) === user;
+  }
+
   private rcpt(arg: string): SmtpResult {
+    if (this.tlsMissing) return one(Smtp.tlsRequired());
     if (this.from === null) return one(Smtp.badSequence("need MAIL before RCPT"));
     const m = /^TO:(.*)$/i.exec(arg);
     if (!m) return one(Smtp.syntax('expected "RCPT TO:<address>"'));
@@ -171,6 +325,7 @@ export class SmtpSession {
   }
 
   private data(arg: string): SmtpResult {
+    if (this.tlsMissing) return one(Smtp.tlsRequired());
     if (arg) return one(Smtp.syntax("DATA takes no arguments"));
     if (this.from === null) return one(Smtp.badSequence("need MAIL before DATA"));
     if (this.recipients.length === 0)
@@ -192,6 +347,7 @@ export class SmtpSession {
     } catch {
       return one(Smtp.localError());
     }
+    this.messages++;
     return {
       replies: [Smtp.accepted()],
       log: `delivered from=<${from}> to=${users.join(",")} size=${record.length} peer=${this.peer}`,

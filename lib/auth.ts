@@ -1,0 +1,72 @@
+// Logins: SASL PLAIN and LOGIN decoding (RFC 4616, the LOGIN draft) for SMTP AUTH, and the
+// throttle that slows failed logins from one client address. Pure code; the sessions decide
+// what to reply and the socket adapter does the waiting.
+
+/** Base64 as SASL carries it; null when it is not valid base64 (a 501, not a failed login). */
+export function decodeBase64(text: string): string | null {
+  const t = text.trim();
+  if (t === "=") return "";
+  if (t.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(t)) return null;
+  return Buffer.from(t, "base64").toString("utf8");
+}
+
+export const encodeBase64 = (text: string) => Buffer.from(text, "utf8").toString("base64");
+
+export interface Credentials {
+  user: string;
+  password: string;
+}
+
+/** "authzid NUL authcid NUL password"; an authzid other than the user itself is not supported. */
+export function parsePlain(decoded: string): Credentials | null {
+  const parts = decoded.split("\0");
+  if (parts.length !== 3) return null;
+  const [authz, user, password] = parts as [string, string, string];
+  if (!user || (authz !== "" && authz !== user)) return null;
+  return { user, password };
+}
+
+export interface ThrottleConfig {
+  /** Delay before answering the first failure, in ms; each further failure doubles it. */
+  baseDelayMs: number;
+  maxDelayMs: number;
+  /** Failures on one connection after which it is closed. */
+  maxFailuresPerConnection: number;
+  /** An address with no failure for this long starts again from the base delay. */
+  forgetAfterMs: number;
+}
+
+export const DEFAULT_THROTTLE: ThrottleConfig = { baseDelayMs: 200, maxDelayMs: 5000, maxFailuresPerConnection: 3, forgetAfterMs: 10 * 60_000 };
+
+/**
+ * Failed logins per client address. Only failures are delayed (the reply to a wrong password
+ * waits, the connection alone waits), so a guesser gets slower and slower while a user who
+ * types the right password, and every other client, are served at once. Memory is bounded:
+ * entries expire, and beyond MAX_ADDRESSES the oldest are dropped.
+ */
+export class LoginThrottle {
+  private static readonly MAX_ADDRESSES = 10_000;
+  private readonly failures = new Map<string, { count: number; last: number }>();
+
+  constructor(
+    readonly config: ThrottleConfig = DEFAULT_THROTTLE,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Records a failure; returns how long to wait before replying. */
+  failed(address: string): number {
+    const t = this.now();
+    const e = this.failures.get(address);
+    const count = e && t - e.last < this.config.forgetAfterMs ? e.count + 1 : 1;
+    this.failures.delete(address); // re-inserted last: Map order is then oldest-first
+    this.failures.set(address, { count, last: t });
+    if (this.failures.size > LoginThrottle.MAX_ADDRESSES) this.failures.delete(this.failures.keys().next().value!);
+    return Math.min(this.config.maxDelayMs, this.config.baseDelayMs * 2 ** Math.min(count - 1, 30));
+  }
+
+  /** Failures recorded for an address (for logs and tests). */
+  count(address: string): number {
+    const e = this.failures.get(address);
+    return e && this.now() - e.last < this.config.forgetAfterMs ? e.count : 0;
+  }
+}
