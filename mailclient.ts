@@ -15,10 +15,12 @@ import {
   senderAddress,
 } from "./lib/mail-format.ts";
 import { readKey, readLine, readPassword } from "./lib/terminal.ts";
+import { readFileSync } from "node:fs";
+import type { ClientTls, TlsMode } from "./lib/tls.ts";
 
 const DEFAULT_SMTP_PORT = 2525;
 const DEFAULT_POP3_PORT = 1100;
-const USAGE = "usage: mailclient <server_IP> [smtp_port] [pop3_port]";
+const USAGE = "usage: mailclient [--tls | --starttls] [--insecure] [--cafile FILE] <server_IP> [smtp_port] [pop3_port]";
 const HELP = `${USAGE}
 
 Interactive mail client: sends mail through the SMTP server (smtpmail, default port
@@ -26,8 +28,16 @@ ${DEFAULT_SMTP_PORT}) and reads and deletes mail through the POP3 server (popser
 port ${DEFAULT_POP3_PORT}) running on <server_IP> (an IP address or a host name).
 
 Options:
+  --tls          TLS from the first byte on both ports (the servers' --tls-port)
+  --starttls     plain connect, then STARTTLS (SMTP) and STLS (POP3); refuse servers without them
+  --insecure     accept any server certificate (self-signed test setups only)
+  --cafile FILE  also trust the CA certificate(s) in FILE (PEM)
   -h, --help     show this help
   -V, --version  show the version
+
+With --tls or --starttls the server certificate is verified against the name <server_IP>, and
+the SMTP server's AUTH is used with your user name and password when it offers it. Without
+them, mail is sent as the assignment describes and AUTH is used only if the server demands it.
 
 Environment:
   MAILCLIENT_TIMEOUT_MS  how long to wait for a server before giving up (default 30000)`;
@@ -37,6 +47,8 @@ interface Config {
   smtpPort: number;
   pop3Port: number;
   timeoutMs: number;
+  tlsMode: TlsMode;
+  tls: ClientTls;
 }
 
 interface Session extends Config {
@@ -73,6 +85,28 @@ export function parseArgs(args: string[]): Parsed {
   if (args.includes("-h") || args.includes("--help")) return { exit: 0, out: HELP };
   if (args.includes("-V") || args.includes("--version")) return { exit: 0, out: `mailclient ${pkg.version}` };
   const bad = (why: string): Parsed => ({ exit: 2, err: `mailclient: ${why}\n${USAGE}` });
+  let tlsMode: TlsMode = "none";
+  let insecure = false;
+  let ca: string | undefined;
+  const rest: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === "--tls" || a === "--starttls") {
+      const mode = a === "--tls" ? "implicit" : "starttls";
+      if (tlsMode !== "none" && tlsMode !== mode) return bad("--tls and --starttls exclude each other");
+      tlsMode = mode;
+    } else if (a === "--insecure") insecure = true;
+    else if (a === "--cafile") {
+      const file = args[++i];
+      if (file === undefined) return bad("--cafile needs a file");
+      try {
+        ca = readFileSync(file, "utf8");
+      } catch (e) {
+        return bad(`cannot read --cafile ${file}: ${errorText(e)}`);
+      }
+    } else rest.push(a);
+  }
+  args = rest;
   const option = args.find((a) => a.startsWith("-"));
   if (option !== undefined) return bad(`unknown option ${option}`);
   if (args.length < 1) return bad("missing server_IP");
@@ -84,12 +118,13 @@ export function parseArgs(args: string[]): Parsed {
   const pop3Port = pop3 === undefined ? DEFAULT_POP3_PORT : parsePort(pop3);
   if (pop3Port === null) return bad(`bad pop3_port ${JSON.stringify(pop3)}`);
   const timeoutMs = Number(process.env.MAILCLIENT_TIMEOUT_MS) || 30_000;
-  return { config: { host, smtpPort, pop3Port, timeoutMs } };
+  return { config: { host, smtpPort, pop3Port, timeoutMs, tlsMode, tls: { serverName: host, insecure, ca } } };
 }
 
 async function openPop3(s: Session): Promise<Pop3Client> {
-  const pop = await Pop3Client.connect(s.host, s.pop3Port, { timeoutMs: s.timeoutMs });
+  const pop = await Pop3Client.connect(s.host, s.pop3Port, { timeoutMs: s.timeoutMs, tls: s.tlsMode === "implicit" ? s.tls : undefined });
   try {
+    if (s.tlsMode === "starttls") await pop.stls(s.tls);
     await pop.login(s.user, s.password);
     return pop;
   } catch (err) {
@@ -146,6 +181,9 @@ async function sendMailOption(s: Session): Promise<void> {
       from: mail.from,
       to: [mail.to],
       message: composeMessage(lines),
+      tls: s.tlsMode === "implicit" ? s.tls : undefined,
+      starttls: s.tlsMode === "starttls" ? s.tls : undefined,
+      auth: { user: s.user, password: s.password },
     });
     say(result.ok ? "Mail sent successfully" : `Error in sending mail: ${formatReply(result.reply)}`);
   } catch (err) {

@@ -1,6 +1,7 @@
 // Async POP3 client (RFC 1939, plus CAPA from RFC 2449) over the same line connection as SMTP.
 
 import { assertOneLine, LineConnection, type ConnectOptions } from "./smtp-client.ts";
+import type { ClientTls } from "./tls.ts";
 
 /** The server answered -ERR: `text` is what it said after "-ERR". */
 export class Pop3Error extends Error {
@@ -67,6 +68,12 @@ export class Pop3Client {
       await readStatus(this.conn, name);
       return readBlock(this.conn);
     });
+  }
+
+  /** STLS (RFC 2595): on +OK the connection is encrypted and the login starts now. */
+  async stls(tls: ClientTls): Promise<void> {
+    await this.simple("STLS");
+    await this.conn.startTls(tls);
   }
 
   user(name: string): Promise<string> {

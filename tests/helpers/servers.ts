@@ -28,6 +28,8 @@ export function removeRoot(root: string): void {
 
 export interface Running {
   port: number;
+  /** The implicit-TLS port, when started with --tls-port. */
+  tlsPort: number;
   proc: Subprocess<"ignore", "pipe", "pipe">;
   /** Everything the server wrote to stderr so far. */
   log(): string;
@@ -51,7 +53,7 @@ async function start(program: "smtpmail" | "popserver", root: string, args: stri
   const dec = new TextDecoder();
   let out = "";
   const deadline = Date.now() + 15_000;
-  while (!/port (\d+)/.test(out)) {
+  while (!/port (\d+).*\n/.test(out)) {
     if (Date.now() > deadline) throw new Error(`${program} did not start: ${out} ${errText}`);
     const { value, done } = await reader.read();
     if (done) throw new Error(`${program} exited before listening: ${out} ${errText}`);
@@ -67,6 +69,7 @@ async function start(program: "smtpmail" | "popserver", root: string, args: stri
   const port = Number(/port (\d+)/.exec(out)![1]);
   return {
     port,
+    tlsPort: Number(/TLS port (\d+)/.exec(out)?.[1] ?? 0),
     proc,
     log: () => errText,
     async stop(signal: NodeJS.Signals = "SIGTERM") {

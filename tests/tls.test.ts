@@ -1,0 +1,338 @@
+// TLS end to end: the real servers with a throwaway certificate, spoken to by Python's smtplib
+// and poplib (starttls/stls and implicit TLS), curl --ssl-reqd, swaks --tls, our own clients
+// and mailclient. Plus the RFC 3207 / RFC 2595 rule that nothing sent before the handshake is
+// ever executed, and --require-tls / --require-auth. Tests skip when their tool is missing.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Pop3Client } from "../lib/pop3-client.ts";
+import { sendMail } from "../lib/smtp-client.ts";
+import { makeCert, type TestCert } from "./helpers/certs.ts";
+import { command, makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
+import { SmtpConn } from "./helpers/smtp-conn.ts";
+import { Wire } from "./helpers/wire.ts";
+
+const hasPython = Bun.which("python3") !== null && Bun.spawnSync(["python3", "-c", "import smtplib, poplib, ssl"]).exitCode === 0;
+const hasCurl = Bun.which("curl") !== null;
+const hasSwaks = Bun.which("swaks") !== null;
+const cert: TestCert | null = makeCert();
+if (!cert) console.warn("tls: openssl not installed (apt-get install -y openssl), skipping every TLS test");
+if (!hasPython) console.warn("tls: python3 with smtplib/poplib/ssl not installed, skipping its tests");
+if (!hasCurl) console.warn("tls: curl not installed, skipping its tests");
+if (!hasSwaks) console.warn("tls: swaks not installed, skipping its tests");
+
+const USERS = { alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw" };
+let root: string;
+let smtp: Running;
+let pop: Running;
+let strict: Running; // --require-tls --require-auth
+let strictPop: Running; // --require-tls
+const running: Running[] = [];
+
+beforeAll(async () => {
+  if (!cert) return;
+  root = makeRoot(USERS);
+  const tls = ["--tls-cert", cert.cert, "--tls-key", cert.key, "--tls-port", "0"];
+  [smtp, pop, strict, strictPop] = await Promise.all([
+    startSmtp(root, ["--domain", "mx.tls", ...tls]),
+    startPop(root, tls),
+    startSmtp(root, ["--domain", "mx.strict", ...tls, "--require-tls", "--require-auth"]),
+    startPop(root, [...tls, "--require-tls"]),
+  ]);
+  running.push(smtp, pop, strict, strictPop);
+});
+afterAll(async () => {
+  for (const r of running) if (r.proc.exitCode === null && r.proc.signalCode === null) r.proc.kill(9);
+  await Promise.all(running.map((r) => r.proc.exited));
+  if (root) removeRoot(root);
+  cert?.remove();
+});
+
+function mailbox(user: string): string {
+  const p = join(root, user, "mymailbox");
+  return existsSync(p) ? readFileSync(p, "utf8") : "";
+}
+
+async function run(argv: string[], input?: string): Promise<{ out: string; err: string; code: number }> {
+  const p = Bun.spawn(argv, { stdin: input === undefined ? "ignore" : new TextEncoder().encode(input), stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => p.kill(9), 60_000);
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  clearTimeout(timer);
+  return { out, err, code };
+}
+async function python(script: string, ...args: (string | number)[]): Promise<any> {
+  const { out, err, code } = await run(["python3", "-c", script, cert!.cert, ...args.map(String)]);
+  if (code !== 0) throw new Error(`python failed (${code}): ${err}`);
+  return JSON.parse(out.trim().split("\n").at(-1)!);
+}
+
+describe.skipIf(!cert || !hasPython)("Python smtplib / poplib over TLS", () => {
+  test("smtplib.starttls(): STARTTLS offered, AUTH only after it, certificate verified, mail stored", async () => {
+    const r = await python(
+      `
+import smtplib, ssl, sys, json
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+s = smtplib.SMTP("localhost", int(sys.argv[2]), local_hostname="py.starttls")
+s.ehlo(); before = sorted(s.esmtp_features)
+code, _ = s.starttls(context=ctx)
+s.ehlo(); after = sorted(s.esmtp_features)
+s.login("alice", "alicepw")
+refused = s.sendmail("alice@mx.tls", ["bob@mx.tls"], "Subject: py-starttls\\r\\n\\r\\nover TLS\\r\\n")
+print(json.dumps({"before": before, "code": code, "after": after, "auth": s.esmtp_features.get("auth"), "refused": refused, "version": s.sock.version()}))
+s.quit()
+`,
+      smtp.port,
+    );
+    expect(r.before).toContain("starttls");
+    expect(r.before).not.toContain("auth");
+    expect(r.code).toBe(220);
+    expect(r.after).not.toContain("starttls");
+    expect(r.auth.trim()).toBe("PLAIN LOGIN");
+    expect(r.refused).toEqual({});
+    expect(r.version).toMatch(/^TLSv1\.[23]$/);
+    expect(mailbox("bob")).toContain("Subject: py-starttls\r\n");
+  });
+
+  test("smtplib.SMTP_SSL on the implicit-TLS port, AUTH LOGIN", async () => {
+    const r = await python(
+      `
+import smtplib, ssl, sys, json
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+s = smtplib.SMTP_SSL("localhost", int(sys.argv[2]), context=ctx, local_hostname="py.ssl")
+s.ehlo(); s.esmtp_features["auth"] = "LOGIN"
+s.login("carol", "carolpw")
+refused = s.sendmail("carol@mx.tls", ["bob@mx.tls"], "Subject: py-smtps\\r\\n\\r\\nimplicit\\r\\n")
+print(json.dumps({"refused": refused, "starttls": "starttls" in s.esmtp_features}))
+s.quit()
+`,
+      smtp.tlsPort,
+    );
+    expect(r).toEqual({ refused: {}, starttls: false });
+    expect(mailbox("bob")).toContain("Subject: py-smtps\r\n");
+  });
+
+  test("poplib.stls() and POP3_SSL: CAPA before and after, login, RETR", async () => {
+    const r = await python(
+      `
+import poplib, ssl, sys, json
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+p = poplib.POP3("localhost", int(sys.argv[2]))
+before = sorted(p.capa())
+p.stls(context=ctx)
+after = sorted(p.capa())
+p.user("bob"); p.pass_("bobpw"); n = p.stat()[0]; p.quit()
+q = poplib.POP3_SSL("localhost", int(sys.argv[3]), context=ctx)
+q.user("bob"); q.pass_("bobpw"); body = b"\\n".join(q.retr(1)[1]).decode(); q.quit()
+print(json.dumps({"before": before, "after": after, "n": n, "body": body}))
+`,
+      pop.port,
+      pop.tlsPort,
+    );
+    expect(r.before).toContain("STLS");
+    expect(r.after).not.toContain("STLS");
+    expect(r.after).toContain("USER");
+    expect(r.n).toBeGreaterThanOrEqual(0);
+    expect(typeof r.body).toBe("string");
+  });
+
+  test("bytes sent with STARTTLS, before the handshake, are never executed (SMTP)", async () => {
+    const r = await python(
+      `
+import socket, ssl, sys, json
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+s = socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=10)
+f = s.makefile("rb")
+def reply(f):
+    lines = []
+    while True:
+        l = f.readline().decode().rstrip("\\r\\n"); lines.append(l)
+        if l[3:4] != "-": return lines
+reply(f)
+s.sendall(b"EHLO x\\r\\n"); reply(f)
+# STARTTLS with a transaction smuggled behind it in the same packet
+s.sendall(b"STARTTLS\\r\\nMAIL FROM:<evil@x>\\r\\nRCPT TO:<dave@mx.tls>\\r\\n")
+first = reply(f)
+t = ctx.wrap_socket(s, server_hostname="localhost"); g = t.makefile("rb")
+out = {"starttls": first}
+t.sendall(b"RCPT TO:<dave@mx.tls>\\r\\n"); out["rcpt"] = reply(g)
+t.sendall(b"MAIL FROM:<a@x>\\r\\n"); out["mail"] = reply(g)
+t.sendall(b"EHLO x\\r\\n"); out["ehlo"] = reply(g)
+t.sendall(b"QUIT\\r\\n"); out["quit"] = reply(g)
+print(json.dumps(out))
+`,
+      smtp.port,
+    );
+    expect(r.starttls).toEqual(["220 Ready to start TLS"]);
+    // No MAIL was carried over, and HELO/EHLO is forgotten (RFC 3207 4.2).
+    expect(r.rcpt[0]).toStartWith("503 ");
+    expect(r.mail[0]).toBe("503 Bad sequence of commands: send HELO or EHLO first");
+    expect(r.ehlo.at(-1)).toBe("250 HELP");
+    expect(r.ehlo.join("\n")).not.toContain("STARTTLS");
+    expect(r.quit).toEqual(["221 mx.tls closing connection"]);
+    expect(mailbox("dave")).toBe("");
+  });
+
+  test("bytes sent with STLS, before the handshake, are never executed (POP3)", async () => {
+    const r = await python(
+      `
+import socket, ssl, sys, json
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+s = socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=10)
+f = s.makefile("rb"); f.readline()
+s.sendall(b"STLS\\r\\nUSER alice\\r\\n")
+first = f.readline().decode().strip()
+t = ctx.wrap_socket(s, server_hostname="localhost"); g = t.makefile("rb")
+t.sendall(b"PASS alicepw\\r\\n"); passed = g.readline().decode().strip()
+t.sendall(b"STLS\\r\\n"); again = g.readline().decode().strip()
+t.sendall(b"QUIT\\r\\n"); g.readline()
+print(json.dumps({"stls": first, "pass": passed, "again": again}))
+`,
+      pop.port,
+    );
+    expect(r).toEqual({ stls: "+OK Begin TLS negotiation", pass: "-ERR send USER first", again: "-ERR TLS already active" });
+  });
+});
+
+describe.skipIf(!cert || !hasCurl)("curl over TLS", () => {
+  test("curl --ssl-reqd smtp:// (STARTTLS + AUTH) and smtps://, pop3:// with --ssl-reqd and pop3s://", async () => {
+    const msg = (s: string) => `From: alice@mx.tls\r\nTo: carol@mx.tls\r\nSubject: ${s}\r\n\r\nvia curl\r\n`;
+    const base = ["curl", "-sS", "--max-time", "30", "--cacert", cert!.cert, "--resolve", `localhost:${smtp.port}:127.0.0.1`, "--resolve", `localhost:${smtp.tlsPort}:127.0.0.1`, "--resolve", `localhost:${pop.port}:127.0.0.1`, "--resolve", `localhost:${pop.tlsPort}:127.0.0.1`];
+    const mail = ["--mail-from", "alice@mx.tls", "--mail-rcpt", "carol@mx.tls", "--user", "alice:alicepw", "-T", "-"];
+    let r = await run([...base, "--ssl-reqd", `smtp://localhost:${smtp.port}`, ...mail], msg("curl-starttls"));
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    r = await run([...base, `smtps://localhost:${smtp.tlsPort}`, ...mail], msg("curl-smtps"));
+    expect(r.code).toBe(0);
+    expect(mailbox("carol")).toContain("Subject: curl-starttls\r\n");
+    expect(mailbox("carol")).toContain("Subject: curl-smtps\r\n");
+    r = await run([...base, "--ssl-reqd", `pop3://localhost:${pop.port}/`, "--user", "carol:carolpw"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^1 \d+\r?\n2 \d+/);
+    r = await run([...base, `pop3s://localhost:${pop.tlsPort}/2`, "--user", "carol:carolpw"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain("Subject: curl-smtps");
+  });
+
+  test("curl rejects the self-signed certificate unless told to trust it", async () => {
+    const r = await run(["curl", "-sS", "--max-time", "30", `pop3s://127.0.0.1:${pop.tlsPort}/`, "--user", "carol:carolpw"]);
+    expect(r.code).not.toBe(0);
+    expect(r.err).toMatch(/certificate/i);
+  });
+});
+
+describe.skipIf(!cert || !hasSwaks)("swaks over TLS", () => {
+  test("swaks --tls (STARTTLS, AUTH PLAIN) and --tlsc (implicit, AUTH LOGIN)", async () => {
+    const common = ["--server", "127.0.0.1", "--from", "dave@mx.tls", "--to", "alice@mx.tls", "--auth-user", "dave", "--auth-password", "davepw", "--timeout", "20"];
+    let r = await run(["swaks", ...common, "--port", String(smtp.port), "--tls", "--auth", "PLAIN", "--h-Subject", "swaks-starttls"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain("<~  235 Authentication successful");
+    r = await run(["swaks", ...common, "--port", String(smtp.tlsPort), "--tlsc", "--auth", "LOGIN", "--h-Subject", "swaks-tlsc"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain("<~  334 VXNlcm5hbWU6");
+    expect(mailbox("alice")).toContain("Subject: swaks-starttls\r\n");
+    expect(mailbox("alice")).toContain("Subject: swaks-tlsc\r\n");
+  });
+});
+
+describe.skipIf(!cert)("our own clients over TLS", () => {
+  test("sendMail with STARTTLS and with implicit TLS, verifying the certificate; POP3 STLS and implicit", async () => {
+    const tls = { serverName: "localhost", ca: cert!.pem };
+    const base = { host: "127.0.0.1", helo: "own.client", from: "alice@mx.tls", to: ["dave@mx.tls"], timeoutMs: 10_000, auth: { user: "alice", password: "alicepw" } };
+    expect(await sendMail({ ...base, port: smtp.port, starttls: tls, message: "Subject: own-starttls\r\n\r\nx\r\n" })).toEqual({ ok: true });
+    expect(await sendMail({ ...base, port: smtp.tlsPort, tls, message: "Subject: own-implicit\r\n\r\ny\r\n" })).toEqual({ ok: true });
+    const p = await Pop3Client.connect("127.0.0.1", pop.port, { timeoutMs: 10_000 });
+    await p.stls(tls);
+    await p.login("dave", "davepw");
+    const list = await p.list();
+    expect(list.length).toBe(2);
+    expect(await p.retr(2)).toContain("Subject: own-implicit\r\n");
+    await p.quit();
+    const q = await Pop3Client.connect("127.0.0.1", pop.tlsPort, { timeoutMs: 10_000, tls });
+    await q.login("dave", "davepw");
+    expect((await q.stat()).count).toBe(2);
+    await q.quit();
+  });
+
+  test("an untrusted certificate is refused, --insecure accepts it", async () => {
+    const err = await Pop3Client.connect("127.0.0.1", pop.tlsPort, { timeoutMs: 10_000, tls: { serverName: "localhost" } }).catch((e) => e);
+    expect(String(err)).toMatch(/TLS handshake .* failed|certificate/i);
+    const base = { host: "127.0.0.1", port: smtp.port, helo: "own.client", from: "bob@mx.tls", to: ["dave@mx.tls"], message: "Subject: x\r\n\r\nx\r\n", timeoutMs: 10_000 };
+    await expect(sendMail({ ...base, starttls: { serverName: "localhost" } })).rejects.toThrow(/TLS handshake .* failed/);
+    const wrongName = await sendMail({ ...base, starttls: { serverName: "mail.example.org", ca: cert!.pem } }).catch((e) => e);
+    expect(String(wrongName)).toMatch(/TLS handshake .* failed/);
+    const q = await Pop3Client.connect("127.0.0.1", pop.tlsPort, { timeoutMs: 10_000, tls: { serverName: "localhost", insecure: true } });
+    await q.login("dave", "davepw");
+    await q.quit();
+  });
+
+  test("mailclient --starttls --cafile: login, send (with AUTH), list", async () => {
+    const input = ["bob", "bobpw", "2", "From: bob@mx.tls", "To: carol@mx.tls", "Subject: mailclient-tls", "sent by mailclient", ".", "3", ""].join("\n");
+    const r = await run(command("mailclient", ["--starttls", "--cafile", cert!.cert, "localhost", String(smtp.port), String(pop.port)]), input);
+    expect(r.out).toContain("Logged in as bob.");
+    expect(r.out).toContain("Mail sent successfully");
+    expect(mailbox("carol")).toContain("Subject: mailclient-tls\r\n");
+    const i = await run(command("mailclient", ["--tls", "--insecure", "127.0.0.1", String(strict.tlsPort), String(strictPop.tlsPort)]), ["carol", "carolpw", "1", "-1", "3", ""].join("\n"));
+    expect(i.out).toContain("Logged in as carol.");
+    expect(i.out).toContain("mailclient-tls");
+  });
+
+  test("mailclient --tls with the wrong sender gets the server's 553 (AUTH is used since the server offers it)", async () => {
+    const input = ["bob", "bobpw", "2", "From: alice@mx.tls", "To: carol@mx.tls", "Subject: forged", "x", ".", "3", ""].join("\n");
+    const r = await run(command("mailclient", ["--tls", "--insecure", "127.0.0.1", String(strict.tlsPort), String(strictPop.tlsPort)]), input);
+    expect(r.out).toContain("Error in sending mail: 553 <alice@mx.tls>... Sender address not owned by the authenticated user");
+  });
+});
+
+describe.skipIf(!cert)("--require-tls and --require-auth", () => {
+  test("SMTP: 530 before STARTTLS, 538 for AUTH, then 530 until AUTH, 535/235, 553 for someone else's address", async () => {
+    const c = await SmtpConn.open(strict.port);
+    try {
+      expect(await c.code()).toBe(220);
+      const ehlo = await c.cmd("EHLO plain.client");
+      expect(ehlo).toContain("250-STARTTLS");
+      expect(ehlo).not.toContain("AUTH");
+      expect(await c.cmd("MAIL FROM:<alice@mx.strict>")).toBe("530 Must issue a STARTTLS command first\r\n");
+      expect(await c.cmd("AUTH PLAIN AGFsaWNlAGFsaWNlcHc=")).toBe("538 Encryption required for requested authentication mechanism\r\n");
+      expect(await c.cmd("QUIT")).toStartWith("221 ");
+    } finally {
+      c.destroy();
+    }
+    const tls = { serverName: "localhost", ca: cert!.pem };
+    const base = { host: "127.0.0.1", port: strict.port, helo: "c", to: ["bob@mx.strict"], message: "Subject: strict\r\n\r\nx\r\n", timeoutMs: 10_000, starttls: tls };
+    let r = await sendMail({ ...base, from: "alice@mx.strict" });
+    expect(r.ok ? "" : r.reply.line).toBe("530 Authentication required");
+    r = await sendMail({ ...base, from: "alice@mx.strict", auth: { user: "alice", password: "wrong" } });
+    expect(r.ok ? "" : r.reply.line).toBe("535 Authentication credentials invalid");
+    r = await sendMail({ ...base, from: "bob@mx.strict", auth: { user: "alice", password: "alicepw" } });
+    expect(r.ok ? "" : r.reply.line).toBe("553 <bob@mx.strict>... Sender address not owned by the authenticated user");
+    r = await sendMail({ ...base, from: "Alice@elsewhere.example", auth: { user: "alice", password: "alicepw" } });
+    expect(r).toEqual({ ok: true });
+  });
+
+  test("POP3: USER refused and not advertised before STLS", async () => {
+    const w = await Wire.open(strictPop.port);
+    try {
+      expect(await w.line()).toStartWith("+OK");
+      w.write("CAPA\r\n");
+      expect(await w.line()).toStartWith("+OK");
+      const caps = (await w.multi()).toString();
+      expect(caps).toContain("STLS\r\n");
+      expect(caps).not.toContain("USER\r\n");
+      expect(await w.cmd("USER alice")).toBe("-ERR TLS required: send STLS first");
+      expect(await w.cmd("PASS alicepw")).toBe("-ERR TLS required: send STLS first");
+    } finally {
+      w.destroy();
+    }
+  });
+
+  test("the implicit-TLS port does not speak plaintext, and the server survives garbage", async () => {
+    const w = await Wire.open(smtp.tlsPort);
+    w.write("EHLO plain\r\n");
+    await Bun.sleep(300);
+    expect(w.pending.toString("latin1")).not.toContain("220");
+    w.destroy();
+    const c = await SmtpConn.open(smtp.port);
+    expect(await c.code()).toBe(220);
+    c.destroy();
+  });
+});
