@@ -1,0 +1,148 @@
+// Abuse limits on the real servers: failed logins slowed and cut off, per-address and
+// messages-per-connection limits, AUTH without TLS (--allow-plain-auth), --hash-password.
+// The point throughout: a hostile client never slows down a well-behaved one.
+import { afterAll, describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { command, makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
+import { SmtpConn, sendOne } from "./helpers/smtp-conn.ts";
+import { popLogin, Wire } from "./helpers/wire.ts";
+
+const running: Running[] = [];
+const roots: string[] = [];
+const wires: { destroy(): void }[] = [];
+afterAll(async () => {
+  for (const w of wires) w.destroy();
+  for (const r of running) if (r.proc.exitCode === null && r.proc.signalCode === null) r.proc.kill(9);
+  await Promise.all(running.map((r) => r.proc.exited));
+  for (const r of roots) removeRoot(r);
+});
+function root(users: Record<string, string> = { alice: "alicepw", bob: "bobpw" }): string {
+  const r = makeRoot(users);
+  roots.push(r);
+  return r;
+}
+async function track<T extends Running>(p: Promise<T>): Promise<T> {
+  const r = await p;
+  running.push(r);
+  return r;
+}
+const b64 = (s: string) => Buffer.from(s).toString("base64");
+
+describe("failed logins", () => {
+  test("POP3: 50 connections guessing passwords from one address; a real user is still served at once", async () => {
+    const pop = await track(startPop(root(), ["--login-delay", "500", "--max-login-delay", "2000"]));
+    const hostile = await Promise.all(Array.from({ length: 50 }, () => Wire.open(pop.port)));
+    wires.push(...hostile);
+    await Promise.all(hostile.map((w) => w.line()));
+    // Each sends three wrong passwords at once; replies are held back by growing delays.
+    for (const w of hostile) w.write("USER alice\r\nPASS guess1\r\nUSER alice\r\nPASS guess2\r\nUSER alice\r\nPASS guess3\r\n");
+    await Bun.sleep(200);
+    const t0 = Date.now();
+    const good = await popLogin(pop.port, "alice", "alicepw");
+    wires.push(good);
+    expect(await good.cmd("STAT")).toMatch(/^\+OK \d+ \d+$/);
+    expect(await good.cmd("QUIT")).toStartWith("+OK");
+    const served = Date.now() - t0;
+    expect(served).toBeLessThan(10_000);
+    // The guessers are still waiting for their answers while the real user is already done.
+    const finished = hostile.filter((w) => w.closed).length;
+    expect(finished).toBeLessThan(hostile.length);
+    // ... and each is eventually refused and disconnected after its third failure.
+    const w = hostile[0]!;
+    const replies: string[] = [];
+    for (let i = 0; i < 6; i++) replies.push(await w.line(30_000));
+    expect(replies.filter((r) => r === "-ERR [AUTH] invalid user name or password").length).toBe(2);
+    expect(replies.at(-1)).toBe("-ERR [AUTH] invalid user name or password; too many failures, closing");
+    expect(await w.waitClosed(30_000)).toBe(true);
+  }, 120_000);
+
+  test("SMTP AUTH with --allow-plain-auth: advertised without TLS, 535 slowed, 421 and close after the third failure", async () => {
+    const smtp = await track(startSmtp(root(), ["--allow-plain-auth", "--login-delay", "50"]));
+    const c = await SmtpConn.open(smtp.port);
+    wires.push(c);
+    expect(await c.code()).toBe(220);
+    expect(await c.cmd("EHLO x")).toContain("250-AUTH PLAIN LOGIN\r\n");
+    expect(await c.cmd("AUTH PLAIN " + b64("\0alice\0nope"))).toBe("535 Authentication credentials invalid\r\n");
+    expect(await c.cmd("AUTH LOGIN")).toBe("334 VXNlcm5hbWU6\r\n");
+    expect(await c.cmd(b64("alice"))).toBe("334 UGFzc3dvcmQ6\r\n");
+    expect(await c.cmd("*")).toBe("501 Authentication cancelled\r\n");
+    expect(await c.cmd("AUTH PLAIN !!!")).toBe("501 Cannot decode the response (base64 expected)\r\n");
+    expect(await c.cmd("AUTH PLAIN " + b64("\0alice\0nope2"))).toBe("535 Authentication credentials invalid\r\n");
+    c.send("AUTH PLAIN " + b64("\0bob\0nope3") + "\r\n");
+    expect(await c.reply()).toBe("535 Authentication credentials invalid\r\n");
+    expect(await c.reply()).toStartWith("421 ");
+    await c.untilClosed();
+    // A correct login from the same address is answered without delay.
+    const d = await SmtpConn.open(smtp.port);
+    wires.push(d);
+    await d.code();
+    await d.cmd("EHLO x");
+    expect(await d.cmd("AUTH PLAIN " + b64("\0alice\0alicepw"))).toBe("235 Authentication successful\r\n");
+    expect(await d.cmd("AUTH PLAIN " + b64("\0alice\0alicepw"))).toStartWith("503 ");
+    expect(await sendOne(d, "alice@x", ["bob@x"], "Subject: a\r\n\r\nb\r\n")).toBe("250 OK Message accepted for delivery\r\n");
+  });
+});
+
+describe("connection limits", () => {
+  test("--max-per-address: the extra connection gets 421 with a reason; a freed slot is usable again", async () => {
+    const smtp = await track(startSmtp(root(), ["--max-per-address", "3"]));
+    const conns = await Promise.all([1, 2, 3].map(() => SmtpConn.open(smtp.port)));
+    wires.push(...conns);
+    for (const c of conns) expect(await c.code()).toBe(220);
+    const extra = await SmtpConn.open(smtp.port);
+    wires.push(extra);
+    expect(await extra.reply()).toMatch(/^421 .*Too many connections from your address/);
+    await extra.untilClosed();
+    conns[0]!.destroy();
+    let ok = false;
+    for (let i = 0; i < 50 && !ok; i++) {
+      await Bun.sleep(50);
+      const again = await SmtpConn.open(smtp.port);
+      wires.push(again);
+      ok = (await again.reply()).startsWith("220");
+    }
+    expect(ok).toBe(true);
+  });
+
+  test("POP3 --max-per-address: -ERR [SYS/TEMP] for the extra connection", async () => {
+    const pop = await track(startPop(root(), ["--max-per-address", "1"]));
+    const a = await Wire.open(pop.port);
+    wires.push(a);
+    expect(await a.line()).toStartWith("+OK");
+    const b = await Wire.open(pop.port);
+    wires.push(b);
+    expect(await b.line()).toBe("-ERR [SYS/TEMP] too many connections from your address, try again later");
+  });
+
+  test("--max-messages: the next MAIL after the limit gets 421 and the connection closes", async () => {
+    const smtp = await track(startSmtp(root(), ["--max-messages", "2"]));
+    const c = await SmtpConn.open(smtp.port);
+    wires.push(c);
+    await c.code();
+    await c.cmd("HELO x");
+    for (let i = 0; i < 2; i++) expect(await sendOne(c, "a@x", ["bob@x"], `Subject: ${i}\r\n\r\nx\r\n`)).toStartWith("250 ");
+    expect(await c.cmd("MAIL FROM:<a@x>")).toMatch(/^421 .*Too many messages on this connection/);
+    await c.untilClosed();
+  });
+});
+
+describe("--hash-password", () => {
+  test("prints a Bun.password hash that works in user.txt", async () => {
+    const p = Bun.spawn(command("smtpmail", ["--hash-password"]), { stdin: new TextEncoder().encode("s3cret pw\n"), stdout: "pipe", stderr: "pipe" });
+    const [out, code] = await Promise.all([new Response(p.stdout).text(), p.exited]);
+    expect(code).toBe(0);
+    const hash = out.trim().split("\n").at(-1)!.replace(/^Password: /, "");
+    expect(hash).toStartWith("$argon2id$");
+    expect(await Bun.password.verify("s3cret pw", hash)).toBe(true);
+    const r = root();
+    writeFileSync(join(r, "user.txt"), `alice ${hash}\n`);
+    const pop = await track(startPop(r));
+    const w = await Wire.open(pop.port);
+    wires.push(w);
+    await w.line();
+    await w.cmd("USER alice");
+    // A space inside the password is kept; the hash is verified, not compared as text.
+    expect(await w.cmd("PASS s3cret pw")).toStartWith("+OK");
+  });
+});
