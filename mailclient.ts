@@ -20,7 +20,7 @@ import type { ClientTls, TlsMode } from "./lib/tls.ts";
 
 const DEFAULT_SMTP_PORT = 2525;
 const DEFAULT_POP3_PORT = 1100;
-const USAGE = "usage: mailclient [--tls | --starttls] [--insecure] [--cafile FILE] <server_IP> [smtp_port] [pop3_port]";
+const USAGE = "usage: mailclient <server_IP> [smtp_port] [pop3_port]   (options: --tls | --starttls, --insecure, --cafile FILE)";
 const HELP = `${USAGE}
 
 Interactive mail client: sends mail through the SMTP server (smtpmail, default port
