@@ -6,6 +6,7 @@ import { rmSync } from "node:fs";
 import { cpus } from "node:os";
 import { figure, makeRoot, startChild, cpuOf, memoryOf, PROJECT } from "./lib.ts";
 import { PopConn, writeMailbox } from "./pop-load.ts";
+import { idleConnections } from "./conns.ts";
 import { fsyncFloor } from "./fsync-floor.ts";
 import { smtpLoad } from "./smtp-load.ts";
 
@@ -134,3 +135,21 @@ async function popScenario(label: string, count: number, bytes: number): Promise
 
 if (want("pop")) await popScenario("pop 10k", 10_000, 2400);
 if (want("pop-large")) await popScenario("pop 100k", 100_000, 10_700);
+
+if (want("conns")) {
+  const count = Number(process.env.BENCH_CONNECTIONS ?? 10_000);
+  for (const program of ["smtpmail", "popserver"]) {
+    const root = makeRoot(["alice"]);
+    const server = await startChild([join(PROJECT, `${program}.ts`), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+    const r = await idleConnections(server.port, server.proc.pid, count, 120_000);
+    figure(`${program}: idle connections opened`, r.opened, "connections");
+    figure(`${program}: RSS before`, r.rssBeforeKiB / 1024, "MiB");
+    figure(`${program}: RSS with all connections open`, r.rssPeakKiB / 1024, "MiB");
+    figure(`${program}: memory per connection`, ((r.rssPeakKiB - r.rssBeforeKiB) * 1024) / Math.max(1, r.opened) / 1024, "KiB");
+    figure(`${program}: new client greeted+NOOP while all idle`, r.probeMs, "ms");
+    figure(`${program}: NOOP answered afterwards`, r.answered, `of ${r.opened}`);
+    figure(`${program}: NOOP to all, answered within`, r.noopAllMs, "ms");
+    await server.stop();
+    rmSync(root, { recursive: true, force: true });
+  }
+}

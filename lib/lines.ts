@@ -14,17 +14,20 @@ export interface MessageEvent {
 }
 
 const END_OF_DATA = Buffer.from("\r\n.\r\n");
+// Shared, never written to: an idle connection's reader allocates nothing of its own.
+const EMPTY = Buffer.alloc(0);
+const CRLF = Buffer.from("\r\n");
 const LF = 0x0a;
 const CR = 0x0d;
 
 export class LineReader {
-  private pending: Buffer = Buffer.alloc(0);
+  private pending: Buffer = EMPTY;
   private discardingLongLine = false;
   // DATA state: chunks kept so far and the last bytes seen, so "\r\n.\r\n" split across
   // chunks is still found. The CRLF that ended the DATA command counts as the start.
   private dataChunks: Buffer[] = [];
   private dataSize = 0;
-  private dataTail: Buffer = Buffer.from("\r\n");
+  private dataTail: Buffer = CRLF;
   private dataTooBig = false;
   // Over this, DATA bytes are counted and dropped instead of kept.
   private maxDataSize = Infinity;
@@ -44,7 +47,7 @@ export class LineReader {
       const nl = this.pending.indexOf(LF);
       if (this.discardingLongLine) {
         if (nl < 0) {
-          this.pending = Buffer.alloc(0);
+          this.pending = EMPTY;
           return null;
         }
         this.pending = this.pending.subarray(nl + 1);
@@ -53,7 +56,7 @@ export class LineReader {
       }
       if (nl < 0) {
         if (this.pending.length > maxLength) {
-          this.pending = Buffer.alloc(0);
+          this.pending = EMPTY;
           this.discardingLongLine = true;
           return { kind: "too-long" };
         }
@@ -95,7 +98,7 @@ export class LineReader {
     if (after < 0) {
       this.keepData(p);
       this.dataTail = Buffer.from(Buffer.concat([this.dataTail, p.subarray(Math.max(0, p.length - 4))]).subarray(-4));
-      this.pending = Buffer.alloc(0);
+      this.pending = EMPTY;
       return null;
     }
     let bytes: Buffer;
@@ -111,7 +114,7 @@ export class LineReader {
     this.pending = p.subarray(after);
     this.dataChunks = [];
     this.dataSize = 0;
-    this.dataTail = Buffer.from("\r\n");
+    this.dataTail = CRLF;
     this.dataTooBig = false;
     return { kind: "message", bytes: tooBig ? Buffer.alloc(0) : bytes, tooBig };
   }

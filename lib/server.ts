@@ -357,6 +357,13 @@ export class MailServer {
         return;
       }
     }
+    if (typeof data === "string" && c.out.length === 0) {
+      // Most replies fit the socket buffer at once: no Buffer needed unless some is left.
+      const written = s.write(data);
+      if (written < 0 || written === n) return;
+      this.writeOut(s, Buffer.from(data).subarray(written), false);
+      return;
+    }
     const buf = typeof data === "string" ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     this.writeOut(s, buf, false);
   }
