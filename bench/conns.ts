@@ -67,14 +67,20 @@ export async function idleConnections(port: number, pid: number, count: number, 
   // Everyone speaks once more.
   t = performance.now();
   let answered = 0;
-  await Promise.all(
-    socks.map(async (s) => {
-      const before = s.data.lines;
-      s.write("NOOP\r\n");
-      await Promise.race([waitLines(s, before + 1), Bun.sleep(Math.max(1000, deadline - Date.now()))]);
-      if (s.data.lines > before) answered++;
-    }),
-  );
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const giveUp = new Promise<void>((r) => (timer = setTimeout(r, Math.max(1000, deadline - Date.now()))));
+  await Promise.race([
+    giveUp,
+    Promise.all(
+      socks.map(async (s) => {
+        const before = s.data.lines;
+        s.write("NOOP\r\n");
+        await waitLines(s, before + 1);
+        answered++;
+      }),
+    ),
+  ]);
+  clearTimeout(timer);
   const noopAllMs = performance.now() - t;
   for (const s of socks) s.end();
   return { opened: socks.length, rssBeforeKiB: rssBefore, rssPeakKiB: Math.max(rssPeak, memoryOf(pid).rss), answered, probeMs, noopAllMs };

@@ -36,7 +36,9 @@ export interface ThrottleConfig {
   forgetAfterMs: number;
 }
 
-export const DEFAULT_THROTTLE: ThrottleConfig = { baseDelayMs: 200, maxDelayMs: 5000, maxFailuresPerConnection: 3, forgetAfterMs: 10 * 60_000 };
+// Mild on purpose: a guesser still drops to one try per 2 s per address, while a person who
+// mistypes twice waits a fraction of a second.
+export const DEFAULT_THROTTLE: ThrottleConfig = { baseDelayMs: 100, maxDelayMs: 2000, maxFailuresPerConnection: 3, forgetAfterMs: 5 * 60_000 };
 
 /**
  * Failed logins per client address. Only failures are delayed (the reply to a wrong password

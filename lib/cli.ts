@@ -81,9 +81,9 @@ export const SECURITY_FLAGS: FlagSpec = {
   "--tls-key": { value: "FILE", help: "PEM private key of --tls-cert" },
   "--tls-port": { value: "PORT", help: "also serve TLS from the first byte on this port (465 / 995 style; 0 picks one)" },
   "--require-tls": { help: "refuse logins (and SMTP mail) until the connection is encrypted" },
-  "--max-per-address": { value: "N", help: "simultaneous connections from one client address (default: 1000)" },
-  "--login-delay": { value: "MS", help: "delay before answering a failed login, doubled per failure from that address (default: 200)" },
-  "--max-login-delay": { value: "MS", help: "longest such delay (default: 5000)" },
+  "--max-per-address": { value: "N", help: "simultaneous connections from one client address (default: no limit beyond --max-connections)" },
+  "--login-delay": { value: "MS", help: "delay before answering a failed login, doubled per failure from that address (default: 100)" },
+  "--max-login-delay": { value: "MS", help: "longest such delay (default: 2000)" },
   "--max-login-failures": { value: "N", help: "failed logins after which a connection is closed (default: 3)" },
 };
 
@@ -104,7 +104,8 @@ export function securityOptions(flags: Map<string, string | true>): SecurityOpti
     tlsFiles,
     tlsPort: tlsPortFlag === undefined ? undefined : parsePort(String(tlsPortFlag), 0, "--tls-port"),
     requireTls: flags.has("--require-tls"),
-    maxPerAddress: parseNumber(flags.get("--max-per-address"), 1000, "--max-per-address", 1),
+    // No default: loopback clients and NATed offices legitimately open thousands.
+    maxPerAddress: parseNumber(flags.get("--max-per-address"), Infinity, "--max-per-address", 1),
     throttle: new LoginThrottle({
       ...DEFAULT_THROTTLE,
       baseDelayMs: parseNumber(flags.get("--login-delay"), DEFAULT_THROTTLE.baseDelayMs, "--login-delay"),

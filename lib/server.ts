@@ -79,13 +79,6 @@ interface Conn {
   lastActive: number;
   opened: number;
   drained: (() => void) | null;
-  /**
-   * While handling pipelined commands, replies are gathered in `stage` (reused from batch
-   * to batch, so a RETR costs no allocation) and written with one syscall per batch.
-   */
-  corking: boolean;
-  stage: Buffer | null;
-  stageLen: number;
   /** Counted in the per-address limit. */
   counted: boolean;
   /** Set by a STARTTLS upgrade: the socket the connection continues on. */
@@ -93,12 +86,11 @@ interface Conn {
 }
 
 function newConn(peer: string, now: number, id = ++nextId): Conn {
-  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, corking: false, stage: null, stageLen: 0, counted: false, upgradedTo: null };
+  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null };
 }
 
 const HIGH_WATER = 1 << 20;
 const STAGE_MAX = 1 << 20;
-const STAGE_KEEP = 64 * 1024;
 
 function readFully(fd: number, buf: Buffer, at: number, length: number, position: number): number {
   let got = 0;
@@ -118,6 +110,13 @@ export class MailServer {
   private readonly conns = new Set<Socket<Conn>>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private stopping = false;
+  // Replies gathered while one connection handles a batch of pipelined commands, written
+  // with one syscall. One buffer for the whole server, reused batch after batch, so an idle
+  // connection holds none and a RETR allocates nothing: only one connection is between
+  // cork() and uncork() at a time, since nothing awaits in between.
+  private stage = Buffer.allocUnsafe(64 * 1024);
+  private stageLen = 0;
+  private stageOwner: Socket<Conn> | null = null;
 
   constructor(private readonly opt: ServerOptions) {}
 
@@ -230,21 +229,27 @@ export class MailServer {
     try {
       // Replies to pipelined commands are gathered and written together: one syscall
       // per batch instead of one per reply.
-      c.corking = true;
+      this.cork(s);
       while (!c.ending && !c.closed) {
         let step = c.handler.next(c.reader);
         if (step === null) break;
         if (step instanceof Promise) {
           this.uncork(s);
           step = await step;
-          c.corking = true;
+          this.cork(s);
         }
-        await this.emit(s, step);
+        const slow = this.emit(s, step);
+        if (slow) await slow;
         if (c.upgradedTo) {
           s = c.upgradedTo;
           c.upgradedTo = null;
         }
-        if (c.outBytes > HIGH_WATER) await this.waitDrain(s);
+        this.cork(s);
+        if (c.outBytes > HIGH_WATER) {
+          this.uncork(s);
+          await this.waitDrain(s);
+          this.cork(s);
+        }
       }
       this.uncork(s);
     } catch (e) {
@@ -262,25 +267,37 @@ export class MailServer {
     }
   }
 
-  private async emit(s: Socket<Conn>, out: Output): Promise<void> {
+  /**
+   * Sends one Output. Synchronous unless it has to wait (a delay, a TLS upgrade, a streamed
+   * body): the shared output stage must never be held across an await, or another
+   * connection could write into it.
+   */
+  private emit(s: Socket<Conn>, out: Output): Promise<void> | undefined {
     if (out.log) this.opt.log(`${this.opt.name}: [${s.data.id}] ${out.log}`);
-    if (out.delayMs) {
+    if (out.delayMs || out.startTls || out.body) return this.emitSlow(s, out);
+    if (out.text) this.send(s, out.text);
+    if (out.bytes) this.send(s, out.bytes);
+    if (out.range) this.sendRange(s, out.range);
+    if (out.after) this.send(s, out.after);
+    if (out.close) {
       this.uncork(s);
-      await Bun.sleep(out.delayMs);
-      s.data.corking = true;
+      this.end(s);
     }
+    return undefined;
+  }
+
+  private async emitSlow(s: Socket<Conn>, out: Output): Promise<void> {
+    this.uncork(s);
+    if (out.delayMs) await Bun.sleep(out.delayMs);
     if (out.text) this.send(s, out.text);
     if (out.startTls) {
-      this.uncork(s);
       await this.waitDrain(s);
-      s.data.corking = true;
       if (!s.data.closed && !s.data.ending) this.startTls(s);
       return;
     }
     if (out.bytes) this.send(s, out.bytes);
     if (out.range) this.sendRange(s, out.range);
     if (out.body) {
-      this.uncork(s);
       for await (const chunk of out.body) {
         if (s.data.closed) return;
         // Producers may reuse a chunk's buffer once we return, so what the kernel does not
@@ -290,10 +307,7 @@ export class MailServer {
       }
     }
     if (out.after) this.send(s, out.after);
-    if (out.close) {
-      this.uncork(s);
-      this.end(s);
-    }
+    if (out.close) this.end(s);
   }
 
   /**
@@ -317,27 +331,34 @@ export class MailServer {
     c.handler?.secured?.();
   }
 
+  /** Starts gathering this connection's replies in the stage. */
+  private cork(s: Socket<Conn>): void {
+    if (this.stageOwner && this.stageOwner !== s) this.uncork(this.stageOwner);
+    this.stageOwner = s;
+  }
+
   private uncork(s: Socket<Conn>): void {
-    const c = s.data;
-    c.corking = false;
-    if (c.stageLen > 0 && c.stage) this.writeOut(s, c.stage.subarray(0, c.stageLen), true);
-    c.stageLen = 0;
+    if (this.stageOwner !== s) return;
+    this.stageOwner = null;
+    const len = this.stageLen;
+    this.stageLen = 0;
+    if (len > 0) this.writeOut(s, this.stage.subarray(0, len), true);
   }
 
   /** Writes what is staged so far and keeps gathering. */
   private flushStage(s: Socket<Conn>): void {
     this.uncork(s);
-    s.data.corking = true;
+    this.cork(s);
   }
 
   /** Room for n more bytes in the stage, or false when n is too big to stage. */
-  private stageRoom(c: Conn, n: number): boolean {
+  private stageRoom(n: number): boolean {
     if (n > STAGE_MAX) return false;
-    const need = c.stageLen + n;
-    if (!c.stage || c.stage.length < need) {
-      const grown = Buffer.allocUnsafe(Math.max(need, Math.min(STAGE_MAX, (c.stage?.length ?? 2048) * 2)));
-      if (c.stage) c.stage.copy(grown, 0, 0, c.stageLen);
-      c.stage = grown;
+    const need = this.stageLen + n;
+    if (this.stage.length < need) {
+      const grown = Buffer.allocUnsafe(Math.min(STAGE_MAX, Math.max(need, this.stage.length * 2)));
+      this.stage.copy(grown, 0, 0, this.stageLen);
+      this.stage = grown;
     }
     return true;
   }
@@ -348,12 +369,12 @@ export class MailServer {
     if (this.opt.verbose && typeof data === "string")
       for (const line of data.split("\r\n").slice(0, -1)) this.opt.log(`[${c.id}] S: ${line}`);
     const n = typeof data === "string" ? Buffer.byteLength(data) : data.byteLength;
-    if (c.corking) {
-      if (c.stageLen + n > STAGE_MAX) this.flushStage(s);
-      if (this.stageRoom(c, n)) {
-        if (typeof data === "string") c.stage!.write(data, c.stageLen);
-        else c.stage!.set(data, c.stageLen);
-        c.stageLen += n;
+    if (this.stageOwner === s) {
+      if (this.stageLen + n > STAGE_MAX) this.flushStage(s);
+      if (this.stageRoom(n)) {
+        if (typeof data === "string") this.stage.write(data, this.stageLen);
+        else this.stage.set(data, this.stageLen);
+        this.stageLen += n;
         return;
       }
     }
@@ -371,9 +392,9 @@ export class MailServer {
   private sendRange(s: Socket<Conn>, r: FileRange): void {
     const c = s.data;
     if (c.closed || c.ending) return;
-    if (c.corking && c.stageLen + r.length > STAGE_MAX) this.flushStage(s);
-    if (c.corking && this.stageRoom(c, r.length)) {
-      c.stageLen += readFully(r.fd, c.stage!, c.stageLen, r.length, r.offset);
+    if (this.stageOwner === s && this.stageLen + r.length > STAGE_MAX) this.flushStage(s);
+    if (this.stageOwner === s && this.stageRoom(r.length)) {
+      this.stageLen += readFully(r.fd, this.stage, this.stageLen, r.length, r.offset);
       return;
     }
     const buf = Buffer.allocUnsafe(r.length);
@@ -438,8 +459,6 @@ export class MailServer {
         if (now - c.lastActive > this.opt.idleTimeoutMs) s.terminate();
         continue;
       }
-      // A grown output buffer is kept while the client is active, not while it idles.
-      if (c.stage && c.stage.length > STAGE_KEEP && !c.busy && now - c.lastActive > 1000) c.stage = null;
       if (c.busy) {
         // Stuck behind a client that stopped reading (a big RETR): idle as well, and
         // nothing more can be said to it.
