@@ -2,8 +2,9 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { linkSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { linkSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
+import { dirname, join } from "node:path";
 
 const HOST = hostname();
 // Locks this process holds right now. A lock file naming our own pid that is not in
@@ -34,16 +35,69 @@ function isStale(content: string): boolean {
   return !alive(pid);
 }
 
+// The temp file each lock is linked from is kept between acquisitions of the same lock:
+// smtpmail takes a mailbox's lock for every commit round, and creating and deleting the
+// temp file each time cost more than the rest of the round. dropLockTemp() removes it.
+const temps = new Map<string, string>();
+
+function lockTemp(path: string, fresh: boolean): string {
+  let temp = temps.get(path);
+  if (!temp || fresh) {
+    if (!temp) removeDeadTemps(dirname(path));
+    temp ??= join(dirname(path), `.link.${HOST}.${process.pid}.${++counter}`);
+    writeFileSync(temp, `${process.pid} ${HOST}\n`);
+    temps.set(path, temp);
+  }
+  return temp;
+}
+
+/** Temp files left by processes of this host that were killed. */
+function removeDeadTemps(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^\.link\.(.+)\.(\d+)\.\d+$/.exec(name);
+    if (m && m[1] === HOST && Number(m[2]) !== process.pid && !alive(Number(m[2]))) {
+      try {
+        unlinkSync(join(dir, name));
+      } catch {}
+    }
+  }
+}
+
+/** Removes the kept temp file of a lock this process will not take again soon. */
+export function dropLockTemp(path: string): void {
+  const temp = temps.get(path);
+  if (!temp) return;
+  temps.delete(path);
+  try {
+    unlinkSync(temp);
+  } catch {}
+}
+
+process.on("exit", () => {
+  for (const path of [...temps.keys()]) dropLockTemp(path);
+});
+
 /** Takes the lock now or returns null if someone else holds it. */
-export function tryLock(path: string): Lock | null {
+export function tryLock(path: string, keepTemp = false): Lock | null {
   if (held.has(path)) return null;
-  const content = `${process.pid} ${HOST}\n`;
-  const temp = `${path}.${HOST}.${process.pid}.${++counter}.tmp`;
-  writeFileSync(temp, content);
+  let temp = lockTemp(path, false);
   try {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        linkSync(temp, path);
+        try {
+          linkSync(temp, path);
+        } catch (e) {
+          // The kept temp file vanished (someone cleaned the directory): make it again.
+          if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+          temp = lockTemp(path, true);
+          linkSync(temp, path);
+        }
         held.add(path);
         return {
           path,
@@ -71,18 +125,16 @@ export function tryLock(path: string): Lock | null {
     }
     return null;
   } finally {
-    try {
-      unlinkSync(temp);
-    } catch {}
+    if (!keepTemp) dropLockTemp(path);
   }
 }
 
 /** Waits for the lock, polling with a growing pause, up to timeoutMs. */
-export async function acquireLock(path: string, timeoutMs = 30_000): Promise<Lock> {
+export async function acquireLock(path: string, timeoutMs = 30_000, keepTemp = false): Promise<Lock> {
   const deadline = Date.now() + timeoutMs;
   let pause = 1;
   for (;;) {
-    const lock = tryLock(path);
+    const lock = tryLock(path, keepTemp);
     if (lock) return lock;
     if (Date.now() >= deadline) throw new Error(`timed out waiting for lock ${path}`);
     await Bun.sleep(pause);

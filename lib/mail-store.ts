@@ -10,7 +10,7 @@
 import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
 import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
-import { acquireLock, tryLock } from "./lock.ts";
+import { acquireLock, dropLockTemp, tryLock } from "./lock.ts";
 import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
@@ -81,7 +81,10 @@ export class FileMailStore implements MailStore {
   async close(): Promise<void> {
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
-    for (const b of this.boxes.values()) await closeFd(b.fd).catch(() => {});
+    for (const [user, b] of this.boxes) {
+      await closeFd(b.fd).catch(() => {});
+      dropLockTemp(writeLockPath(this.root, user));
+    }
     this.boxes.clear();
     if (this.journal) {
       this.journal.close();
@@ -179,7 +182,7 @@ export class FileMailStore implements MailStore {
     const path = mailboxPath(this.root, user);
     const lockPath = writeLockPath(this.root, user);
     if (!this.boxes.has(user)) mkdirSync(dirname(path), { recursive: true });
-    const lock = tryLock(lockPath) ?? (await acquireLock(lockPath, this.lockTimeoutMs));
+    const lock = tryLock(lockPath, true) ?? (await acquireLock(lockPath, this.lockTimeoutMs, true));
     try {
       let box = this.boxes.get(user);
       let st = box ? fstatSync(box.fd) : null;
@@ -235,6 +238,7 @@ export class FileMailStore implements MailStore {
     for (const [user, b] of this.boxes) {
       if (!b.dirty && now - b.lastUsed > CLOSE_IDLE_MS) {
         this.boxes.delete(user);
+        dropLockTemp(writeLockPath(this.root, user));
         await closeFd(b.fd).catch(() => {});
       }
     }
