@@ -3,6 +3,7 @@
 import { join, resolve } from "node:path";
 import { helpText, parseArgs, parseNumber, parsePort, runMain, securityOptions, SECURITY_FLAGS, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
+import { log } from "./lib/log.ts";
 import { createPopServer, filePopStore } from "./lib/pop3-server.ts";
 import { Users } from "./lib/users.ts";
 
@@ -33,7 +34,6 @@ void runMain("popserver", async () => {
   if (positional.length > 1) throw new UsageError(`unexpected argument "${positional[1]}"`);
   const port = parsePort(positional[0], 1100, "port");
   const root = resolve(String(flags.get("--root") ?? "."));
-  const log = (line: string) => process.stderr.write(line + "\n");
   const users = new Users(join(root, "user.txt"), log);
   users.load();
   const host = String(flags.get("--host") ?? "0.0.0.0");

@@ -8,6 +8,7 @@ import { FileMailStore } from "./lib/mail-store.ts";
 import { createSmtpServer } from "./lib/smtp-server.ts";
 import { Users } from "./lib/users.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
+import { log } from "./lib/log.ts";
 import { readPassword } from "./lib/terminal.ts";
 
 const FLAGS: FlagSpec = {
@@ -18,7 +19,7 @@ const FLAGS: FlagSpec = {
   "--max-size": { value: "BYTES", help: "largest message accepted, e.g. 10M (default: 10M)" },
   "--max-recipients": { value: "N", help: "recipients per message (default: 1000)" },
   "--max-connections": { value: "N", help: "simultaneous connections (default: 20000)" },
-  "--max-messages": { value: "N", help: "messages accepted per connection before it is closed (default: 1000)" },
+  "--max-messages": { value: "N", help: "messages accepted per connection before it is closed (default: no limit)" },
   ...SECURITY_FLAGS,
   "--require-auth": { help: "MAIL needs a prior AUTH (530), and the sender must be the authenticated user (553)" },
   "--allow-plain-auth": { help: "offer AUTH on unencrypted connections too (default: only over TLS)" },
@@ -51,7 +52,6 @@ void runMain("smtpmail", async () => {
   if (positional.length > 1) throw new UsageError(`unexpected argument "${positional[1]}"`);
   const port = parsePort(positional[0], 2525, "port");
   const root = resolve(String(flags.get("--root") ?? "."));
-  const log = (line: string) => process.stderr.write(line + "\n");
   const postmaster = flags.get("--postmaster");
   const users = new Users(join(root, "user.txt"), log, typeof postmaster === "string" ? postmaster : undefined);
   users.load();
@@ -70,7 +70,7 @@ void runMain("smtpmail", async () => {
       maxMessageSize: parseSize(flags.get("--max-size"), 10 * 1024 * 1024, "--max-size"),
       maxRecipients: parseNumber(flags.get("--max-recipients"), 1000, "--max-recipients", 1),
       maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
-      maxMessagesPerConnection: parseNumber(flags.get("--max-messages"), 1000, "--max-messages", 1),
+      maxMessagesPerConnection: parseNumber(flags.get("--max-messages"), Infinity, "--max-messages", 1),
       maxPerAddress: sec.maxPerAddress,
       tlsFiles: sec.tlsFiles,
       tlsPort: sec.tlsPort,

@@ -7,13 +7,12 @@
 // which the journal is emptied. After a crash of the machine, recover() puts back any copy
 // whose mailbox bytes did not reach the disk. (A crash of the process alone loses nothing
 // either way: written bytes are in the page cache.)
-import { closeSync, fstatSync, openSync, readSync, readdirSync, renameSync, unlinkSync, writeSync, mkdirSync, existsSync, fdatasync, ftruncate } from "node:fs";
+import { closeSync, fstatSync, openSync, readSync, readdirSync, renameSync, unlinkSync, writeSync, mkdirSync, existsSync, fdatasync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 
 const datasync = promisify(fdatasync);
-const truncate = promisify(ftruncate);
 const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
 
 export interface JournalEntry {
@@ -53,14 +52,6 @@ export class Journal {
     return this.size;
   }
 
-  /** After the mailboxes are fsync'd: nothing in the journal is needed any more. */
-  async clear(): Promise<void> {
-    await truncate(this.fd, 0);
-    // Durable, so that stale entries never come back after a crash.
-    await datasync(this.fd);
-    this.size = 0;
-  }
-
   close(): void {
     closeSync(this.fd);
   }
@@ -98,11 +89,13 @@ export function readJournal(path: string): JournalEntry[] {
   }
 }
 
+let journals = 0;
+
 /** A journal file name for this process; files of dead processes are recovered at start. */
 export function newJournalPath(root: string): string {
   const dir = journalDir(root);
   if (!existsSync(dir)) mkdirSync(dir, { recursive: true });
-  return join(dir, `${HOST}-${process.pid}-${Date.now()}.journal`);
+  return join(dir, `${HOST}-${process.pid}-${Date.now()}${String(++journals).padStart(6, "0")}.journal`);
 }
 
 function ownerAlive(name: string): boolean {
@@ -139,7 +132,7 @@ export function claimOrphanJournals(root: string): string[] {
       if (m && m[1] === HOST && !ownerAlive(`${m[1]}-${m[2]}-0.journal`)) claimed.push(join(dir, name));
     }
   }
-  return claimed;
+  return claimed.sort();
 }
 
 export function removeJournal(path: string): void {

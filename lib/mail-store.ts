@@ -53,6 +53,7 @@ export class FileMailStore implements MailStore {
   private journal: Journal | null = null;
   private lastCheckpoint = Date.now();
   private timer: ReturnType<typeof setTimeout> | null = null;
+  private checkpointing: Promise<void> | null = null;
 
   constructor(
     private readonly root: string,
@@ -68,13 +69,8 @@ export class FileMailStore implements MailStore {
 
   /** Resolves when no delivery is in flight and everything is checkpointed (shutdown). */
   async idle(): Promise<void> {
-    while (this.running || this.queue.length) await Bun.sleep(2);
-    this.running = true;
-    try {
-      await this.checkpoint(true);
-    } finally {
-      this.running = false;
-    }
+    while (this.running || this.queue.length || this.checkpointing) await Bun.sleep(2);
+    await this.checkpoint();
   }
 
   /** Closes files and removes this process's (empty) journal. */
@@ -106,7 +102,7 @@ export class FileMailStore implements MailStore {
         await this.append(e.user, [e.record]);
         restored++;
       }
-      await this.checkpoint(true);
+      await this.checkpoint();
       removeJournal(path);
     }
     if (restored) this.warn(`smtpmail: recovered ${restored} message copies from the delivery journal`);
@@ -124,7 +120,7 @@ export class FileMailStore implements MailStore {
         const batch = this.queue;
         this.queue = [];
         await this.round(batch);
-        if (Date.now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > MAX_JOURNAL_BYTES) await this.checkpoint(false);
+        if (Date.now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > MAX_JOURNAL_BYTES) this.startCheckpoint();
       }
     } finally {
       this.running = false;
@@ -132,16 +128,20 @@ export class FileMailStore implements MailStore {
     if (!this.timer && [...this.boxes.values()].some((b) => b.dirty)) {
       this.timer = setTimeout(() => {
         this.timer = null;
-        if (this.running) return;
-        this.running = true;
-        this.checkpoint(false)
-          .catch((e) => this.warn(`checkpoint failed: ${(e as Error).message}`))
-          .finally(() => {
-            this.running = false;
-            this.kick();
-          });
+        this.startCheckpoint();
       }, CHECKPOINT_MS);
     }
+  }
+
+  /** Checkpoints run beside the commit rounds, never delaying a 250. */
+  private startCheckpoint(): void {
+    if (this.checkpointing) return;
+    this.lastCheckpoint = Date.now();
+    this.checkpointing = this.checkpoint()
+      .catch((e) => this.warn(`checkpoint failed: ${(e as Error).message}`))
+      .finally(() => {
+        this.checkpointing = null;
+      });
   }
 
   private async round(batch: Pending[]): Promise<void> {
@@ -222,18 +222,22 @@ export class FileMailStore implements MailStore {
     }
   }
 
-  /** fsync every mailbox written since the last checkpoint, then empty the journal. */
-  private async checkpoint(force: boolean): Promise<void> {
+  /**
+   * fsync every mailbox written since the last checkpoint, then delete the journal that
+   * covered them. Rounds go on meanwhile into a fresh journal, which the next checkpoint
+   * retires in turn.
+   */
+  private async checkpoint(): Promise<void> {
     const dirty = [...this.boxes.values()].filter((b) => b.dirty);
-    if (!dirty.length && !force) return;
     for (const b of dirty) b.dirty = false;
+    const retired = this.journal;
+    this.journal = null;
     await Promise.all(dirty.map((b) => datasync(b.fd)));
     this.stats.fsyncs += dirty.length;
-    if (this.journal && this.journal.bytes > 0) {
-      await this.journal.clear();
-      this.stats.fsyncs++;
+    if (retired) {
+      retired.close();
+      removeJournal(retired.path);
     }
-    this.lastCheckpoint = Date.now();
     const now = Date.now();
     for (const [user, b] of this.boxes) {
       if (!b.dirty && now - b.lastUsed > CLOSE_IDLE_MS) {
