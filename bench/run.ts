@@ -7,6 +7,7 @@ import { cpus } from "node:os";
 import { figure, makeRoot, startChild, cpuOf, memoryOf, PROJECT } from "./lib.ts";
 import { PopConn, writeMailbox } from "./pop-load.ts";
 import { idleConnections } from "./conns.ts";
+import { clientListTime } from "./client.ts";
 import { fsyncFloor } from "./fsync-floor.ts";
 import { smtpLoad } from "./smtp-load.ts";
 
@@ -152,4 +153,17 @@ if (want("conns")) {
     await server.stop();
     rmSync(root, { recursive: true, force: true });
   }
+}
+
+if (want("client")) {
+  const root = makeRoot(["alice"]);
+  writeMailbox(root, "alice", 10_000, 2400);
+  const pop = await startChild([join(PROJECT, "popserver.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+  const smtp = await startChild([join(PROJECT, "smtpmail.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+  const r = await clientListTime(smtp.port, pop.port, "alice", "alicepw", 120_000);
+  figure("client: Manage Mail list of 10,000 mails, first screen", r.ms, "ms");
+  figure("client: lines printed for the list", r.lines, "lines");
+  await pop.stop();
+  await smtp.stop();
+  rmSync(root, { recursive: true, force: true });
 }
