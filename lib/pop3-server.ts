@@ -3,28 +3,16 @@
 import type { LineReader } from "./lines.ts";
 import { FileMaildrop } from "./maildrop.ts";
 import { formatPopReply, Pop } from "./reply.ts";
-import { MailServer, type Handler, type Output } from "./server.ts";
+import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
 import type { LoginThrottle } from "./auth.ts";
 import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
-import type { ServerTls } from "./tls.ts";
 import type { Users } from "./users.ts";
 
 export const MAX_POP_LINE = 512; // RFC 2449 allows 255 octets; be generous, never unbounded
 
-export interface PopServerOptions {
-  host: string;
-  port: number;
-  maxConnections: number;
-  maxPerAddress?: number;
-  idleTimeoutMs: number;
-  /** Certificate and key: enables STLS, and the implicit-TLS port when tlsPort is set. */
-  tlsFiles?: ServerTls | null;
-  tlsPort?: number;
+export interface PopServerOptions extends ListenOptions {
   requireTls?: boolean;
   throttle?: LoginThrottle;
-  verbose: boolean;
-  quiet?: boolean;
-  log: (line: string) => void;
 }
 
 export function filePopStore(root: string, users: Users, warn: (m: string) => void): PopStore {

@@ -45,6 +45,21 @@ export interface Handler {
   secured?(): void;
 }
 
+/** How a server listens: the options smtpmail and popserver share. */
+export interface ListenOptions {
+  host: string;
+  port: number;
+  maxConnections: number;
+  maxPerAddress?: number;
+  idleTimeoutMs: number;
+  /** Certificate and key: enables STARTTLS / STLS, and the implicit-TLS port when tlsPort is set. */
+  tlsFiles?: ServerTls | null;
+  tlsPort?: number;
+  verbose: boolean;
+  quiet?: boolean;
+  log: (line: string) => void;
+}
+
 export interface ServerOptions {
   name: string;
   host: string;

@@ -3,25 +3,12 @@
 import type { LineReader } from "./lines.ts";
 import type { MailStore } from "./mail-store.ts";
 import { formatSmtpReply, Smtp, type SmtpReply } from "./reply.ts";
-import { MailServer, type Handler, type Output } from "./server.ts";
+import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
 import { SmtpSession, type Authenticator, type Directory, type SmtpConfig, type SmtpResult } from "./smtp-session.ts";
-import type { ServerTls } from "./tls.ts";
 
 export const MAX_COMMAND_LINE = 512; // RFC 5321 4.5.3.1.4, CRLF included
 
-export interface SmtpServerOptions extends SmtpConfig {
-  host: string;
-  port: number;
-  maxConnections: number;
-  maxPerAddress?: number;
-  idleTimeoutMs: number;
-  /** Certificate and key: enables STARTTLS, and the implicit-TLS port when tlsPort is set. */
-  tlsFiles?: ServerTls | null;
-  tlsPort?: number;
-  verbose: boolean;
-  quiet?: boolean;
-  log: (line: string) => void;
-}
+export interface SmtpServerOptions extends SmtpConfig, ListenOptions {}
 
 const text = (replies: SmtpReply[]) => replies.map(formatSmtpReply).join("");
 
