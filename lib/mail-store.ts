@@ -10,10 +10,12 @@
 import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
 import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
-import { acquireLock, dropLockTemp, tryLock } from "./lock.ts";
+import { dropLockTemp, tryLock } from "./lock.ts";
 import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
+import { messageHash, TERMINATOR } from "./mailbox.ts";
+import { scanFile } from "./maildrop.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
@@ -29,6 +31,8 @@ export interface StoreStats {
 interface Pending {
   user: string;
   record: Buffer;
+  /** When it was queued: a mailbox locked longer than the lock timeout fails it. */
+  since: number;
   resolve: () => void;
   reject: (e: Error) => void;
 }
@@ -39,6 +43,10 @@ interface OpenBox {
   knownSize: number;
   dirty: boolean;
   lastUsed: number;
+  /** Appends and checkpoints using fd right now: it is closed only when this is 0. */
+  users: number;
+  /** No longer in `boxes` (replaced by a POP3 rewrite, or idle): close fd when unused. */
+  retired: boolean;
 }
 
 const CHECKPOINT_MS = 300;
@@ -51,6 +59,8 @@ export class FileMailStore implements MailStore {
   private running = false;
   private readonly boxes = new Map<string, OpenBox>();
   private journal: Journal | null = null;
+  /** The round being committed, if any: a retired journal is closed only after it. */
+  private currentRound: Promise<number> | null = null;
   private lastCheckpoint = Date.now();
   private timer: ReturnType<typeof setTimeout> | null = null;
   private checkpointing: Promise<void> | null = null;
@@ -62,7 +72,8 @@ export class FileMailStore implements MailStore {
   ) {}
 
   deliver(users: readonly string[], record: Buffer): Promise<void> {
-    const all = users.map((user) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, resolve, reject })));
+    const since = Date.now();
+    const all = users.map((user) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject })));
     this.kick();
     return Promise.all(all).then(() => {});
   }
@@ -78,10 +89,9 @@ export class FileMailStore implements MailStore {
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
     for (const [user, b] of this.boxes) {
-      await closeFd(b.fd).catch(() => {});
+      this.retire(user, b);
       dropLockTemp(writeLockPath(this.root, user));
     }
-    this.boxes.clear();
     if (this.journal) {
       this.journal.close();
       removeJournal(this.journal.path);
@@ -90,16 +100,35 @@ export class FileMailStore implements MailStore {
   }
 
   /**
-   * At start-up, before serving: puts back every journalled copy whose mailbox bytes were
-   * lost in a crash of the machine. Returns how many copies were put back.
+   * At start-up, before serving: puts back every journalled copy that is not in its
+   * mailbox, which happens when the machine crashed before the mailbox was fsync'd.
+   * Presence is judged by content, not by the file's inode: a POP3 rewrite after such a
+   * crash copies the file as it is and so cannot have saved the lost copy. (The price: a
+   * copy deleted by POP3 in the instants before a machine crash may come back; mail is
+   * never lost.) Returns how many copies were put back.
    */
   async recover(): Promise<number> {
     let restored = 0;
     for (const path of claimOrphanJournals(this.root)) {
+      // Per user, for files replaced since: how many copies of each message the mailbox
+      // holds that no entry has claimed yet (identical messages are counted, not just seen).
+      const unclaimed = new Map<string, Map<number, number>>();
       for (const e of readJournal(path)) {
         if (!isSafeUserName(e.user)) continue;
-        if (isPresent(mailboxPath(this.root, e.user), e.ino, e.offset, e.record)) continue;
-        await this.append(e.user, [e.record]);
+        const box = mailboxPath(this.root, e.user);
+        const place = atItsPlace(box, e.ino, e.offset, e.record);
+        if (place === "there") continue;
+        if (place === "replaced") {
+          let counts = unclaimed.get(e.user);
+          if (!counts) unclaimed.set(e.user, (counts = await messageCounts(box)));
+          const hash = messageHash(e.record.subarray(0, e.record.length - TERMINATOR.length));
+          const left = counts.get(hash) ?? 0;
+          if (left > 0) {
+            counts.set(hash, left - 1);
+            continue;
+          }
+        }
+        await this.appendWaiting(e.user, [e.record]);
         restored++;
       }
       await this.checkpoint();
@@ -119,11 +148,16 @@ export class FileMailStore implements MailStore {
       while (this.queue.length) {
         const batch = this.queue;
         this.queue = [];
-        await this.round(batch);
+        this.currentRound = this.round(batch);
+        const placed = await this.currentRound;
+        this.currentRound = null;
         if (Date.now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > MAX_JOURNAL_BYTES) this.startCheckpoint();
+        // Everything waits on a busy mailbox lock (a POP3 rewrite): do not spin.
+        if (placed === 0 && this.queue.length) await Bun.sleep(2);
       }
     } finally {
       this.running = false;
+      this.currentRound = null;
     }
     if (!this.timer && [...this.boxes.values()].some((b) => b.dirty)) {
       this.timer = setTimeout(() => {
@@ -144,7 +178,8 @@ export class FileMailStore implements MailStore {
       });
   }
 
-  private async round(batch: Pending[]): Promise<void> {
+  /** Commits one round; returns how many copies it placed. */
+  private async round(batch: Pending[]): Promise<number> {
     const byUser = new Map<string, Pending[]>();
     for (const p of batch) {
       const list = byUser.get(p.user);
@@ -155,15 +190,24 @@ export class FileMailStore implements MailStore {
     const placed: Pending[] = [];
     for (const [user, items] of byUser) {
       try {
-        const { ino, offsets } = await this.append(user, items.map((p) => p.record));
-        items.forEach((p, i) => entries.push({ user, ino, offset: offsets[i]!, record: p.record }));
+        const done = await this.append(user, items.map((p) => p.record));
+        if (!done) {
+          // Locked by a POP3 rewrite: the other mailboxes go on; these wait for a later round.
+          const now = Date.now();
+          for (const p of items) {
+            if (now - p.since > this.lockTimeoutMs) p.reject(new Error(`timed out waiting for the lock of ${user}'s mailbox`));
+            else this.queue.push(p);
+          }
+          continue;
+        }
+        items.forEach((p, i) => entries.push({ user, ino: done.ino, offset: done.offsets[i]!, record: p.record }));
         placed.push(...items);
       } catch (e) {
         this.warn(`delivery to ${user} failed: ${(e as Error).message}`);
         for (const p of items) p.reject(e as Error);
       }
     }
-    if (!placed.length) return;
+    if (!placed.length) return 0;
     try {
       this.journal ??= new Journal(newJournalPath(this.root));
       await this.journal.append(entries);
@@ -175,27 +219,42 @@ export class FileMailStore implements MailStore {
       this.warn(`delivery journal write failed: ${(e as Error).message}`);
       for (const p of placed) p.reject(e as Error);
     }
+    return placed.length;
   }
 
-  /** Appends records to a mailbox under its write lock; not yet fsync'd. */
-  private async append(user: string, records: Buffer[]): Promise<{ ino: number; offsets: number[] }> {
+  /** append() that waits for the lock (recovery, before serving). */
+  private async appendWaiting(user: string, records: Buffer[]): Promise<void> {
+    const deadline = Date.now() + this.lockTimeoutMs;
+    while (!(await this.append(user, records))) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for the lock of ${user}'s mailbox`);
+      await Bun.sleep(5);
+    }
+  }
+
+  /**
+   * Appends records to a mailbox under its write lock; not yet fsync'd. Returns null,
+   * without waiting, when the lock is held by someone else.
+   */
+  private async append(user: string, records: Buffer[]): Promise<{ ino: number; offsets: number[] } | null> {
     const path = mailboxPath(this.root, user);
     const lockPath = writeLockPath(this.root, user);
     if (!this.boxes.has(user)) mkdirSync(dirname(path), { recursive: true });
-    const lock = tryLock(lockPath, true) ?? (await acquireLock(lockPath, this.lockTimeoutMs, true));
+    const lock = tryLock(lockPath, true);
+    if (!lock) return null;
+    let box: OpenBox | undefined;
     try {
-      let box = this.boxes.get(user);
+      box = this.boxes.get(user);
       let st = box ? fstatSync(box.fd) : null;
       // Renamed over by a POP3 rewrite: our descriptor points at the old, unlinked file.
       if (box && st!.nlink === 0) {
-        await closeFd(box.fd).catch(() => {});
-        this.boxes.delete(user);
+        this.retire(user, box);
         box = undefined;
       }
-      if (!box) {
+      if (box) box.users++;
+      else {
         const fd = await openFd(path, "a+");
         st = fstatSync(fd);
-        box = { fd, knownSize: -1, dirty: false, lastUsed: 0 };
+        box = { fd, knownSize: -1, dirty: false, lastUsed: Date.now(), users: 1, retired: false };
         this.boxes.set(user, box);
         if (st.size === 0) await syncDir(dirname(path));
       }
@@ -218,8 +277,21 @@ export class FileMailStore implements MailStore {
       box.lastUsed = Date.now();
       return { ino: st!.ino, offsets };
     } finally {
+      if (box) this.unuse(box);
       lock.release();
     }
+  }
+
+  private unuse(box: OpenBox): void {
+    if (--box.users === 0 && box.retired) void closeFd(box.fd).catch(() => {});
+  }
+
+  /** Takes a box out of use; its descriptor closes once nothing is using it. */
+  private retire(user: string, box: OpenBox): void {
+    if (this.boxes.get(user) === box) this.boxes.delete(user);
+    if (box.retired) return;
+    box.retired = true;
+    if (box.users === 0) void closeFd(box.fd).catch(() => {});
   }
 
   /**
@@ -229,45 +301,78 @@ export class FileMailStore implements MailStore {
    */
   private async checkpoint(): Promise<void> {
     const dirty = [...this.boxes.values()].filter((b) => b.dirty);
-    for (const b of dirty) b.dirty = false;
+    for (const b of dirty) {
+      b.dirty = false;
+      b.users++;
+    }
     const retired = this.journal;
     this.journal = null;
-    await Promise.all(dirty.map((b) => datasync(b.fd)));
+    try {
+      await Promise.all(dirty.map((b) => datasync(b.fd)));
+    } catch (e) {
+      // Not durable after all: the retired journal stays on disk for recovery.
+      for (const b of dirty) b.dirty = true;
+      if (retired) retired.close();
+      throw e;
+    } finally {
+      for (const b of dirty) this.unuse(b);
+    }
     this.stats.fsyncs += dirty.length;
     if (retired) {
+      // A round may still be syncing entries into it.
+      await this.currentRound?.catch(() => 0);
       retired.close();
       removeJournal(retired.path);
     }
     const now = Date.now();
     for (const [user, b] of this.boxes) {
-      if (!b.dirty && now - b.lastUsed > CLOSE_IDLE_MS) {
-        this.boxes.delete(user);
+      if (!b.dirty && b.users === 0 && now - b.lastUsed > CLOSE_IDLE_MS) {
+        this.retire(user, b);
         dropLockTemp(writeLockPath(this.root, user));
-        await closeFd(b.fd).catch(() => {});
       }
     }
   }
 }
 
-/** Whether a journalled copy is in the mailbox: same file, same bytes at the same place. */
-function isPresent(path: string, ino: number, offset: number, record: Buffer): boolean {
+/**
+ * Where a journalled copy stands: "there" (same file, same bytes, same place), "lost" (same
+ * file, bytes missing: a machine crash before the checkpoint), or "replaced" (the file was
+ * replaced since, by a POP3 rewrite: look for the copy by content).
+ */
+function atItsPlace(path: string, ino: number, offset: number, record: Buffer): "there" | "lost" | "replaced" {
   let st;
   try {
     st = statSync(path);
   } catch {
-    return false; // the file itself was lost
+    return "replaced";
   }
-  // Replaced since (a POP3 rewrite, which fsyncs what it copies): the copy was durable
-  // there, or was deleted by the user on purpose. Either way, do not put it back.
-  if (st.ino !== ino) return true;
-  if (st.size < offset + record.length) return false;
+  if (st.ino !== ino) return "replaced";
+  if (st.size < offset + record.length) return "lost";
   const fd = openSync(path, "r");
   try {
     const buf = Buffer.alloc(record.length);
     readSync(fd, buf, 0, record.length, offset);
-    return buf.equals(record);
+    return buf.equals(record) ? "there" : "lost";
   } finally {
     closeSync(fd);
+  }
+}
+
+/** How many times each message (by content hash) is in a mailbox, for recovery. */
+async function messageCounts(path: string): Promise<Map<number, number>> {
+  const counts = new Map<number, number>();
+  let fd: number;
+  try {
+    fd = await openFd(path, "r");
+  } catch {
+    return counts;
+  }
+  try {
+    const index = (await scanFile(fd, 0, fstatSync(fd).size)).finish();
+    for (let i = 0; i < index.count; i++) counts.set(index.hash(i), (counts.get(index.hash(i)) ?? 0) + 1);
+    return counts;
+  } finally {
+    await closeFd(fd);
   }
 }
 

@@ -97,6 +97,11 @@ export interface MessageEntry {
   uid: string;
 }
 
+/** 53 bits from two independent 32-bit hashes of a stored message (without its "." line). */
+export function messageHash(content: Uint8Array): number {
+  return Bun.hash.crc32(content) * 2 ** 21 + (Bun.hash.cityHash32(content) & 0x1fffff);
+}
+
 /**
  * The offsets, lengths and sizes of a mailbox's messages in typed arrays: about 30 bytes a
  * message, so a POP3 session on 100,000 messages keeps an index of 3 MB, not objects.
@@ -160,6 +165,9 @@ export class MessageIndex {
   }
   lf(i: number): boolean {
     return this.lfs[i] === 1;
+  }
+  hash(i: number): number {
+    return this.hashes[i]!;
   }
   uid(i: number): string {
     const base = this.hashes[i]!.toString(36);
@@ -298,8 +306,7 @@ export class MailboxScanner {
         if (i === 0 || content[i - 1] !== CR) size++;
       }
     }
-    // 53 bits from two independent 32-bit hashes of the whole message.
-    const hash = Bun.hash.crc32(content) * 2 ** 21 + (Bun.hash.cityHash32(content) & 0x1fffff);
+    const hash = messageHash(content);
     this.index.add(base + start, termEnd - start, size, lf, hash);
   }
 }

@@ -55,7 +55,7 @@ export interface Maildrop {
  * Index a mailbox region [from, to) in chunks. One buffer is reused: the unfinished
  * message at its end moves to the front, so memory stays at about a chunk plus a message.
  */
-async function scanFile(fd: number, from: number, to: number): Promise<MailboxScanner> {
+export async function scanFile(fd: number, from: number, to: number): Promise<MailboxScanner> {
   const scanner = new MailboxScanner(from);
   let buf = Buffer.allocUnsafe(2 * CHUNK);
   let have = 0; // unconsumed bytes at the front of buf
