@@ -2,11 +2,12 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { linkSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 
 const HOST = hostname();
+const GUARD_STALE_MS = 10_000;
 // Locks this process holds right now. A lock file naming our own pid that is not in
 // here was left by an earlier process that had the same pid (common in containers).
 const held = new Set<string>();
@@ -99,12 +100,15 @@ export function tryLock(path: string, keepTemp = false): Lock | null {
           linkSync(temp, path);
         }
         held.add(path);
+        const ino = lstatSync(temp).ino;
         return {
           path,
           release() {
             if (!held.delete(path)) return;
             try {
-              unlinkSync(path);
+              // Only our own lock: if it was wrongly broken and someone else holds the
+              // name now, removing theirs would let a third party in.
+              if (lstatSync(path).ino === ino) unlinkSync(path);
             } catch {}
           },
         };
@@ -118,14 +122,42 @@ export function tryLock(path: string, keepTemp = false): Lock | null {
         continue; // vanished between link and read: try again
       }
       if (!isStale(existing)) return null;
-      try {
-        // Only break it if it is still the same stale lock we looked at.
-        if (readFileSync(path, "utf8") === existing) unlinkSync(path);
-      } catch {}
+      breakStale(path, existing);
     }
     return null;
   } finally {
     if (!keepTemp) dropLockTemp(path);
+  }
+}
+
+/**
+ * Removes a stale lock, one breaker at a time. Without the guard, two processes that both
+ * saw the same stale lock could each remove it, the second removing the fresh lock the
+ * first had just taken, and both would hold it. Under the guard the lock is read again and
+ * removed only if it is still that stale one.
+ */
+function breakStale(path: string, stale: string): void {
+  const guard = `${path}.break`;
+  let fd: number;
+  try {
+    fd = openSync(guard, "wx");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    // Held for microseconds; one older than this belongs to a breaker that died.
+    try {
+      if (Date.now() - statSync(guard).mtimeMs > GUARD_STALE_MS) unlinkSync(guard);
+    } catch {}
+    return;
+  }
+  try {
+    closeSync(fd);
+    if (readFileSync(path, "utf8") === stale) unlinkSync(path);
+  } catch {
+    // Gone already: the caller simply tries again.
+  } finally {
+    try {
+      unlinkSync(guard);
+    } catch {}
   }
 }
 

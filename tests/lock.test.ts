@@ -134,3 +134,19 @@ describe("acquireLock", () => {
     expect(max).toBe(1);
   });
 });
+
+test("several processes breaking the same stale lock at once: never more than one holder", async () => {
+  const path = join(dir, "raced.lock");
+  const log = join(dir, "raced.log");
+  for (let round = 0; round < 6; round++) {
+    writeFileSync(path, `999999 ${hostname()}\n`); // a dead pid on this host
+    writeFileSync(log, "");
+    const start = Date.now() + 300;
+    const racers = Array.from({ length: 6 }, () =>
+      Bun.spawn([process.execPath, join(import.meta.dir, "helpers", "lock-racer.ts"), path, log, String(start)], { stdio: ["ignore", "ignore", "inherit"] }),
+    );
+    await Promise.all(racers.map((p) => p.exited));
+    const holders = readFileSync(log, "utf8").split("\n").filter(Boolean);
+    expect([round, holders.length]).toEqual([round, 1]);
+  }
+});
