@@ -44,6 +44,7 @@ void runMain("popserver", async () => {
       port,
       maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
       maxPerAddress: sec.maxPerAddress,
+      perAddressExemptsLoopback: sec.perAddressExemptsLoopback,
       tlsFiles: sec.tlsFiles,
       tlsPort: sec.tlsPort,
       requireTls: sec.requireTls,

@@ -72,6 +72,7 @@ void runMain("smtpmail", async () => {
       maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
       maxMessagesPerConnection: parseNumber(flags.get("--max-messages"), Infinity, "--max-messages", 1),
       maxPerAddress: sec.maxPerAddress,
+      perAddressExemptsLoopback: sec.perAddressExemptsLoopback,
       tlsFiles: sec.tlsFiles,
       tlsPort: sec.tlsPort,
       requireTls: sec.requireTls,

@@ -76,12 +76,14 @@ export async function runMain(prog: string, main: () => Promise<void>): Promise<
 }
 
 /** TLS, login and connection-limit flags both servers take. */
+const DEFAULT_PER_ADDRESS = 100;
+
 export const SECURITY_FLAGS: FlagSpec = {
   "--tls-cert": { value: "FILE", help: "PEM certificate (chain): enables STARTTLS / STLS" },
   "--tls-key": { value: "FILE", help: "PEM private key of --tls-cert" },
   "--tls-port": { value: "PORT", help: "also serve TLS from the first byte on this port (465 / 995 style; 0 picks one)" },
   "--require-tls": { help: "refuse logins (and SMTP mail) until the connection is encrypted" },
-  "--max-per-address": { value: "N", help: "simultaneous connections from one client address (default: no limit beyond --max-connections)" },
+  "--max-per-address": { value: "N", help: "simultaneous connections from one client address (default: 100, loopback exempt)" },
   "--login-delay": { value: "MS", help: "delay before answering a failed login, doubled per failure from that address (default: 100)" },
   "--max-login-delay": { value: "MS", help: "longest such delay (default: 2000)" },
   "--max-login-failures": { value: "N", help: "failed logins after which a connection is closed (default: 3)" },
@@ -92,6 +94,7 @@ export interface SecurityOptions {
   tlsPort: number | undefined;
   requireTls: boolean;
   maxPerAddress: number;
+  perAddressExemptsLoopback: boolean;
   throttle: LoginThrottle;
 }
 
@@ -104,8 +107,10 @@ export function securityOptions(flags: Map<string, string | true>): SecurityOpti
     tlsFiles,
     tlsPort: tlsPortFlag === undefined ? undefined : parsePort(String(tlsPortFlag), 0, "--tls-port"),
     requireTls: flags.has("--require-tls"),
-    // No default: loopback clients and NATed offices legitimately open thousands.
-    maxPerAddress: parseNumber(flags.get("--max-per-address"), Infinity, "--max-per-address", 1),
+    // Given: for every address. Not given: 100 for remote addresses, loopback exempt (local
+    // tools and benchmarks open thousands), as Postfix exempts $mynetworks from its limits.
+    maxPerAddress: parseNumber(flags.get("--max-per-address"), DEFAULT_PER_ADDRESS, "--max-per-address", 1),
+    perAddressExemptsLoopback: !flags.has("--max-per-address"),
     throttle: new LoginThrottle({
       ...DEFAULT_THROTTLE,
       baseDelayMs: parseNumber(flags.get("--login-delay"), DEFAULT_THROTTLE.baseDelayMs, "--login-delay"),

@@ -212,6 +212,8 @@ export class FileMaildrop implements Maildrop {
         runEnd = m.offset + m.length;
       }
       if (runEnd > runStart) await copy(src, runStart, runEnd);
+      // The bulk goes to disk before the lock, so SMTP waits only for the tail's fsync.
+      await datasync(out);
       // 2. Under the write lock: whatever was appended since login, then the swap.
       const lock = await acquireLock(writeLockPath(this.root, this.user));
       try {

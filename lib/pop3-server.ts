@@ -40,6 +40,7 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
     port: opt.port,
     maxConnections: opt.maxConnections,
     maxPerAddress: opt.maxPerAddress,
+    perAddressExemptsLoopback: opt.perAddressExemptsLoopback,
     idleTimeoutMs: opt.idleTimeoutMs,
     tls: opt.tlsFiles,
     tlsPort: opt.tlsPort,

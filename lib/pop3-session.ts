@@ -98,7 +98,7 @@ export class Pop3Session {
     const verb = (sp < 0 ? trimmed : trimmed.slice(0, sp)).toUpperCase();
     const rest = sp < 0 ? "" : trimmed.slice(sp + 1);
     // PASS keeps spaces inside the password; everything else splits into arguments.
-    const args = rest ? rest.split(/\s+/) : [];
+    const args = rest.trim() ? rest.trim().split(/\s+/) : [];
     if (verb === "CAPA") return { reply: Pop.ok("Capability list follows"), body: lines(this.capabilities()) };
     if (verb === "QUIT") return this.quit();
     // After a failed login or QUIT there is no maildrop: refuse instead of throwing.

@@ -51,6 +51,8 @@ export interface ListenOptions {
   port: number;
   maxConnections: number;
   maxPerAddress?: number;
+  /** The per-address limit does not apply to 127.0.0.0/8 and ::1. */
+  perAddressExemptsLoopback?: boolean;
   idleTimeoutMs: number;
   /** Certificate and key: enables STARTTLS / STLS, and the implicit-TLS port when tlsPort is set. */
   tlsFiles?: ServerTls | null;
@@ -67,6 +69,7 @@ export interface ServerOptions {
   maxConnections: number;
   /** Simultaneous connections from one client address. */
   maxPerAddress?: number;
+  perAddressExemptsLoopback?: boolean;
   idleTimeoutMs: number;
   tooManyText: string;
   tooManyFromAddressText?: string;
@@ -117,6 +120,10 @@ function readFully(fd: number, buf: Buffer, at: number, length: number, position
   return got;
 }
 let nextId = 0;
+
+function isLoopback(address: string): boolean {
+  return address.startsWith("127.") || address === "::1" || address.startsWith("::ffff:127.");
+}
 
 export class MailServer {
   private listener: TCPSocketListener<Conn> | null = null;
@@ -194,7 +201,8 @@ export class MailServer {
     }
     // Refused at once, without a session: a flood from one address costs others nothing.
     const fromPeer = (this.perAddress.get(peer) ?? 0) + 1;
-    if (this.opt.maxPerAddress !== undefined && fromPeer > this.opt.maxPerAddress) {
+    const limited = this.opt.maxPerAddress !== undefined && !(this.opt.perAddressExemptsLoopback && isLoopback(peer));
+    if (limited && fromPeer > this.opt.maxPerAddress!) {
       this.send(s, this.opt.tooManyFromAddressText ?? this.opt.tooManyText);
       this.end(s);
       return;

@@ -25,6 +25,7 @@ export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store
     port: opt.port,
     maxConnections: opt.maxConnections,
     maxPerAddress: opt.maxPerAddress,
+    perAddressExemptsLoopback: opt.perAddressExemptsLoopback,
     idleTimeoutMs: opt.idleTimeoutMs,
     tls: opt.tlsFiles,
     tlsPort: opt.tlsPort,

@@ -287,6 +287,10 @@ export class SmtpSession {
         case "BODY":
           if (!/^(7BIT|8BITMIME)$/i.test(value)) return one(Smtp.syntax("BODY must be 7BIT or 8BITMIME"));
           break;
+        case "AUTH":
+          // RFC 4954 section 5: the original submitter, as a relay passes it on. Nothing to
+          // relay here, so it is accepted and not used.
+          break;
         default:
           return one(Smtp.paramNotImplemented(p));
       }

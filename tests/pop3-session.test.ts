@@ -395,3 +395,10 @@ describe("TRANSACTION state", () => {
     expect(e.opens - e.drop.released).toBe(0);
   });
 });
+
+test("extra spaces between a command and its argument are tolerated", async () => {
+  const [s] = await loggedIn();
+  expect(status(await s.handleLine("LIST  1"))).toStartWith("+OK 1 ");
+  const fresh = new Pop3Session(env().store);
+  expect(status(await fresh.handleLine("USER  alice"))).toStartWith("+OK");
+});

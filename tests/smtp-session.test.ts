@@ -259,3 +259,9 @@ describe("parsePath", () => {
     expect("error" in parsePath("<" + "a".repeat(400) + "@b>")).toBe(true);
   });
 });
+
+test("MAIL FROM with RFC 4954's AUTH= parameter is accepted", () => {
+  const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10 }, { resolve: () => "alice" }, { deliver: async () => {} });
+  s.handleLine("EHLO c");
+  expect(s.handleLine("MAIL FROM:<a@b> AUTH=<>").replies[0]!.code).toBe(250);
+});
