@@ -22,6 +22,8 @@ const CR = 0x0d;
 
 export class LineReader {
   private pending: Buffer = EMPTY;
+  private later: Buffer[] = [];
+  private laterBytes = 0;
   private discardingLongLine = false;
   // DATA state: chunks kept so far and the last bytes seen, so "\r\n.\r\n" split across
   // chunks is still found. The CRLF that ended the DATA command counts as the start.
@@ -34,15 +36,30 @@ export class LineReader {
 
   push(chunk: Uint8Array): void {
     // Copy: the runtime may reuse the chunk's memory once the data handler returns.
-    this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : Buffer.from(chunk);
+    const copy = Buffer.from(chunk);
+    if (!this.pending.length) this.pending = copy;
+    else {
+      // Joined only when read: a client trickling tiny segments while the session waits
+      // would otherwise make every segment copy everything before it.
+      this.later.push(copy);
+      this.laterBytes += copy.length;
+    }
   }
 
   get buffered(): number {
-    return this.pending.length;
+    return this.pending.length + this.laterBytes;
+  }
+
+  private join(): void {
+    if (!this.later.length) return;
+    this.pending = Buffer.concat([this.pending, ...this.later]);
+    this.later = [];
+    this.laterBytes = 0;
   }
 
   /** Next command line (CRLF or bare LF terminated, terminator removed), or null if incomplete. */
   nextLine(maxLength: number): LineEvent | null {
+    this.join();
     for (;;) {
       const nl = this.pending.indexOf(LF);
       if (this.discardingLongLine) {
@@ -78,6 +95,7 @@ export class LineReader {
    * never ends it (SMTP smuggling). Bytes after the end stay for nextLine().
    */
   nextMessage(maxSize: number): MessageEvent | null {
+    this.join();
     this.maxDataSize = maxSize;
     const p = this.pending;
     if (p.length === 0) return null;

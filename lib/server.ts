@@ -108,6 +108,7 @@ function newConn(peer: string, now: number, id = ++nextId): Conn {
 }
 
 const HIGH_WATER = 1 << 20;
+const GOODBYE_GRACE_MS = 5000;
 const STAGE_MAX = 1 << 20;
 
 function readFully(fd: number, buf: Buffer, at: number, length: number, position: number): number {
@@ -478,8 +479,9 @@ export class MailServer {
     for (const s of this.conns) {
       const c = s.data;
       if (c.ending) {
-        // Peer stopped reading our last words: do not wait for it forever.
-        if (now - c.lastActive > this.opt.idleTimeoutMs) s.terminate();
+        // We said goodbye (or 421 to a refused connection): a peer that neither reads nor
+        // closes must not keep holding a connection slot.
+        if (now - c.lastActive > Math.min(this.opt.idleTimeoutMs, GOODBYE_GRACE_MS)) s.terminate();
         continue;
       }
       if (c.busy) {
