@@ -40,6 +40,8 @@ function isStale(content: string): boolean {
 // smtpmail takes a mailbox's lock for every commit round, and creating and deleting the
 // temp file each time cost more than the rest of the round. dropLockTemp() removes it.
 const temps = new Map<string, string>();
+// The inode of each kept temp file: a lock linked from it has that inode.
+const tempInodes = new Map<string, number>();
 
 function lockTemp(path: string, fresh: boolean): string {
   let temp = temps.get(path);
@@ -48,6 +50,7 @@ function lockTemp(path: string, fresh: boolean): string {
     temp ??= join(dirname(path), `.link.${HOST}.${process.pid}.${++counter}`);
     writeFileSync(temp, `${process.pid} ${HOST}\n`);
     temps.set(path, temp);
+    tempInodes.set(temp, lstatSync(temp).ino);
   }
   return temp;
 }
@@ -75,6 +78,7 @@ export function dropLockTemp(path: string): void {
   const temp = temps.get(path);
   if (!temp) return;
   temps.delete(path);
+  tempInodes.delete(temp);
   try {
     unlinkSync(temp);
   } catch {}
@@ -100,7 +104,7 @@ export function tryLock(path: string, keepTemp = false): Lock | null {
           linkSync(temp, path);
         }
         held.add(path);
-        const ino = lstatSync(temp).ino;
+        const ino = tempInodes.get(temp) ?? lstatSync(temp).ino;
         return {
           path,
           release() {
