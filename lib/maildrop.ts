@@ -78,6 +78,7 @@ export async function scanFile(fd: number, from: number, to: number): Promise<Ma
     have -= used;
     base += used;
   }
+  if (to - from >= GC_EVERY) Bun.gc(true); // and once more for the last stretch
   return scanner;
 }
 
