@@ -1,6 +1,6 @@
 // End-to-end: the real smtpmail program as a child process, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { scanBuffer } from "../lib/mailbox.ts";
