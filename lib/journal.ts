@@ -11,6 +11,7 @@ import { closeSync, fstatSync, openSync, readSync, readdirSync, renameSync, unli
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { alive } from "./lock.ts";
 
 const datasync = promisify(fdatasync);
 const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
@@ -100,15 +101,10 @@ export function newJournalPath(root: string): string {
 
 function ownerAlive(name: string): boolean {
   const m = /^(.+)-(\d+)-\d+\.journal$/.exec(name);
-  if (!m || m[1] !== HOST) return !m ? false : true; // another host's journal: not ours to judge
+  if (!m) return false; // not a journal name of ours: nobody owns it
+  if (m[1] !== HOST) return true; // another host's journal: not ours to judge
   const pid = Number(m[2]);
-  if (pid === process.pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
+  return pid !== process.pid && alive(pid);
 }
 
 /**

@@ -18,7 +18,8 @@ export interface Lock {
   release(): void;
 }
 
-function alive(pid: number): boolean {
+/** Whether a process of this host with that pid exists (EPERM: it does, as another user). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -38,19 +38,9 @@ function toOutput(r: PopResult): Output {
 
 export function createPopServer(opt: PopServerOptions, store: PopStore): MailServer {
   return new MailServer({
+    ...opt,
     name: "popserver",
-    host: opt.host,
-    port: opt.port,
-    maxConnections: opt.maxConnections,
-    maxPerAddress: opt.maxPerAddress,
-    perAddressExemptsLoopback: opt.perAddressExemptsLoopback,
-    idleTimeoutMs: opt.idleTimeoutMs,
-    tls: opt.tlsFiles,
-    tlsPort: opt.tlsPort,
     tooManyFromAddressText: formatPopReply(Pop.tooManyFromAddress()),
-    verbose: opt.verbose,
-    quiet: opt.quiet,
-    log: opt.log,
     tooManyText: formatPopReply(Pop.tooManyConnections()),
     create(peer, trace, secure): Handler {
       const session = new Pop3Session(store, peer, { tls: !!opt.tlsFiles, secure, requireTls: opt.requireTls, throttle: opt.throttle });

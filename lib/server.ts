@@ -62,24 +62,10 @@ export interface ListenOptions {
   log: (line: string) => void;
 }
 
-export interface ServerOptions {
+export interface ServerOptions extends ListenOptions {
   name: string;
-  host: string;
-  port: number;
-  maxConnections: number;
-  /** Simultaneous connections from one client address. */
-  maxPerAddress?: number;
-  perAddressExemptsLoopback?: boolean;
-  idleTimeoutMs: number;
   tooManyText: string;
   tooManyFromAddressText?: string;
-  /** Certificate for STARTTLS / STLS and the implicit-TLS port. */
-  tls?: ServerTls | null;
-  /** Port serving TLS from the first byte (465 / 995 style); needs tls. */
-  tlsPort?: number;
-  verbose: boolean;
-  quiet?: boolean;
-  log: (line: string) => void;
   /** trace is set in verbose mode: handlers report client lines through it. */
   create(peer: string, trace: ((line: string) => void) | undefined, secure: boolean): Handler;
 }
@@ -157,9 +143,9 @@ export class MailServer {
 
   start(): void {
     this.listener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.port, socket: this.handlers(false) });
-    if (this.opt.tls && this.opt.tlsPort !== undefined) {
+    if (this.opt.tlsFiles && this.opt.tlsPort !== undefined) {
       try {
-        this.tlsListener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.tlsPort, tls: this.opt.tls, socket: this.handlers(true) });
+        this.tlsListener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.tlsPort, tls: this.opt.tlsFiles, socket: this.handlers(true) });
       } catch (e) {
         this.listener.stop(true);
         throw e;
@@ -345,7 +331,7 @@ export class MailServer {
     const c = s.data;
     const dead = newConn(c.peer, c.opened, c.id);
     dead.closed = true;
-    const [raw, tls] = s.upgradeTLS<Conn>({ data: c, tls: this.opt.tls!, socket: this.handlers(null) });
+    const [raw, tls] = s.upgradeTLS<Conn>({ data: c, tls: this.opt.tlsFiles!, socket: this.handlers(null) });
     raw.data = dead;
     s.data = dead;
     this.conns.delete(s);

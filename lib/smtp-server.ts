@@ -20,19 +20,9 @@ function toOutput(session: SmtpSession, r: SmtpResult): Output | Promise<Output>
 export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store: MailStore, auth: Authenticator | null = null): MailServer {
   const config: SmtpConfig = { ...opt, tls: !!opt.tlsFiles };
   return new MailServer({
+    ...opt,
     name: "smtpmail",
-    host: opt.host,
-    port: opt.port,
-    maxConnections: opt.maxConnections,
-    maxPerAddress: opt.maxPerAddress,
-    perAddressExemptsLoopback: opt.perAddressExemptsLoopback,
-    idleTimeoutMs: opt.idleTimeoutMs,
-    tls: opt.tlsFiles,
-    tlsPort: opt.tlsPort,
     tooManyFromAddressText: formatSmtpReply(Smtp.tooManyFromAddress(opt.domain)),
-    verbose: opt.verbose,
-    quiet: opt.quiet,
-    log: opt.log,
     tooManyText: formatSmtpReply(Smtp.tooManyConnections(opt.domain)),
     create(peer, trace, secure): Handler {
       const session = new SmtpSession(config, users, store, peer, auth, secure);

@@ -38,14 +38,11 @@ describe("failed logins", () => {
     // Each sends three wrong passwords at once; replies are held back by growing delays.
     for (const w of hostile) w.write("USER alice\r\nPASS guess1\r\nUSER alice\r\nPASS guess2\r\nUSER alice\r\nPASS guess3\r\n");
     await Bun.sleep(200);
-    const t0 = Date.now();
     const good = await popLogin(pop.port, "alice", "alicepw");
     wires.push(good);
     expect(await good.cmd("STAT")).toMatch(/^\+OK \d+ \d+$/);
     expect(await good.cmd("QUIT")).toStartWith("+OK");
-    const served = Date.now() - t0;
-    expect(served).toBeLessThan(10_000);
-    // The guessers are still waiting for their answers while the real user is already done.
+    // No clock: the guessers are still waiting for their answers while the real user is already done.
     const finished = hostile.filter((w) => w.closed).length;
     expect(finished).toBeLessThan(hostile.length);
     // ... and each is eventually refused and disconnected after its third failure.
