@@ -166,15 +166,48 @@ function breakStale(path: string, stale: string): void {
   }
 }
 
-/** Waits for the lock, polling with a growing pause, up to timeoutMs. */
+/**
+ * A waiter's request: smtpmail holds a mailbox's write lock across busy commit rounds and
+ * lets go as soon as it sees this file (see mail-store.ts).
+ */
+export const wantedPath = (path: string) => `${path}.wanted`;
+/** A marker older than this was left by a waiter that died: ignore it. */
+export const WANTED_STALE_MS = 60_000;
+
+/** Whether someone is waiting for the lock (a recent marker exists). */
+export function isWanted(path: string): boolean {
+  try {
+    return Date.now() - statSync(wantedPath(path)).mtimeMs < WANTED_STALE_MS;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Waits for the lock, up to timeoutMs. While waiting it leaves a marker asking the holder
+ * to let go, and polls often: a holder that yields stays off for a moment only.
+ */
 export async function acquireLock(path: string, timeoutMs = 30_000, keepTemp = false): Promise<Lock> {
   const deadline = Date.now() + timeoutMs;
-  let pause = 1;
-  for (;;) {
-    const lock = tryLock(path, keepTemp);
-    if (lock) return lock;
-    if (Date.now() >= deadline) throw new Error(`timed out waiting for lock ${path}`);
-    await Bun.sleep(pause);
-    pause = Math.min(pause * 2, 25);
+  let marked = false;
+  try {
+    for (let pause = 1; ; pause = Math.min(pause * 2, 4)) {
+      const lock = tryLock(path, keepTemp);
+      if (lock) return lock;
+      if (Date.now() >= deadline) throw new Error(`timed out waiting for lock ${path}`);
+      if (!marked) {
+        try {
+          writeFileSync(wantedPath(path), `${process.pid} ${HOST}\n`);
+          marked = true;
+        } catch {}
+      }
+      await Bun.sleep(pause);
+    }
+  } finally {
+    if (marked) {
+      try {
+        unlinkSync(wantedPath(path));
+      } catch {}
+    }
   }
 }

@@ -4,13 +4,15 @@
 // flight is appended to its mailbox files, then made durable by ONE fsync of the delivery
 // journal (journal.ts), whatever the number of mailboxes; only then do the 250s go out.
 // Mailbox files are fsync'd in a checkpoint every few hundred milliseconds, after which the
-// journal is emptied. The write lock (lock.ts) is held only while appending; popserver takes
-// the same lock for the last step of its rewrite, so an append never lands in a file being
-// replaced.
+// journal is emptied. Appends happen under the mailbox's write lock (lock.ts); popserver
+// takes the same lock for the last step of its rewrite, so an append never lands in a file
+// being replaced. Under load the lock is kept from one round to the next (taking and
+// dropping it every round was the largest storage cost): it is let go when deliveries
+// pause, or within HOLD_MS once popserver leaves its "wanted" marker.
 import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
 import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
-import { dropLockTemp, tryLock } from "./lock.ts";
+import { dropLockTemp, isWanted, tryLock, type Lock } from "./lock.ts";
 import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
@@ -26,6 +28,8 @@ export interface StoreStats {
   messages: number;
   fsyncs: number;
   batches: number;
+  /** Times a mailbox write lock was taken (kept across rounds while busy). */
+  locks: number;
 }
 
 interface Pending {
@@ -39,22 +43,37 @@ interface Pending {
 
 interface OpenBox {
   fd: number;
+  ino: number;
   /** File size after our last append; anything else means another writer was here. */
   knownSize: number;
+  /** Look at the end of the file before the next append: another writer was here. */
+  checkTail: boolean;
   dirty: boolean;
   lastUsed: number;
   /** Appends and checkpoints using fd right now: it is closed only when this is 0. */
   users: number;
   /** No longer in `boxes` (replaced by a POP3 rewrite, or idle): close fd when unused. */
   retired: boolean;
+  /** The write lock, kept across rounds while deliveries keep coming. */
+  lock: Lock | null;
+  /** When the lock was taken, or last checked for a waiter. */
+  lockCheckedAt: number;
+  /** Let go for a waiter: do not take the lock again before this time. */
+  yieldUntil: number;
 }
 
 const CHECKPOINT_MS = 300;
 const MAX_JOURNAL_BYTES = 64 << 20;
 const CLOSE_IDLE_MS = 30_000;
+/** How long a kept lock goes without checking for a waiting popserver. */
+const HOLD_MS = 10;
+/** How long a lock let go for a waiter stays untouched, so the waiter can take it. */
+const YIELD_MS = 25;
+/** A lock is let go this long after deliveries pause. */
+const LINGER_MS = 5;
 
 export class FileMailStore implements MailStore {
-  readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0 };
+  readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0 };
   private queue: Pending[] = [];
   private running = false;
   private readonly boxes = new Map<string, OpenBox>();
@@ -64,6 +83,7 @@ export class FileMailStore implements MailStore {
   private lastCheckpoint = Date.now();
   private timer: ReturnType<typeof setTimeout> | null = null;
   private checkpointing: Promise<void> | null = null;
+  private lingerTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     private readonly root: string,
@@ -78,16 +98,18 @@ export class FileMailStore implements MailStore {
     return Promise.all(all).then(() => {});
   }
 
-  /** Resolves when no delivery is in flight and everything is checkpointed (shutdown). */
+  /** Resolves when no delivery is in flight, everything is checkpointed and no lock is kept. */
   async idle(): Promise<void> {
     while (this.running || this.queue.length || this.checkpointing) await Bun.sleep(2);
     await this.checkpoint();
+    if (!this.running) this.releaseLocks();
   }
 
   /** Closes files and removes this process's (empty) journal. */
   async close(): Promise<void> {
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
+    this.releaseLocks();
     for (const [user, b] of this.boxes) {
       this.retire(user, b);
       dropLockTemp(writeLockPath(this.root, user));
@@ -139,6 +161,10 @@ export class FileMailStore implements MailStore {
   }
 
   private kick(): void {
+    if (this.lingerTimer) {
+      clearTimeout(this.lingerTimer);
+      this.lingerTimer = null;
+    }
     if (!this.running) void this.run();
   }
 
@@ -151,6 +177,7 @@ export class FileMailStore implements MailStore {
         this.currentRound = this.round(batch);
         const placed = await this.currentRound;
         this.currentRound = null;
+        this.yieldWantedLocks();
         if (Date.now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > MAX_JOURNAL_BYTES) this.startCheckpoint();
         // Everything waits on a busy mailbox lock (a POP3 rewrite): do not spin.
         if (placed === 0 && this.queue.length) await Bun.sleep(2);
@@ -159,6 +186,10 @@ export class FileMailStore implements MailStore {
       this.running = false;
       this.currentRound = null;
     }
+    this.lingerTimer ??= setTimeout(() => {
+      this.lingerTimer = null;
+      if (!this.running) this.releaseLocks();
+    }, LINGER_MS);
     if (!this.timer && [...this.boxes.values()].some((b) => b.dirty)) {
       this.timer = setTimeout(() => {
         this.timer = null;
@@ -233,35 +264,26 @@ export class FileMailStore implements MailStore {
 
   /**
    * Appends records to a mailbox under its write lock; not yet fsync'd. Returns null,
-   * without waiting, when the lock is held by someone else.
+   * without waiting, when the lock is held by someone else (or was just let go for them).
    */
   private async append(user: string, records: Buffer[]): Promise<{ ino: number; offsets: number[] } | null> {
-    const path = mailboxPath(this.root, user);
-    const lockPath = writeLockPath(this.root, user);
-    if (!this.boxes.has(user)) mkdirSync(dirname(path), { recursive: true });
-    const lock = tryLock(lockPath, true);
-    if (!lock) return null;
-    let box: OpenBox | undefined;
+    let box: OpenBox | null | undefined = this.boxes.get(user);
+    // Holding the lock keeps popserver out, not a person or program that ignores it: the
+    // file is still checked, as it is after taking the lock.
+    if (box?.lock && !this.sameFile(user, box)) box = undefined;
+    if (box?.lock) box.users++;
+    else {
+      if (box && Date.now() < box.yieldUntil) return null;
+      box = await this.lockAndOpen(user);
+      if (!box) return null;
+    }
     try {
-      box = this.boxes.get(user);
-      let st = box ? fstatSync(box.fd) : null;
-      // Renamed over by a POP3 rewrite: our descriptor points at the old, unlinked file.
-      if (box && st!.nlink === 0) {
-        this.retire(user, box);
-        box = undefined;
-      }
-      if (box) box.users++;
-      else {
-        const fd = await openFd(path, "a+");
-        st = fstatSync(fd);
-        box = { fd, knownSize: -1, dirty: false, lastUsed: Date.now(), users: 1, retired: false };
-        this.boxes.set(user, box);
-        if (st.size === 0) await syncDir(dirname(path));
-      }
-      let size = st!.size;
+      let size = box.knownSize;
       let prefix = "";
-      if (size !== box.knownSize && size > 0) {
-        prefix = repairTail(box.fd, size, path, this.warn);
+      if (box.checkTail) {
+        box.checkTail = false;
+        const path = mailboxPath(this.root, user);
+        if (size > 0) prefix = repairTail(box.fd, size, path, this.warn);
         size = fstatSync(box.fd).size;
       }
       const data = Buffer.concat(prefix ? [Buffer.from(prefix), ...records] : records);
@@ -275,11 +297,92 @@ export class FileMailStore implements MailStore {
       box.knownSize = size + data.length;
       box.dirty = true;
       box.lastUsed = Date.now();
-      return { ino: st!.ino, offsets };
+      return { ino: box.ino, offsets };
+    } catch (e) {
+      // Maybe a partial write: whoever takes the lock next looks at the tail first.
+      this.releaseLock(box);
+      box.knownSize = -1;
+      throw e;
     } finally {
-      if (box) this.unuse(box);
-      lock.release();
+      this.unuse(box);
     }
+  }
+
+  /** Whether the box's descriptor is still the mailbox file; notes a size changed by someone else. */
+  private sameFile(user: string, box: OpenBox): boolean {
+    const st = fstatSync(box.fd);
+    if (st.nlink === 0) {
+      this.retire(user, box);
+      return false;
+    }
+    if (st.size !== box.knownSize) {
+      box.checkTail = true;
+      box.knownSize = st.size;
+    }
+    return true;
+  }
+
+  /**
+   * Takes the mailbox's write lock and makes sure the box's descriptor is the current file
+   * (a POP3 rewrite renames a new file over it) and knows its size. Returns the box, in use
+   * and holding the lock, or null if the lock is someone else's.
+   */
+  private async lockAndOpen(user: string): Promise<OpenBox | null> {
+    const path = mailboxPath(this.root, user);
+    const lockPath = writeLockPath(this.root, user);
+    if (!this.boxes.has(user)) mkdirSync(dirname(path), { recursive: true });
+    const lock = tryLock(lockPath, true);
+    if (!lock) return null;
+    this.stats.locks++;
+    try {
+      let box = this.boxes.get(user);
+      if (box && !this.sameFile(user, box)) box = undefined;
+      if (!box) {
+        const fd = await openFd(path, "a+");
+        const st = fstatSync(fd);
+        // Whatever the file holds is looked at before the first append.
+        box = { fd, ino: st.ino, knownSize: st.size, checkTail: true, dirty: false, lastUsed: Date.now(), users: 0, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
+        this.boxes.set(user, box);
+        if (st.size === 0) await syncDir(dirname(path));
+      }
+      box.users++;
+      box.lock = lock;
+      box.lockCheckedAt = Date.now();
+      return box;
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+  }
+
+  /**
+   * After a round: lets go of the locks not used for LINGER_MS, and of those popserver is
+   * waiting for (checked every HOLD_MS).
+   */
+  private yieldWantedLocks(): void {
+    const now = Date.now();
+    for (const [user, b] of this.boxes) {
+      if (!b.lock) continue;
+      if (now - b.lastUsed > LINGER_MS) {
+        this.releaseLock(b);
+        continue;
+      }
+      if (now - b.lockCheckedAt < HOLD_MS) continue;
+      b.lockCheckedAt = now;
+      if (isWanted(writeLockPath(this.root, user))) {
+        this.releaseLock(b);
+        b.yieldUntil = now + YIELD_MS;
+      }
+    }
+  }
+
+  private releaseLocks(): void {
+    for (const b of this.boxes.values()) this.releaseLock(b);
+  }
+
+  private releaseLock(box: OpenBox): void {
+    box.lock?.release();
+    box.lock = null;
   }
 
   private unuse(box: OpenBox): void {
@@ -289,6 +392,7 @@ export class FileMailStore implements MailStore {
   /** Takes a box out of use; its descriptor closes once nothing is using it. */
   private retire(user: string, box: OpenBox): void {
     if (this.boxes.get(user) === box) this.boxes.delete(user);
+    this.releaseLock(box);
     if (box.retired) return;
     box.retired = true;
     if (box.users === 0) void closeFd(box.fd).catch(() => {});

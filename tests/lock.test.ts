@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
-import { acquireLock, tryLock } from "../lib/lock.ts";
+import { acquireLock, isWanted, tryLock, wantedPath } from "../lib/lock.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "lock-test-"));
 const procs: { pid: number; kill(): void }[] = [];
@@ -90,6 +90,19 @@ describe("acquireLock", () => {
     setTimeout(() => a.release(), 50);
     const b = await acquireLock(p, 5000);
     expect(b.path).toBe(p);
+    b.release();
+  });
+
+  test("a waiter leaves a 'wanted' marker while it waits, and removes it once it has the lock", async () => {
+    const p = lockPath();
+    const a = tryLock(p)!;
+    expect(isWanted(p)).toBe(false);
+    const waiting = acquireLock(p, 5000);
+    for (let i = 0; i < 500 && !isWanted(p); i++) await Bun.sleep(2);
+    expect(isWanted(p)).toBe(true);
+    a.release();
+    const b = await waiting;
+    expect(existsSync(wantedPath(p))).toBe(false);
     b.release();
   });
 

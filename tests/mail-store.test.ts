@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
+import { acquireLock } from "../lib/lock.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
 
 const roots: string[] = [];
@@ -108,13 +109,55 @@ describe("FileMailStore", () => {
     expect(subjects(file)).toEqual(["hand", "next"]);
   });
 
+  test("under steady delivery the write lock is kept across rounds, yet a waiting popserver gets it and appends pause while it holds it", async () => {
+    const r = root();
+    const store = track(new FileMailStore(r));
+    const lockPath = join(r, "alice", "mymailbox.lock");
+    let stop = false;
+    const sent: string[] = [];
+    const pumps = Array.from({ length: 8 }, async (_, k) => {
+      for (let i = 0; !stop && i < 5000; i++) {
+        await store.deliver(["alice"], rec(`p${k}-${i}`));
+        sent.push(`p${k}-${i}`);
+      }
+    });
+    while (store.stats.batches < 20) await Bun.sleep(1);
+    // As popserver's rewrite does: wait for the lock (leaving the "wanted" marker).
+    const lock = await acquireLock(lockPath, 5000);
+    const sizeHeld = box(r, "alice").length;
+    await Bun.sleep(30);
+    expect(box(r, "alice").length).toBe(sizeHeld);
+    lock.release();
+    const batchesAfter = store.stats.batches;
+    while (store.stats.batches < batchesAfter + 20) await Bun.sleep(1);
+    stop = true;
+    await Promise.all(pumps);
+    expect(subjects(box(r, "alice")).sort()).toEqual(sent.sort());
+    // Far fewer lock acquisitions than rounds: the lock was not taken and dropped each time.
+    expect(store.stats.locks).toBeLessThan(store.stats.batches / 2);
+  });
+
+  test("the write lock is let go once deliveries pause", async () => {
+    const r = root();
+    const store = track(new FileMailStore(r));
+    await store.deliver(["alice"], rec("one"));
+    const lockPath = join(r, "alice", "mymailbox.lock");
+    for (let i = 0; i < 500 && existsSync(lockPath); i++) await Bun.sleep(2);
+    expect(existsSync(lockPath)).toBe(false);
+    // And taken again for the next delivery.
+    await store.deliver(["alice"], rec("two"));
+    expect(subjects(box(r, "alice"))).toEqual(["one", "two"]);
+  });
+
   test("a stale write lock from a dead process does not block delivery", async () => {
     const r = root();
     const p = Bun.spawn(["true"]);
     await p.exited;
     writeFileSync(join(r, "alice", "mymailbox.lock"), `${p.pid} ${hostname()}\n`);
-    await track(new FileMailStore(r, () => {}, 2000)).deliver(["alice"], rec("after"));
+    const store = track(new FileMailStore(r, () => {}, 2000));
+    await store.deliver(["alice"], rec("after"));
     expect(subjects(box(r, "alice"))).toEqual(["after"]);
+    await store.idle();
     expect(existsSync(join(r, "alice", "mymailbox.lock"))).toBe(false);
   });
 
