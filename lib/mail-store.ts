@@ -78,6 +78,12 @@ export class FileMailStore implements MailStore {
   private running = false;
   private readonly boxes = new Map<string, OpenBox>();
   private journal: Journal | null = null;
+  /**
+   * The other journal file: a checkpoint switches rounds over to it and empties the one it
+   * retires, which becomes the spare. Two files made once, reused for the process's life.
+   */
+  private spare: Journal | null = null;
+  private makingSpare: Promise<void> | null = null;
   /** The round being committed, if any: a retired journal is closed only after it. */
   private currentRound: Promise<number> | null = null;
   private lastCheckpoint = Date.now();
@@ -105,7 +111,7 @@ export class FileMailStore implements MailStore {
     if (!this.running) this.releaseLocks();
   }
 
-  /** Closes files and removes this process's (empty) journal. */
+  /** Closes files and removes this process's (empty) journals. */
   async close(): Promise<void> {
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
@@ -114,10 +120,39 @@ export class FileMailStore implements MailStore {
       this.retire(user, b);
       dropLockTemp(writeLockPath(this.root, user));
     }
-    if (this.journal) {
-      this.journal.close();
-      removeJournal(this.journal.path);
-      this.journal = null;
+    await this.makingSpare;
+    for (const j of [this.journal, this.spare]) {
+      if (!j) continue;
+      j.close();
+      removeJournal(j.path);
+    }
+    this.journal = this.spare = null;
+  }
+
+  /** The journal rounds write to; a spare is made beside it for the next checkpoint. */
+  private async activeJournal(): Promise<Journal> {
+    if (!this.journal && this.spare) {
+      this.journal = this.spare;
+      this.spare = null;
+    }
+    if (!this.journal) {
+      const made = await Journal.create(newJournalPath(this.root));
+      if (this.journal) this.keepOrDrop(made);
+      else this.journal = made;
+    }
+    if (!this.spare && !this.makingSpare) {
+      this.makingSpare = Journal.create(newJournalPath(this.root))
+        .then((j) => this.keepOrDrop(j), (e) => this.warn(`cannot make a delivery journal: ${(e as Error).message}`))
+        .finally(() => (this.makingSpare = null));
+    }
+    return this.journal;
+  }
+
+  private keepOrDrop(j: Journal): void {
+    if (!this.spare) this.spare = j;
+    else {
+      j.close();
+      removeJournal(j.path);
     }
   }
 
@@ -240,8 +275,7 @@ export class FileMailStore implements MailStore {
     }
     if (!placed.length) return 0;
     try {
-      this.journal ??= new Journal(newJournalPath(this.root));
-      await this.journal.append(entries);
+      await (await this.activeJournal()).append(entries);
       this.stats.fsyncs++;
       this.stats.batches++;
       this.stats.messages += placed.length;
@@ -399,8 +433,8 @@ export class FileMailStore implements MailStore {
   }
 
   /**
-   * fsync every mailbox written since the last checkpoint, then delete the journal that
-   * covered them. Rounds go on meanwhile into a fresh journal, which the next checkpoint
+   * fsync every mailbox written since the last checkpoint, then empty the journal that
+   * covered them. Rounds go on meanwhile into the spare journal, which the next checkpoint
    * retires in turn.
    */
   private async checkpoint(): Promise<void> {
@@ -425,8 +459,16 @@ export class FileMailStore implements MailStore {
     if (retired) {
       // A round may still be syncing entries into it.
       await this.currentRound?.catch(() => 0);
-      retired.close();
-      removeJournal(retired.path);
+      try {
+        await retired.reset();
+      } catch (e) {
+        // Left on disk as it is: replaying it after a crash finds its copies in place.
+        retired.close();
+        throw e;
+      }
+      // No round switched over meanwhile: go on with it, keeping the spare.
+      if (!this.journal) this.journal = retired;
+      else this.keepOrDrop(retired);
     }
     const now = Date.now();
     for (const [user, b] of this.boxes) {

@@ -1,7 +1,7 @@
 // The delivery journal: one fsync covers a whole round of deliveries, and recover() puts
 // back copies whose mailbox bytes a machine crash lost (simulated by cutting the file).
 import { afterEach, expect, test } from "bun:test";
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
@@ -47,7 +47,7 @@ test("recover() puts back acknowledged copies whose mailbox bytes were lost", as
   await store.idle(); // checkpoint: message 1 is fsync'd in the mailbox, journal emptied
   const checkpointed = statSync(join(r, "alice", "mymailbox")).size;
   await Promise.all([2, 3, 4].map((n) => store.deliver(["alice", "bob"], record(n))));
-  const journal = readdirSync(journalDir(r)).map((f) => join(journalDir(r), f));
+  const journal = liveJournals(r);
   expect(journal.length).toBe(1);
   expect(readJournal(journal[0]!).length).toBe(6);
   // Simulate the machine crashing before the checkpoint: alice's unsynced bytes are gone,
@@ -93,16 +93,46 @@ test("recover() puts back every lost copy of identical messages", async () => {
   expect(subjects(join(r, "alice", "mymailbox"))).toEqual(["message 7", "message 7", "message 7"]);
 });
 
+/** The journal files of a root that hold current entries. */
+const liveJournals = (r: string) =>
+  readdirSync(journalDir(r))
+    .map((f) => join(journalDir(r), f))
+    .filter((f) => readJournal(f).length > 0);
+
 test("a torn last journal entry (never acknowledged) is ignored", async () => {
   const r = root();
   const store = new FileMailStore(r);
   await store.deliver(["alice"], record(1));
-  const [name] = readdirSync(journalDir(r));
-  const path = join(journalDir(r), name!);
-  const size = statSync(path).size;
-  writeFileSync(path, Buffer.concat([readFileSync(path), Buffer.from("MJ1 alice 1 999 500 deadbeef\nFrom: torn")]));
-  expect(readJournal(path).length).toBe(1);
-  expect(size).toBeGreaterThan(0);
+  const [path] = liveJournals(r);
+  // The journal is written in place over zeros: the torn entry goes where the next would.
+  const end = readFileSync(path!).indexOf(0);
+  const fd = openSync(path!, "r+");
+  const torn = Buffer.from("MJ2 1 alice 1 999 500 deadbeef\nFrom: torn");
+  writeSync(fd, torn, 0, torn.length, end);
+  closeSync(fd);
+  expect(readJournal(path!).map((e) => e.record.equals(record(1)))).toEqual([true]);
+  await store.close();
+});
+
+test("the journal is reused in place: after a checkpoint, older entries further on are never read again", async () => {
+  const r = root();
+  const store = new FileMailStore(r);
+  for (const n of [1, 2, 3]) await store.deliver(["alice"], record(n));
+  const [path] = liveJournals(r);
+  expect(readJournal(path!).length).toBe(3);
+  const size = statSync(path!).size;
+  await store.idle(); // checkpoint: mailbox fsync'd, journal emptied by a reset line
+  expect(readJournal(path!)).toEqual([]);
+  await store.deliver(["bob"], record(4));
+  // Same file, same size (no append, so no filesystem metadata to commit): one current
+  // entry, although the three older ones are still there in the bytes after it.
+  expect(liveJournals(r)).toEqual([path!]);
+  expect(statSync(path!).size).toBe(size);
+  const entries = readJournal(path!);
+  expect(entries.map((e) => [e.user, e.record.equals(record(4))])).toEqual([["bob", true]]);
+  expect(readFileSync(path!).includes(record(3))).toBe(true);
+  await store.close();
+  expect(readdirSync(journalDir(r))).toEqual([]);
 });
 
 test("checkpoints never close a descriptor a delivery is still using (files replaced and new all the time)", async () => {
