@@ -18,6 +18,7 @@ const CHUNK = 1 << 20;
 const STREAM_CHUNK = 256 * 1024;
 const SYNC_READ_MAX = 128 * 1024;
 const GC_EVERY = 128 << 20;
+const EMPTY = Buffer.alloc(0);
 
 /** A small message as bytes; a large one as a stream of chunks. */
 export type Body = Uint8Array | AsyncIterable<Uint8Array> | FileRange;
@@ -78,7 +79,10 @@ export async function scanFile(fd: number, from: number, to: number): Promise<Ma
     have -= used;
     base += used;
   }
-  if (to - from >= GC_EVERY) Bun.gc(true); // and once more for the last stretch
+  if (to - from >= GC_EVERY) {
+    buf = EMPTY; // not kept alive through the collection
+    Bun.gc(true); // once more for the last stretch
+  }
   return scanner;
 }
 

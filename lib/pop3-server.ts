@@ -9,7 +9,9 @@ import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
 import type { Users } from "./users.ts";
 
 let commands = 0;
-const GC_EVERY_COMMANDS = 4000;
+const GC_EVERY_COMMANDS = 1000;
+/** A whole-mailbox listing leaves a string per message (100,000 for UIDL of 1 GiB). */
+let afterListing = false;
 
 export const MAX_POP_LINE = 512; // RFC 2449 allows 255 octets; be generous, never unbounded
 
@@ -53,8 +55,11 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
           trace?.(/^PASS /i.test(ev.text) ? "PASS ********" : ev.text);
           // Each command leaves a few short-lived objects. A client fetching 100,000 messages
           // one by one grows the heap faster than the collector's schedule returns memory;
-          // a collection every so many commands keeps the footprint near the live size.
-          if (++commands % GC_EVERY_COMMANDS === 0) Bun.gc(true);
+          // a collection every so many commands (1-2 ms on a small heap) keeps the footprint
+          // near the live size. On the 1 GiB mailbox: peak RSS 64-66 MiB with one every 4000
+          // commands, 62 with one every 1000 and after whole-mailbox listings.
+          if (++commands % GC_EVERY_COMMANDS === 0 || afterListing) Bun.gc(true);
+          afterListing = /^(LIST|UIDL)\s*$/i.test(ev.text);
           const r = session.handleLine(ev.text);
           return r instanceof Promise ? r.then(toOutput) : toOutput(r);
         },
