@@ -92,7 +92,7 @@ void runMain("smtpmail", async () => {
   process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.names.join(" ")}${tlsNote})\n`);
   installShutdown("smtpmail", server, async () => {
     await store.close();
-    const { messages, fsyncs } = store.stats;
-    log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs`);
+    const { messages, fsyncs, batches, locks } = store.stats;
+    log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs (${batches} commit rounds, mailbox locks taken ${locks} times)`);
   }, log);
 });

@@ -191,7 +191,11 @@ export class FileMailStore implements MailStore {
       await this.checkpoint();
       removeJournal(path);
     }
+    this.releaseLocks();
     if (restored) this.warn(`smtpmail: recovered ${restored} message copies from the delivery journal`);
+    // Made now rather than by the first round, whose clients would wait for it.
+    await this.activeJournal();
+    await this.makingSpare;
     return restored;
   }
 
@@ -446,7 +450,7 @@ export class FileMailStore implements MailStore {
     const retired = this.journal;
     this.journal = null;
     try {
-      await Promise.all(dirty.map((b) => datasync(b.fd)));
+      for (const b of dirty) await datasync(b.fd);
     } catch (e) {
       // Not durable after all: the retired journal stays on disk for recovery.
       for (const b of dirty) b.dirty = true;

@@ -55,6 +55,8 @@ test("recover() puts back acknowledged copies whose mailbox bytes were lost", as
   truncateSync(join(r, "alice", "mymailbox"), checkpointed);
   const restarted = new FileMailStore(r);
   expect(await restarted.recover()).toBe(3);
+  // Recovery lets go of the mailbox locks it took: popserver must not wait for a delivery.
+  expect(existsSync(join(r, "alice", "mymailbox.lock"))).toBe(false);
   expect(subjects(join(r, "alice", "mymailbox"))).toEqual(["message 1", "message 2", "message 3", "message 4"]);
   expect(subjects(join(r, "bob", "mymailbox"))).toEqual(["message 2", "message 3", "message 4"]);
   // Recovering again finds nothing to do: the journal was consumed.
