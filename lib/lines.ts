@@ -11,6 +11,19 @@ export interface MessageEvent {
   bytes: Buffer;
   /** True when the text went over the size limit; its bytes were discarded as they came. */
   tooBig: boolean;
+  /** True when all connections' unfinished messages together filled the shared budget. */
+  noRoom: boolean;
+}
+
+/**
+ * Memory for unfinished DATA, shared by all connections. Each message may be as large as
+ * the size limit, but many clients sending large messages at once (or trickling them) must
+ * not add up to more than this: past it, a message is counted and dropped as it comes and
+ * answered with a temporary failure, so the client tries again later.
+ */
+export class DataBudget {
+  held = 0;
+  constructor(readonly limit: number) {}
 }
 
 const END_OF_DATA = Buffer.from("\r\n.\r\n");
@@ -31,6 +44,10 @@ export class LineReader {
   private dataSize = 0;
   private dataTail: Buffer = CRLF;
   private dataTooBig = false;
+  private dataNoRoom = false;
+  /** Bytes of dataChunks counted in the budget. */
+  private dataHeld = 0;
+  private budget: DataBudget | null = null;
   // Over this, DATA bytes are counted and dropped instead of kept.
   private maxDataSize = Infinity;
 
@@ -94,9 +111,10 @@ export class LineReader {
    * Message text after DATA, up to CRLF "." CRLF only: a bare LF before or after the dot
    * never ends it (SMTP smuggling). Bytes after the end stay for nextLine().
    */
-  nextMessage(maxSize: number): MessageEvent | null {
+  nextMessage(maxSize: number, budget: DataBudget | null = null): MessageEvent | null {
     this.join();
     this.maxDataSize = maxSize;
+    this.budget = budget;
     const p = this.pending;
     if (p.length === 0) return null;
     let contentEnd = -1; // in p; may be negative: the end lies inside kept chunks
@@ -120,30 +138,49 @@ export class LineReader {
       return null;
     }
     let bytes: Buffer;
+    const dropped = () => this.dataTooBig || this.dataNoRoom;
     if (contentEnd >= 0) {
       this.keepData(p.subarray(0, contentEnd));
-      bytes = this.dataTooBig ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
+      bytes = dropped() ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
     } else {
-      const all = this.dataTooBig ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
+      const all = dropped() ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
       bytes = all.subarray(0, Math.max(0, all.length + contentEnd));
       this.dataSize += contentEnd;
     }
     const tooBig = this.dataTooBig || this.dataSize > maxSize;
+    const noRoom = this.dataNoRoom && !tooBig;
     this.pending = p.subarray(after);
-    this.dataChunks = [];
+    this.dropData();
     this.dataSize = 0;
     this.dataTail = CRLF;
     this.dataTooBig = false;
-    return { kind: "message", bytes: tooBig ? Buffer.alloc(0) : bytes, tooBig };
+    this.dataNoRoom = false;
+    return { kind: "message", bytes: tooBig || noRoom ? Buffer.alloc(0) : bytes, tooBig, noRoom };
+  }
+
+  /** Lets go of an unfinished message's bytes (also when the connection closes mid-DATA). */
+  dropData(): void {
+    this.dataChunks = [];
+    if (this.budget) this.budget.held -= this.dataHeld;
+    this.dataHeld = 0;
   }
 
   private keepData(part: Buffer): void {
     this.dataSize += part.length;
-    if (this.dataTooBig) return;
+    if (this.dataTooBig || this.dataNoRoom) return;
     if (this.dataSize > this.maxDataSize) {
       this.dataTooBig = true;
-      this.dataChunks = [];
+      this.dropData();
       return;
+    }
+    if (this.budget) {
+      if (this.budget.held + part.length > this.budget.limit) {
+        this.dataNoRoom = true;
+        this.dropData();
+        return;
+      }
+      this.budget.held += part.length;
+      this.dataHeld += part.length;
     }
     this.dataChunks.push(part);
   }

@@ -1,6 +1,6 @@
 // Wires SmtpSession to the shared socket adapter. Kept apart from smtpmail.ts so tests and
 // benchmarks can start the same server in-process with another MailStore.
-import type { LineReader } from "./lines.ts";
+import { DataBudget, type LineReader } from "./lines.ts";
 import type { MailStore } from "./mail-store.ts";
 import { formatSmtpReply, Smtp, type SmtpReply } from "./reply.ts";
 import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
@@ -8,7 +8,10 @@ import { SmtpSession, type Authenticator, type Directory, type SmtpConfig, type 
 
 export const MAX_COMMAND_LINE = 512; // RFC 5321 4.5.3.1.4, CRLF included
 
-export interface SmtpServerOptions extends SmtpConfig, ListenOptions {}
+export interface SmtpServerOptions extends SmtpConfig, ListenOptions {
+  /** Memory for unfinished messages across all connections (default: 512 MiB, at least 4 messages of the size limit). */
+  dataMemoryLimit?: number;
+}
 
 const text = (replies: SmtpReply[]) => replies.map(formatSmtpReply).join("");
 
@@ -19,6 +22,7 @@ function toOutput(session: SmtpSession, r: SmtpResult): Output | Promise<Output>
 
 export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store: MailStore, auth: Authenticator | null = null): MailServer {
   const config: SmtpConfig = { ...opt, tls: !!opt.tlsFiles };
+  const budget = new DataBudget(opt.dataMemoryLimit ?? Math.max(512 << 20, 4 * opt.maxMessageSize));
   return new MailServer({
     ...opt,
     name: "smtpmail",
@@ -26,11 +30,13 @@ export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store
     tooManyText: formatSmtpReply(Smtp.tooManyConnections(opt.domain)),
     create(peer, trace, secure): Handler {
       const session = new SmtpSession(config, users, store, peer, auth, secure);
+      let reading: LineReader | null = null;
       return {
         open: () => ({ text: formatSmtpReply(session.greeting()) }),
         next(reader: LineReader): Output | Promise<Output> | null {
           if (session.expectingData) {
-            const msg = reader.nextMessage(opt.maxMessageSize);
+            reading = reader;
+            const msg = reader.nextMessage(opt.maxMessageSize, budget);
             if (!msg) return null;
             if (trace) {
               const lines = msg.bytes.toString("utf8").split("\r\n").slice(0, -1);
@@ -52,7 +58,8 @@ export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store
         timeoutText: () => formatSmtpReply(Smtp.timeout(opt.domain)),
         shutdownText: () => formatSmtpReply(Smtp.shuttingDown(opt.domain)),
         errorText: () => formatSmtpReply(Smtp.localError()),
-        closed() {},
+        // A client gone in the middle of DATA gives its share of the budget back.
+        closed: () => reading?.dropData(),
         secured: () => session.tlsStarted(),
       };
     },

@@ -345,6 +345,7 @@ export class SmtpSession {
     const users = this.recipients;
     this.reset();
     if (msg.tooBig) return one(Smtp.tooBig());
+    if (msg.noRoom) return { replies: [Smtp.storageFull()], log: `message from <${from}> refused: DATA memory budget full, peer=${this.peer}` };
     const record = buildRecord(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()));
     try {
       await this.store.deliver(users, record);

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
+import { DataBudget, LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
 
 const b = (s: string) => Buffer.from(s, "latin1");
 
@@ -173,5 +173,47 @@ describe("LineReader.nextMessage", () => {
     const r = new LineReader();
     r.push(b(line + "\r\n.\r\n"));
     expect(r.nextMessage(1 << 20)!.bytes.toString()).toBe(line + "\r\n");
+  });
+});
+
+describe("DataBudget: memory for unfinished messages, shared by all connections", () => {
+  test("a message that would overfill it is dropped as it comes and reported noRoom; finished and abandoned messages give their share back", () => {
+    const budget = new DataBudget(100);
+    const a = new LineReader();
+    const c = new LineReader();
+    a.push(b("x".repeat(70)));
+    expect(a.nextMessage(1 << 20, budget)).toBeNull();
+    expect(budget.held).toBe(70);
+    // c's 40 bytes do not fit beside a's 70: dropped, yet the end of c's message is still found.
+    c.push(b("y".repeat(40)));
+    expect(c.nextMessage(1 << 20, budget)).toBeNull();
+    c.push(b("\r\n.\r\nNOOP\r\n"));
+    const refused = c.nextMessage(1 << 20, budget)!;
+    expect([refused.noRoom, refused.tooBig, refused.bytes.length]).toEqual([true, false, 0]);
+    expect(lines(c)).toEqual([{ kind: "line", text: "NOOP" }]);
+    expect(budget.held).toBe(70);
+    // a finishes: its share comes back, and c's next message fits.
+    a.push(b("\r\n.\r\n"));
+    expect(a.nextMessage(1 << 20, budget)!.bytes.toString()).toBe("x".repeat(70) + "\r\n");
+    expect(budget.held).toBe(0);
+    c.push(b("y".repeat(40)));
+    expect(c.nextMessage(1 << 20, budget)).toBeNull();
+    expect(budget.held).toBe(40);
+    // c's client goes away in the middle: dropData gives the share back.
+    c.dropData();
+    expect(budget.held).toBe(0);
+    c.dropData();
+    expect(budget.held).toBe(0);
+  });
+
+  test("too big for the size limit is reported tooBig, not noRoom, and holds nothing", () => {
+    const budget = new DataBudget(1000);
+    const r = new LineReader();
+    r.push(b("z".repeat(300)));
+    expect(r.nextMessage(100, budget)).toBeNull();
+    expect(budget.held).toBe(0);
+    r.push(b("\r\n.\r\n"));
+    const m = r.nextMessage(100, budget)!;
+    expect([m.tooBig, m.noRoom]).toEqual([true, false]);
   });
 });

@@ -348,6 +348,35 @@ describe("limits", () => {
     expect(records(r, "alice").map(subjectOf)).toEqual(["small"]);
   });
 
+  test("--max-data-memory 64K: while unfinished messages hold it, another DATA gets 452 (nothing stored); it comes back when they finish or their clients leave", async () => {
+    const r = root({ alice: "a" });
+    const s = await server(r, ["--max-data-memory", "64K", "--max-size", "1M"]);
+    const half = (tag: string) => `Subject: ${tag}\r\n\r\n` + "0123456789abcdef0123456789abcdef0123456789abcdef012345678901234\r\n".repeat(750); // ~48 KiB
+    const a = await session(s.port);
+    for (const cmd of ["MAIL FROM:<a@b>", "RCPT TO:<alice@x>", "DATA"]) await a.cmd(cmd);
+    a.send(half("first"));
+    await Bun.sleep(300); // for the server to take in a's bytes; no reply comes mid-DATA
+    const b = await session(s.port);
+    expect(await sendOne(b, "b@b", ["alice@x"], half("refused"))).toStartWith("452 ");
+    a.send(".\r\n");
+    expect(await a.reply()).toStartWith("250 ");
+    expect(await sendOne(b, "b@b", ["alice@x"], half("second"))).toStartWith("250 ");
+    // A client that leaves in the middle of DATA gives its share back.
+    const c = await session(s.port);
+    for (const cmd of ["MAIL FROM:<c@b>", "RCPT TO:<alice@x>", "DATA"]) await c.cmd(cmd);
+    c.send(half("abandoned"));
+    await Bun.sleep(300);
+    c.destroy();
+    let reply = "";
+    for (let i = 0; i < 50 && !reply.startsWith("250"); i++) {
+      reply = await sendOne(b, "b@b", ["alice@x"], half("third"));
+      if (!reply.startsWith("250")) await Bun.sleep(50);
+    }
+    expect(reply).toStartWith("250 ");
+    b.close();
+    expect(records(r, "alice").map(subjectOf)).toEqual(["first", "second", "third"]);
+  });
+
   test("--max-connections 2: the third connection gets 421; a slot frees up after a close", async () => {
     const s = await server(root({ alice: "a" }), ["--max-connections", "2"]);
     const a = await SmtpConn.open(s.port);
