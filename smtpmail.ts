@@ -61,6 +61,10 @@ void runMain("smtpmail", async () => {
   const domain = String(flags.get("--domain") ?? hostname());
   const host = String(flags.get("--host") ?? "0.0.0.0");
   const sec = securityOptions(flags);
+  const maxMessageSize = parseSize(flags.get("--max-size"), 10 * 1024 * 1024, "--max-size");
+  const dataMemoryLimit = flags.has("--max-data-memory") ? parseSize(flags.get("--max-data-memory"), 0, "--max-data-memory") : undefined;
+  // Otherwise a message between the two sizes would get "try again later" forever.
+  if (dataMemoryLimit !== undefined && dataMemoryLimit < maxMessageSize) throw new UsageError("--max-data-memory must be at least --max-size");
   if (flags.has("--require-auth") && !sec.tlsFiles && !flags.has("--allow-plain-auth"))
     throw new UsageError("--require-auth needs --tls-cert/--tls-key (AUTH is offered over TLS only) or --allow-plain-auth");
   const server = createSmtpServer(
@@ -68,8 +72,8 @@ void runMain("smtpmail", async () => {
       domain,
       host,
       port,
-      maxMessageSize: parseSize(flags.get("--max-size"), 10 * 1024 * 1024, "--max-size"),
-      dataMemoryLimit: flags.has("--max-data-memory") ? parseSize(flags.get("--max-data-memory"), 0, "--max-data-memory") : undefined,
+      maxMessageSize,
+      dataMemoryLimit,
       maxRecipients: parseNumber(flags.get("--max-recipients"), 1000, "--max-recipients", 1),
       maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
       maxMessagesPerConnection: parseNumber(flags.get("--max-messages"), Infinity, "--max-messages", 1),

@@ -4,7 +4,7 @@
 // Reads and writes of a few KiB go through the page cache in microseconds and are done
 // synchronously; fsync and large reads go to the thread pool, so the event loop never waits
 // on the disk.
-import { close, fdatasync, fsync, open, openSync, read, readSync, writeSync, write } from "node:fs";
+import { close, fdatasync, fsync, open, openSync, read, readSync, writeSync, writevSync, write } from "node:fs";
 import { promisify } from "node:util";
 
 export const openFd = promisify(open) as (path: string, flags: string) => Promise<number>;
@@ -37,8 +37,21 @@ export async function readAt(fd: number, pos: number, len: number, into?: Buffer
   return into ? buf.subarray(intoOffset, intoOffset + got) : got === len ? buf : buf.subarray(0, got);
 }
 
-export function writeAllSync(fd: number, data: Buffer): void {
-  for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done);
+export function writeAllSync(fd: number, data: Buffer, position: number | null = null): void {
+  for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done, position === null ? null : position + done);
+}
+
+/** Writes the buffers back to back without first copying them into one (at position, or appending). */
+export function writevAllSync(fd: number, parts: Buffer[], position: number | null = null): void {
+  // The kernel takes at most IOV_MAX (1024) buffers per call.
+  for (let i = 0; i < parts.length; i += 512) {
+    const group = parts.slice(i, i + 512);
+    const total = group.reduce((n, b) => n + b.length, 0);
+    const done = writevSync(fd, group, position ?? undefined);
+    // Short only on a full disk or the like: the rest goes the plain way (and fails loudly).
+    if (done < total) writeAllSync(fd, Buffer.concat(group).subarray(done), position === null ? null : position + done);
+    if (position !== null) position += total;
+  }
 }
 
 export async function writeAll(fd: number, data: Buffer): Promise<void> {

@@ -18,7 +18,7 @@ import { closeSync, fstatSync, openSync, readSync, readdirSync, renameSync, unli
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { alive } from "./lock.ts";
-import { datasync, openFd, syncDir, writeAll } from "./fsio.ts";
+import { datasync, openFd, syncDir, writeAll, writevAllSync } from "./fsio.ts";
 
 const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
 /** Zero-filled when a journal is made; it grows (by slower appends) if a round needs more. */
@@ -67,10 +67,9 @@ export class Journal {
     for (const e of entries) {
       parts.push(Buffer.from(`MJ2 ${this.epoch} ${e.user} ${e.ino} ${e.offset} ${e.record.length} ${Bun.hash.crc32(e.record).toString(16)}\n`), e.record);
     }
-    const data = Buffer.concat(parts);
     const at = this.pos;
-    this.pos += data.length;
-    for (let done = 0; done < data.length; ) done += writeSync(this.fd, data, done, data.length - done, at + done);
+    for (const p of parts) this.pos += p.length;
+    writevAllSync(this.fd, parts, at);
     await datasync(this.fd);
   }
 

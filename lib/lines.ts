@@ -141,7 +141,8 @@ export class LineReader {
     const dropped = () => this.dataTooBig || this.dataNoRoom;
     if (contentEnd >= 0) {
       this.keepData(p.subarray(0, contentEnd));
-      bytes = dropped() ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
+      // Most messages arrive in one chunk, which is our own copy already.
+      bytes = dropped() ? Buffer.alloc(0) : this.dataChunks.length === 1 ? this.dataChunks[0]! : Buffer.concat(this.dataChunks);
     } else {
       const all = dropped() ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
       bytes = all.subarray(0, Math.max(0, all.length + contentEnd));

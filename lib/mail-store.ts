@@ -10,7 +10,7 @@
 // dropping it every round was the largest storage cost): it is let go when deliveries
 // pause, or within HOLD_MS once popserver leaves its "wanted" marker.
 import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
-import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync } from "./fsio.ts";
+import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
 import { dropLockTemp, isWanted, tryLock, type Lock } from "./lock.ts";
 import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
@@ -324,15 +324,14 @@ export class FileMailStore implements MailStore {
         if (size > 0) prefix = repairTail(box.fd, size, path, this.warn);
         size = fstatSync(box.fd).size;
       }
-      const data = Buffer.concat(prefix ? [Buffer.from(prefix), ...records] : records);
-      writeAllSync(box.fd, data);
+      writevAllSync(box.fd, prefix ? [Buffer.from(prefix), ...records] : records);
       const offsets: number[] = [];
       let at = size + prefix.length;
       for (const r of records) {
         offsets.push(at);
         at += r.length;
       }
-      box.knownSize = size + data.length;
+      box.knownSize = at;
       box.dirty = true;
       box.lastUsed = Date.now();
       return { ino: box.ino, offsets };

@@ -350,7 +350,7 @@ describe("limits", () => {
 
   test("--max-data-memory 64K: while unfinished messages hold it, another DATA gets 452 (nothing stored); it comes back when they finish or their clients leave", async () => {
     const r = root({ alice: "a" });
-    const s = await server(r, ["--max-data-memory", "64K", "--max-size", "1M"]);
+    const s = await server(r, ["--max-data-memory", "64K", "--max-size", "50K"]);
     const half = (tag: string) => `Subject: ${tag}\r\n\r\n` + "0123456789abcdef0123456789abcdef0123456789abcdef012345678901234\r\n".repeat(750); // ~48 KiB
     const a = await session(s.port);
     for (const cmd of ["MAIL FROM:<a@b>", "RCPT TO:<alice@x>", "DATA"]) await a.cmd(cmd);
@@ -425,6 +425,7 @@ describe("command line", () => {
         [["70000", "--root", mainRoot], /invalid port/],
         [["0", "--bogus", "--root", mainRoot], /unknown option/],
         [["0", "--max-size", "lots", "--root", mainRoot], /max-size/],
+        [["0", "--max-data-memory", "1M", "--max-size", "2M", "--root", mainRoot], /max-data-memory must be at least --max-size/],
         [["0", "--root", join(empty, "nowhere")], /user\.txt/],
         [[String(used), "--host", "127.0.0.1", "--root", mainRoot], /in use/],
       ] as const;
