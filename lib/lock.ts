@@ -174,10 +174,19 @@ export const wantedPath = (path: string) => `${path}.wanted`;
 /** A marker older than this was left by a waiter that died: ignore it. */
 export const WANTED_STALE_MS = 60_000;
 
-/** Whether someone is waiting for the lock (a recent marker exists). */
+/** Whether someone is waiting for the lock: a recent marker left by a live process. */
 export function isWanted(path: string): boolean {
+  const marker = wantedPath(path);
   try {
-    return Date.now() - statSync(wantedPath(path)).mtimeMs < WANTED_STALE_MS;
+    if (Date.now() - statSync(marker).mtimeMs >= WANTED_STALE_MS) return false;
+    // Its waiter was killed: without this, the holder would keep yielding to nobody.
+    const [pidText, host] = readFileSync(marker, "utf8").trim().split(/\s+/);
+    const pid = Number(pidText);
+    if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
+      unlinkSync(marker);
+      return false;
+    }
+    return true;
   } catch {
     return false;
   }

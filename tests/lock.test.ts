@@ -106,6 +106,15 @@ describe("acquireLock", () => {
     b.release();
   });
 
+  test("a 'wanted' marker left by a killed waiter is not honoured (and is removed)", async () => {
+    const p = lockPath();
+    writeFileSync(wantedPath(p), `${await deadPid()} ${hostname()}\n`);
+    expect(isWanted(p)).toBe(false);
+    expect(existsSync(wantedPath(p))).toBe(false);
+    writeFileSync(wantedPath(p), `${livePid()} ${hostname()}\n`);
+    expect(isWanted(p)).toBe(true);
+  });
+
   test("times out while a live process holds it", async () => {
     const p = lockPath();
     writeFileSync(p, `${livePid()} ${hostname()}\n`);
