@@ -4,7 +4,7 @@
 import { hostname } from "node:os";
 import { resolve, join } from "node:path";
 import { helpText, parseArgs, parseNumber, parsePort, parseSize, runMain, securityOptions, SECURITY_FLAGS, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
-import { FileMailStore } from "./lib/mail-store.ts";
+import { FileMailStore, type MailStore, type StoreStats } from "./lib/mail-store.ts";
 import { createSmtpServer } from "./lib/smtp-server.ts";
 import { Users } from "./lib/users.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
@@ -34,8 +34,16 @@ const FLAGS: FlagSpec = {
 
 const USAGE = "usage: smtpmail [my_port] [options]     (port default 2525; 0 picks a free port)";
 
-void runMain("smtpmail", async () => {
-  const { positional, flags } = parseArgs(Bun.argv.slice(2), FLAGS);
+/** What smtpmail delivers into. The benchmark's protocol ceiling passes a no-op one. */
+export interface DeliveryStore extends MailStore {
+  readonly stats: StoreStats;
+  recover(): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** The whole program, given its arguments; the store is a parameter, never a flag. */
+export async function smtpmail(argv: string[], makeStore: (root: string) => DeliveryStore = (root) => new FileMailStore(root, log)): Promise<void> {
+  const { positional, flags } = parseArgs(argv, FLAGS);
   if (flags.has("--help")) {
     process.stdout.write(helpText(USAGE, "SMTP server: receives mail and stores it in <root>/<user>/mymailbox.", FLAGS));
     return;
@@ -56,7 +64,7 @@ void runMain("smtpmail", async () => {
   const postmaster = flags.get("--postmaster");
   const users = new Users(join(root, "user.txt"), log, typeof postmaster === "string" ? postmaster : undefined);
   users.load();
-  const store = new FileMailStore(root, log);
+  const store = makeStore(root);
   await store.recover();
   const domain = String(flags.get("--domain") ?? hostname());
   const host = String(flags.get("--host") ?? "0.0.0.0");
@@ -101,4 +109,6 @@ void runMain("smtpmail", async () => {
     const { messages, fsyncs, batches, locks } = store.stats;
     log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs (${batches} commit rounds, mailbox locks taken ${locks} times)`);
   }, log);
-});
+}
+
+if (import.meta.main) void runMain("smtpmail", () => smtpmail(Bun.argv.slice(2)));

@@ -33,7 +33,8 @@ if (want("smtp")) {
   const timeLimitMs = 60_000;
   let ceiling = 0;
   {
-    const server = await startChild([join(PROJECT, "bench/null-smtp-server.ts"), USERS.join(",")]);
+    const root = makeRoot(USERS);
+    const server = await startChild([join(PROJECT, "bench/null-smtp-server.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
     const me0 = process.cpuUsage();
     const r = await smtpLoad({ port: server.port, sessions: 20, total, users: USERS, messageBytes: 1024, timeLimitMs });
     ceiling = r.messages / r.seconds;
@@ -42,6 +43,7 @@ if (want("smtp")) {
     const me = process.cpuUsage(me0);
     figure("smtp ceiling: load generator CPU share", ((me.user + me.system) / 1e6 / r.seconds) * 100, "% of one core");
     await server.stop();
+    rmSync(root, { recursive: true, force: true });
   }
   for (const sessions of [1, 20, 200]) {
     const root = makeRoot(USERS);
