@@ -2,7 +2,7 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { closeSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 
@@ -193,6 +193,23 @@ export function isWanted(path: string): boolean {
 }
 
 /**
+ * Asks the holder of a lock to let go (smtpmail keeps its lock while busy): leaves the
+ * "wanted" marker, again if another waiter removed it meanwhile. Call unwant() once served.
+ */
+export function want(path: string): void {
+  if (existsSync(wantedPath(path))) return;
+  try {
+    writeFileSync(wantedPath(path), `${process.pid} ${HOST}\n`);
+  } catch {}
+}
+
+export function unwant(path: string): void {
+  try {
+    unlinkSync(wantedPath(path));
+  } catch {}
+}
+
+/**
  * Waits for the lock, up to timeoutMs. While waiting it leaves a marker asking the holder
  * to let go, and polls often: a holder that yields stays off for a moment only.
  */
@@ -204,19 +221,11 @@ export async function acquireLock(path: string, timeoutMs = 30_000, keepTemp = f
       const lock = tryLock(path, keepTemp);
       if (lock) return lock;
       if (Date.now() >= deadline) throw new Error(`timed out waiting for lock ${path}`);
-      if (!marked) {
-        try {
-          writeFileSync(wantedPath(path), `${process.pid} ${HOST}\n`);
-          marked = true;
-        } catch {}
-      }
+      want(path);
+      marked = true;
       await Bun.sleep(pause);
     }
   } finally {
-    if (marked) {
-      try {
-        unlinkSync(wantedPath(path));
-      } catch {}
-    }
+    if (marked) unwant(path);
   }
 }

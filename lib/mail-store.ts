@@ -12,7 +12,7 @@
 import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
 import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
-import { dropLockTemp, isWanted, tryLock, type Lock } from "./lock.ts";
+import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
 import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
@@ -265,8 +265,10 @@ export class FileMailStore implements MailStore {
           // Locked by a POP3 rewrite: the other mailboxes go on; these wait for a later round.
           const now = Date.now();
           for (const p of items) {
-            if (now - p.since > this.lockTimeoutMs) p.reject(new Error(`timed out waiting for the lock of ${user}'s mailbox`));
-            else this.queue.push(p);
+            if (now - p.since > this.lockTimeoutMs) {
+              unwant(writeLockPath(this.root, user));
+              p.reject(new Error(`timed out waiting for the lock of ${user}'s mailbox`));
+            } else this.queue.push(p);
           }
           continue;
         }
@@ -369,7 +371,12 @@ export class FileMailStore implements MailStore {
     const lockPath = writeLockPath(this.root, user);
     if (!this.boxes.has(user)) mkdirSync(dirname(path), { recursive: true });
     const lock = tryLock(lockPath, true);
-    if (!lock) return null;
+    if (!lock) {
+      // Another smtpmail may be keeping it across busy rounds: ask, as popserver does.
+      want(lockPath);
+      return null;
+    }
+    unwant(lockPath);
     this.stats.locks++;
     try {
       let box = this.boxes.get(user);

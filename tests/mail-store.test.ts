@@ -137,6 +137,29 @@ describe("FileMailStore", () => {
     expect(store.stats.locks).toBeLessThan(store.stats.batches / 2);
   });
 
+  test("two smtpmail processes' worth of stores under steady load both get the lock in turn", async () => {
+    const r = root();
+    const busy = track(new FileMailStore(r));
+    const other = track(new FileMailStore(r));
+    let stop = false;
+    const sent: string[] = [];
+    const pumps = Array.from({ length: 8 }, async (_, k) => {
+      for (let i = 0; !stop && i < 20_000; i++) {
+        await busy.deliver(["alice"], rec(`b${k}-${i}`));
+        sent.push(`b${k}-${i}`);
+      }
+    });
+    while (busy.stats.batches < 20) await Bun.sleep(1);
+    // One at a time while the busy store keeps going: each must get the lock in between.
+    for (let i = 0; i < 10; i++) {
+      await other.deliver(["alice"], rec(`o${i}`));
+      sent.push(`o${i}`);
+    }
+    stop = true;
+    await Promise.all(pumps);
+    expect(subjects(box(r, "alice")).sort()).toEqual(sent.sort());
+  });
+
   test("the write lock is let go once deliveries pause", async () => {
     const r = root();
     const store = track(new FileMailStore(r));
