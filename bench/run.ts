@@ -43,6 +43,9 @@ if (want("smtp")) {
     ceiling = r.messages / r.seconds;
     figure("smtp ceiling (no-op store), 20 sessions", ceiling, "msg/s");
     figure("smtp ceiling p50 latency", r.p50ms, "ms");
+    // The protocol, the adapter and the load generator alone: a floor for the durable p99.
+    figure("smtp ceiling p99 latency", r.p99ms, "ms");
+    if (fsyncMs) figure("smtp ceiling p99 / fsync time", r.p99ms / fsyncMs, "x");
     const me = process.cpuUsage(me0);
     figure("smtp ceiling: load generator CPU share", ((me.user + me.system) / 1e6 / r.seconds) * 100, "% of one core");
     await server.stop();
