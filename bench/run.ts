@@ -25,6 +25,7 @@ if (want("fsync") || want("smtp")) {
   fsyncMs = f.msEach;
   figure("fsync floor: 1 KiB append+fsync", f.perSecond, "fsyncs/s");
   figure("fsync floor: time per fsync", f.msEach, "ms");
+  figure("fsync floor: p99 of one append+fsync", f.p99ms, "ms");
   rmSync(root, { recursive: true, force: true });
 }
 
