@@ -66,7 +66,7 @@ const CHECKPOINT_MS = 300;
 const MAX_JOURNAL_BYTES = 64 << 20;
 const CLOSE_IDLE_MS = 30_000;
 /** How long a kept lock goes without checking for a waiting popserver. */
-const HOLD_MS = 10;
+const HOLD_MS = 5;
 /** How long a lock let go for a waiter stays untouched, so the waiter can take it. */
 const YIELD_MS = 25;
 /** A lock is let go this long after deliveries pause. */
