@@ -62,6 +62,9 @@ interface OpenBox {
   yieldUntil: number;
 }
 
+/** Milliseconds on a clock that never jumps: waits and timeouts survive a change of the date. */
+const now = () => performance.now();
+
 const CHECKPOINT_MS = 300;
 const MAX_JOURNAL_BYTES = 64 << 20;
 const CLOSE_IDLE_MS = 30_000;
@@ -86,7 +89,7 @@ export class FileMailStore implements MailStore {
   private makingSpare: Promise<void> | null = null;
   /** The round being committed, if any: a retired journal is closed only after it. */
   private currentRound: Promise<number> | null = null;
-  private lastCheckpoint = Date.now();
+  private lastCheckpoint = now();
   private timer: ReturnType<typeof setTimeout> | null = null;
   private checkpointing: Promise<void> | null = null;
   private lingerTimer: ReturnType<typeof setTimeout> | null = null;
@@ -98,7 +101,7 @@ export class FileMailStore implements MailStore {
   ) {}
 
   deliver(users: readonly string[], record: Buffer): Promise<void> {
-    const since = Date.now();
+    const since = now();
     const all = users.map((user) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject })));
     this.kick();
     return Promise.all(all).then(() => {});
@@ -217,7 +220,7 @@ export class FileMailStore implements MailStore {
         const placed = await this.currentRound;
         this.currentRound = null;
         this.yieldWantedLocks();
-        if (Date.now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > MAX_JOURNAL_BYTES) this.startCheckpoint();
+        if (now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > MAX_JOURNAL_BYTES) this.startCheckpoint();
         // Everything waits on a busy mailbox lock (a POP3 rewrite): do not spin.
         if (placed === 0 && this.queue.length) await Bun.sleep(2);
       }
@@ -240,7 +243,7 @@ export class FileMailStore implements MailStore {
   /** Checkpoints run beside the commit rounds, never delaying a 250. */
   private startCheckpoint(): void {
     if (this.checkpointing) return;
-    this.lastCheckpoint = Date.now();
+    this.lastCheckpoint = now();
     this.checkpointing = this.checkpoint()
       .catch((e) => this.warn(`checkpoint failed: ${(e as Error).message}`))
       .finally(() => {
@@ -263,9 +266,9 @@ export class FileMailStore implements MailStore {
         const done = await this.append(user, items.map((p) => p.record));
         if (!done) {
           // Locked by a POP3 rewrite: the other mailboxes go on; these wait for a later round.
-          const now = Date.now();
+          const t = now();
           for (const p of items) {
-            if (now - p.since > this.lockTimeoutMs) {
+            if (t - p.since > this.lockTimeoutMs) {
               unwant(writeLockPath(this.root, user));
               p.reject(new Error(`timed out waiting for the lock of ${user}'s mailbox`));
             } else this.queue.push(p);
@@ -295,9 +298,9 @@ export class FileMailStore implements MailStore {
 
   /** append() that waits for the lock (recovery, before serving). */
   private async appendWaiting(user: string, records: Buffer[]): Promise<void> {
-    const deadline = Date.now() + this.lockTimeoutMs;
+    const deadline = now() + this.lockTimeoutMs;
     while (!(await this.append(user, records))) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for the lock of ${user}'s mailbox`);
+      if (now() > deadline) throw new Error(`timed out waiting for the lock of ${user}'s mailbox`);
       await Bun.sleep(5);
     }
   }
@@ -313,7 +316,7 @@ export class FileMailStore implements MailStore {
     if (box?.lock && !this.sameFile(user, box)) box = undefined;
     if (box?.lock) box.users++;
     else {
-      if (box && Date.now() < box.yieldUntil) return null;
+      if (box && now() < box.yieldUntil) return null;
       box = await this.lockAndOpen(user);
       if (!box) return null;
     }
@@ -335,7 +338,7 @@ export class FileMailStore implements MailStore {
       }
       box.knownSize = at;
       box.dirty = true;
-      box.lastUsed = Date.now();
+      box.lastUsed = now();
       return { ino: box.ino, offsets };
     } catch (e) {
       // Maybe a partial write: whoever takes the lock next looks at the tail first.
@@ -385,13 +388,13 @@ export class FileMailStore implements MailStore {
         const fd = await openFd(path, "a+");
         const st = fstatSync(fd);
         // Whatever the file holds is looked at before the first append.
-        box = { fd, ino: st.ino, knownSize: st.size, checkTail: true, dirty: false, lastUsed: Date.now(), users: 0, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
+        box = { fd, ino: st.ino, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 0, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
         this.boxes.set(user, box);
         if (st.size === 0) await syncDir(dirname(path));
       }
       box.users++;
       box.lock = lock;
-      box.lockCheckedAt = Date.now();
+      box.lockCheckedAt = now();
       return box;
     } catch (e) {
       lock.release();
@@ -404,18 +407,18 @@ export class FileMailStore implements MailStore {
    * waiting for (checked every HOLD_MS).
    */
   private yieldWantedLocks(): void {
-    const now = Date.now();
+    const t = now();
     for (const [user, b] of this.boxes) {
       if (!b.lock) continue;
-      if (now - b.lastUsed > LINGER_MS) {
+      if (t - b.lastUsed > LINGER_MS) {
         this.releaseLock(b);
         continue;
       }
-      if (now - b.lockCheckedAt < HOLD_MS) continue;
-      b.lockCheckedAt = now;
+      if (t - b.lockCheckedAt < HOLD_MS) continue;
+      b.lockCheckedAt = t;
       if (isWanted(writeLockPath(this.root, user))) {
         this.releaseLock(b);
-        b.yieldUntil = now + YIELD_MS;
+        b.yieldUntil = t + YIELD_MS;
       }
     }
   }
@@ -458,9 +461,13 @@ export class FileMailStore implements MailStore {
     try {
       for (const b of dirty) await datasync(b.fd);
     } catch (e) {
-      // Not durable after all: the retired journal stays on disk for recovery.
+      // Not durable after all: the retired journal stays on disk for recovery, closed only
+      // once a round still syncing entries into it is done (else its fd could be reused).
       for (const b of dirty) b.dirty = true;
-      if (retired) retired.close();
+      if (retired) {
+        await this.currentRound?.catch(() => 0);
+        retired.close();
+      }
       throw e;
     } finally {
       for (const b of dirty) this.unuse(b);
@@ -480,9 +487,9 @@ export class FileMailStore implements MailStore {
       if (!this.journal) this.journal = retired;
       else this.keepOrDrop(retired);
     }
-    const now = Date.now();
+    const t = now();
     for (const [user, b] of this.boxes) {
-      if (!b.dirty && b.users === 0 && now - b.lastUsed > CLOSE_IDLE_MS) {
+      if (!b.dirty && b.users === 0 && t - b.lastUsed > CLOSE_IDLE_MS) {
         this.retire(user, b);
         dropLockTemp(writeLockPath(this.root, user));
       }

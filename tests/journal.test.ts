@@ -1,8 +1,8 @@
 // The delivery journal: one fsync covers a whole round of deliveries, and recover() puts
 // back copies whose mailbox bytes a machine crash lost (simulated by cutting the file).
 import { afterEach, expect, test } from "bun:test";
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
@@ -21,6 +21,11 @@ function root(): string {
 }
 
 const record = (n: number) => buildRecord(Buffer.from(`From: x@y\r\nTo: alice@z\r\nSubject: message ${n}\r\n\r\nbody ${n}\r\n`), "Received: 2026-12-01 : 10 : 00");
+async function deadPid(): Promise<number> {
+  const p = Bun.spawn(["true"]);
+  await p.exited;
+  return p.pid;
+}
 const subjects = (path: string) => {
   const data = readFileSync(path);
   return scanBuffer(data).messages.map((m) => /Subject: (.*)\r\n/.exec(data.toString("latin1", m.offset, m.offset + m.length))![1]);
@@ -178,4 +183,29 @@ test("checkpoints never close a descriptor a delivery is still using (files repl
     const path = join(r, u, "mymailbox");
     expect([u, existsSync(path) ? subjects(path).length : 0]).toEqual([u, expected.get(u) ?? 0]);
   }
+});
+
+test("a journal of the previous format (MJ1, appended) left by a crash is still replayed after an upgrade", async () => {
+  const r = root();
+  const box = join(r, "alice", "mymailbox");
+  mkdirSync(join(r, "alice"), { recursive: true });
+  writeFileSync(box, ""); // the appended bytes never reached the disk
+  const rec = record(1);
+  mkdirSync(journalDir(r), { recursive: true });
+  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
+  const line = `MJ1 alice ${statSync(box).ino} 0 ${rec.length} ${Bun.hash.crc32(rec).toString(16)}\n`;
+  writeFileSync(join(journalDir(r), `${host}-${await deadPid()}-1700000000000000001.journal`), Buffer.concat([Buffer.from(line), rec]));
+  expect(await new FileMailStore(r).recover()).toBe(1);
+  expect(subjects(box)).toEqual(["message 1"]);
+});
+
+// The write is made to fail for real: the file size limit (RLIMIT_FSIZE, with SIGXFSZ
+// ignored) turns the write that would grow the journal past it into EFBIG.
+test.skipIf(!Bun.which("prlimit"))("a journal write that fails leaves no gap: the entries after it are still read", async () => {
+  const r = root();
+  const p = Bun.spawn(["bash", "-c", `trap '' XFSZ; exec "$0" "$1" "$2"`, process.execPath, join(import.meta.dir, "helpers/journal-full.ts"), r], { stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  expect(err).toBe("");
+  expect(code).toBe(0);
+  expect(JSON.parse(out)).toEqual({ second: "refused: EFBIG", entries: ["first", "third"] });
 });
