@@ -13,17 +13,24 @@ export interface MessageEvent {
   tooBig: boolean;
   /** True when all connections' unfinished messages together filled the shared budget. */
   noRoom: boolean;
+  /** Bytes still counted in the budget: give them back (DataBudget.release) once stored or refused. */
+  charged: number;
 }
 
 /**
- * Memory for unfinished DATA, shared by all connections. Each message may be as large as
- * the size limit, but many clients sending large messages at once (or trickling them) must
- * not add up to more than this: past it, a message is counted and dropped as it comes and
- * answered with a temporary failure, so the client tries again later.
+ * Memory for messages being received and not yet stored, shared by all connections. Each
+ * message may be as large as the size limit, but many clients sending large messages at
+ * once (or trickling them, or waiting on a locked mailbox) must not add up to more than
+ * this: past it, a message is counted and dropped as it comes and answered with a temporary
+ * failure, so the client tries again later.
  */
 export class DataBudget {
   held = 0;
   constructor(readonly limit: number) {}
+
+  release(bytes: number): void {
+    this.held -= bytes;
+  }
 }
 
 const END_OF_DATA = Buffer.from("\r\n.\r\n");
@@ -151,12 +158,15 @@ export class LineReader {
     const tooBig = this.dataTooBig || this.dataSize > maxSize;
     const noRoom = this.dataNoRoom && !tooBig;
     this.pending = p.subarray(after);
-    this.dropData();
+    // The message keeps its share of the budget until the caller is done with it.
+    const charged = this.dataHeld;
+    this.dataChunks = [];
+    this.dataHeld = 0;
     this.dataSize = 0;
     this.dataTail = CRLF;
     this.dataTooBig = false;
     this.dataNoRoom = false;
-    return { kind: "message", bytes: tooBig || noRoom ? Buffer.alloc(0) : bytes, tooBig, noRoom };
+    return { kind: "message", bytes: tooBig || noRoom ? Buffer.alloc(0) : bytes, tooBig, noRoom, charged };
   }
 
   /** Lets go of an unfinished message's bytes (also when the connection closes mid-DATA). */

@@ -44,7 +44,16 @@ export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store
               if (lines.length > 100) trace(`... (${lines.length - 100} more lines)`);
               trace(".");
             }
-            return session.handleMessage(msg).then((r) => ({ text: text(r.replies), close: r.close, log: r.log }));
+            return session.handleMessage(msg).then(
+              (r) => {
+                budget.release(msg.charged);
+                return { text: text(r.replies), close: r.close, log: r.log };
+              },
+              (e) => {
+                budget.release(msg.charged);
+                throw e;
+              },
+            );
           }
           const ev = reader.nextLine(MAX_COMMAND_LINE);
           if (!ev) return null;

@@ -192,9 +192,13 @@ describe("DataBudget: memory for unfinished messages, shared by all connections"
     expect([refused.noRoom, refused.tooBig, refused.bytes.length]).toEqual([true, false, 0]);
     expect(lines(c)).toEqual([{ kind: "line", text: "NOOP" }]);
     expect(budget.held).toBe(70);
-    // a finishes: its share comes back, and c's next message fits.
+    // a finishes: its share stays counted until the message is stored, then comes back,
+    // and c's next message fits.
     a.push(b("\r\n.\r\n"));
-    expect(a.nextMessage(1 << 20, budget)!.bytes.toString()).toBe("x".repeat(70) + "\r\n");
+    const done = a.nextMessage(1 << 20, budget)!;
+    expect(done.bytes.toString()).toBe("x".repeat(70) + "\r\n");
+    expect([done.charged, budget.held]).toEqual([70, 70]);
+    budget.release(done.charged);
     expect(budget.held).toBe(0);
     c.push(b("y".repeat(40)));
     expect(c.nextMessage(1 << 20, budget)).toBeNull();

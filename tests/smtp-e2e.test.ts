@@ -377,6 +377,32 @@ describe("limits", () => {
     expect(records(r, "alice").map(subjectOf)).toEqual(["first", "second", "third"]);
   });
 
+  test("--max-data-memory: a message waiting for a locked mailbox still counts until it is stored", async () => {
+    const r = root({ alice: "a" });
+    const s = await server(r, ["--max-data-memory", "64K", "--max-size", "50K"]);
+    const half = (tag: string) => `Subject: ${tag}\r\n\r\n` + "0123456789abcdef0123456789abcdef0123456789abcdef012345678901234\r\n".repeat(750); // ~48 KiB
+    // Another live process holds alice's write lock (as a POP3 rewrite would, for longer).
+    const holder = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${JSON.stringify(join(import.meta.dir, "../lib/lock.ts"))}); if (!tryLock(${JSON.stringify(join(r, "alice", "mymailbox.lock"))})) process.exit(3); console.log("held"); await Bun.sleep(60000);`], { stdout: "pipe" });
+    try {
+      const reader = holder.stdout.getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toContain("held");
+      const a = await session(s.port);
+      for (const cmd of ["MAIL FROM:<a@b>", "RCPT TO:<alice@x>", "DATA"]) await a.cmd(cmd);
+      a.send(dataOf(half("waiting")));
+      await Bun.sleep(300); // a's message is complete and queued behind the lock; no reply yet
+      const b = await session(s.port);
+      expect(await sendOne(b, "b@b", ["alice@x"], half("refused"))).toStartWith("452 ");
+      holder.kill(9); // its lock is now stale and gets broken
+      await holder.exited;
+      expect(await a.reply()).toStartWith("250 ");
+      expect(await sendOne(b, "b@b", ["alice@x"], half("later"))).toStartWith("250 ");
+      b.close();
+    } finally {
+      holder.kill(9);
+    }
+    expect(records(r, "alice").map(subjectOf)).toEqual(["waiting", "later"]);
+  });
+
   test("--max-connections 2: the third connection gets 421; a slot frees up after a close", async () => {
     const s = await server(root({ alice: "a" }), ["--max-connections", "2"]);
     const a = await SmtpConn.open(s.port);
