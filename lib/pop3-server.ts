@@ -10,8 +10,10 @@ import type { Users } from "./users.ts";
 
 let commands = 0;
 const GC_EVERY_COMMANDS = 1000;
-/** A whole-mailbox listing leaves a string per message (100,000 for UIDL of 1 GiB). */
-let afterListing = false;
+// A long listing leaves a string per message (100,000 for UIDL of 1 GiB): collected right
+// after, but at most every 250 ms, so no client can make every command a collection.
+const LISTING_GC_GAP_MS = 250;
+let lastListingGc = -Infinity;
 
 export const MAX_POP_LINE = 512; // RFC 2449 allows 255 octets; be generous, never unbounded
 
@@ -46,6 +48,7 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
     tooManyText: formatPopReply(Pop.tooManyConnections()),
     create(peer, trace, secure): Handler {
       const session = new Pop3Session(store, peer, { tls: !!opt.tlsFiles, secure, requireTls: opt.requireTls, throttle: opt.throttle });
+      let listed = false;
       return {
         open: () => ({ text: formatPopReply(session.greeting()) }),
         next(reader: LineReader): Output | Promise<Output> | null {
@@ -57,11 +60,19 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
           // one by one grows the heap faster than the collector's schedule returns memory;
           // a collection every so many commands (1-2 ms on a small heap) keeps the footprint
           // near the live size. On the 1 GiB mailbox: peak RSS 64-66 MiB with one every 4000
-          // commands, 62 with one every 1000 and after whole-mailbox listings.
-          if (++commands % GC_EVERY_COMMANDS === 0 || afterListing) Bun.gc(true);
-          afterListing = /^(LIST|UIDL)\s*$/i.test(ev.text);
+          // commands, 60 with one every 1000 and after long listings.
+          const now = performance.now();
+          if (listed && now - lastListingGc >= LISTING_GC_GAP_MS) {
+            lastListingGc = now;
+            Bun.gc(true);
+          } else if (++commands % GC_EVERY_COMMANDS === 0) Bun.gc(true);
           const r = session.handleLine(ev.text);
-          return r instanceof Promise ? r.then(toOutput) : toOutput(r);
+          // A streamed body answering LIST or UIDL is a listing too long to send at once.
+          const note = (r: PopResult) => {
+            listed = r.body !== undefined && !(r.body instanceof Uint8Array) && Symbol.asyncIterator in r.body && /^\s*(LIST|UIDL)\s*$/i.test(ev.text);
+            return toOutput(r);
+          };
+          return r instanceof Promise ? r.then(note) : note(r);
         },
         // RFC 1939: an autologout does not enter UPDATE, so nothing is deleted.
         timeoutText: () => formatPopReply(Pop.timeout()),
