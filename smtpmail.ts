@@ -17,7 +17,7 @@ const FLAGS: FlagSpec = {
   "--host": { value: "ADDR", help: "address to listen on (default: 0.0.0.0)" },
   "--postmaster": { value: "USER", help: "user who receives mail for postmaster (default: first user in user.txt)" },
   "--max-size": { value: "BYTES", help: "largest message accepted, e.g. 10M (default: 10M)" },
-  "--max-data-memory": { value: "BYTES", help: "memory for messages being received, all connections together; past it DATA gets 452, try later (default: 512M)" },
+  "--max-data-memory": { value: "BYTES", help: "memory for messages received but not yet stored, all connections together; past it DATA gets 452, try later (default: 512M)" },
   "--max-recipients": { value: "N", help: "recipients per message (default: 1000)" },
   "--max-connections": { value: "N", help: "simultaneous connections (default: 20000)" },
   "--max-messages": { value: "N", help: "messages accepted per connection before it is closed (default: no limit)" },
