@@ -172,7 +172,7 @@ export class LineReader {
   /** Lets go of an unfinished message's bytes (also when the connection closes mid-DATA). */
   dropData(): void {
     this.dataChunks = [];
-    if (this.budget) this.budget.held -= this.dataHeld;
+    this.budget?.release(this.dataHeld);
     this.dataHeld = 0;
   }
 

@@ -9,7 +9,7 @@ import { SmtpSession, type Authenticator, type Directory, type SmtpConfig, type 
 export const MAX_COMMAND_LINE = 512; // RFC 5321 4.5.3.1.4, CRLF included
 
 export interface SmtpServerOptions extends SmtpConfig, ListenOptions {
-  /** Memory for unfinished messages across all connections (default: 512 MiB, at least 4 messages of the size limit). */
+  /** Memory for messages received and not yet stored, all connections together (default: 512 MiB, at least 4 messages of the size limit). */
   dataMemoryLimit?: number;
 }
 
