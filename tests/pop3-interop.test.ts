@@ -1,5 +1,5 @@
 // Interop: real third-party clients against the real servers. Python's poplib and smtplib
-// (python3 -c subprocesses) and curl's pop3:// support.
+// (python3 -c subprocesses), curl's pop3:// support and fetchmail.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { buildRecord } from "../lib/mailbox.ts";
@@ -208,5 +208,47 @@ describe("curl pop3://", () => {
     const r = await run([CURL!, "-sS", "--max-time", "20", "-X", "DELE 1", "-I", `pop3://dave:davepw@127.0.0.1:${pop.port}/`]);
     expect(r.code).toBe(0);
     expect(readFileSync(mailboxPath(root, "dave")).equals(rec(2))).toBe(true);
+  });
+});
+
+const FETCHMAIL = Bun.which("fetchmail");
+if (!FETCHMAIL) console.warn("pop3-interop: fetchmail not found on PATH, skipping the fetchmail tests");
+
+describe("fetchmail", () => {
+  test.skipIf(!FETCHMAIL)("keep with UIDs fetches each message once; fetchall nokeep empties the mailbox at QUIT", async () => {
+    const home = makeRoot({});
+    try {
+      const out = `${home}/delivered`;
+      const rc = (extra: string) => {
+        const path = `${home}/fetchmailrc`;
+        writeFileSync(path, `set no bouncemail\nset idfile "${home}/fetchids"\npoll 127.0.0.1 protocol pop3 port ${pop.port} uidl auth password user "carol" password "carolpw" sslproto '' ${extra} mda "/bin/sh -c 'cat >> ${out}; echo =====END >> ${out}'"\n`, { mode: 0o600 });
+        return path;
+      };
+      const fetch = (extra: string) => run([FETCHMAIL!, "-f", rc(extra), "--nosyslog", "--nodetach"]);
+      const delivered = () => readFileSync(out, "utf8").split("=====END\n").filter(Boolean);
+      writeFileSync(mailboxPath(root, "carol"), Buffer.concat([rec(1, ["hello", ".dot line", ".."]), rec(2)]));
+      const first = await fetch("keep");
+      expect(first.code).toBe(0);
+      expect(delivered().length).toBe(2);
+      // The message as stored, dots unstuffed (fetchmail adds its own Received lines before ours).
+      expect(delivered()[0]).toStartWith("From: x@y\nTo: u@z\nSubject: msg 1\n");
+      expect(delivered()[0]).toEndWith(`${RECEIVED}\n\nhello\n.dot line\n..\n`);
+      expect(delivered()[1]).toContain("Subject: msg 2\n");
+      // Nothing new: fetchmail's exit code 1 means "no mail".
+      expect((await fetch("keep")).code).toBe(1);
+      expect(delivered().length).toBe(2);
+      // A third message arrives by SMTP: only it is fetched.
+      const py3 = await run([PYTHON ?? "python3", "-c", `import smtplib\ns = smtplib.SMTP("127.0.0.1", ${smtp.port})\ns.sendmail("x@y", ["carol@here"], "From: x@y\\r\\nTo: carol@here\\r\\nSubject: msg 3\\r\\n\\r\\nthird\\r\\n")\ns.quit()`]);
+      expect(py3.code).toBe(0);
+      expect((await fetch("keep")).code).toBe(0);
+      expect(delivered().length).toBe(3);
+      expect(delivered()[2]).toContain("Subject: msg 3\n");
+      // Fetch everything again and delete it on the server.
+      expect((await fetch("fetchall nokeep")).code).toBe(0);
+      expect(delivered().length).toBe(6);
+      expect(readFileSync(mailboxPath(root, "carol")).length).toBe(0);
+    } finally {
+      removeRoot(home);
+    }
   });
 });
