@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import pkg from "../package.json" with { type: "json" };
-import { closedPort, fakePop3, fakeSmtp, startFake, type FakeMail, type FakeServer } from "./helpers/client-fake-server.ts";
+import { closedPort, fakePop3, fakeSmtp, startFake, stopFakes, type FakeMail } from "./helpers/client-fake-server.ts";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { sendMail } from "../lib/smtp-client.ts";
@@ -8,10 +8,7 @@ import { clientCommand, ROOT, runClient, typed } from "./helpers/client-run.ts";
 import { makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { TmuxSession, tmuxPath } from "./helpers/client-tmux.ts";
 
-const servers: FakeServer[] = [];
-afterEach(() => {
-  for (const s of servers.splice(0)) s.stop();
-});
+afterEach(stopFakes);
 
 /** Each needle appears in the text after the previous one. */
 function expectInOrder(text: string, needles: string[]): void {
@@ -42,7 +39,6 @@ function fakes(opts: { top?: boolean; mailbox?: FakeMail[] } = {}) {
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered });
   const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true });
-  servers.push(smtp, pop);
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -282,7 +278,6 @@ describe("Manage Mail", () => {
         } else c.send("+OK\r\n");
       }
     });
-    servers.push(pop);
     const r = await runClient(["127.0.0.1", String(closedPort()), String(pop.port)], typed("bob", "pw", "1", "-1", "3"));
     expectInOrder(r.stdout, ["1  a@x", "one", "2  b@x", "two", "3  c@x", "three"]);
     const sent = pop.conns.at(-1)!.received;

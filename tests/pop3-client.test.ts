@@ -1,17 +1,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { Pop3Client, Pop3Error } from "../lib/pop3-client.ts";
-import { closedPort, fakePop3, startFake, type FakeMail, type FakeServer } from "./helpers/client-fake-server.ts";
+import { closedPort, fakePop3, startFake, type FakeMail, stopFakes, tick } from "./helpers/client-fake-server.ts";
 
-const servers: FakeServer[] = [];
-function track(s: FakeServer): FakeServer {
-  servers.push(s);
-  return s;
-}
-afterEach(() => {
-  for (const s of servers.splice(0)) s.stop();
-});
-
-const tick = () => new Promise((r) => setTimeout(r, 5));
+afterEach(stopFakes);
 
 function mailbox(): FakeMail[] {
   return [
@@ -21,7 +12,7 @@ function mailbox(): FakeMail[] {
 }
 
 async function connected(mails = mailbox(), top = true) {
-  const srv = track(fakePop3({ user: "bob", pass: "pw secret", mailbox: mails, top }));
+  const srv = fakePop3({ user: "bob", pass: "pw secret", mailbox: mails, top });
   const pop = await Pop3Client.connect("127.0.0.1", srv.port);
   await pop.login("bob", "pw secret");
   return { srv, pop, mails };
@@ -64,7 +55,7 @@ describe("Pop3Client against a scripted server", () => {
   });
 
   test("wrong password is a Pop3Error on PASS", async () => {
-    const srv = track(fakePop3({ user: "bob", pass: "pw", mailbox: [] }));
+    const srv = fakePop3({ user: "bob", pass: "pw", mailbox: [] });
     const pop = await Pop3Client.connect("127.0.0.1", srv.port);
     const err = await pop.login("bob", "nope").catch((e) => e);
     expect(err).toBeInstanceOf(Pop3Error);
@@ -86,25 +77,23 @@ describe("Pop3Client against a scripted server", () => {
   });
 
   test("responses split across chunks and many lines in one chunk", async () => {
-    const srv = track(
-      startFake(async (c) => {
-        c.send("+OK hel");
-        await tick();
-        c.send("lo\r\n");
-        await c.readLine(); // UIDL
-        c.send("+OK\r\n1 abc\r");
-        await tick();
-        c.send("\n2 d");
-        await tick();
-        c.send("ef\r\n.");
-        await tick();
-        c.send("\r\n+OK 2 30\r\n"); // the STAT reply arrives before STAT is sent
-        await c.readLine();
-        await c.readLine();
-        c.send("+OK bye\r\n");
-        c.end();
-      }),
-    );
+    const srv = startFake(async (c) => {
+      c.send("+OK hel");
+      await tick();
+      c.send("lo\r\n");
+      await c.readLine(); // UIDL
+      c.send("+OK\r\n1 abc\r");
+      await tick();
+      c.send("\n2 d");
+      await tick();
+      c.send("ef\r\n.");
+      await tick();
+      c.send("\r\n+OK 2 30\r\n"); // the STAT reply arrives before STAT is sent
+      await c.readLine();
+      await c.readLine();
+      c.send("+OK bye\r\n");
+      c.end();
+    });
     const pop = await Pop3Client.connect("127.0.0.1", srv.port);
     expect(pop.greeting).toBe("hello");
     expect(await pop.uidl()).toEqual([
@@ -127,14 +116,12 @@ describe("Pop3Client against a scripted server", () => {
 
   test("commands go out before earlier responses arrive (RFC 2449 pipelining)", async () => {
     // Nothing is answered until both commands are in: a client that waits would stall here.
-    const srv = track(
-      startFake(async (c) => {
-        c.send("+OK hi\r\n");
-        const first = await c.readLine();
-        const second = await c.readLine();
-        c.send(`+OK\r\nX-First: ${first}\r\n.\r\n-ERR no ${second}\r\n`);
-      }),
-    );
+    const srv = startFake(async (c) => {
+      c.send("+OK hi\r\n");
+      const first = await c.readLine();
+      const second = await c.readLine();
+      c.send(`+OK\r\nX-First: ${first}\r\n.\r\n-ERR no ${second}\r\n`);
+    });
     const pop = await Pop3Client.connect("127.0.0.1", srv.port, { timeoutMs: 5000 });
     const [a, b] = await Promise.allSettled([pop.top(1, 0), pop.top(2, 0)]);
     expect(a).toEqual({ status: "fulfilled", value: "X-First: TOP 1 0\r\n" });
@@ -154,27 +141,25 @@ describe("Pop3Client against a scripted server", () => {
   });
 
   test("a -ERR greeting rejects with Pop3Error", async () => {
-    const srv = track(startFake((c) => c.send("-ERR too busy\r\n")));
+    const srv = startFake((c) => c.send("-ERR too busy\r\n"));
     const err = await Pop3Client.connect("127.0.0.1", srv.port).catch((e) => e);
     expect(err).toBeInstanceOf(Pop3Error);
     expect(err.text).toBe("too busy");
   });
 
   test("a garbled response is a clear error", async () => {
-    const srv = track(startFake((c) => c.send("220 this is SMTP\r\n")));
+    const srv = startFake((c) => c.send("220 this is SMTP\r\n"));
     await expect(Pop3Client.connect("127.0.0.1", srv.port)).rejects.toThrow(/malformed POP3 response to greeting/);
   });
 
   test("a connection dropped in the middle of RETR rejects instead of hanging", async () => {
-    const srv = track(
-      startFake(async (c) => {
-        c.send("+OK hi\r\n");
-        await c.readLine();
-        c.send("+OK\r\nFrom: a@b\r\npart of the bo");
-        await tick();
-        c.drop();
-      }),
-    );
+    const srv = startFake(async (c) => {
+      c.send("+OK hi\r\n");
+      await c.readLine();
+      c.send("+OK\r\nFrom: a@b\r\npart of the bo");
+      await tick();
+      c.drop();
+    });
     const pop = await Pop3Client.connect("127.0.0.1", srv.port);
     await expect(pop.retr(1)).rejects.toThrow(/connection/);
   });
@@ -182,7 +167,7 @@ describe("Pop3Client against a scripted server", () => {
   test("refused port and timeout", async () => {
     const port = closedPort();
     await expect(Pop3Client.connect("127.0.0.1", port)).rejects.toThrow(`cannot connect to 127.0.0.1:${port}: connection refused`);
-    const srv = track(startFake(() => {}));
+    const srv = startFake(() => {});
     await expect(Pop3Client.connect("127.0.0.1", srv.port, { timeoutMs: 200 })).rejects.toThrow(/timed out/);
   });
 

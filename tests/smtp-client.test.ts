@@ -1,17 +1,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { encodeData, formatReply, sendMail, SmtpClient } from "../lib/smtp-client.ts";
-import { closedPort, fakeSmtp, startFake, type FakeServer } from "./helpers/client-fake-server.ts";
+import { closedPort, fakeSmtp, startFake, stopFakes, tick } from "./helpers/client-fake-server.ts";
 
-const servers: FakeServer[] = [];
-function track(s: FakeServer): FakeServer {
-  servers.push(s);
-  return s;
-}
-afterEach(() => {
-  for (const s of servers.splice(0)) s.stop();
-});
-
-const tick = () => new Promise((r) => setTimeout(r, 5));
+afterEach(stopFakes);
 
 describe("encodeData", () => {
   test("dot-stuffs every line starting with '.', CRLF line ends, terminator", () => {
@@ -30,23 +21,21 @@ describe("encodeData", () => {
 
 describe("SmtpClient", () => {
   test("multi-line replies split across chunks at awkward places", async () => {
-    const srv = track(
-      startFake(async (c) => {
-        c.send("220-first gre");
+    const srv = startFake(async (c) => {
+      c.send("220-first gre");
+      await tick();
+      c.send("eting line\r");
+      await tick();
+      c.send("\n220 second\r\n");
+      await c.readLine();
+      for (const piece of ["250-fake.test hello\r\n250-PIPE", "LINING\r\n25", "0 8BITMIME\r\n"]) {
+        c.send(piece);
         await tick();
-        c.send("eting line\r");
-        await tick();
-        c.send("\n220 second\r\n");
-        await c.readLine();
-        for (const piece of ["250-fake.test hello\r\n250-PIPE", "LINING\r\n25", "0 8BITMIME\r\n"]) {
-          c.send(piece);
-          await tick();
-        }
-        await c.readLine();
-        c.send("221 bye\r\n");
-        c.end();
-      }),
-    );
+      }
+      await c.readLine();
+      c.send("221 bye\r\n");
+      c.end();
+    });
     const client = await SmtpClient.connect("127.0.0.1", srv.port);
     const greeting = await client.greeting();
     expect(greeting).toEqual({
@@ -63,15 +52,13 @@ describe("SmtpClient", () => {
   });
 
   test("pipelined commands get their own replies in order, even when they arrive in one chunk", async () => {
-    const srv = track(
-      startFake(async (c) => {
-        c.send("220 hi\r\n");
-        for (let i = 0; i < 3; i++) await c.readLine();
-        c.send("250-one\r\n250 one done\r\n250 two\r\n550-three\r\n550 No such user\r\n");
-        await c.readLine();
-        c.end();
-      }),
-    );
+    const srv = startFake(async (c) => {
+      c.send("220 hi\r\n");
+      for (let i = 0; i < 3; i++) await c.readLine();
+      c.send("250-one\r\n250 one done\r\n250 two\r\n550-three\r\n550 No such user\r\n");
+      await c.readLine();
+      c.end();
+    });
     const client = await SmtpClient.connect("127.0.0.1", srv.port);
     await client.greeting();
     const replies = await Promise.all([client.command("MAIL FROM:<a@b>"), client.command("RCPT TO:<c@d>"), client.command("RCPT TO:<x@d>")]);
@@ -81,20 +68,18 @@ describe("SmtpClient", () => {
   });
 
   test("a reply that is just a code, and a malformed reply", async () => {
-    const srv = track(
-      startFake(async (c) => {
-        c.send("220\r\n");
-        await c.readLine();
-        c.send("hello there\r\n");
-      }),
-    );
+    const srv = startFake(async (c) => {
+      c.send("220\r\n");
+      await c.readLine();
+      c.send("hello there\r\n");
+    });
     const client = await SmtpClient.connect("127.0.0.1", srv.port);
     await expect(await client.greeting()).toMatchObject({ code: 220, text: "", line: "220" });
     await expect(client.command("NOOP")).rejects.toThrow(/malformed reply.*hello there/);
   });
 
   test("commands with CR or LF are refused before anything is sent", async () => {
-    const srv = track(startFake((c) => c.send("220 hi\r\n")));
+    const srv = startFake((c) => c.send("220 hi\r\n"));
     const client = await SmtpClient.connect("127.0.0.1", srv.port);
     await client.greeting();
     await expect(client.command("MAIL FROM:<a@b>\r\nRCPT TO:<x@y>")).rejects.toThrow(/CR or LF/);
@@ -111,19 +96,17 @@ describe("SmtpClient", () => {
   });
 
   test("a connection dropped mid-reply rejects instead of hanging", async () => {
-    const srv = track(
-      startFake(async (c) => {
-        c.send("220-partial\r\n");
-        await tick();
-        c.drop();
-      }),
-    );
+    const srv = startFake(async (c) => {
+      c.send("220-partial\r\n");
+      await tick();
+      c.drop();
+    });
     const client = await SmtpClient.connect("127.0.0.1", srv.port);
     await expect(client.greeting()).rejects.toThrow(/connection (closed by|to) 127\.0\.0\.1/);
   });
 
   test("a silent server times out", async () => {
-    const srv = track(startFake(() => {}));
+    const srv = startFake(() => {});
     const client = await SmtpClient.connect("127.0.0.1", srv.port, { timeoutMs: 200 });
     await expect(client.greeting()).rejects.toThrow(/timed out waiting for 127\.0\.0\.1/);
   });
@@ -132,7 +115,7 @@ describe("SmtpClient", () => {
 describe("sendMail", () => {
   test("the whole transaction, with the message dot-stuffed on the wire and intact at the end", async () => {
     const delivered: Array<{ from: string; to: string; data: string }> = [];
-    const srv = track(fakeSmtp({ users: ["bob"], delivered }));
+    const srv = fakeSmtp({ users: ["bob"], delivered });
     const message = "From: al@x\r\nTo: bob@y\r\nSubject: dots\r\n.\r\n..\r\n.x\r\nend\r\n";
     const result = await sendMail({ host: "127.0.0.1", port: srv.port, helo: "home.test", from: "al@x", to: ["bob@y"], message });
     expect(result).toEqual({ ok: true });
@@ -144,7 +127,7 @@ describe("sendMail", () => {
 
   test("an unknown recipient returns the server's 550 reply and still says QUIT", async () => {
     const delivered: Array<{ from: string; to: string; data: string }> = [];
-    const srv = track(fakeSmtp({ users: ["bob"], delivered }));
+    const srv = fakeSmtp({ users: ["bob"], delivered });
     const result = await sendMail({ host: "127.0.0.1", port: srv.port, helo: "h", from: "al@x", to: ["eve@y"], message: "x\r\n" });
     expect(result.ok).toBe(false);
     if (!result.ok) expect(result.reply).toMatchObject({ code: 550, line: "550 No such user" });
@@ -153,29 +136,25 @@ describe("sendMail", () => {
   });
 
   test("a server that is not ready (554 greeting) is a failed result, not an exception", async () => {
-    const srv = track(
-      startFake(async (c) => {
-        c.send("554 go away\r\n");
-        await c.readLine();
-        c.end();
-      }),
-    );
+    const srv = startFake(async (c) => {
+      c.send("554 go away\r\n");
+      await c.readLine();
+      c.end();
+    });
     const result = await sendMail({ host: "127.0.0.1", port: srv.port, helo: "h", from: "a@b", to: ["c@d"], message: "" });
     expect(result).toMatchObject({ ok: false, reply: { code: 554, text: "go away" } });
   });
 
   test("a connection dropped during DATA rejects", async () => {
-    const srv = track(
-      startFake(async (c) => {
-        c.send("220 hi\r\n");
-        for (const reply of ["250 ok", "250 ok", "250 ok", "354 go"]) {
-          await c.readLine();
-          c.send(reply + "\r\n");
-        }
+    const srv = startFake(async (c) => {
+      c.send("220 hi\r\n");
+      for (const reply of ["250 ok", "250 ok", "250 ok", "354 go"]) {
         await c.readLine();
-        c.drop();
-      }),
-    );
+        c.send(reply + "\r\n");
+      }
+      await c.readLine();
+      c.drop();
+    });
     await expect(sendMail({ host: "127.0.0.1", port: srv.port, helo: "h", from: "a@b", to: ["c@d"], message: "x\r\n" })).rejects.toThrow(
       /connection/,
     );
@@ -190,7 +169,7 @@ describe("sendMail", () => {
 
   test("a large message goes out whole (write backpressure)", async () => {
     const delivered: Array<{ from: string; to: string; data: string }> = [];
-    const srv = track(fakeSmtp({ users: ["bob"], delivered }));
+    const srv = fakeSmtp({ users: ["bob"], delivered });
     const line = "x".repeat(900);
     const message = Array.from({ length: 20_000 }, (_, i) => (i % 7 === 0 ? "." : "") + line + i + "\r\n").join("");
     const result = await sendMail({ host: "127.0.0.1", port: srv.port, helo: "h", from: "a@b", to: ["bob@y"], message });

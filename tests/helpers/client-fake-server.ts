@@ -77,6 +77,16 @@ export interface FakeServer {
   stop(): void;
 }
 
+// Every fake started, so a test file can stop them all after each test: afterEach(stopFakes).
+const started: FakeServer[] = [];
+
+export function stopFakes(): void {
+  for (const s of started.splice(0)) s.stop();
+}
+
+/** A short pause for the other side to act (scripts that send in several steps). */
+export const tick = () => new Promise((r) => setTimeout(r, 5));
+
 export function startFake(script: (conn: FakeConn) => Promise<void> | void): FakeServer {
   const conns: FakeConn[] = [];
   const server: TCPSocketListener<{ conn?: FakeConn }> = Bun.listen<{ conn?: FakeConn }>({
@@ -101,7 +111,9 @@ export function startFake(script: (conn: FakeConn) => Promise<void> | void): Fak
     },
     data: {},
   });
-  return { port: server.port, conns, stop: () => server.stop(true) };
+  const fake = { port: server.port, conns, stop: () => server.stop(true) };
+  started.push(fake);
+  return fake;
 }
 
 /** A port that refuses connections: bound once, then released. */
