@@ -106,8 +106,8 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
   process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.names.join(" ")}${tlsNote})\n`);
   installShutdown("smtpmail", server, async () => {
     await store.close();
-    const { messages, fsyncs, batches, locks } = store.stats;
-    log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs (${batches} commit rounds, mailbox locks taken ${locks} times)`);
+    const { messages, fsyncs, batches, locks, journals } = store.stats;
+    log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs (${batches} commit rounds, mailbox locks taken ${locks} times, ${journals} journal files made)`);
   }, log);
 }
 

@@ -1,10 +1,11 @@
 // `npm run bench [scenario...]`: each scenario against freshly started servers on
 // loopback, bounded in count and time, printing one figure per line. Scenarios: fsync,
-// smtp, pop, pop-large, conns, client (default: all but pop-large, which writes 1 GiB).
+// smtp, trace, pop, pop-large, conns, client (default: all but pop-large, which writes 1 GiB).
 import { join } from "node:path";
 import { rmSync } from "node:fs";
 import { cpus } from "node:os";
-import { figure, makeRoot, startChild, cpuOf, memoryOf, PROJECT } from "./lib.ts";
+import { figure, makeRoot, startChild, cpuOf, memoryOf, percentile, PROJECT } from "./lib.ts";
+import { traceSyncs } from "./fsync-trace.ts";
 import { PopConn, writeMailbox } from "./pop-load.ts";
 import { idleConnections } from "./conns.ts";
 import { clientListTime } from "./client.ts";
@@ -77,6 +78,33 @@ if (want("smtp")) {
     figure(`smtp durable, ${sessions} sessions: load generator CPU`, ((me.user + me.system) / 1e6 / r.seconds) * 100, "% of one core");
     if (r.failures) figure(`smtp durable, ${sessions} sessions: failed replies`, r.failures, "replies");
     rmSync(root, { recursive: true, force: true });
+  }
+}
+
+// Same load as "smtp durable, 20 sessions", with perf tracing every fdatasync/fsync inside
+// smtpmail: how long the disk itself takes per flush under this load, apart from the time
+// spent waiting around it. Skipped where perf is missing or not allowed.
+if (want("trace")) {
+  const root = makeRoot(USERS);
+  const server = await startChild([join(PROJECT, "smtpmail.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+  const load = (total: number) => smtpLoad({ port: server.port, sessions: 20, total, users: USERS, messageBytes: 1024, timeLimitMs: 60_000 });
+  await load(Number(process.env.BENCH_SMTP_WARMUP ?? 3000));
+  let r: Awaited<ReturnType<typeof load>> | null = null;
+  const syncs = await traceSyncs(server.proc.pid, async () => (r = await load(Number(process.env.BENCH_SMTP_MESSAGES ?? 10_000))));
+  await server.stop();
+  rmSync(root, { recursive: true, force: true });
+  if (!syncs || !r) console.log("# trace: skipped (perf trace is not installed or not allowed here)");
+  else {
+    const traced = r as Awaited<ReturnType<typeof load>>;
+    figure("traced smtp durable, 20 sessions: throughput", traced.messages / traced.seconds, "msg/s");
+    figure("traced smtp durable, 20 sessions: latency p99", traced.p99ms, "ms");
+    for (const [kind, list] of syncs) {
+      list.sort((a, b) => a - b);
+      figure(`traced: ${kind} fdatasync calls`, list.length, "calls");
+      figure(`traced: ${kind} fdatasync p50 (in the kernel)`, percentile(list, 50), "ms");
+      figure(`traced: ${kind} fdatasync p99 (in the kernel)`, percentile(list, 99), "ms");
+      figure(`traced: ${kind} fdatasync max`, list[list.length - 1]!, "ms");
+    }
   }
 }
 

@@ -22,7 +22,7 @@ import { datasync, openFd, syncDir, writeAll, writevAllSync } from "./fsio.ts";
 
 const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
 /** Zero-filled when a journal is made; it grows (by slower appends) if a round needs more. */
-const PREALLOCATED = 4 << 20;
+export const PREALLOCATED = 4 << 20;
 
 export interface JournalEntry {
   user: string;

@@ -13,7 +13,7 @@ import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, sta
 import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
 import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
-import { claimOrphanJournals, Journal, newJournalPath, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
+import { claimOrphanJournals, Journal, newJournalPath, PREALLOCATED, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
 import { messageHash, TERMINATOR } from "./mailbox.ts";
@@ -30,6 +30,8 @@ export interface StoreStats {
   batches: number;
   /** Times a mailbox write lock was taken (kept across rounds while busy). */
   locks: number;
+  /** Journal files made (each is 4 MiB of zeros written and fsync'd). */
+  journals: number;
 }
 
 interface Pending {
@@ -66,7 +68,8 @@ interface OpenBox {
 const now = () => performance.now();
 
 const CHECKPOINT_MS = 300;
-const MAX_JOURNAL_BYTES = 64 << 20;
+/** A checkpoint starts early once a journal is this full: past its zero-filled size, writes grow the file (slower). */
+const CHECKPOINT_BYTES = PREALLOCATED / 2;
 const CLOSE_IDLE_MS = 30_000;
 /** How long a kept lock goes without checking for a waiting popserver. */
 const HOLD_MS = 5;
@@ -76,7 +79,7 @@ const YIELD_MS = 25;
 const LINGER_MS = 5;
 
 export class FileMailStore implements MailStore {
-  readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0 };
+  readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0 };
   private queue: Pending[] = [];
   private running = false;
   private readonly boxes = new Map<string, OpenBox>();
@@ -86,6 +89,8 @@ export class FileMailStore implements MailStore {
    * retires, which becomes the spare. Two files made once, reused for the process's life.
    */
   private spare: Journal | null = null;
+  /** The journal a checkpoint is emptying: it becomes the spare, so no new one is made meanwhile. */
+  private retiring: Journal | null = null;
   private makingSpare: Promise<void> | null = null;
   /** The round being committed, if any: a retired journal is closed only after it. */
   private currentRound: Promise<number> | null = null;
@@ -139,11 +144,13 @@ export class FileMailStore implements MailStore {
       this.spare = null;
     }
     if (!this.journal) {
+      this.stats.journals++;
       const made = await Journal.create(newJournalPath(this.root));
       if (this.journal) this.keepOrDrop(made);
       else this.journal = made;
     }
-    if (!this.spare && !this.makingSpare) {
+    if (!this.spare && !this.makingSpare && !this.retiring) {
+      this.stats.journals++;
       this.makingSpare = Journal.create(newJournalPath(this.root))
         .then((j) => this.keepOrDrop(j), (e) => this.warn(`cannot make a delivery journal: ${(e as Error).message}`))
         .finally(() => (this.makingSpare = null));
@@ -220,7 +227,7 @@ export class FileMailStore implements MailStore {
         const placed = await this.currentRound;
         this.currentRound = null;
         this.yieldWantedLocks();
-        if (now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > MAX_JOURNAL_BYTES) this.startCheckpoint();
+        if (now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > CHECKPOINT_BYTES) this.startCheckpoint();
         // Everything waits on a busy mailbox lock (a POP3 rewrite): do not spin.
         if (placed === 0 && this.queue.length) await Bun.sleep(2);
       }
@@ -445,12 +452,8 @@ export class FileMailStore implements MailStore {
     if (box.users === 0) void closeFd(box.fd).catch(() => {});
   }
 
-  /**
-   * fsync every mailbox written since the last checkpoint, then empty the journal that
-   * covered them. Rounds go on meanwhile into the spare journal, which the next checkpoint
-   * retires in turn.
-   */
-  private async checkpoint(): Promise<void> {
+  /** The checkpoint's first part: mailboxes fsync'd, then their journal emptied and kept. */
+  private async flushAndEmpty(): Promise<void> {
     const dirty = [...this.boxes.values()].filter((b) => b.dirty);
     for (const b of dirty) {
       b.dirty = false;
@@ -458,6 +461,7 @@ export class FileMailStore implements MailStore {
     }
     const retired = this.journal;
     this.journal = null;
+    this.retiring = retired;
     try {
       for (const b of dirty) await datasync(b.fd);
     } catch (e) {
@@ -486,6 +490,19 @@ export class FileMailStore implements MailStore {
       // No round switched over meanwhile: go on with it, keeping the spare.
       if (!this.journal) this.journal = retired;
       else this.keepOrDrop(retired);
+    }
+  }
+
+  /**
+   * fsync every mailbox written since the last checkpoint, then empty the journal that
+   * covered them. Rounds go on meanwhile into the spare journal, which the next checkpoint
+   * retires in turn.
+   */
+  private async checkpoint(): Promise<void> {
+    try {
+      await this.flushAndEmpty();
+    } finally {
+      this.retiring = null;
     }
     const t = now();
     for (const [user, b] of this.boxes) {

@@ -59,6 +59,28 @@ describe("FileMailStore", () => {
     expect(readdirSync(join(r, "alice")).filter((f) => f.includes("lock"))).toEqual([]);
   });
 
+  test("under steady load, checkpoints reuse the two journal files instead of making new ones", async () => {
+    const r = root();
+    const store = track(new FileMailStore(r));
+    await store.recover(); // makes the journal and its spare before serving, as smtpmail does
+    expect(store.stats.journals).toBe(2);
+    // 8 clients delivering back to back, 64 KiB each, so rounds keep coming while checkpoints
+    // run (every 2 MiB of journal, or 300 ms), until 6 checkpoints have run (at most 10 s).
+    const big = (tag: string) => buildRecord(Buffer.from(`Subject: ${tag}\r\n\r\n${"y".repeat(78)}\r\n`.repeat(800)), "Received: 2024-01-01 : 00 : 00");
+    const checkpoints = () => store.stats.fsyncs - store.stats.batches;
+    const until = Date.now() + 10_000;
+    let sent = 0;
+    await Promise.all(
+      Array.from({ length: 8 }, async (_, c) => {
+        while (checkpoints() < 6 && Date.now() < until) await store.deliver([c % 2 ? "alice" : "bob"], big(`c${c}m${sent++}`));
+      }),
+    );
+    expect(checkpoints()).toBeGreaterThanOrEqual(6);
+    expect(store.stats.journals).toBe(2);
+    expect(readdirSync(join(r, ".smtpmail-journal")).length).toBe(2);
+    expect(subjects(box(r, "alice")).length + subjects(box(r, "bob")).length).toBe(sent);
+  });
+
   test("two stores (two processes' worth) appending to one mailbox never interleave", async () => {
     const r = root();
     const s1 = track(new FileMailStore(r));
