@@ -55,7 +55,8 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
           const ev = reader.nextLine(MAX_POP_LINE);
           if (!ev) return null;
           if (ev.kind === "too-long") return toOutput(session.lineTooLong());
-          trace?.(/^PASS /i.test(ev.text) ? "PASS ********" : ev.text);
+          // Passwords stay out of the log: PASS, AUTH's initial response, SASL responses.
+          if (trace) trace(session.expectingAuthResponse ? "********" : /^\s*PASS\s/i.test(ev.text) ? "PASS ********" : ev.text.replace(/^(\s*AUTH\s+\S+)\s+\S+/i, "$1 ********"));
           // Each command leaves a few short-lived objects. A client fetching 100,000 messages
           // one by one grows the heap faster than the collector's schedule returns memory;
           // a collection every so many commands (1-2 ms on a small heap) keeps the footprint

@@ -1,7 +1,7 @@
 // The POP3 server as a plain state machine (sans-IO, RFC 1939): command lines go in,
 // status lines (and message bodies to stream) come out. Users and mailboxes are reached
 // through the injected PopStore, so the session is tested with an in-memory one.
-import type { LoginThrottle } from "./auth.ts";
+import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
 import type { Body, Maildrop } from "./maildrop.ts";
 import { Pop, type PopReply } from "./reply.ts";
 
@@ -38,7 +38,8 @@ export interface PopTlsOptions {
 
 type State = "authorization" | "transaction" | "closed";
 
-export const CAPABILITIES = ["TOP", "UIDL", "USER", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
+export const SASL_MECHANISMS = ["PLAIN", "LOGIN"];
+export const CAPABILITIES = ["TOP", "UIDL", "USER", `SASL ${SASL_MECHANISMS.join(" ")}`, "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
 const MAX_ARG = 40; // RFC 1939 section 3
 const LISTING_CHUNK = 1000;
 
@@ -59,6 +60,8 @@ export class Pop3Session {
   private drop: Maildrop | null = null;
   private deleted = new Set<number>();
   private failedLogins = 0;
+  /** AUTH in progress: the next line is a SASL response, not a command. */
+  private sasl: { mech: "PLAIN" } | { mech: "LOGIN"; user: string | null } | null = null;
 
   constructor(
     private readonly store: PopStore,
@@ -76,10 +79,15 @@ export class Pop3Session {
     return !this.opt.requireTls || !!this.opt.secure;
   }
 
-  /** RFC 2595: STLS while it can be used, USER only where a plaintext login is allowed. */
+  /** The next line answers a SASL challenge (and holds a password): not to be logged. */
+  get expectingAuthResponse(): boolean {
+    return this.sasl !== null;
+  }
+
+  /** RFC 2595: STLS while it can be used, USER and SASL only where a plaintext login is allowed. */
   private capabilities(): string[] {
     if (!this.opt.tls) return CAPABILITIES;
-    const caps = CAPABILITIES.filter((c) => c !== "USER" || this.loginAllowed);
+    const caps = CAPABILITIES.filter((c) => (c !== "USER" && !c.startsWith("SASL ")) || this.loginAllowed);
     if (!this.opt.secure && this.state === "authorization") caps.push("STLS");
     return caps;
   }
@@ -93,6 +101,7 @@ export class Pop3Session {
   }
 
   handleLine(line: string): PopResult | Promise<PopResult> {
+    if (this.sasl) return this.saslResponse(line);
     const trimmed = line.trim();
     const sp = trimmed.indexOf(" ");
     const verb = (sp < 0 ? trimmed : trimmed.slice(0, sp)).toUpperCase();
@@ -111,6 +120,8 @@ export class Pop3Session {
           return this.loginAllowed ? this.userCmd(args) : { reply: Pop.tlsRequired() };
         case "PASS":
           return this.loginAllowed ? this.pass(rest) : { reply: Pop.tlsRequired() };
+        case "AUTH":
+          return this.loginAllowed ? this.authCmd(args) : { reply: Pop.tlsRequired() };
         case "STAT": case "LIST": case "RETR": case "DELE": case "RSET": case "NOOP": case "UIDL": case "TOP":
           return { reply: Pop.wrongState() };
         default:
@@ -142,6 +153,7 @@ export class Pop3Session {
         return this.dele(args);
       case "USER":
       case "PASS":
+      case "AUTH":
         return { reply: Pop.wrongState() };
       case "STLS":
         return this.opt.tls ? { reply: Pop.wrongState() } : { reply: Pop.unknownCommand() };
@@ -177,6 +189,55 @@ export class Pop3Session {
     const user = this.pendingUser;
     this.pendingUser = null;
     if (!user) return { reply: Pop.needUser() };
+    return this.login(user, password);
+  }
+
+  /**
+   * AUTH (RFC 5034) with PLAIN (RFC 4616) or LOGIN; AUTH alone lists the mechanisms, as
+   * RFC 1734 clients expect. Passwords are the same as for USER/PASS.
+   */
+  private authCmd(args: string[]): PopResult | Promise<PopResult> {
+    this.pendingUser = null;
+    if (args.length === 0) return { reply: Pop.mechanisms(), body: lines(SASL_MECHANISMS) };
+    if (args.length > 2) return { reply: Pop.syntax("expected AUTH mechanism [initial-response]") };
+    const [mech, initial] = args as [string, string | undefined];
+    switch (mech.toUpperCase()) {
+      case "PLAIN":
+        this.sasl = { mech: "PLAIN" };
+        return initial === undefined ? { reply: Pop.authChallenge("") } : this.saslResponse(initial);
+      case "LOGIN":
+        this.sasl = { mech: "LOGIN", user: null };
+        return initial === undefined ? { reply: Pop.authChallenge(encodeBase64("Username:")) } : this.saslResponse(initial);
+      default:
+        return { reply: Pop.authMechanism() };
+    }
+  }
+
+  private saslResponse(line: string): PopResult | Promise<PopResult> {
+    const sasl = this.sasl!;
+    if (line.trim() === "*") {
+      this.sasl = null;
+      return { reply: Pop.authCancelled() };
+    }
+    const text = decodeBase64(line);
+    if (text === null) {
+      this.sasl = null;
+      return { reply: Pop.authBadBase64() };
+    }
+    if (sasl.mech === "LOGIN" && sasl.user === null) {
+      sasl.user = text;
+      return { reply: Pop.authChallenge(encodeBase64("Password:")) };
+    }
+    this.sasl = null;
+    const creds: Credentials | null = sasl.mech === "PLAIN" ? parsePlain(text) : { user: sasl.user!, password: text };
+    const user = creds && creds.user.length <= MAX_ARG ? this.store.findUser(creds.user) : null;
+    // An unknown name or a malformed response fails like a wrong password, and as slowly.
+    if (!user) return this.loginFailed(JSON.stringify(creds?.user.slice(0, MAX_ARG) ?? ""));
+    return this.login(user, creds!.password);
+  }
+
+  /** Checks the password, then locks and indexes the maildrop (PASS and AUTH alike). */
+  private async login(user: string, password: string): Promise<PopResult> {
     if (!(await this.store.checkPassword(user, password))) return this.loginFailed(user);
     // The client may have vanished while we waited: closed() already ran, so nothing may stay open.
     if (this.state === "closed") return { reply: Pop.err("connection closed"), close: true };

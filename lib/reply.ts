@@ -74,9 +74,12 @@ export const Smtp = {
 export interface PopReply {
   readonly ok: boolean;
   readonly text: string;
+  /** A SASL challenge ("+ " and base64, RFC 5034), not a status line. */
+  readonly challenge?: boolean;
 }
 
 export function formatPopReply(r: PopReply): string {
+  if (r.challenge) return `+ ${r.text}\r\n`;
   return (r.ok ? "+OK" : "-ERR") + (r.text ? " " + r.text : "") + "\r\n";
 }
 
@@ -111,4 +114,11 @@ export const Pop = {
   tlsActive: () => err("TLS already active"),
   tlsRequired: () => err("TLS required: send STLS first"),
   tooManyFailures: () => err("[AUTH] invalid user name or password; too many failures, closing"),
+  // AUTH (RFC 5034)
+  mechanisms: () => ok("SASL mechanisms follow"),
+  /** Base64 text, "" for an empty challenge. */
+  authChallenge: (base64: string): PopReply => ({ ok: true, text: base64, challenge: true }),
+  authMechanism: () => err("unsupported SASL mechanism (PLAIN and LOGIN are)"),
+  authCancelled: () => err("authentication cancelled"),
+  authBadBase64: () => err("cannot decode the response (base64 expected)"),
 };

@@ -17,7 +17,7 @@ let root: string;
 let pop: Running;
 let smtp: Running;
 beforeAll(async () => {
-  root = makeRoot({ alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw" });
+  root = makeRoot({ alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erin-pw-XYZZY" });
   [pop, smtp] = await Promise.all([startPop(root), startSmtp(root)]);
 });
 afterAll(async () => {
@@ -201,6 +201,29 @@ describe("curl pop3://", () => {
     expect(bad.code).not.toBe(0);
     // Nothing was deleted by any of it.
     expect(readFileSync(mailboxPath(root, "dave")).equals(Buffer.concat([rec(1, ["hello", ".dot line", ".."]), rec(2)]))).toBe(true);
+  });
+
+  test.skipIf(noCurl)("SASL: AUTH PLAIN (curl's default, and with an initial response) and AUTH LOGIN; --verbose never logs a password", async () => {
+    writeFileSync(mailboxPath(root, "erin"), rec(1));
+    const verbose = await startPop(root, ["--verbose"]);
+    try {
+      const url = (pw: string) => `pop3://erin:${pw}@127.0.0.1:${verbose.port}/1`;
+      for (const extra of [[], ["--sasl-ir"], ["--login-options", "AUTH=LOGIN"]]) {
+        const r = await run([CURL!, "-sS", "--max-time", "20", ...extra, url("erin-pw-XYZZY")]);
+        expect(r.err).toBe("");
+        expect(r.out).toBe(plainLines(1).map((l) => l + "\r\n").join(""));
+      }
+      const bad = await run([CURL!, "-sS", "--max-time", "20", url("wrong-pw-PLUGH")]);
+      expect(bad.code).toBe(67); // curl: login denied
+      const log = verbose.log();
+      expect(log).toContain("C: AUTH PLAIN\n");
+      expect(log).toContain("C: AUTH PLAIN ********\n");
+      expect(log).toContain("C: AUTH LOGIN\n");
+      expect(log).toContain("failed login for erin");
+      for (const secret of ["XYZZY", "PLUGH", Buffer.from("\0erin\0erin-pw-XYZZY").toString("base64"), Buffer.from("erin-pw-XYZZY").toString("base64")]) expect(log).not.toContain(secret);
+    } finally {
+      await verbose.stop();
+    }
   });
 
   test.skipIf(noCurl)("DELE with -X removes the message at QUIT", async () => {

@@ -4,6 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { CAPABILITIES, Pop3Session, type PopResult, type PopStore } from "../lib/pop3-session.ts";
 import { collectBody, MaildropBusy, type Maildrop } from "../lib/maildrop.ts";
 import { formatPopReply } from "../lib/reply.ts";
+import { LoginThrottle } from "../lib/auth.ts";
 
 const wire = (msg: string) => Buffer.from(msg.split("\r\n").slice(0, -1).map((l) => (l.startsWith(".") ? "." + l : l) + "\r\n").join("") + ".\r\n");
 
@@ -221,6 +222,96 @@ describe("CAPA", () => {
       expect(caps.some((c) => /^IMPLEMENTATION \S/.test(c))).toBe(true);
       expect(caps).toEqual(CAPABILITIES);
     }
+  });
+});
+
+describe("AUTH (RFC 5034)", () => {
+  const b64 = (t: string) => Buffer.from(t).toString("base64");
+  const plain = (user: string, pw: string, authz = "") => b64(`${authz}\0${user}\0${pw}`);
+
+  test("CAPA names the mechanisms; AUTH alone lists them", async () => {
+    const s = new Pop3Session(env().store);
+    expect((await bodyText(await run(s, "CAPA"))).split("\r\n")).toContain("SASL PLAIN LOGIN");
+    const r = await run(s, "AUTH");
+    expect(status(r)).toStartWith("+OK");
+    expect(await bodyText(r)).toBe("PLAIN\r\nLOGIN\r\n.\r\n");
+    expect(s.state).toBe("authorization");
+  });
+
+  test("PLAIN with an initial response opens the maildrop, as PASS does", async () => {
+    const e = env();
+    const s = new Pop3Session(e.store, "test");
+    const r = await run(s, `AUTH PLAIN ${plain("alice", "secret pw")}`);
+    expect(status(r)).toBe(`+OK maildrop locked and ready, 2 messages (${S1 + S2} octets)`);
+    expect(s.state).toBe("transaction");
+    expect(e.opens).toBe(1);
+    expect(status(await run(s, "STAT"))).toBe(`+OK 2 ${S1 + S2}`);
+  });
+
+  test("PLAIN after an empty challenge, with the user itself as authzid", async () => {
+    const s = new Pop3Session(env().store);
+    const c = await run(s, "auth plain");
+    expect(formatPopReply(c.reply)).toBe("+ \r\n");
+    expect(s.expectingAuthResponse).toBe(true);
+    expect(status(await run(s, plain("alice", "secret pw", "alice")))).toStartWith("+OK maildrop locked");
+    expect(s.expectingAuthResponse).toBe(false);
+  });
+
+  test("LOGIN asks for the user name, then the password", async () => {
+    const s = new Pop3Session(env().store);
+    expect(formatPopReply((await run(s, "AUTH LOGIN")).reply)).toBe(`+ ${b64("Username:")}\r\n`);
+    expect(formatPopReply((await run(s, b64("alice"))).reply)).toBe(`+ ${b64("Password:")}\r\n`);
+    expect(status(await run(s, b64("secret pw")))).toStartWith("+OK maildrop locked");
+    expect(s.state).toBe("transaction");
+  });
+
+  test("wrong password, unknown user, other authzid, malformed PLAIN: the same -ERR [AUTH], nothing opened", async () => {
+    const e = env();
+    const s = new Pop3Session(e.store);
+    for (const resp of [plain("alice", "wrong"), plain("mallory", "secret pw"), plain("alice", "secret pw", "bob"), b64("alice secret pw")]) {
+      const r = await run(s, `AUTH PLAIN ${resp}`);
+      expect(status(r)).toBe("-ERR [AUTH] invalid user name or password");
+      expect(s.state).toBe("authorization");
+    }
+    expect(e.opens).toBe(0);
+    // Still usable afterwards.
+    expect(status(await run(s, `AUTH PLAIN ${plain("alice", "secret pw")}`))).toStartWith("+OK");
+  });
+
+  test("failures are slowed by the throttle and the connection closes after the limit", async () => {
+    const throttle = new LoginThrottle({ baseDelayMs: 10, maxDelayMs: 100, maxFailuresPerConnection: 2, forgetAfterMs: 60_000 });
+    const s = new Pop3Session(env().store, "10.0.0.9", { throttle });
+    const first = await run(s, `AUTH PLAIN ${plain("alice", "nope")}`);
+    expect(first.delayMs).toBe(10);
+    expect(first.close).toBeUndefined();
+    const second = await run(s, `AUTH PLAIN ${plain("mallory", "nope")}`);
+    expect(second.delayMs).toBe(20);
+    expect(second.close).toBe(true);
+    expect(second.log).toContain('"mallory"');
+    expect(throttle.count("10.0.0.9")).toBe(2);
+  });
+
+  test('"*" cancels, bad base64 and unknown mechanisms are refused; the next line is a command again', async () => {
+    const s = new Pop3Session(env().store);
+    await run(s, "AUTH LOGIN");
+    expect(status(await run(s, "*"))).toBe("-ERR authentication cancelled");
+    await run(s, "AUTH PLAIN");
+    expect(status(await run(s, "not base64!"))).toBe("-ERR cannot decode the response (base64 expected)");
+    expect(status(await run(s, "AUTH CRAM-MD5"))).toBe("-ERR unsupported SASL mechanism (PLAIN and LOGIN are)");
+    expect(status(await run(s, "AUTH PLAIN a b"))).toStartWith("-ERR syntax error");
+    expect(s.expectingAuthResponse).toBe(false);
+    expect(status(await run(s, "NOOP"))).toBe("-ERR command not valid in this state");
+  });
+
+  test("AUTH after login is refused; with --require-tls it waits for STLS and CAPA hides SASL", async () => {
+    const [s] = await loggedIn();
+    expect(status(await run(s, `AUTH PLAIN ${plain("alice", "secret pw")}`))).toBe("-ERR command not valid in this state");
+    const t = new Pop3Session(env().store, "p", { tls: true, requireTls: true });
+    expect((await bodyText(await run(t, "CAPA"))).split("\r\n").some((c) => c.startsWith("SASL"))).toBe(false);
+    expect(status(await run(t, `AUTH PLAIN ${plain("alice", "secret pw")}`))).toBe("-ERR TLS required: send STLS first");
+    t.tlsStarted();
+    expect((await bodyText(await run(t, "CAPA"))).split("\r\n")).toContain("SASL PLAIN LOGIN");
+    expect(status(await run(t, `AUTH PLAIN ${plain("alice", "secret pw")}`))).toStartWith("+OK");
   });
 });
 
