@@ -97,6 +97,8 @@ export class Pop3Session {
   }
 
   lineTooLong(): PopResult {
+    // Also ends an AUTH exchange: the next line is a command again.
+    this.sasl = null;
     return { reply: Pop.lineTooLong() };
   }
 

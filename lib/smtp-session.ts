@@ -134,6 +134,8 @@ export class SmtpSession {
   }
 
   lineTooLong(): SmtpResult {
+    // Also ends an AUTH exchange: the next line is a command again.
+    this.sasl = null;
     return { replies: [Smtp.lineTooLong()] };
   }
 

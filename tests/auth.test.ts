@@ -93,6 +93,10 @@ describe("SmtpSession: STARTTLS and AUTH", () => {
     const p = smtp({ allowPlainAuth: true });
     expect(p.text(p.say("EHLO c"))).toContain("AUTH PLAIN LOGIN");
     expect(p.text(p.say("AUTH PLAIN"))).toBe("334 \r\n");
+    // An over-long response line ends the exchange: the next line is a command again.
+    expect(p.text(p.s.lineTooLong())).toStartWith("500 ");
+    expect(p.s.expectingAuthResponse).toBe(false);
+    expect(p.text(p.say("NOOP"))).toStartWith("250 ");
   });
 
   test("--require-tls and --require-auth", () => {

@@ -299,6 +299,8 @@ describe("AUTH (RFC 5034)", () => {
     expect(status(await run(s, "not base64!"))).toBe("-ERR cannot decode the response (base64 expected)");
     expect(status(await run(s, "AUTH CRAM-MD5"))).toBe("-ERR unsupported SASL mechanism (PLAIN and LOGIN are)");
     expect(status(await run(s, "AUTH PLAIN a b"))).toStartWith("-ERR syntax error");
+    await run(s, "AUTH PLAIN");
+    expect(status(s.lineTooLong())).toBe("-ERR line too long");
     expect(s.expectingAuthResponse).toBe(false);
     expect(status(await run(s, "NOOP"))).toBe("-ERR command not valid in this state");
   });
