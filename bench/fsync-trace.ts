@@ -20,7 +20,12 @@ export async function traceSyncs(pid: number, during: () => Promise<unknown>): P
   // perf needs a moment to attach; if it cannot (not allowed, no tracepoints) it exits.
   await Bun.sleep(700);
   if (perf.exitCode !== null) return null;
-  await during();
+  try {
+    await during();
+  } catch (e) {
+    perf.kill("SIGINT");
+    throw e;
+  }
   // What each descriptor is, read while the server still holds them open.
   const kinds = new Map<number, SyncKind>();
   for (const fd of readdirSync(`/proc/${pid}/fd`)) {
@@ -43,12 +48,34 @@ export async function traceSyncs(pid: number, during: () => Promise<unknown>): P
   } finally {
     rmSync(out, { force: true });
   }
-  // "  12.345 ( 0.456 ms): Bun Pool 0/1234 fdatasync(fd: 5)   = 0"
-  for (const m of text.matchAll(/\(\s*([\d.]+) ms\): .*?(?:fdatasync|fsync)\(fd: (\d+)/g)) {
-    const kind = kinds.get(Number(m[2])) ?? "other";
+  for (const [fd, ms] of parseTrace(text)) {
+    const kind = kinds.get(fd) ?? "other";
     const list = byKind.get(kind) ?? [];
-    list.push(Number(m[1]));
+    list.push(ms);
     byKind.set(kind, list);
   }
   return byKind.size ? byKind : null;
+}
+
+/**
+ * [fd, ms] per completed call in `perf trace` output. A call that overlaps another thread's is
+ * printed in two lines, its start ("fdatasync(fd: 5) ...", no time) and its end ("...
+ * [continued]: fdatasync()) = 0", no fd), paired here by thread id.
+ */
+export function parseTrace(text: string): Array<[number, number]> {
+  const calls: Array<[number, number]> = [];
+  const started = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    const m = /^\s*[\d.]+ \(\s*([\d.]+ ms)?\s*\): .*?\/(\d+) (.*)$/.exec(line);
+    if (!m) continue;
+    const [, time, tid, call] = m as unknown as [string, string | undefined, string, string];
+    const fd = /(?:fdatasync|fsync)\(fd: (\d+)/.exec(call);
+    if (fd && time) calls.push([Number(fd[1]), parseFloat(time)]);
+    else if (fd) started.set(tid, Number(fd[1]));
+    else if (time && /\[continued\]: (?:fdatasync|fsync)\(\)/.test(call) && started.has(tid)) {
+      calls.push([started.get(tid)!, parseFloat(time)]);
+      started.delete(tid);
+    }
+  }
+  return calls;
 }

@@ -2,12 +2,28 @@
 // throttle that slows failed logins from one client address. Pure code; the sessions decide
 // what to reply and the socket adapter does the waiting.
 
-/** Base64 as SASL carries it; null when it is not valid base64 (a 501, not a failed login). */
+// Strict: two different byte strings must never decode to the same password (RFC 4616).
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Base64 of UTF-8 text as SASL carries it; null when it is not (a 501 / -ERR, not a failed login). */
 export function decodeBase64(text: string): string | null {
   const t = text.trim();
   if (t === "=") return "";
   if (t.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(t)) return null;
-  return Buffer.from(t, "base64").toString("utf8");
+  try {
+    return utf8.decode(Buffer.from(t, "base64"));
+  } catch {
+    return null;
+  }
+}
+
+/** RFC 4954 section 4: a SASL response line may be up to 12288 octets; commands stay short. */
+export const MAX_SASL_LINE = 12288;
+
+/** A command line or SASL response for the log: what follows "AUTH <mechanism>", and any response, hidden. */
+export function maskAuth(line: string, isResponse: boolean): string {
+  if (isResponse) return "********";
+  return line.replace(/^(\s*AUTH\s+\S+)\s.*$/i, "$1 ********");
 }
 
 export const encodeBase64 = (text: string) => Buffer.from(text, "utf8").toString("base64");

@@ -32,6 +32,8 @@ export interface StoreStats {
   locks: number;
   /** Journal files made (each is 4 MiB of zeros written and fsync'd). */
   journals: number;
+  /** Checkpoints done: mailboxes fsync'd and a journal emptied. */
+  checkpoints: number;
 }
 
 interface Pending {
@@ -79,7 +81,7 @@ const YIELD_MS = 25;
 const LINGER_MS = 5;
 
 export class FileMailStore implements MailStore {
-  readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0 };
+  readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0, checkpoints: 0 };
   private queue: Pending[] = [];
   private running = false;
   private readonly boxes = new Map<string, OpenBox>();
@@ -115,7 +117,9 @@ export class FileMailStore implements MailStore {
   /** Resolves when no delivery is in flight, everything is checkpointed and no lock is kept. */
   async idle(): Promise<void> {
     while (this.running || this.queue.length || this.checkpointing) await Bun.sleep(2);
-    await this.checkpoint();
+    // Through the same slot as the rounds' checkpoints, so two never run at once.
+    this.startCheckpoint();
+    await this.checkpointing;
     if (!this.running) this.releaseLocks();
   }
 
@@ -252,7 +256,14 @@ export class FileMailStore implements MailStore {
     if (this.checkpointing) return;
     this.lastCheckpoint = now();
     this.checkpointing = this.checkpoint()
-      .catch((e) => this.warn(`checkpoint failed: ${(e as Error).message}`))
+      .catch((e) => {
+        // The copies stay in the journal, which is kept on disk for recovery; try again.
+        this.warn(`checkpoint failed (will retry): ${(e as Error).message}`);
+        this.timer ??= setTimeout(() => {
+          this.timer = null;
+          this.startCheckpoint();
+        }, CHECKPOINT_MS);
+      })
       .finally(() => {
         this.checkpointing = null;
       });
@@ -452,16 +463,8 @@ export class FileMailStore implements MailStore {
     if (box.users === 0) void closeFd(box.fd).catch(() => {});
   }
 
-  /** The checkpoint's first part: mailboxes fsync'd, then their journal emptied and kept. */
-  private async flushAndEmpty(): Promise<void> {
-    const dirty = [...this.boxes.values()].filter((b) => b.dirty);
-    for (const b of dirty) {
-      b.dirty = false;
-      b.users++;
-    }
-    const retired = this.journal;
-    this.journal = null;
-    this.retiring = retired;
+  /** The checkpoint's work: the dirty mailboxes fsync'd, then the journal that covered them emptied and kept. */
+  private async flushAndEmpty(dirty: OpenBox[], retired: Journal | null): Promise<void> {
     try {
       for (const b of dirty) await datasync(b.fd);
     } catch (e) {
@@ -471,26 +474,26 @@ export class FileMailStore implements MailStore {
       if (retired) {
         await this.currentRound?.catch(() => 0);
         retired.close();
+        this.warn(`delivery journal ${retired.path} kept for recovery at the next start`);
       }
       throw e;
     } finally {
       for (const b of dirty) this.unuse(b);
     }
     this.stats.fsyncs += dirty.length;
-    if (retired) {
-      // A round may still be syncing entries into it.
-      await this.currentRound?.catch(() => 0);
-      try {
-        await retired.reset();
-      } catch (e) {
-        // Left on disk as it is: replaying it after a crash finds its copies in place.
-        retired.close();
-        throw e;
-      }
-      // No round switched over meanwhile: go on with it, keeping the spare.
-      if (!this.journal) this.journal = retired;
-      else this.keepOrDrop(retired);
+    if (!retired) return;
+    // A round may still be syncing entries into it.
+    await this.currentRound?.catch(() => 0);
+    try {
+      await retired.reset();
+    } catch (e) {
+      // Left on disk as it is: replaying it after a crash finds its copies in place.
+      retired.close();
+      throw e;
     }
+    // No round switched over meanwhile: go on with it, keeping the spare.
+    if (!this.journal) this.journal = retired;
+    else this.keepOrDrop(retired);
   }
 
   /**
@@ -499,11 +502,20 @@ export class FileMailStore implements MailStore {
    * retires in turn.
    */
   private async checkpoint(): Promise<void> {
-    try {
-      await this.flushAndEmpty();
-    } finally {
-      this.retiring = null;
+    const dirty = [...this.boxes.values()].filter((b) => b.dirty);
+    for (const b of dirty) {
+      b.dirty = false;
+      b.users++;
     }
+    const retired = this.journal;
+    this.journal = null;
+    this.retiring = retired;
+    try {
+      await this.flushAndEmpty(dirty, retired);
+    } finally {
+      if (this.retiring === retired) this.retiring = null;
+    }
+    this.stats.checkpoints++;
     const t = now();
     for (const [user, b] of this.boxes) {
       if (!b.dirty && b.users === 0 && t - b.lastUsed > CLOSE_IDLE_MS) {

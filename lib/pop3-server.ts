@@ -4,7 +4,7 @@ import type { LineReader } from "./lines.ts";
 import { FileMaildrop } from "./maildrop.ts";
 import { formatPopReply, Pop } from "./reply.ts";
 import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
-import type { LoginThrottle } from "./auth.ts";
+import { MAX_SASL_LINE, maskAuth, type LoginThrottle } from "./auth.ts";
 import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
 import type { Users } from "./users.ts";
 
@@ -52,11 +52,11 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
       return {
         open: () => ({ text: formatPopReply(session.greeting()) }),
         next(reader: LineReader): Output | Promise<Output> | null {
-          const ev = reader.nextLine(MAX_POP_LINE);
+          const ev = reader.nextLine(session.expectingAuthResponse ? MAX_SASL_LINE : MAX_POP_LINE);
           if (!ev) return null;
           if (ev.kind === "too-long") return toOutput(session.lineTooLong());
           // Passwords stay out of the log: PASS, AUTH's initial response, SASL responses.
-          if (trace) trace(session.expectingAuthResponse ? "********" : /^\s*PASS\s/i.test(ev.text) ? "PASS ********" : ev.text.replace(/^(\s*AUTH\s+\S+)\s+\S+/i, "$1 ********"));
+          if (trace) trace(/^\s*PASS\s/i.test(ev.text) ? "PASS ********" : maskAuth(ev.text, session.expectingAuthResponse));
           // Each command leaves a few short-lived objects. A client fetching 100,000 messages
           // one by one grows the heap faster than the collector's schedule returns memory;
           // a collection every so many commands (1-2 ms on a small heap) keeps the footprint

@@ -233,7 +233,7 @@ export class Pop3Session {
     this.sasl = null;
     const creds: Credentials | null = sasl.mech === "PLAIN" ? parsePlain(text) : { user: sasl.user!, password: text };
     const user = creds && creds.user.length <= MAX_ARG ? this.store.findUser(creds.user) : null;
-    // An unknown name or a malformed response fails like a wrong password, and as slowly.
+    // An unknown name or a malformed response gets a wrong password's reply and throttling.
     if (!user) return this.loginFailed(JSON.stringify(creds?.user.slice(0, MAX_ARG) ?? ""));
     return this.login(user, creds!.password);
   }

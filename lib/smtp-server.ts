@@ -1,5 +1,6 @@
 // Wires SmtpSession to the shared socket adapter. Kept apart from smtpmail.ts so tests and
 // benchmarks can start the same server in-process with another MailStore.
+import { MAX_SASL_LINE, maskAuth } from "./auth.ts";
 import { DataBudget, type LineReader } from "./lines.ts";
 import type { MailStore } from "./mail-store.ts";
 import { formatSmtpReply, Smtp, type SmtpReply } from "./reply.ts";
@@ -55,13 +56,13 @@ export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store
               },
             );
           }
-          const ev = reader.nextLine(MAX_COMMAND_LINE);
+          const ev = reader.nextLine(session.expectingAuthResponse ? MAX_SASL_LINE : MAX_COMMAND_LINE);
           if (!ev) return null;
           if (ev.kind === "too-long") {
             trace?.("<line too long>");
             return { text: text(session.lineTooLong().replies) };
           }
-          if (trace) trace(session.expectingAuthResponse ? "********" : /^\s*AUTH\s/i.test(ev.text) ? ev.text.replace(/^(\s*\S+\s+\S+)\s+\S+/, "$1 ********") : ev.text);
+          trace?.(maskAuth(ev.text, session.expectingAuthResponse));
           return toOutput(session, session.handleLine(ev.text));
         },
         timeoutText: () => formatSmtpReply(Smtp.timeout(opt.domain)),

@@ -1,6 +1,6 @@
 // Unit tests of lib/auth.ts and of the TLS/AUTH states of the two sans-IO sessions.
 import { describe, expect, test } from "bun:test";
-import { decodeBase64, LoginThrottle, parsePlain } from "../lib/auth.ts";
+import { decodeBase64, LoginThrottle, maskAuth, parsePlain } from "../lib/auth.ts";
 import { Pop3Session } from "../lib/pop3-session.ts";
 import { formatSmtpReply } from "../lib/reply.ts";
 import { SmtpSession, type SmtpResult } from "../lib/smtp-session.ts";
@@ -11,6 +11,16 @@ describe("SASL decoding", () => {
     expect(decodeBase64("YWxpY2U=")).toBe("alice");
     expect(decodeBase64("not base64!")).toBeNull();
     expect(decodeBase64("YWxpY2U")).toBeNull();
+    expect(decodeBase64(Buffer.from("pässwörd").toString("base64"))).toBe("pässwörd");
+    // Bytes that are not UTF-8 would all become U+FFFD, so different passwords would compare equal.
+    expect(decodeBase64(Buffer.from([0, 0x61, 0, 0xff, 0xfe]).toString("base64"))).toBeNull();
+  });
+  test("log masking hides everything after AUTH <mechanism>, and whole SASL responses", () => {
+    expect(maskAuth("AUTH PLAIN AGFsaWNlAHB3", false)).toBe("AUTH PLAIN ********");
+    expect(maskAuth("auth plain a b c", false)).toBe("auth plain ********");
+    expect(maskAuth("AUTH LOGIN", false)).toBe("AUTH LOGIN");
+    expect(maskAuth("MAIL FROM:<a@b>", false)).toBe("MAIL FROM:<a@b>");
+    expect(maskAuth("cGFzc3dvcmQ=", true)).toBe("********");
   });
   test("PLAIN: authzid empty or equal to the user; anything else refused", () => {
     expect(parsePlain("\0alice\0pw")).toEqual({ user: "alice", password: "pw" });

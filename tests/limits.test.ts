@@ -81,6 +81,29 @@ describe("failed logins", () => {
   });
 });
 
+describe("SASL response lines", () => {
+  test("a response longer than a command line is read whole (RFC 4954: up to 12288 octets); a longer one ends the exchange", async () => {
+    const long = "long-".repeat(120); // 600 characters: 800 in base64
+    const smtp = await track(startSmtp(root({ alice: long, bob: "bobpw" }), ["--allow-plain-auth"]));
+    const c = await SmtpConn.open(smtp.port);
+    wires.push(c);
+    await c.code();
+    await c.cmd("EHLO x");
+    expect(await c.cmd("AUTH LOGIN")).toBe("334 VXNlcm5hbWU6\r\n");
+    expect(await c.cmd(b64("alice"))).toBe("334 UGFzc3dvcmQ6\r\n");
+    expect(await c.cmd(b64(long))).toBe("235 Authentication successful\r\n");
+    // Commands are still held to 512 octets, and a response past 12288 is refused, not buffered.
+    expect(await c.cmd("NOOP " + "x".repeat(600))).toStartWith("500 ");
+    const d = await SmtpConn.open(smtp.port);
+    wires.push(d);
+    await d.code();
+    await d.cmd("EHLO x");
+    expect(await d.cmd("AUTH PLAIN")).toBe("334 \r\n");
+    expect(await d.cmd("A".repeat(13_000))).toStartWith("500 ");
+    expect(await d.cmd("NOOP")).toStartWith("250 ");
+  });
+});
+
 describe("connection limits", () => {
   test("--max-per-address: the extra connection gets 421 with a reason; a freed slot is usable again", async () => {
     const smtp = await track(startSmtp(root(), ["--max-per-address", "3"]));

@@ -13,11 +13,13 @@ const noCurl = !CURL;
 if (noPython) console.warn("pop3-interop: python3 not found on PATH, skipping the poplib/smtplib tests");
 if (noCurl) console.warn("pop3-interop: curl not found on PATH, skipping the curl pop3:// tests");
 
+// Longer than a 512-octet command line once base64-encoded: a SASL response may be (RFC 4954: 12288).
+const LONG_PASSWORD = "long-".repeat(80);
 let root: string;
 let pop: Running;
 let smtp: Running;
 beforeAll(async () => {
-  root = makeRoot({ alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erin-pw-XYZZY" });
+  root = makeRoot({ alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erin-pw-XYZZY", frank: LONG_PASSWORD });
   [pop, smtp] = await Promise.all([startPop(root), startSmtp(root)]);
 });
 afterAll(async () => {
@@ -212,6 +214,12 @@ describe("curl pop3://", () => {
         const r = await run([CURL!, "-sS", "--max-time", "20", ...extra, url("erin-pw-XYZZY")]);
         expect(r.err).toBe("");
         expect(r.out).toBe(plainLines(1).map((l) => l + "\r\n").join(""));
+      }
+      writeFileSync(mailboxPath(root, "frank"), rec(1));
+      for (const extra of [["--sasl-ir"], ["--login-options", "AUTH=LOGIN"]]) {
+        const long = await run([CURL!, "-sS", "--max-time", "20", ...extra, `pop3://frank:${LONG_PASSWORD}@127.0.0.1:${verbose.port}/1`]);
+        expect(long.err).toBe("");
+        expect(long.out).toBe(plainLines(1).map((l) => l + "\r\n").join(""));
       }
       const bad = await run([CURL!, "-sS", "--max-time", "20", url("wrong-pw-PLUGH")]);
       expect(bad.code).toBe(67); // curl: login denied
