@@ -1,8 +1,9 @@
 // `npm run bench [scenario...]`: each scenario against freshly started servers on
 // loopback, bounded in count and time, printing one figure per line. Scenarios: fsync,
-// smtp, trace, pop, pop-large, conns, client (default: all but pop-large, which writes 1 GiB).
+// smtp, trace, smtp-source, pop, pop-large, conns, client (default: all but pop-large, which
+// writes 1 GiB).
 import { join } from "node:path";
-import { rmSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { cpus } from "node:os";
 import { figure, makeRoot, startChild, cpuOf, memoryOf, percentile, PROJECT } from "./lib.ts";
 import { traceSyncs } from "./fsync-trace.ts";
@@ -105,6 +106,36 @@ if (want("trace")) {
       figure(`traced: ${kind} fdatasync p99 (in the kernel)`, percentile(list, 99), "ms");
       figure(`traced: ${kind} fdatasync max`, list[list.length - 1]!, "ms");
     }
+  }
+}
+
+// Postfix's load generator against smtpmail (durable), as MTAs are usually compared: no
+// pipelining, one reply awaited per command. Run where SMTP_SOURCE names smtp-source (see
+// .ci/run) or postfix is installed.
+if (want("smtp-source")) {
+  const bin = process.env.SMTP_SOURCE ?? (existsSync("/usr/sbin/smtp-source") ? "/usr/sbin/smtp-source" : null);
+  if (!bin) console.log("# smtp-source: skipped (set SMTP_SOURCE to Postfix's smtp-source)");
+  else {
+    const root = makeRoot(USERS);
+    const server = await startChild([join(PROJECT, "smtpmail.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+    const env = { ...process.env, LD_LIBRARY_PATH: join(bin, "../../lib/postfix") };
+    const source = async (args: string[]) => {
+      const t = performance.now();
+      const p = Bun.spawn([bin, ...args, "-l", "1024", "-f", "bench@load", "-t", "u1@localhost", `127.0.0.1:${server.port}`], { env, stdout: "ignore", stderr: "inherit" });
+      const timer = setTimeout(() => p.kill(9), 120_000);
+      const code = await p.exited;
+      clearTimeout(timer);
+      if (code !== 0) throw new Error(`smtp-source exited ${code}`);
+      return (performance.now() - t) / 1000;
+    };
+    await source(["-d", "-s", "20", "-m", "3000"]); // warm-up, not measured
+    for (const sessions of [1, 20, 200]) {
+      const n = sessions === 1 ? 2000 : 10_000;
+      figure(`smtp-source -d, ${sessions} sessions, 1 KiB`, n / (await source(["-d", "-s", String(sessions), "-m", String(n)])), "msg/s");
+    }
+    figure("smtp-source, 20 sessions, a connection per message", 5000 / (await source(["-s", "20", "-m", "5000"])), "msg/s");
+    await server.stop();
+    rmSync(root, { recursive: true, force: true });
   }
 }
 

@@ -152,3 +152,31 @@ describe.skipIf(!hasSwaks)("swaks (skipped when swaks is not installed)", () => 
     expect(out).toContain("550 No such user");
   });
 });
+
+// Postfix's own load generator, as used to benchmark MTAs. `.ci/run` unpacks it from the
+// postfix package without installing the MTA and names it in SMTP_SOURCE (its libraries sit
+// in ../lib/postfix beside it); an installed postfix puts it in /usr/sbin.
+const smtpSource = process.env.SMTP_SOURCE ?? (existsSync("/usr/sbin/smtp-source") ? "/usr/sbin/smtp-source" : null);
+if (!smtpSource) console.warn("smtp-interop: Postfix's smtp-source not found (set SMTP_SOURCE), skipping its test");
+
+describe.skipIf(!smtpSource)("Postfix smtp-source (skipped when not found)", () => {
+  test("5 sessions x 40 messages over kept connections, and 20 on new ones: every message stored once, well-formed", async () => {
+    const env = { ...process.env, LD_LIBRARY_PATH: join(smtpSource!, "../../lib/postfix") };
+    const source = (args: string[]) => {
+      const p = Bun.spawn([smtpSource!, ...args, `127.0.0.1:${srv.port}`], { env, stdout: "pipe", stderr: "pipe" });
+      const timer = setTimeout(() => p.kill(9), 60_000);
+      return Promise.all([new Response(p.stderr).text(), p.exited]).finally(() => clearTimeout(timer));
+    };
+    const [err1, code1] = await source(["-d", "-s", "5", "-m", "200", "-l", "2000", "-f", "source@x.test", "-t", "carol@mx.interop"]);
+    expect(err1).toBe("");
+    expect(code1).toBe(0);
+    const [err2, code2] = await source(["-s", "5", "-m", "20", "-l", "300", "-f", "source@x.test", "-t", "carol@mx.interop"]);
+    expect(err2).toBe("");
+    expect(code2).toBe(0);
+    const recs = records("carol").filter((r) => r.startsWith("From: <source@x.test>\r\n"));
+    expect(recs.length).toBe(220);
+    // Each message once (smtp-source numbers them in the Message-Id), our Received line in each.
+    expect(new Set(recs.map((r) => /Message-Id: (\S+)/.exec(r)?.[1])).size).toBe(220);
+    for (const r of recs) expect(r).toMatch(/\r\nReceived: \d{4}-\d\d-\d\d : \d\d : \d\d\r\n/);
+  });
+});
