@@ -15,6 +15,11 @@ export interface MessageEvent {
   noRoom: boolean;
   /** Bytes still counted in the budget: give them back (DataBudget.release) once stored or refused. */
   charged: number;
+  /**
+   * Spare bytes right after `bytes`, in the same memory and the message's alone (0 when
+   * none): the stored record can be built there in place instead of copied whole again.
+   */
+  room?: number;
 }
 
 /**
@@ -118,7 +123,7 @@ export class LineReader {
    * Message text after DATA, up to CRLF "." CRLF only: a bare LF before or after the dot
    * never ends it (SMTP smuggling). Bytes after the end stay for nextLine().
    */
-  nextMessage(maxSize: number, budget: DataBudget | null = null): MessageEvent | null {
+  nextMessage(maxSize: number, budget: DataBudget | null = null, reserve = 0): MessageEvent | null {
     this.join();
     this.maxDataSize = maxSize;
     this.budget = budget;
@@ -145,14 +150,23 @@ export class LineReader {
       return null;
     }
     let bytes: Buffer;
+    let room = 0;
     const dropped = () => this.dataTooBig || this.dataNoRoom;
+    // Joined into memory with `reserve` spare bytes after the message.
+    const joined = (drop: number) => {
+      const size = this.dataChunks.reduce((n, c) => n + c.length, 0) - drop;
+      const all = Buffer.allocUnsafe(Math.max(0, size) + reserve);
+      let at = 0;
+      for (const c of this.dataChunks) at += c.copy(all, at, 0, Math.min(c.length, all.length - reserve - at));
+      room = reserve;
+      return all.subarray(0, Math.max(0, size));
+    };
     if (contentEnd >= 0) {
       this.keepData(p.subarray(0, contentEnd));
       // Most messages arrive in one chunk, which is our own copy already.
-      bytes = dropped() ? Buffer.alloc(0) : this.dataChunks.length === 1 ? this.dataChunks[0]! : Buffer.concat(this.dataChunks);
+      bytes = dropped() ? Buffer.alloc(0) : this.dataChunks.length === 1 ? this.dataChunks[0]! : joined(0);
     } else {
-      const all = dropped() ? Buffer.alloc(0) : Buffer.concat(this.dataChunks);
-      bytes = all.subarray(0, Math.max(0, all.length + contentEnd));
+      bytes = dropped() ? Buffer.alloc(0) : joined(-contentEnd);
       this.dataSize += contentEnd;
     }
     const tooBig = this.dataTooBig || this.dataSize > maxSize;
@@ -166,7 +180,8 @@ export class LineReader {
     this.dataTail = CRLF;
     this.dataTooBig = false;
     this.dataNoRoom = false;
-    return { kind: "message", bytes: tooBig || noRoom ? Buffer.alloc(0) : bytes, tooBig, noRoom, charged };
+    if (tooBig || noRoom) return { kind: "message", bytes: Buffer.alloc(0), tooBig, noRoom, charged, room: 0 };
+    return { kind: "message", bytes, tooBig, noRoom, charged, room };
   }
 
   /** Lets go of an unfinished message's bytes (also when the connection closes mid-DATA). */

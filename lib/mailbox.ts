@@ -78,12 +78,25 @@ export function scanHeader(msg: Buffer): { end: number; afterSubject: number } {
 }
 
 /** The bytes appended to mymailbox for one message received by SMTP. */
-export function buildRecord(wire: Buffer, received: string): Buffer {
+export function buildRecord(wire: Buffer, received: string, room = 0): Buffer {
   const msg = normalizeLineEnds(wire);
   const { end, afterSubject } = scanHeader(msg);
   const at = afterSubject >= 0 ? afterSubject : end;
-  return Buffer.concat([msg.subarray(0, at), Buffer.from(received + "\r\n"), msg.subarray(at), TERMINATOR]);
+  const line = Buffer.from(received + "\r\n");
+  if (msg === wire && room >= line.length + TERMINATOR.length) {
+    // The message was gathered with spare room after it (MessageEvent.room): the Received
+    // line is inserted in place, so a large message is not copied whole once more.
+    const out = Buffer.from(wire.buffer, wire.byteOffset, wire.length + line.length + TERMINATOR.length);
+    out.copyWithin(at + line.length, at, wire.length);
+    line.copy(out, at);
+    TERMINATOR.copy(out, wire.length + line.length);
+    return out;
+  }
+  return Buffer.concat([msg.subarray(0, at), line, msg.subarray(at), TERMINATOR]);
 }
+
+/** Spare bytes after a gathered message that let buildRecord work in place: the Received line and the "." line. */
+export const RECORD_ROOM = 64;
 
 export interface MessageEntry {
   /** File offset of the first byte of the message. */

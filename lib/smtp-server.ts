@@ -2,6 +2,7 @@
 // benchmarks can start the same server in-process with another MailStore.
 import { MAX_SASL_LINE, maskAuth } from "./auth.ts";
 import { DataBudget, type LineReader } from "./lines.ts";
+import { RECORD_ROOM } from "./mailbox.ts";
 import type { MailStore } from "./mail-store.ts";
 import { formatSmtpReply, Smtp, type SmtpReply } from "./reply.ts";
 import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
@@ -37,7 +38,7 @@ export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store
         next(reader: LineReader): Output | Promise<Output> | null {
           if (session.expectingData) {
             reading = reader;
-            const msg = reader.nextMessage(opt.maxMessageSize, budget);
+            const msg = reader.nextMessage(opt.maxMessageSize, budget, RECORD_ROOM);
             if (!msg) return null;
             if (trace) {
               const lines = msg.bytes.toString("utf8").split("\r\n").slice(0, -1);

@@ -348,7 +348,7 @@ export class SmtpSession {
     this.reset();
     if (msg.tooBig) return one(Smtp.tooBig());
     if (msg.noRoom) return { replies: [Smtp.storageFull()], log: `message from <${from}> refused: DATA memory budget full, peer=${this.peer}` };
-    const record = buildRecord(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()));
+    const record = buildRecord(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()), msg.room ?? 0);
     try {
       await this.store.deliver(users, record);
     } catch {

@@ -145,6 +145,28 @@ describe("LineReader.nextMessage", () => {
     }
   });
 
+  test("a message from several chunks is gathered with the spare room asked for; one chunk is kept as it is", () => {
+    const body = "0123456789abcdef\r\n".repeat(100);
+    const wire = body + ".\r\nNOOP\r\n";
+    // Cut inside the body, inside the end sequence and right after it.
+    for (const cut of [5, body.length - 1, body.length + 1, body.length + 2]) {
+      const r = new LineReader();
+      r.push(b(wire.slice(0, cut)));
+      let m = r.nextMessage(1 << 20, null, 64);
+      r.push(b(wire.slice(cut)));
+      m ??= r.nextMessage(1 << 20, null, 64);
+      expect(m!.bytes.toString()).toBe(body);
+      expect(m!.room).toBe(64);
+      expect(m!.bytes.buffer.byteLength - m!.bytes.byteOffset).toBeGreaterThanOrEqual(body.length + 64);
+      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+    }
+    const r = new LineReader();
+    r.push(b(wire));
+    const one = r.nextMessage(1 << 20, null, 64)!;
+    expect(one.bytes.toString()).toBe(body);
+    expect(one.room).toBe(0);
+  });
+
   test("over the size limit: tooBig, no bytes kept, and the stream stays in step", () => {
     const r = new LineReader();
     for (let i = 0; i < 10; i++) {

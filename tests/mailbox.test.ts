@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { buildRecord, MailboxScanner, normalizeLineEnds, receivedLine, scanBuffer, toWire, unstuff, type MessageEntry } from "../lib/mailbox.ts";
+import { buildRecord, MailboxScanner, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, type MessageEntry } from "../lib/mailbox.ts";
 
 const b = (s: string) => Buffer.from(s, "utf8");
 const RCV = "Received: 2024-03-05 : 09 : 07";
@@ -37,6 +37,32 @@ describe("buildRecord", () => {
     expect(buildRecord(b("From: a@b\r\n\r\nhi\r\n"), RCV).toString()).toBe("From: a@b\r\n" + RCV + "\r\n\r\nhi\r\n.\r\n");
     expect(buildRecord(b("just text\r\n"), RCV).toString()).toBe(RCV + "\r\njust text\r\n.\r\n");
     expect(buildRecord(b(""), RCV).toString()).toBe(RCV + "\r\n.\r\n");
+  });
+
+  test("with spare room after the message, the record is built in place, byte for byte the same", () => {
+    const cases = [
+      "From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Test mail\r\nThis is a test mail.\r\n",
+      "Date: x\r\nSubject: a long\r\n\tfolded subject\r\nMessage-ID: <1@x>\r\n\r\n" + "body line\r\n".repeat(5000),
+      "From: a@b\r\n\r\nhi\r\n",
+      "just text\r\n",
+      "",
+    ];
+    for (const text of cases) {
+      const expected = buildRecord(b(text), RCV);
+      // As LineReader gathers a message from several chunks: spare room in the same memory.
+      const gathered = Buffer.alloc(Buffer.byteLength(text) + RECORD_ROOM, 0x7e);
+      gathered.write(text);
+      const wire = gathered.subarray(0, Buffer.byteLength(text));
+      const rec = buildRecord(wire, RCV, RECORD_ROOM);
+      expect(rec.equals(expected)).toBe(true);
+      expect(rec.buffer === gathered.buffer && rec.byteOffset === gathered.byteOffset).toBe(true);
+    }
+    // Bare LF line ends need a converted copy: the room is not used, the result is the same.
+    const lf = Buffer.alloc(40 + RECORD_ROOM);
+    lf.write("Subject: s\n\nline\n");
+    const rec = buildRecord(lf.subarray(0, Buffer.byteLength("Subject: s\n\nline\n")), RCV, RECORD_ROOM);
+    expect(rec.toString()).toBe("Subject: s\r\n" + RCV + "\r\n\r\nline\r\n.\r\n");
+    expect(rec.buffer === lf.buffer).toBe(false);
   });
 
   test("subject-like text in the body is not a header", () => {
