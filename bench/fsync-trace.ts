@@ -13,7 +13,7 @@ export async function traceSyncs(pid: number, during: () => Promise<unknown>): P
   const out = join(tmpdir(), `bench-perf-trace-${process.pid}.txt`);
   let perf: ReturnType<typeof Bun.spawn>;
   try {
-    perf = Bun.spawn(["perf", "trace", "-e", "fdatasync,fsync", "-p", String(pid), "-o", out], { stdout: "ignore", stderr: "pipe" });
+    perf = Bun.spawn(["perf", "trace", "-e", "fdatasync,fsync", "-p", String(pid), "-o", out], { stdout: "ignore", stderr: "ignore" });
   } catch {
     return null;
   }
