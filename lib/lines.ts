@@ -63,9 +63,12 @@ export class LineReader {
   // Over this, DATA bytes are counted and dropped instead of kept.
   private maxDataSize = Infinity;
 
+  /**
+   * Takes the chunk as it is, without a copy: Bun gives each socket data event memory of its
+   * own and never reuses it (tests/lines.test.ts checks that on real sockets, plain and TLS).
+   */
   push(chunk: Uint8Array): void {
-    // Copy: the runtime may reuse the chunk's memory once the data handler returns.
-    const copy = Buffer.from(chunk);
+    const copy = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     if (!this.pending.length) this.pending = copy;
     else {
       // Joined only when read: a client trickling tiny segments while the session waits

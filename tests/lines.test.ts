@@ -1,5 +1,6 @@
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { DataBudget, LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
+import { makeCert } from "./helpers/certs.ts";
 
 const b = (s: string) => Buffer.from(s, "latin1");
 
@@ -242,4 +243,58 @@ describe("DataBudget: memory for unfinished messages, shared by all connections"
     const m = r.nextMessage(100, budget)!;
     expect([m.tooBig, m.noRoom]).toEqual([true, false]);
   });
+});
+
+// LineReader.push keeps socket chunks without copying them. That is only safe because Bun
+// gives every data event memory of its own and never writes to it again: checked here on
+// real sockets, so a runtime upgrade that starts reusing receive buffers fails this test.
+describe("the runtime's socket chunks", () => {
+  const cert = makeCert();
+  afterAll(() => cert?.remove());
+  for (const tls of [false, true]) {
+    test.skipIf(tls && !cert)(`are never reused after the data handler returns (${tls ? "TLS" : "plain TCP"})`, async () => {
+      const kept: { chunk: Buffer; copy: Buffer }[] = [];
+      let got = 0;
+      const server = Bun.listen({
+        hostname: "127.0.0.1",
+        port: 0,
+        ...(tls ? { tls: { cert: Bun.file(cert!.cert), key: Bun.file(cert!.key) } } : {}),
+        socket: {
+          data(_s, chunk) {
+            kept.push({ chunk, copy: Buffer.from(chunk) });
+            got += chunk.length;
+          },
+        },
+      });
+      // Bun's write() takes what fits and returns the count: the rest waits for drain.
+      const queue: Buffer[] = [];
+      const flush = () => {
+        while (queue.length) {
+          const n = client.write(queue[0]!);
+          if (n < queue[0]!.length) {
+            queue[0] = queue[0]!.subarray(Math.max(0, n));
+            return;
+          }
+          queue.shift();
+        }
+      };
+      const client = await Bun.connect({ hostname: "127.0.0.1", port: server.port, ...(tls ? { tls: { rejectUnauthorized: false } } : {}), socket: { data() {}, drain: flush } });
+      let sent = 0;
+      for (let i = 0; i < 200; i++) {
+        const part = Buffer.from(String.fromCharCode(65 + (i % 26)).repeat(50 + i * 97));
+        sent += part.length;
+        queue.push(part);
+        flush();
+        if (i % 4 === 0) await Bun.sleep(1);
+      }
+      for (let i = 0; i < 500 && got < sent; i++) await Bun.sleep(10);
+      client.end();
+      server.stop(true);
+      expect(got).toBe(sent);
+      expect(kept.length).toBeGreaterThan(1);
+      const buffers = new Set(kept.map((k) => k.chunk.buffer));
+      expect(buffers.size).toBe(kept.length);
+      for (const k of kept) expect(k.chunk.equals(k.copy)).toBe(true);
+    });
+  }
 });
