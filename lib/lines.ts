@@ -68,13 +68,13 @@ export class LineReader {
    * own and never reuses it (tests/lines.test.ts checks that on real sockets, plain and TLS).
    */
   push(chunk: Uint8Array): void {
-    const copy = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    if (!this.pending.length) this.pending = copy;
+    const view = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (!this.pending.length) this.pending = view;
     else {
       // Joined only when read: a client trickling tiny segments while the session waits
       // would otherwise make every segment copy everything before it.
-      this.later.push(copy);
-      this.laterBytes += copy.length;
+      this.later.push(view);
+      this.laterBytes += view.length;
     }
   }
 
@@ -166,7 +166,8 @@ export class LineReader {
     };
     if (contentEnd >= 0) {
       this.keepData(p.subarray(0, contentEnd));
-      // Most messages arrive in one chunk, which is our own copy already.
+      // Most messages arrive in one chunk: a view of the runtime's chunk, shared with
+      // `pending`, so it gets no room (buildRecord copies it).
       bytes = dropped() ? Buffer.alloc(0) : this.dataChunks.length === 1 ? this.dataChunks[0]! : joined(0);
     } else {
       bytes = dropped() ? Buffer.alloc(0) : joined(-contentEnd);
