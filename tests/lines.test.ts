@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import type { Socket } from "bun";
 import { DataBudget, LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
 import { makeCert } from "./helpers/certs.ts";
 
@@ -251,23 +252,36 @@ describe("DataBudget: memory for unfinished messages, shared by all connections"
 describe("the runtime's socket chunks", () => {
   const cert = makeCert();
   afterAll(() => cert?.remove());
-  for (const tls of [false, true]) {
-    test.skipIf(tls && !cert)(`are never reused after the data handler returns (${tls ? "TLS" : "plain TCP"})`, async () => {
+  // "STARTTLS": a plain connection upgraded in place by both ends, as lib/server.ts does.
+  for (const mode of ["plain TCP", "TLS", "STARTTLS"] as const) {
+    test.skipIf(mode !== "plain TCP" && !cert)(`are never reused after the data handler returns (${mode})`, async () => {
       const kept: { chunk: Buffer; copy: Buffer }[] = [];
       let got = 0;
+      const serverTls = cert ? { cert: Bun.file(cert.cert), key: Bun.file(cert.key) } : undefined;
+      const keep = (chunk: Buffer) => {
+        kept.push({ chunk, copy: Buffer.from(chunk) });
+        got += chunk.length;
+      };
+      let upgraded = false;
       const server = Bun.listen({
         hostname: "127.0.0.1",
         port: 0,
-        ...(tls ? { tls: { cert: Bun.file(cert!.cert), key: Bun.file(cert!.key) } } : {}),
+        ...(mode === "TLS" ? { tls: serverTls } : {}),
         socket: {
-          data(_s, chunk) {
-            kept.push({ chunk, copy: Buffer.from(chunk) });
-            got += chunk.length;
+          data(s, chunk) {
+            if (mode !== "STARTTLS") return keep(chunk);
+            // The raw socket goes on seeing the ciphertext after the upgrade (see lib/server.ts).
+            if (upgraded) return;
+            upgraded = true;
+            if (chunk.toString() !== "STARTTLS\r\n") throw new Error(`unexpected ${chunk.toString()}`);
+            s.write("go\r\n");
+            s.upgradeTLS({ tls: serverTls!, socket: { data: (_t, c) => keep(c) } });
           },
         },
       });
       // Bun's write() takes what fits and returns the count: the rest waits for drain.
       const queue: Buffer[] = [];
+      let client: Socket<undefined>;
       const flush = () => {
         while (queue.length) {
           const n = client.write(queue[0]!);
@@ -278,7 +292,17 @@ describe("the runtime's socket chunks", () => {
           queue.shift();
         }
       };
-      const client = await Bun.connect({ hostname: "127.0.0.1", port: server.port, ...(tls ? { tls: { rejectUnauthorized: false } } : {}), socket: { data() {}, drain: flush } });
+      const handlers = { data() {}, drain: flush };
+      if (mode === "STARTTLS") {
+        const go = Promise.withResolvers<void>();
+        const raw = await Bun.connect({ hostname: "127.0.0.1", port: server.port, socket: { data: () => go.resolve() } });
+        raw.write("STARTTLS\r\n");
+        await go.promise;
+        const [, encrypted] = raw.upgradeTLS({ tls: { rejectUnauthorized: false }, socket: handlers });
+        client = encrypted as Socket<undefined>;
+      } else {
+        client = await Bun.connect({ hostname: "127.0.0.1", port: server.port, ...(mode === "TLS" ? { tls: { rejectUnauthorized: false } } : {}), socket: handlers });
+      }
       let sent = 0;
       for (let i = 0; i < 200; i++) {
         const part = Buffer.from(String.fromCharCode(65 + (i % 26)).repeat(50 + i * 97));
