@@ -5,9 +5,9 @@ import { openSync, writeSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { buildRecord } from "../lib/mailbox.ts";
 
-/** Writes `count` messages of about `bytes` each; returns the file size. */
-export function writeMailbox(root: string, user: string, count: number, bytes: number): number {
-  const fd = openSync(join(root, user, "mymailbox"), "w");
+/** Writes `count` messages of about `bytes` each (after what is there with `append`); returns the bytes written. */
+export function writeMailbox(root: string, user: string, count: number, bytes: number, append = false): number {
+  const fd = openSync(join(root, user, "mymailbox"), append ? "a" : "w");
   const line = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\r\n".slice(0, 78) + "\r\n";
   const bodyLines = Math.max(1, Math.floor((bytes - 160) / line.length));
   const body = line.repeat(bodyLines) + "..a line that starts with a dot\r\n";

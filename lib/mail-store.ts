@@ -17,7 +17,7 @@ import { claimOrphanJournals, Journal, newJournalPath, PREALLOCATED, readJournal
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
 import { messageHash, TERMINATOR } from "./mailbox.ts";
-import { scanFile } from "./maildrop.ts";
+import { scanFile } from "./index-cache.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */

@@ -150,12 +150,37 @@ export class MessageIndex {
     this.lfs[i] = lf ? 1 : 0;
   }
 
+  /** A new index of a's messages then b's, as they are (b's offsets already count from the file's start). */
+  static joined(a: MessageIndex, b: MessageIndex): MessageIndex {
+    const j = new MessageIndex();
+    const n = a.count + b.count;
+    const both = <T extends Float64Array | Uint8Array>(x: T, y: T): T => {
+      const out = new (x.constructor as new (n: number) => T)(Math.max(256, n));
+      out.set(x.subarray(0, a.count));
+      out.set(y.subarray(0, b.count), a.count);
+      return out;
+    };
+    j.offsets = both(a.offsets, b.offsets);
+    j.lengths = both(a.lengths, b.lengths);
+    j.sizes = both(a.sizes, b.sizes);
+    j.hashes = both(a.hashes, b.hashes);
+    j.lfs = both(a.lfs, b.lfs);
+    j.count = n;
+    return j.finish();
+  }
+
+  /** Adds another index's message i, placed at `offset`. */
+  addFrom(other: MessageIndex, i: number, offset: number): void {
+    this.add(offset, other.length(i), other.size(i), other.lf(i), other.hash(i));
+  }
+
   /** Numbers repeated hashes in file order, so UIDs stay unique within the mailbox. */
-  finish(): void {
+  finish(): this {
     const sorted = this.hashes.slice(0, this.count).sort();
     const repeated = new Set<number>();
     for (let i = 1; i < sorted.length; i++) if (sorted[i] === sorted[i - 1]) repeated.add(sorted[i]!);
-    if (!repeated.size) return;
+    this.dups = null;
+    if (!repeated.size) return this;
     this.dups = new Uint32Array(this.count);
     const seen = new Map<number, number>();
     for (let i = 0; i < this.count; i++) {
@@ -165,6 +190,7 @@ export class MessageIndex {
       seen.set(h, n);
       this.dups[i] = n;
     }
+    return this;
   }
 
   offset(i: number): number {

@@ -9,7 +9,8 @@ import { fstatSync } from "node:fs";
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
-import { MailboxScanner, MessageIndex, scanHeader, toWire } from "./mailbox.ts";
+import { MessageIndex, scanHeader, toWire } from "./mailbox.ts";
+import { scanFile, type IndexCache } from "./index-cache.ts";
 import type { FileRange } from "./server.ts";
 import { closeFd, datasync, openFd, readAt, readAtSync, syncDir, writeAll } from "./fsio.ts";
 import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
@@ -17,8 +18,6 @@ import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
 const CHUNK = 1 << 20;
 const STREAM_CHUNK = 256 * 1024;
 const SYNC_READ_MAX = 128 * 1024;
-const GC_EVERY = 128 << 20;
-const EMPTY = Buffer.alloc(0);
 
 /** A small message as bytes; a large one as a stream of chunks. */
 export type Body = Uint8Array | AsyncIterable<Uint8Array> | FileRange;
@@ -52,40 +51,6 @@ export interface Maildrop {
   release(): void;
 }
 
-/**
- * Index a mailbox region [from, to) in chunks. One buffer is reused: the unfinished
- * message at its end moves to the front, so memory stays at about a chunk plus a message.
- */
-export async function scanFile(fd: number, from: number, to: number): Promise<MailboxScanner> {
-  const scanner = new MailboxScanner(from);
-  let buf = Buffer.allocUnsafe(2 * CHUNK);
-  let have = 0; // unconsumed bytes at the front of buf
-  let base = from; // file offset of buf[0]
-  for (let pos = from; pos < to; ) {
-    if (have + CHUNK > buf.length) {
-      const bigger = Buffer.allocUnsafe(buf.length * 2); // a message larger than the buffer
-      buf.copy(bigger, 0, 0, have);
-      buf = bigger;
-    }
-    const bytesRead = (await readAt(fd, pos, Math.min(CHUNK, to - pos), buf, have)).length;
-    if (bytesRead === 0) break;
-    pos += bytesRead;
-    have += bytesRead;
-    const used = scanner.scan(buf.subarray(0, have), base, pos >= to);
-    // Each message indexed leaves a little garbage; on a huge mailbox, collecting it as we
-    // go keeps the peak footprint near the live size (a few ms per 128 MiB scanned).
-    if ((pos - from) % GC_EVERY < CHUNK && pos - from >= GC_EVERY) Bun.gc(true);
-    buf.copyWithin(0, used, have);
-    have -= used;
-    base += used;
-  }
-  if (to - from >= GC_EVERY) {
-    buf = EMPTY; // not kept alive through the collection
-    Bun.gc(true); // once more for the last stretch
-  }
-  return scanner;
-}
-
 export class FileMaildrop implements Maildrop {
   private constructor(
     private readonly root: string,
@@ -96,9 +61,11 @@ export class FileMaildrop implements Maildrop {
     private readonly snapshotEnd: number,
     private popLock: Lock | null,
     private readonly warn: (m: string) => void,
+    private readonly cache: IndexCache | null,
   ) {}
 
-  static async open(root: string, user: string, warn: (m: string) => void = () => {}): Promise<FileMaildrop> {
+  /** With a cache, a login indexes only what was appended since the last one (see index-cache.ts). */
+  static async open(root: string, user: string, warn: (m: string) => void = () => {}, cache: IndexCache | null = null): Promise<FileMaildrop> {
     const lock = tryLock(popLockPath(root, user));
     if (!lock) throw new MaildropBusy("mailbox is already in use by another POP3 session");
     try {
@@ -108,14 +75,24 @@ export class FileMaildrop implements Maildrop {
       try {
         fd = await openFd(path, "r");
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === "ENOENT") return new FileMaildrop(root, user, null, 0, new MessageIndex(), 0, lock, warn);
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") return new FileMaildrop(root, user, null, 0, new MessageIndex(), 0, lock, warn, cache);
         throw e;
       }
-      const st = fstatSync(fd);
-      const scanner = await scanFile(fd, 0, st.size);
-      if (scanner.validEnd < st.size)
-        warn(`${path}: ignoring ${st.size - scanner.validEnd} bytes of unterminated tail (interrupted write)`);
-      return new FileMaildrop(root, user, fd, st.ino, scanner.finish(), scanner.validEnd, lock, warn);
+      try {
+        const st = fstatSync(fd);
+        let found;
+        if (cache) found = await cache.index(path, fd, st);
+        else {
+          const scanner = await scanFile(fd, 0, st.size);
+          found = { index: scanner.finish(), validEnd: scanner.validEnd };
+        }
+        if (found.validEnd < st.size)
+          warn(`${path}: ignoring ${st.size - found.validEnd} bytes of unterminated tail (interrupted write)`);
+        return new FileMaildrop(root, user, fd, st.ino, found.index, found.validEnd, lock, warn, cache);
+      } catch (e) {
+        void closeFd(fd).catch(() => {});
+        throw e;
+      }
     } catch (e) {
       lock.release();
       throw e;
@@ -207,9 +184,14 @@ export class FileMaildrop implements Maildrop {
       //    smtpmail keeps appending meanwhile.
       let runStart = -1;
       let runEnd = -1;
+      // What the new file holds, for the cache: kept messages end to end, then the tail.
+      const next = new MessageIndex();
+      let written = 0;
       for (let i = 0; i < this.messages.count; i++) {
         if (deleted.has(i)) continue;
         const m = this.messages.entry(i);
+        next.addFrom(this.messages, i, written);
+        written += m.length;
         if (m.offset !== runEnd) {
           if (runEnd > runStart) await copy(src, runStart, runEnd);
           runStart = m.offset;
@@ -230,15 +212,23 @@ export class FileMaildrop implements Maildrop {
             const tail = await scanFile(cur, this.snapshotEnd, st.size);
             await copy(cur, this.snapshotEnd, tail.validEnd);
             if (tail.validEnd < st.size) this.warn(`${path}: dropped ${st.size - tail.validEnd} bytes of unterminated tail during rewrite`);
+            const added = tail.index;
+            for (let j = 0; j < added.count; j++) next.addFrom(added, j, written + added.offset(j) - this.snapshotEnd);
+            written += tail.validEnd - this.snapshotEnd;
           }
         } finally {
           await closeFd(cur);
         }
         await datasync(out);
+        const newFile = fstatSync(out);
         await closeFd(out);
         out = null;
+        this.cache?.drop(path);
         await rename(temp, path);
         renamed = true;
+        // Not when the snapshot ended in a hand-written "." without a newline: the bytes after
+        // it then read differently from the start of the file than from where it ended.
+        if (this.snapshotEnd === 0 || readAtSync(src, this.snapshotEnd - 1, 1)[0] === 0x0a) this.cache?.remember(path, newFile, { index: next.finish(), validEnd: written });
         await syncDir(dirname(path));
       } finally {
         lock.release();

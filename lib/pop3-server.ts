@@ -2,6 +2,7 @@
 // its store. Kept apart from popserver.ts so tests and benchmarks can start it in-process.
 import type { LineReader } from "./lines.ts";
 import { FileMaildrop } from "./maildrop.ts";
+import { IndexCache } from "./index-cache.ts";
 import { formatPopReply, Pop } from "./reply.ts";
 import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
 import { MAX_SASL_LINE, maskAuth, type LoginThrottle } from "./auth.ts";
@@ -23,10 +24,11 @@ export interface PopServerOptions extends ListenOptions {
 }
 
 export function filePopStore(root: string, users: Users, warn: (m: string) => void): PopStore {
+  const cache = new IndexCache();
   return {
     findUser: (name) => (users.names.includes(name) ? name : null),
     checkPassword: async (user, password) => (await users.check(user, password)) !== null,
-    open: (user) => FileMaildrop.open(root, user, warn),
+    open: (user) => FileMaildrop.open(root, user, warn, cache),
   };
 }
 

@@ -1,0 +1,175 @@
+// The indexes popserver keeps between sessions (lib/index-cache.ts), on a real directory:
+// whatever happened to the file in between, a login through the cache must see exactly what
+// a login that indexes the whole file sees.
+import { afterAll, describe, expect, test } from "bun:test";
+import { appendFileSync, fstatSync, openSync, closeSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { IndexCache } from "../lib/index-cache.ts";
+import { FileMaildrop } from "../lib/maildrop.ts";
+import { buildRecord } from "../lib/mailbox.ts";
+import { mailboxPath } from "../lib/paths.ts";
+import { makeRoot, removeRoot } from "./helpers/servers.ts";
+
+const roots: string[] = [];
+afterAll(() => roots.forEach(removeRoot));
+function root(): string {
+  const r = makeRoot({ alice: "pw" });
+  roots.push(r);
+  return r;
+}
+
+const record = (n: number, extra = "") => buildRecord(Buffer.from(`From: bob@example.com\r\nSubject: message ${n}\r\n\r\nbody ${n}${extra}\r\n.leading dot\r\n`), "Received: 2024-01-02 : 03 : 04");
+
+/** What a session sees: per message its size, UID and bytes as sent. */
+async function view(r: string, cache: IndexCache | null) {
+  const d = await FileMaildrop.open(r, "alice", () => {}, cache);
+  try {
+    const out: string[] = [];
+    for (let i = 0; i < d.count; i++) {
+      const body = d.read(i) as { fd: number; offset: number; length: number } | Uint8Array;
+      const bytes = body instanceof Uint8Array ? Buffer.from(body) : readFileSync(mailboxPath(r, "alice")).subarray(body.offset, body.offset + body.length);
+      out.push(`${d.size(i)} ${d.uid(i)} ${bytes.toString("latin1")}`);
+    }
+    return out;
+  } finally {
+    d.release();
+  }
+}
+
+describe("IndexCache", () => {
+  test("an unchanged mailbox is not indexed again; an appended one only from where it ended", async () => {
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    writeFileSync(path, Buffer.concat([record(1), record(2), record(1)]));
+    const cache = new IndexCache();
+    const index = async () => {
+      const fd = openSync(path, "r");
+      try {
+        return await cache.index(path, fd, fstatSync(fd));
+      } finally {
+        closeSync(fd);
+      }
+    };
+    const first = await index();
+    expect(first.index.count).toBe(3);
+    const again = await index();
+    expect(again.index).toBe(first.index);
+    appendFileSync(path, Buffer.concat([record(3), record(1)]));
+    const grown = await index();
+    expect(grown.index).not.toBe(first.index);
+    expect(first.index.count).toBe(3); // a session holding the old index still sees 3
+    expect(grown.index.count).toBe(5);
+    expect(grown.validEnd).toBe(statSync(path).size);
+    // Messages already there keep their UIDs.
+    expect([0, 1, 2].map((i) => grown.index.uid(i))).toEqual([0, 1, 2].map((i) => first.index.uid(i)));
+    // Identical messages keep their file-order numbers: the third copy of message 1 is "-3".
+    expect(grown.index.uid(4)).toBe(`${grown.index.uid(0)}-3`);
+  });
+
+  test("after every kind of change, a login through the cache sees what a full index sees", async () => {
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    const cache = new IndexCache();
+    let seed = 12345; // mulberry32: the same sequence on every run
+    const rand = (n: number) => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) % n;
+    };
+    let n = 0;
+    const kinds = new Set<string>();
+    writeFileSync(path, Buffer.concat([record(++n), record(++n)]));
+    // "append" twice: it is the common case.
+    const KINDS = ["append", "append", "torn append", "finish torn", "rewrite", "replace", "replace, same end", "overwrite in place", "truncate", "hand-written", "duplicate"];
+    for (let step = 0; step < 100; step++) {
+      const kind = KINDS[rand(KINDS.length)]!;
+      kinds.add(kind);
+      const size = statSync(path).size;
+      switch (kind) {
+        case "append":
+          appendFileSync(path, Buffer.concat(Array.from({ length: 1 + rand(3) }, () => record(++n))));
+          break;
+        case "torn append": // an interrupted write: the cache must not take it as a message
+          appendFileSync(path, record(++n).subarray(0, 20));
+          break;
+        case "finish torn": // smtpmail ends a torn tail with a "." line, then appends
+          appendFileSync(path, Buffer.concat([Buffer.from("\r\n.\r\n"), record(++n)]));
+          break;
+        case "rewrite": {
+          // popserver's own rewrite at QUIT, with deletions; the cache learns the new file.
+          const d = await FileMaildrop.open(r, "alice", () => {}, cache);
+          appendFileSync(path, record(++n)); // arrives during the session
+          const deleted = new Set<number>();
+          for (let i = 0; i < d.count; i++) if (rand(3) === 0) deleted.add(i);
+          await d.commit(deleted);
+          break;
+        }
+        case "replace": {
+          const tmp = `${path}.new`;
+          writeFileSync(tmp, Buffer.concat([record(++n), record(++n), record(++n)]));
+          renameSync(tmp, path);
+          break;
+        }
+        case "replace, same end": {
+          // Another file whose last message is where the cached one was: only its identity tells.
+          const old = readFileSync(path);
+          const at = old.indexOf("body ");
+          if (at >= 0) old[at] = 0x42;
+          writeFileSync(`${path}.new`, old);
+          renameSync(`${path}.new`, path);
+          break;
+        }
+        case "overwrite in place": // same inode, different bytes, longer
+          writeFileSync(path, Buffer.concat([record(++n, "x"), readFileSync(path), record(++n)]));
+          break;
+        case "truncate":
+          truncateSync(path, Math.floor(size / 2));
+          break;
+        case "hand-written": // bare LF, and a final "." without a newline
+          appendFileSync(path, `From: carol@example.com\nSubject: hand ${++n}\n\nline\n.`);
+          break;
+        case "duplicate":
+          appendFileSync(path, record(1));
+          break;
+      }
+      const cached = await view(r, cache);
+      const fresh = await view(r, null);
+      expect({ step, kind, messages: cached }).toEqual({ step, kind, messages: fresh });
+    }
+    expect(kinds.size).toBe(new Set(KINDS).size);
+  });
+
+  test("a rewrite at QUIT tells the cache what it wrote, also after a hand-written final '.' that smtpmail ended", async () => {
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    const cache = new IndexCache();
+    writeFileSync(path, Buffer.concat([record(1), Buffer.from("From: carol@example.com\nSubject: hand\n\nline\n.")]));
+    // First the session's snapshot ends in that ".": the cache must not take the rewrite's
+    // word (it reads differently from the start); then it ends cleanly and it may.
+    for (const [deleted, hit] of [[0, false], [0, true]] as const) {
+      const d = await FileMaildrop.open(r, "alice", () => {}, cache);
+      // What smtpmail does to a final "." without a newline before it appends.
+      if (!readFileSync(path).toString("latin1").endsWith("\n")) appendFileSync(path, "\n");
+      appendFileSync(path, record(2 + deleted));
+      await d.commit(new Set([deleted]));
+      const before = { ...cache.stats };
+      expect(await view(r, cache)).toEqual(await view(r, null));
+      expect(cache.stats.hits).toBe(before.hits + (hit ? 1 : 0));
+    }
+  });
+
+  test("holds at most maxMessages, dropping the least recently used mailbox", async () => {
+    const r = makeRoot({ a: "pw", b: "pw", c: "pw" });
+    roots.push(r);
+    const cache = new IndexCache(5);
+    for (const u of ["a", "b", "c"]) {
+      writeFileSync(mailboxPath(r, u), Buffer.concat([record(1), record(2)]));
+      await (await FileMaildrop.open(r, u, () => {}, cache)).commit(new Set());
+    }
+    expect(cache.size).toBe(2); // a went when c came
+    const d = await FileMaildrop.open(r, "a", () => {}, cache);
+    expect(d.count).toBe(2);
+    d.release();
+    expect(cache.size).toBe(2);
+  });
+});
