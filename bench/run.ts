@@ -1,6 +1,6 @@
 // `npm run bench [scenario...]`: each scenario against freshly started servers on
 // loopback, bounded in count and time, printing one figure per line. Scenarios: fsync,
-// smtp, trace, smtp-source, pop, pop-large, conns, client (default: all but pop-large, which
+// smtp, trace, smtp-source, pop, pop-logins, pop-large, conns, client (default: all but pop-large, which
 // writes 1 GiB).
 import { join } from "node:path";
 import { existsSync, rmSync } from "node:fs";
@@ -207,6 +207,37 @@ async function popScenario(label: string, count: number, bytes: number): Promise
 }
 
 if (want("pop")) await popScenario("pop 10k", 10_000, 2400);
+
+// A login-heavy load (mail clients polling): 20 clients, each on its own 1,000-message
+// mailbox, log in, STAT and QUIT over and over for 3 s.
+if (want("pop-logins")) {
+  const users = Array.from({ length: 20 }, (_, i) => `user${i}`);
+  const root = makeRoot(users);
+  for (const u of users) writeMailbox(root, u, 1000, 2400);
+  const server = await startChild([join(PROJECT, "popserver.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+  let n = 0;
+  const end = Date.now() + 3000;
+  const cpu0 = cpuOf(server.proc.pid);
+  const t = performance.now();
+  await Promise.all(
+    users.map(async (u) => {
+      while (Date.now() < end) {
+        const c = await PopConn.open(server.port);
+        await c.send(`USER ${u}`);
+        if (!(await c.send(`PASS ${u}pw`))) throw new Error("login failed");
+        await c.send("STAT");
+        await c.send("QUIT");
+        c.close();
+        n++;
+      }
+    }),
+  );
+  const secs = (performance.now() - t) / 1000;
+  figure("pop logins, 20 clients, 1,000-message mailboxes", n / secs, "sessions/s");
+  figure("pop logins: popserver CPU per session", ((cpuOf(server.proc.pid) - cpu0) / n) * 1e6, "us");
+  await server.stop();
+  rmSync(root, { recursive: true, force: true });
+}
 if (want("pop-large")) await popScenario("pop 100k", 100_000, 10_700);
 
 if (want("conns")) {
