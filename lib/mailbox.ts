@@ -116,13 +116,14 @@ export function messageHash(content: Uint8Array): number {
 }
 
 /**
- * The offsets, lengths and sizes of a mailbox's messages in typed arrays: about 30 bytes a
+ * The offsets, lengths and sizes of a mailbox's messages in typed arrays: 29 bytes a
  * message, so a POP3 session on 100,000 messages keeps an index of 3 MB, not objects.
  */
 export class MessageIndex {
   count = 0;
   private offsets = new Float64Array(256);
-  private lengths = new Float64Array(256);
+  // Under 4 GiB: the scanner holds a message whole in a Buffer, which is at most that long.
+  private lengths = new Uint32Array(256);
   private sizes = new Float64Array(256);
   private hashes = new Float64Array(256);
   private lfs = new Uint8Array(256);
@@ -130,18 +131,7 @@ export class MessageIndex {
   private dups: Uint32Array | null = null;
 
   add(offset: number, length: number, size: number, lf: boolean, hash: number): void {
-    if (this.count === this.offsets.length) {
-      const grow = <T extends Float64Array | Uint8Array>(a: T): T => {
-        const b = new (a.constructor as new (n: number) => T)(a.length * 2);
-        b.set(a);
-        return b;
-      };
-      this.offsets = grow(this.offsets);
-      this.lengths = grow(this.lengths);
-      this.sizes = grow(this.sizes);
-      this.hashes = grow(this.hashes);
-      this.lfs = grow(this.lfs);
-    }
+    if (this.count === this.offsets.length) this.resize(this.offsets.length * 2);
     const i = this.count++;
     this.offsets[i] = offset;
     this.lengths[i] = length;
@@ -150,11 +140,16 @@ export class MessageIndex {
     this.lfs[i] = lf ? 1 : 0;
   }
 
+  /** Memory held by the arrays. */
+  get bytes(): number {
+    return this.offsets.length * 29 + (this.dups?.byteLength ?? 0);
+  }
+
   /** A new index of a's messages then b's, as they are (b's offsets already count from the file's start). */
   static joined(a: MessageIndex, b: MessageIndex): MessageIndex {
     const j = new MessageIndex();
     const n = a.count + b.count;
-    const both = <T extends Float64Array | Uint8Array>(x: T, y: T): T => {
+    const both = <T extends Float64Array | Uint32Array | Uint8Array>(x: T, y: T): T => {
       const out = new (x.constructor as new (n: number) => T)(Math.max(256, n));
       out.set(x.subarray(0, a.count));
       out.set(y.subarray(0, b.count), a.count);
@@ -167,6 +162,35 @@ export class MessageIndex {
     j.lfs = both(a.lfs, b.lfs);
     j.count = n;
     return j.finish();
+  }
+
+  private resize(capacity: number): void {
+    const to = <T extends Float64Array | Uint32Array | Uint8Array>(a: T): T => {
+      const b = new (a.constructor as new (n: number) => T)(Math.max(256, capacity));
+      b.set(a.subarray(0, this.count));
+      return b;
+    };
+    this.offsets = to(this.offsets);
+    this.lengths = to(this.lengths);
+    this.sizes = to(this.sizes);
+    this.hashes = to(this.hashes);
+    this.lfs = to(this.lfs);
+  }
+
+  /** Lets go of spare room the arrays grew (a quarter of them, on average). */
+  trim(): this {
+    if (this.offsets.length - this.count >= 1024) this.resize(this.count);
+    return this;
+  }
+
+  /** Adds b's messages after these (b's offsets already count from the file's start). */
+  extend(b: MessageIndex): this {
+    // Room for these and a little more: doubling a kept 100,000-message index for a few
+    // new messages would hold 3 MB it never uses.
+    const need = this.count + b.count;
+    if (need > this.offsets.length) this.resize(need + (need >> 5));
+    for (let i = 0; i < b.count; i++) this.addFrom(b, i, b.offset(i));
+    return this.finish();
   }
 
   /** Adds another index's message i, placed at `offset`. */

@@ -166,6 +166,8 @@ export class FileMaildrop implements Maildrop {
   release(): void {
     if (this.fd !== null) void closeFd(this.fd).catch(() => {});
     this.fd = null;
+    // Once, before the lock goes: the next session may then grow the index in place.
+    if (this.popLock) this.cache?.giveBack(mailboxPath(this.root, this.user), this.messages);
     this.popLock?.release();
     this.popLock = null;
   }

@@ -2,7 +2,7 @@
 // whatever happened to the file in between, a login through the cache must see exactly what
 // a login that indexes the whole file sees.
 import { afterAll, describe, expect, test } from "bun:test";
-import { appendFileSync, fstatSync, openSync, closeSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { appendFileSync, fstatSync, openSync, closeSync, readFileSync, renameSync, statSync, truncateSync, utimesSync, writeFileSync } from "node:fs";
 import { IndexCache } from "../lib/index-cache.ts";
 import { FileMaildrop } from "../lib/maildrop.ts";
 import { buildRecord } from "../lib/mailbox.ts";
@@ -63,6 +63,13 @@ describe("IndexCache", () => {
     expect([0, 1, 2].map((i) => grown.index.uid(i))).toEqual([0, 1, 2].map((i) => first.index.uid(i)));
     // Identical messages keep their file-order numbers: the third copy of message 1 is "-3".
     expect(grown.index.uid(4)).toBe(`${grown.index.uid(0)}-3`);
+    // Given back, it is grown in place: no second copy of a large index.
+    cache.giveBack(path, grown.index);
+    appendFileSync(path, record(4));
+    const again2 = await index();
+    expect(again2.index).toBe(grown.index);
+    expect(again2.index.count).toBe(6);
+    expect(again2.index.uid(5)).not.toBe(again2.index.uid(4));
   });
 
   test("after every kind of change, a login through the cache sees what a full index sees", async () => {
@@ -80,7 +87,7 @@ describe("IndexCache", () => {
     const kinds = new Set<string>();
     writeFileSync(path, Buffer.concat([record(++n), record(++n)]));
     // "append" twice: it is the common case.
-    const KINDS = ["append", "append", "torn append", "finish torn", "rewrite", "replace", "replace, same end", "overwrite in place", "truncate", "hand-written", "duplicate"];
+    const KINDS = ["append", "append", "large append", "torn append", "finish torn", "rewrite", "replace", "replace, same end", "overwrite in place", "truncate", "hand-written", "duplicate"];
     for (let step = 0; step < 100; step++) {
       const kind = KINDS[rand(KINDS.length)]!;
       kinds.add(kind);
@@ -88,6 +95,9 @@ describe("IndexCache", () => {
       switch (kind) {
         case "append":
           appendFileSync(path, Buffer.concat(Array.from({ length: 1 + rand(3) }, () => record(++n))));
+          break;
+        case "large append": // ends further apart than the 64 KiB window the check reads through
+          appendFileSync(path, Buffer.concat([record(++n, "y".repeat(70_000 + rand(70_000))), record(++n)]));
           break;
         case "torn append": // an interrupted write: the cache must not take it as a message
           appendFileSync(path, record(++n).subarray(0, 20));
@@ -158,18 +168,101 @@ describe("IndexCache", () => {
     }
   });
 
-  test("holds at most maxMessages, dropping the least recently used mailbox", async () => {
-    const r = makeRoot({ a: "pw", b: "pw", c: "pw" });
-    roots.push(r);
-    const cache = new IndexCache(5);
-    for (const u of ["a", "b", "c"]) {
-      writeFileSync(mailboxPath(r, u), Buffer.concat([record(1), record(2)]));
-      await (await FileMaildrop.open(r, u, () => {}, cache)).commit(new Set());
+  test("a file rewritten in place is indexed again when a message end moved or the last message changed", async () => {
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    const cache = new IndexCache();
+    const A = "Subject: a\n\nhello\n.\n", B = "Subject: b\n\nbye\n.\n", C = "Subject: c\n\nlast\n.\n";
+    const rewrites: Buffer[] = [
+      Buffer.from(A.replace("\n.\n", "\nx\n") + B + C), // same length: A's "." line gone, so A and B are one message
+      Buffer.concat([record(2, "+"), record(3).subarray(1), record(4)]), // ends moved, last record where it was
+      Buffer.concat([record(2), record(3), record(9)]), // only the last message changed
+    ];
+    for (const [k, after] of rewrites.entries()) {
+      writeFileSync(path, k === 0 ? A + B + C : Buffer.concat([record(2), record(3), record(4)]));
+      await view(r, cache);
+      const ino = statSync(path).ino;
+      writeFileSync(path, after); // truncate and write: the same inode
+      expect(statSync(path).ino).toBe(ino);
+      expect({ k, messages: await view(r, cache) }).toEqual({ k, messages: await view(r, null) });
     }
-    expect(cache.size).toBe(2); // a went when c came
-    const d = await FileMaildrop.open(r, "a", () => {}, cache);
-    expect(d.count).toBe(2);
-    d.release();
-    expect(cache.size).toBe(2);
+  });
+
+  test("a QUIT after such a rewrite writes what a full index would have", async () => {
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    const cache = new IndexCache();
+    const A = "Subject: a\n\nhello\n.\n", B = "Subject: b\n\nbye\n.\n", C = "Subject: c\n\nlast\n.\n";
+    writeFileSync(path, A + B + C);
+    await view(r, cache);
+    writeFileSync(path, A.replace("\n.\n", "\nx\n") + B + C);
+    const d = await FileMaildrop.open(r, "alice", () => {}, cache);
+    expect(d.count).toBe(2); // "a" and "b" are one message now
+    await d.commit(new Set([1]));
+    expect(readFileSync(path, "latin1")).toBe(A.replace("\n.\n", "\nx\n") + B);
+  });
+
+  test("an empty '.' record after the last message, then more bytes", async () => {
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    const cache = new IndexCache();
+    writeFileSync(path, Buffer.concat([record(1), Buffer.from(".")]));
+    await view(r, cache);
+    appendFileSync(path, Buffer.concat([Buffer.from("\r\n"), record(2)]));
+    expect(await view(r, cache)).toEqual(await view(r, null));
+  });
+
+  test("a file untouched since a settled index is taken without a read; one written since is checked", async () => {
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    writeFileSync(path, Buffer.concat([record(1), record(2)]));
+    const old = new Date(Date.now() - 5000);
+    utimesSync(path, old, old);
+    const cache = new IndexCache();
+    await view(r, cache);
+    // Bytes changed behind its back with the old size and mtime put back: taken as it is
+    // (this is what "untouched" means), so the stale UID shows. Then a real write is seen.
+    writeFileSync(path, Buffer.concat([record(1), record(3)]));
+    utimesSync(path, old, old);
+    const stale = await view(r, cache);
+    expect(stale).not.toEqual(await view(r, null));
+    appendFileSync(path, record(4));
+    expect(await view(r, cache)).toEqual(await view(r, null));
+    // A file indexed right after a write is not settled: a second write in the same clock
+    // tick (simulated by putting its mtime back) is still looked at.
+    writeFileSync(path, Buffer.concat([record(1), record(2)]));
+    await view(r, cache);
+    const { mtimeMs } = statSync(path);
+    writeFileSync(path, Buffer.concat([record(1), record(5)]));
+    utimesSync(path, mtimeMs / 1000, mtimeMs / 1000);
+    expect(statSync(path).mtimeMs).toBe(mtimeMs);
+    expect(await view(r, cache)).toEqual(await view(r, null));
+  });
+
+  test("the memory bound counts bytes held, and the least recently used mailbox goes first", async () => {
+    const names = Array.from({ length: 60 }, (_, i) => `u${i}`);
+    const r = makeRoot(Object.fromEntries([...names, "newcomer"].map((u) => [u, "pw"])));
+    roots.push(r);
+    const cache = new IndexCache(100_000);
+    for (const u of names) {
+      writeFileSync(mailboxPath(r, u), record(1));
+      (await FileMaildrop.open(r, u, () => {}, cache)).release();
+    }
+    expect(cache.bytes).toBeLessThanOrEqual(100_000);
+    expect(cache.size).toBeGreaterThan(1);
+    expect(cache.size).toBeLessThan(names.length);
+    // The newest ones are kept.
+    const kept = names.slice(-cache.size);
+    const hit = async (u: string) => {
+      const before = cache.stats.hits;
+      (await FileMaildrop.open(r, u, () => {}, cache)).release();
+      return cache.stats.hits > before;
+    };
+    expect(await hit(kept[0]!)).toBe(true); // now the most recently used
+    writeFileSync(mailboxPath(r, "newcomer"), record(1));
+    expect(await hit("newcomer")).toBe(false); // pushes out the least recently used: kept[1]
+    expect(await hit(kept[0]!)).toBe(true);
+    expect(await hit(kept[2]!)).toBe(true);
+    expect(await hit(kept[1]!)).toBe(false);
   });
 });
