@@ -117,10 +117,12 @@ export class IndexCache {
       // Kept from session to session: without the room it grew into.
       found = { index: scanner.finish().trim(), validEnd: scanner.validEnd };
     }
-    // A tail cut while it was read (smtpmail setting a torn append aside, then appending)
-    // may have been indexed from a mix of old and new bytes: good for this session, which
-    // has always had that risk, but not kept for the next ones.
-    if (fstatSync(fd).size >= st.size) {
+    // A torn tail that smtpmail set aside while we read it, appending new records in its
+    // place, may have been indexed from a mix of old and new bytes: good enough for this
+    // session (which has always had that risk), not kept for the next ones. smtpmail cuts
+    // only a file that did not end at a message boundary.
+    const now = fstatSync(fd);
+    if (now.size >= st.size && (now.mtimeMs === st.mtimeMs || found.validEnd === st.size)) {
       this.remember(path, st, found);
       const kept = this.entries.get(path);
       if (kept) kept.leased = true;

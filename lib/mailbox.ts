@@ -131,6 +131,7 @@ export class MessageIndex {
   private dups: Uint32Array | null = null;
 
   add(offset: number, length: number, size: number, lf: boolean, hash: number): void {
+    if (length >= 2 ** 32) throw new Error("a message of 4 GiB or more");
     if (this.count === this.offsets.length) this.resize(this.offsets.length * 2);
     const i = this.count++;
     this.offsets[i] = offset;
@@ -341,16 +342,15 @@ export class MailboxScanner {
     }
     // A final "." without a newline, at the very end of a hand-written file. Only after a
     // bare LF: our own records end "\r\n.\r\n", so "\r\n." at the end is an interrupted
-    // append (possibly cut inside a stuffed line), not a complete message.
-    if (atEof && buf.length - start >= 1 && buf[buf.length - 1] === DOT &&
-        (buf.length - 1 === start || (buf[buf.length - 2] === LF && buf[buf.length - 3] !== CR))) {
+    // append (possibly cut inside a stuffed line), not a complete message. A "." alone where
+    // a record begins may be the first byte of an append whose first line starts with ".":
+    // left for later, not taken as an empty record.
+    if (atEof && buf.length - start >= 2 && buf[buf.length - 1] === DOT && buf[buf.length - 2] === LF && buf[buf.length - 3] !== CR) {
       const dotLine = buf.length - 1;
-      if (dotLine > start) {
-        let stuffed = buf[start] === DOT ? 1 : 0;
-        const content = buf.subarray(start, dotLine);
-        for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) stuffed++;
-        this.addMessage(buf, base, start, dotLine, buf.length, stuffed);
-      }
+      let stuffed = buf[start] === DOT ? 1 : 0;
+      const content = buf.subarray(start, dotLine);
+      for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) stuffed++;
+      this.addMessage(buf, base, start, dotLine, buf.length, stuffed);
       start = buf.length;
       this.validEnd = base + start;
     }

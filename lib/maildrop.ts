@@ -228,9 +228,7 @@ export class FileMaildrop implements Maildrop {
         this.cache?.drop(path);
         await rename(temp, path);
         renamed = true;
-        // Not when the snapshot ended in a hand-written "." without a newline: the bytes after
-        // it then read differently from the start of the file than from where it ended.
-        if (this.snapshotEnd === 0 || readAtSync(src, this.snapshotEnd - 1, 1)[0] === 0x0a) this.cache?.remember(path, newFile, { index: next.finish(), validEnd: written });
+        this.cache?.remember(path, newFile, { index: next.finish(), validEnd: written });
         await syncDir(dirname(path));
       } finally {
         lock.release();

@@ -1,7 +1,7 @@
 // FileMaildrop over a real temp directory: POP3 lock, offset index, read/top, the rewrite at
 // QUIT beside concurrent appends, UIDs, hand-written LF files, crash leftovers.
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { collectBody, FileMaildrop, MaildropBusy, type Body } from "../lib/maildrop.ts";
@@ -347,5 +347,18 @@ describe("FileMaildrop", () => {
       live.kill(9);
       await live.exited;
     }
+  });
+
+  test("a login that sees only the first '.' of an append does not take it for an empty record", async () => {
+    // A message whose first header line starts with "." is stored stuffed: its record begins "..".
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    const second = buildRecord(Buffer.from("..X-Dot: y\r\nSubject: two\r\n\r\nbody\r\n"), RECEIVED);
+    writeFileSync(path, Buffer.concat([record(1), second.subarray(0, 1)])); // smtpmail's write, seen after one byte
+    const d = await FileMaildrop.open(r, "alice");
+    expect(d.count).toBe(1);
+    appendFileSync(path, second.subarray(1)); // the write completes during the session
+    await d.commit(new Set([0]));
+    expect(readFileSync(path).equals(second)).toBe(true);
   });
 });
