@@ -66,7 +66,7 @@ export class FileMaildrop implements Maildrop {
 
   /** With a cache, a login indexes only what was appended since the last one (see index-cache.ts). */
   static async open(root: string, user: string, warn: (m: string) => void = () => {}, cache: IndexCache | null = null): Promise<FileMaildrop> {
-    const lock = tryLock(popLockPath(root, user));
+    const lock = tryLock(popLockPath(root, user), false, root);
     if (!lock) throw new MaildropBusy("mailbox is already in use by another POP3 session");
     try {
       const path = mailboxPath(root, user);

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { acquireLock, isWanted, tryLock, wantedPath } from "../lib/lock.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "lock-test-"));
@@ -134,6 +134,57 @@ describe("acquireLock", () => {
     await child.exited;
     const l = await acquireLock(p, 5000);
     l.release();
+  });
+
+  test("locks linked from one temp file kept in another directory: exclusive, and nothing but the lock in their own", async () => {
+    const shared = mkdtempSync(join(dir, "shared-"));
+    const boxes = [1, 2, 3].map((i) => {
+      const d = join(dir, `user${i}-${n++}`);
+      mkdirSync(d);
+      return join(d, "box.lock");
+    });
+    for (let round = 0; round < 2; round++) {
+      const locks = boxes.map((p) => tryLock(p, false, shared)!);
+      expect(locks.every((l) => l !== null)).toBe(true);
+      for (const p of boxes) {
+        expect(readFileSync(p, "utf8").trim()).toBe(`${process.pid} ${hostname()}`);
+        expect(readdirSync(dirname(p))).toEqual(["box.lock"]);
+        expect(tryLock(p, false, shared)).toBeNull();
+        expect(tryLock(p)).toBeNull();
+      }
+      // One temp file serves them all, and stays for the next time.
+      expect(readdirSync(shared).filter((f) => f.startsWith(".link."))).toHaveLength(1);
+      // A lock someone else took after ours was (wrongly) broken is not removed by our release.
+      rmSync(boxes[0]!);
+      writeFileSync(boxes[0]!, `${livePid()} ${hostname()}\n`);
+      for (const l of locks) l.release();
+      expect(existsSync(boxes[0]!)).toBe(true);
+      rmSync(boxes[0]!);
+      expect(boxes.map((p) => existsSync(p))).toEqual([false, false, false]);
+    }
+    // The kept temp file removed behind our back is made again.
+    for (const f of readdirSync(shared)) rmSync(join(shared, f));
+    const again = tryLock(boxes[1]!, false, shared)!;
+    expect(again).not.toBeNull();
+    again.release();
+  });
+
+  test("a process killed holding a lock from a shared temp file: the lock is broken, its temp file removed by the next process", async () => {
+    const shared = mkdtempSync(join(dir, "shared-"));
+    const p = lockPath();
+    const lockTs = JSON.stringify(join(import.meta.dir, "../lib/lock.ts"));
+    const child = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${lockTs}); if (!tryLock(${JSON.stringify(p)}, false, ${JSON.stringify(shared)})) process.exit(3); console.log("held"); await Bun.sleep(60000);`], { stdout: "pipe" });
+    procs.push(child);
+    const { value } = await child.stdout.getReader().read();
+    expect(new TextDecoder().decode(value)).toContain("held");
+    expect(readdirSync(shared).filter((f) => f.startsWith(".link."))).toHaveLength(1);
+    child.kill(9);
+    await child.exited;
+    // Another process takes it (this one has no temp file in `shared` yet) and exits cleanly.
+    const next = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${lockTs}); const l = tryLock(${JSON.stringify(p)}, false, ${JSON.stringify(shared)}); if (!l) process.exit(3); l.release();`]);
+    expect(await next.exited).toBe(0);
+    expect(existsSync(p)).toBe(false);
+    expect(readdirSync(shared)).toEqual([]); // the dead one's removed, its own gone at exit
   });
 
   test("many concurrent waiters in one process each get it exactly once, one at a time", async () => {

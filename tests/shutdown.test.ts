@@ -20,6 +20,8 @@ function subjects(root: string, user: string): string[] {
 
 function leftovers(root: string, users: string[]): string[] {
   const files = users.flatMap((u) => readdirSync(join(root, u)).filter((f) => /lock|\.tmp|^\.link/.test(f)));
+  // popserver links its POP3 locks from a temp file kept in the root.
+  files.push(...readdirSync(root).filter((f) => f.startsWith(".link.")));
   const journal = join(root, ".smtpmail-journal");
   return existsSync(journal) ? [...files, ...readdirSync(journal)] : files;
 }
