@@ -118,7 +118,15 @@ process.on("exit", () => {
  */
 export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock | null {
   if (held.has(path)) return null;
-  let temp = tempDir ? sharedTemp(tempDir, false).temp : lockTemp(path, false);
+  let temp: string;
+  try {
+    temp = tempDir ? sharedTemp(tempDir, false).temp : lockTemp(path, false);
+  } catch (e) {
+    if (!tempDir) throw e;
+    // tempDir not writable (a mail root only its owner may write to): as without it.
+    tempDir = undefined;
+    temp = lockTemp(path, false);
+  }
   try {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {

@@ -162,6 +162,12 @@ describe("acquireLock", () => {
       rmSync(boxes[0]!);
       expect(boxes.map((p) => existsSync(p))).toEqual([false, false, false]);
     }
+    // A temp directory that cannot be written to: the lock takes a temp file of its own.
+    const fallback = tryLock(boxes[2]!, false, join(dir, "no-such-dir"))!;
+    expect(fallback).not.toBeNull();
+    expect(readdirSync(dirname(boxes[2]!))).toEqual(["box.lock"]);
+    fallback.release();
+    expect(existsSync(boxes[2]!)).toBe(false);
     // The kept temp file removed behind our back is made again.
     for (const f of readdirSync(shared)) rmSync(join(shared, f));
     const again = tryLock(boxes[1]!, false, shared)!;
