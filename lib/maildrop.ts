@@ -41,6 +41,8 @@ export interface Maildrop {
   /** Message i (0-based): RFC 1939 size and unique id. */
   size(i: number): number;
   uid(i: number): string;
+  /** uid(i) written into buf at pos, returning the new pos (saves a string per message in UIDL). */
+  writeUid?(i: number, buf: Buffer, pos: number): number;
   /** The message in wire form (dot-stuffed, CRLF), ending with the ".\r\n" line. */
   read(i: number): Body | Promise<Body>;
   /** Header plus the first `lines` body lines, in wire form with the ".\r\n" line. */
@@ -109,6 +111,10 @@ export class FileMaildrop implements Maildrop {
 
   uid(i: number): string {
     return this.messages.uid(i);
+  }
+
+  writeUid(i: number, buf: Buffer, pos: number): number {
+    return this.messages.writeUid(i, buf, pos);
   }
 
   read(i: number): Body {

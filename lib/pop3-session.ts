@@ -3,6 +3,7 @@
 // through the injected PopStore, so the session is tested with an in-memory one.
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
 import type { Body, Maildrop } from "./maildrop.ts";
+import { writeNumber } from "./mailbox.ts";
 import { Pop, type PopReply } from "./reply.ts";
 
 export interface PopStore {
@@ -44,12 +45,9 @@ const MAX_ARG = 40; // RFC 1939 section 3
 const LISTING_CHUNK = 1000;
 
 /** Digits of a non-negative integer, written without making a string. */
-function writeDecimal(buf: Buffer, pos: number, n: number): number {
-  let digits = 1;
-  for (let x = n; x >= 10; x = Math.floor(x / 10)) digits++;
-  for (let i = pos + digits - 1; i >= pos; i--, n = Math.floor(n / 10)) buf[i] = 0x30 + (n % 10);
-  return pos + digits;
-}
+
+/** Writes message i's value in a listing row into buf at pos; returns the new pos. */
+type RowWriter = (i: number, buf: Buffer, pos: number) => number;
 
 const lines = (rows: string[]) => Buffer.from(rows.map((r) => r + "\r\n").join("") + ".\r\n");
 
@@ -144,9 +142,9 @@ export class Pop3Session {
         return { reply: Pop.ok(`maildrop has ${n} messages (${octets} octets)`) };
       }
       case "LIST":
-        return this.listing(args, (i) => this.drop!.size(i));
+        return this.listing(args, (i) => this.drop!.size(i), (i, buf, pos) => writeNumber(buf, pos, this.drop!.size(i)));
       case "UIDL":
-        return this.listing(args, (i) => this.drop!.uid(i));
+        return this.listing(args, (i) => this.drop!.uid(i), (i, buf, pos) => (this.drop!.writeUid ? this.drop!.writeUid(i, buf, pos) : pos + buf.write(this.drop!.uid(i), pos, "latin1")));
       case "RETR":
         return this.retr(args);
       case "TOP":
@@ -319,7 +317,7 @@ export class Pop3Session {
     return n - 1;
   }
 
-  private listing(args: string[], value: (i: number) => string | number): PopResult {
+  private listing(args: string[], value: (i: number) => string | number, write: RowWriter): PopResult {
     if (args.length > 1) return { reply: Pop.syntax("at most one message number") };
     if (args.length === 1) {
       const i = this.msg(args[0]);
@@ -327,14 +325,14 @@ export class Pop3Session {
       return { reply: Pop.ok(`${i + 1} ${value(i)}`) };
     }
     const [n, octets] = this.totals();
-    return { reply: Pop.ok(`${n} messages (${octets} octets)`), body: this.scanListing(value) };
+    return { reply: Pop.ok(`${n} messages (${octets} octets)`), body: this.scanListing(write) };
   }
 
   /**
    * The rows of LIST / UIDL. A long listing (100,000 messages is 1.5 MB) is produced in
    * chunks as the client reads it, instead of as one large string.
    */
-  private scanListing(value: (i: number) => string | number): Uint8Array | AsyncIterable<Uint8Array> {
+  private scanListing(write: RowWriter): Uint8Array | AsyncIterable<Uint8Array> {
     const count = this.drop!.count;
     const deleted = new Set(this.deleted);
     // Rows are written into one reused buffer: a listing of 100,000 messages would otherwise
@@ -344,10 +342,9 @@ export class Pop3Session {
       let pos = 0;
       for (let i = from; i < to; i++) {
         if (deleted.has(i)) continue;
-        pos = writeDecimal(buf, pos, i + 1);
+        pos = writeNumber(buf, pos, i + 1);
         buf[pos++] = 0x20;
-        const v = value(i);
-        pos = typeof v === "number" ? writeDecimal(buf, pos, v) : pos + buf.write(v, pos, "latin1");
+        pos = write(i, buf, pos);
         buf[pos++] = 0x0d;
         buf[pos++] = 0x0a;
       }

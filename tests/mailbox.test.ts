@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { buildRecord, MailboxScanner, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, type MessageEntry } from "../lib/mailbox.ts";
+import { buildRecord, MailboxScanner, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
 
 const b = (s: string) => Buffer.from(s, "utf8");
 const RCV = "Received: 2024-03-05 : 09 : 07";
@@ -204,5 +204,31 @@ describe("toWire and unstuff", () => {
   });
   test("unstuff removes one leading dot per line, including the first", () => {
     expect(unstuff(b("..a\r\n...\r\nb.\r\n.c\r\n")).toString()).toBe(".a\r\n..\r\nb.\r\nc\r\n");
+  });
+});
+
+describe("UIDs written without strings", () => {
+  test("writeNumber writes what Number#toString writes, in bases 10 and 36, up to 2^53 - 1", () => {
+    const buf = Buffer.alloc(64);
+    const values = [0, 1, 9, 10, 35, 36, 1295, 1296, 2 ** 32, 2 ** 53 - 1];
+    for (let k = 0; k < 2000; k++) values.push(Math.floor(Math.random() * 2 ** 53));
+    for (const v of values) {
+      for (const radix of [10, 36]) {
+        const end = writeNumber(buf, 3, v, radix);
+        expect(buf.toString("latin1", 3, end)).toBe(v.toString(radix));
+      }
+    }
+  });
+
+  test("MessageIndex.writeUid writes uid(i), with the counters of repeated messages", () => {
+    const index = new MessageIndex();
+    const hashes = [0, 2 ** 53 - 1, 123456789, 123456789, 42, 123456789];
+    hashes.forEach((h, i) => index.add(i * 10, 10, 8, false, h));
+    index.finish();
+    const buf = Buffer.alloc(64);
+    const uids = hashes.map((_, i) => buf.toString("latin1", 0, index.writeUid(i, buf, 0)));
+    expect(uids).toEqual(hashes.map((_, i) => index.uid(i)));
+    expect(uids[3]).toBe(`${uids[2]}-2`);
+    expect(uids[5]).toBe(`${uids[2]}-3`);
   });
 });
