@@ -13,7 +13,8 @@ export interface SmtpLoadResult {
 }
 
 interface S {
-  buf: string;
+  /** The start of a reply line cut by the end of a chunk (rare: replies are short). */
+  rest: Buffer | null;
   phase: "greet" | "ehlo" | "envelope" | "data" | "done";
   pendingEnvelope: number;
   sent: number;
@@ -26,7 +27,8 @@ export async function smtpLoad(opt: { port: number; sessions: number; total: num
   const lines = Math.max(1, Math.floor((opt.messageBytes - 120) / body.length));
   const message = Buffer.from(`From: bench@load\r\nTo: someone@here\r\nSubject: benchmark message\r\n\r\n${body.repeat(lines)}.\r\n`);
   const envelopes = opt.users.map((u) => Buffer.from(`MAIL FROM:<bench@load>\r\nRCPT TO:<${u}@here>\r\nDATA\r\n`));
-  const latencies: number[] = [];
+  const latencies = new Float64Array(opt.total);
+  let measured = 0;
   let started = 0;
   let done = 0;
   let failures = 0;
@@ -49,9 +51,10 @@ export async function smtpLoad(opt: { port: number; sessions: number; total: num
     s.write(envelopes[started % envelopes.length]!);
   };
 
-  const onLine = (s: Socket<S>, line: string) => {
-    if (line[3] === "-") return; // continuation of a multi-line reply
-    const code = line.slice(0, 3);
+  // Reply codes are compared as numbers read from the bytes: no string per line.
+  const onLine = (s: Socket<S>, b: Uint8Array, at: number) => {
+    if (b[at + 3] === 0x2d) return; // "-": continuation of a multi-line reply
+    const code = (b[at]! - 48) * 100 + (b[at + 1]! - 48) * 10 + (b[at + 2]! - 48);
     const d = s.data;
     switch (d.phase) {
       case "greet":
@@ -63,10 +66,10 @@ export async function smtpLoad(opt: { port: number; sessions: number; total: num
         break;
       case "envelope":
         if (--d.pendingEnvelope > 0) {
-          if (code !== "250") failures++;
+          if (code !== 250) failures++;
           return;
         }
-        if (code !== "354") {
+        if (code !== 354) {
           failures++;
           s.write("RSET\r\n");
           d.phase = "ehlo";
@@ -77,8 +80,8 @@ export async function smtpLoad(opt: { port: number; sessions: number; total: num
         s.write(message);
         break;
       case "data":
-        latencies.push(performance.now() - d.t0);
-        if (code === "250") done++;
+        latencies[measured++] = performance.now() - d.t0;
+        if (code === 250) done++;
         else failures++;
         next(s);
         break;
@@ -89,16 +92,14 @@ export async function smtpLoad(opt: { port: number; sessions: number; total: num
     await Bun.connect<S>({
       hostname: "127.0.0.1",
       port: opt.port,
-      data: { buf: "", phase: "greet", pendingEnvelope: 0, sent: 0, t0: 0, user: "" },
+      data: { rest: null, phase: "greet", pendingEnvelope: 0, sent: 0, t0: 0, user: "" },
       socket: {
         data(s, chunk) {
-          s.data.buf += chunk.toString("latin1");
-          let nl;
-          while ((nl = s.data.buf.indexOf("\r\n")) >= 0) {
-            const line = s.data.buf.slice(0, nl);
-            s.data.buf = s.data.buf.slice(nl + 2);
-            onLine(s, line);
-          }
+          const b = s.data.rest ? Buffer.concat([s.data.rest, chunk]) : chunk;
+          s.data.rest = null;
+          let at = 0;
+          for (let nl; (nl = b.indexOf(0x0a, at)) >= 0; at = nl + 1) if (nl - at >= 3) onLine(s, b, at);
+          if (at < b.length) s.data.rest = Buffer.from(b.subarray(at));
         },
         close() {
           if (--open === 0) finish();
@@ -111,6 +112,6 @@ export async function smtpLoad(opt: { port: number; sessions: number; total: num
   await allDone;
   clearTimeout(guard);
   const seconds = (performance.now() - t0) / 1000;
-  latencies.sort((a, b) => a - b);
-  return { messages: done, seconds, p50ms: percentile(latencies, 50), p99ms: percentile(latencies, 99), failures };
+  const sorted = Array.from(latencies.subarray(0, measured).sort());
+  return { messages: done, seconds, p50ms: percentile(sorted, 50), p99ms: percentile(sorted, 99), failures };
 }
