@@ -90,11 +90,14 @@ export function dropLockTemp(path: string): void {
 // then costs one link() instead of creating, linking and deleting a file (a third of its
 // CPU), and leaves nothing in the user's directory but the lock itself.
 const shared = new Map<string, { temp: string; ino: number }>();
+/** Temp directories where the temp file could not be made, and until when none is tried again. */
+const unusable = new Map<string, number>();
+const RETRY_UNUSABLE_MS = 60_000;
 
 function sharedTemp(dir: string, fresh: boolean): { temp: string; ino: number } {
   let t = shared.get(dir);
   if (!t || fresh) {
-    if (!t) removeDeadTemps(dir);
+    if (!t && !unusable.has(dir)) removeDeadTemps(dir);
     const temp = t?.temp ?? join(dir, `.link.${HOST}.${process.pid}.${++counter}`);
     writeFileSync(temp, `${process.pid} ${HOST}\n`);
     t = { temp, ino: lstatSync(temp).ino };
@@ -119,11 +122,14 @@ process.on("exit", () => {
 export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock | null {
   if (held.has(path)) return null;
   let temp: string;
+  if (tempDir && (unusable.get(tempDir) ?? 0) > Date.now()) tempDir = undefined;
   try {
     temp = tempDir ? sharedTemp(tempDir, false).temp : lockTemp(path, false);
   } catch (e) {
     if (!tempDir) throw e;
-    // tempDir not writable (a mail root only its owner may write to): as without it.
+    // tempDir not writable (a mail root only its owner may write to): as without it, and
+    // not tried again for a while (each try reads the whole directory first).
+    unusable.set(tempDir, Date.now() + RETRY_UNUSABLE_MS);
     tempDir = undefined;
     temp = lockTemp(path, false);
   }

@@ -163,11 +163,19 @@ describe("acquireLock", () => {
       expect(boxes.map((p) => existsSync(p))).toEqual([false, false, false]);
     }
     // A temp directory that cannot be written to: the lock takes a temp file of its own.
-    const fallback = tryLock(boxes[2]!, false, join(dir, "no-such-dir"))!;
+    const missing = join(dir, "no-such-dir");
+    const fallback = tryLock(boxes[2]!, false, missing)!;
     expect(fallback).not.toBeNull();
     expect(readdirSync(dirname(boxes[2]!))).toEqual(["box.lock"]);
     fallback.release();
     expect(existsSync(boxes[2]!)).toBe(false);
+    // ...and that directory is not tried again at every lock: once it exists, the next lock
+    // still takes a temp file of its own (no temp kept there yet).
+    mkdirSync(missing);
+    const next = tryLock(boxes[2]!, false, missing)!;
+    expect(next).not.toBeNull();
+    expect(readdirSync(missing)).toEqual([]);
+    next.release();
     // The kept temp file removed behind our back is made again.
     for (const f of readdirSync(shared)) rmSync(join(shared, f));
     const again = tryLock(boxes[1]!, false, shared)!;
