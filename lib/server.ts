@@ -78,6 +78,8 @@ interface Conn {
   out: Buffer[];
   outBytes: number;
   busy: boolean;
+  /** The client has finished sending (a FIN): answer what it sent, then close. */
+  eof: boolean;
   ending: boolean;
   closed: boolean;
   lastActive: number;
@@ -90,7 +92,7 @@ interface Conn {
 }
 
 function newConn(peer: string, now: number, id = ++nextId): Conn {
-  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null };
+  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null };
 }
 
 const HIGH_WATER = 1 << 20;
@@ -142,10 +144,12 @@ export class MailServer {
   }
 
   start(): void {
-    this.listener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.port, socket: this.handlers(false) });
+    // Half-open allowed: a client may send its last commands and shut down its side at once
+    // (nc -N, scripted senders); it still gets the replies, such as the 250 after DATA.
+    this.listener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.port, allowHalfOpen: true, socket: this.handlers(false) });
     if (this.opt.tlsFiles && this.opt.tlsPort !== undefined) {
       try {
-        this.tlsListener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.tlsPort, tls: this.opt.tlsFiles, socket: this.handlers(true) });
+        this.tlsListener = Bun.listen<Conn>({ hostname: this.opt.host, port: this.opt.tlsPort, tls: this.opt.tlsFiles, allowHalfOpen: true, socket: this.handlers(true) });
       } catch (e) {
         this.listener.stop(true);
         throw e;
@@ -167,6 +171,9 @@ export class MailServer {
       },
       drain(s: Socket<Conn>) {
         self.flush(s);
+      },
+      end(s: Socket<Conn>) {
+        self.onEnd(s);
       },
       close(s: Socket<Conn>) {
         self.onClose(s);
@@ -210,6 +217,16 @@ export class MailServer {
     // A client that sends faster than we answer is paused (TCP backpressure), not buffered.
     if (c.busy && c.reader.buffered > HIGH_WATER) s.pause();
     void this.pump(s);
+  }
+
+  private onEnd(s: Socket<Conn>): void {
+    const c = s.data;
+    // A socket left behind by a STARTTLS upgrade has a closed Conn: the TLS socket decides.
+    if (!c || c.eof || c.closed) return;
+    c.eof = true;
+    // Not busy: every complete command has been answered (an unfinished line or message is
+    // dropped, as a closed connection's is). Busy: the pump closes once it has caught up.
+    if (!c.busy) this.end(s);
   }
 
   private onClose(s: Socket<Conn>): void {
@@ -270,6 +287,7 @@ export class MailServer {
     } finally {
       c.busy = false;
     }
+    if (c.eof) this.end(s);
     if (!c.closed) s.resume();
     if (this.stopping && !c.ending && !c.closed) {
       this.send(s, c.handler.shutdownText());

@@ -1,7 +1,7 @@
 // End-to-end: the real smtpmail program as a child process, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { createConnection, createServer } from "node:net";
 import { join } from "node:path";
 import { scanBuffer } from "../lib/mailbox.ts";
 import { command, makeRoot, removeRoot, startSmtp, type Running } from "./helpers/servers.ts";
@@ -52,7 +52,7 @@ const subjectOf = (rec: string) => /^Subject: (.*)\r?$/m.exec(rec)?.[1] ?? null;
 const RECEIVED = /^Received: \d{4}-\d\d-\d\d : \d\d : \d\d\r$/m;
 
 // Each test that checks a whole mailbox has its own user.
-const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g" };
+const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h" };
 for (let i = 0; i < 100; i++) USERS[`u${i}`] = "p";
 
 let main: Running;
@@ -321,6 +321,42 @@ describe("message content", () => {
     expect(await sendOne(d, "a@b", ["gone@x"], "Subject: survivor\r\n\r\nx\r\n")).toStartWith("250 ");
     d.close();
     expect(records(mainRoot, "gone").map(subjectOf)).toEqual(["survivor"]);
+  });
+});
+
+/** Sends text after the greeting, shuts down the sending side at once, and returns everything received until the server closes. */
+function halfClose(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection({ host: "127.0.0.1", port });
+    let got = "";
+    const t = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`server did not close; got ${JSON.stringify(got)}`));
+    }, 10_000);
+    sock.on("data", (d: Buffer) => {
+      if (!got) sock.end(text);
+      got += d.toString("latin1");
+    });
+    sock.on("error", reject);
+    sock.on("close", () => {
+      clearTimeout(t);
+      resolve(got);
+    });
+  });
+}
+
+describe("half-closed connections", () => {
+  test("a client that sends a whole session and shuts down its side still gets every reply, the 250 after DATA included", async () => {
+    const got = await halfClose(main.port, "HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<halfclose@x>\r\nDATA\r\nSubject: half-closed\r\n\r\nx\r\n.\r\nQUIT\r\n");
+    expect(got.split("\r\n").map((l) => l.slice(0, 4))).toEqual(["220 ", "250 ", "250 ", "250 ", "354 ", "250 ", "221 ", ""]);
+    expect(records(mainRoot, "halfclose").map(subjectOf)).toEqual(["half-closed"]);
+  });
+
+  test("without QUIT: the replies, then the server closes; an unfinished message is not stored", async () => {
+    const got = await halfClose(main.port, "HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<halfclose2@x>\r\nDATA\r\nSubject: whole\r\n\r\nx\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<halfclose2@x>\r\nDATA\r\nSubject: unfinished\r\n\r\nx\r\n");
+    expect(got.split("\r\n").map((l) => l.slice(0, 4))).toEqual(["220 ", "250 ", "250 ", "250 ", "354 ", "250 ", "250 ", "250 ", "354 ", ""]);
+    await Bun.sleep(100);
+    expect(records(mainRoot, "halfclose2").map(subjectOf)).toEqual(["whole"]);
   });
 });
 
