@@ -9,7 +9,7 @@
 // being replaced. Under load the lock is kept from one round to the next (taking and
 // dropping it every round was the largest storage cost): it is let go when deliveries
 // pause, or within HOLD_MS once popserver leaves its "wanted" marker.
-import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
+import { accessSync, closeSync, constants, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
 import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
 import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
@@ -22,6 +22,12 @@ import { scanFile } from "./index-cache.ts";
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
   deliver(users: readonly string[], record: Buffer): Promise<void>;
+  /**
+   * Why the user's mailbox cannot take mail now (asked at RCPT), or null. A recipient that
+   * would fail at DATA makes the whole message fail (451) after the others got their copy,
+   * and each retry would give them another: better refused alone, up front.
+   */
+  unavailable?(user: string): string | null;
 }
 
 export interface StoreStats {
@@ -112,6 +118,27 @@ export class FileMailStore implements MailStore {
     const all = users.map((user) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject })));
     this.kick();
     return Promise.all(all).then(() => {});
+  }
+
+  unavailable(user: string): string | null {
+    // A mailbox written to lately is fine: no system call for the busy ones.
+    if (this.boxes.has(user)) return null;
+    const path = mailboxPath(this.root, user);
+    try {
+      const box = statSync(path, { throwIfNoEntry: false });
+      if (box) {
+        if (!box.isFile()) return `${path} is not a file`;
+        accessSync(path, constants.W_OK);
+        return null;
+      }
+      // No mailbox yet: it is made in the user's directory, itself made in the root if
+      // missing. (A file in the directory's place failed the stat above: ENOTDIR.)
+      const dir = dirname(path);
+      accessSync(statSync(dir, { throwIfNoEntry: false }) ? dir : this.root, constants.W_OK);
+      return null;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    }
   }
 
   /** Resolves when no delivery is in flight, everything is checkpointed and no lock is kept. */

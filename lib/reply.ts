@@ -48,6 +48,7 @@ export const Smtp = {
   badSequence: (detail: string) => smtpReply(503, `Bad sequence of commands: ${detail}`),
   paramNotImplemented: (p: string) => smtpReply(555, `Parameter not recognized or not implemented: ${p}`),
   noSuchUser: () => smtpReply(550, "No such user"),
+  mailboxUnavailable: (user: string) => smtpReply(450, `${user}... Requested mail action not taken: mailbox unavailable, try again later`),
   tooBig: () => smtpReply(552, "Message size exceeds fixed maximum message size"),
   noValidRecipients: () => smtpReply(554, "No valid recipients"),
   // STARTTLS (RFC 3207) and AUTH (RFC 4954)

@@ -325,6 +325,8 @@ export class SmtpSession {
     const local = isPostmaster ? path.addr : path.addr.slice(0, path.addr.lastIndexOf("@"));
     const user = this.users.resolve(local);
     if (!user) return one(Smtp.noSuchUser());
+    const why = this.recipients.includes(user) ? null : this.store.unavailable?.(user);
+    if (why) return { replies: [Smtp.mailboxUnavailable(user)], log: `recipient ${user} deferred (450): ${why}` };
     this.rcptCount++;
     if (!this.recipients.includes(user)) this.recipients.push(user);
     return one(Smtp.recipientOk(user));

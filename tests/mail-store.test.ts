@@ -34,6 +34,20 @@ function subjects(file: Buffer): string[] {
 }
 
 describe("FileMailStore", () => {
+  test("unavailable(): why a recipient's mailbox cannot take mail, asked before DATA", async () => {
+    const r = root(["alice", "bob", "carol"]);
+    const store = track(new FileMailStore(r));
+    expect(store.unavailable("alice")).toBeNull(); // no mailbox yet: made at the first delivery
+    expect(store.unavailable("dave")).toBeNull(); // no directory yet either
+    mkdirSync(join(r, "bob", "mymailbox"));
+    expect(store.unavailable("bob")).toContain("is not a file");
+    rmSync(join(r, "carol"), { recursive: true });
+    writeFileSync(join(r, "carol"), "");
+    expect(store.unavailable("carol")).toBe("ENOTDIR");
+    await store.deliver(["alice"], rec("one"));
+    expect(store.unavailable("alice")).toBeNull();
+  });
+
   test("delivers to every user, creating a missing user directory", async () => {
     const r = root(["alice"]);
     const store = track(new FileMailStore(r));

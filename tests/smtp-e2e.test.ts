@@ -1,6 +1,6 @@
 // End-to-end: the real smtpmail program as a child process, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { join } from "node:path";
 import { scanBuffer } from "../lib/mailbox.ts";
@@ -215,6 +215,25 @@ describe("recipients", () => {
     expect(await c.code()).toBe(250);
     c.close();
     for (let i = 0; i < 100; i++) expect(records(mainRoot, `u${i}`).filter((r) => subjectOf(r) === "to-hundred").length).toBe(1);
+  });
+
+  test("a recipient whose mailbox cannot be written gets 450 alone; the others get the message once, on every retry", async () => {
+    const r = root({ ok: "o", broken: "b" });
+    mkdirSync(join(r, "broken", "mymailbox"), { recursive: true }); // a directory where the file should be
+    const s = await server(r);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const c = await session(s.port);
+      expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+      expect(await c.cmd("RCPT TO:<ok@x>")).toStartWith("250 ");
+      expect(await c.cmd("RCPT TO:<broken@x>")).toStartWith("450 ");
+      expect(await c.cmd("DATA")).toStartWith("354 ");
+      c.send(dataOf(`Subject: attempt-${attempt}\r\n\r\nx\r\n`));
+      expect(await c.code()).toBe(250);
+      c.close();
+    }
+    expect(records(r, "ok").map(subjectOf)).toEqual(["attempt-0", "attempt-1"]);
+    for (let i = 0; i < 100 && !s.log().includes("deferred"); i++) await Bun.sleep(20);
+    expect(s.log()).toContain("recipient broken deferred (450)");
   });
 
   test("postmaster (any case) is delivered to the first user", async () => {

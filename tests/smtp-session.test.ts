@@ -265,3 +265,19 @@ test("MAIL FROM with RFC 4954's AUTH= parameter is accepted", () => {
   s.handleLine("EHLO c");
   expect(s.handleLine("MAIL FROM:<a@b> AUTH=<>").replies[0]!.code).toBe(250);
 });
+
+test("a recipient the store says cannot take mail now gets 450; the transaction goes on with the others", async () => {
+  const delivered: string[][] = [];
+  const store = { deliver: async (users: readonly string[]) => void delivered.push([...users]), unavailable: (u: string) => (u === "bob" ? "EISDIR" : null) };
+  const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10 }, { resolve: (n) => n }, store);
+  s.handleLine("HELO c");
+  s.handleLine("MAIL FROM:<a@b>");
+  const bob = s.handleLine("RCPT TO:<bob@d>");
+  expect(bob.replies[0]!.code).toBe(450);
+  expect(bob.log).toContain("EISDIR");
+  expect(s.handleLine("RCPT TO:<alice@d>").replies[0]!.code).toBe(250);
+  expect(s.handleLine("DATA").replies[0]!.code).toBe(354);
+  const r = await s.handleMessage({ bytes: Buffer.from("Subject: x\r\n\r\nhi\r\n") } as Parameters<SmtpSession["handleMessage"]>[0]);
+  expect(r.replies[0]!.code).toBe(250);
+  expect(delivered).toEqual([["alice"]]);
+});
