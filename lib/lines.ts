@@ -44,6 +44,21 @@ const EMPTY = Buffer.alloc(0);
 const CRLF = Buffer.from("\r\n");
 const LF = 0x0a;
 const CR = 0x0d;
+const DOT = 0x2e;
+const CRLF_DOT = Buffer.from("\r\n.");
+
+/**
+ * Lines of DATA that start with "." in bytes whose preceding two bytes were b1 b2 (-1: the
+ * start of the message). Each carries a stuffing dot that RFC 1870 leaves out of the size.
+ */
+export function dotLines(bytes: Uint8Array, b1 = -1, b2 = -1): number {
+  let n = 0;
+  if (bytes[0] === DOT && (b2 === -1 || (b1 === CR && b2 === LF))) n++;
+  else if (b2 === CR && bytes[0] === LF && bytes[1] === DOT) n++;
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = buf.indexOf(CRLF_DOT); i >= 0; i = buf.indexOf(CRLF_DOT, i + 3)) n++;
+  return n;
+}
 
 export class LineReader {
   private pending: Buffer = EMPTY;
@@ -54,6 +69,11 @@ export class LineReader {
   // chunks is still found. The CRLF that ended the DATA command counts as the start.
   private dataChunks: Buffer[] = [];
   private dataSize = 0;
+  /** Stuffing dots counted so far; may include the final "." when it came in a chunk of its own. */
+  private dataDots = 0;
+  /** The last two bytes of the message so far (-1: none yet). */
+  private dataB1 = -1;
+  private dataB2 = -1;
   private dataTail: Buffer = CRLF;
   private dataTooBig = false;
   private dataNoRoom = false;
@@ -173,7 +193,8 @@ export class LineReader {
       bytes = dropped() ? Buffer.alloc(0) : joined(-contentEnd);
       this.dataSize += contentEnd;
     }
-    const tooBig = this.dataTooBig || this.dataSize > maxSize;
+    // The size RFC 1870 means: without stuffing dots (counted exactly now the end is known).
+    const tooBig = this.dataTooBig || (dropped() ? this.dataSize - this.dataDots : bytes.length - dotLines(bytes)) > maxSize;
     const noRoom = this.dataNoRoom && !tooBig;
     this.pending = p.subarray(after);
     // The message keeps its share of the budget until the caller is done with it.
@@ -181,6 +202,8 @@ export class LineReader {
     this.dataChunks = [];
     this.dataHeld = 0;
     this.dataSize = 0;
+    this.dataDots = 0;
+    this.dataB1 = this.dataB2 = -1;
     this.dataTail = CRLF;
     this.dataTooBig = false;
     this.dataNoRoom = false;
@@ -196,9 +219,15 @@ export class LineReader {
   }
 
   private keepData(part: Buffer): void {
+    if (part.length === 0) return;
+    this.dataDots += dotLines(part, this.dataB1, this.dataB2);
+    this.dataB1 = part.length >= 2 ? part[part.length - 2]! : this.dataB2;
+    this.dataB2 = part[part.length - 1]!;
     this.dataSize += part.length;
     if (this.dataTooBig || this.dataNoRoom) return;
-    if (this.dataSize > this.maxDataSize) {
+    // Up to ".\r" of the end may be in already (the "." counted as a stuffing dot): the
+    // exact size is checked once the end is found.
+    if (this.dataSize - this.dataDots > this.maxDataSize + 2) {
       this.dataTooBig = true;
       this.dropData();
       return;

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
-import { DataBudget, LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
+import { DataBudget, dotLines, LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
 import { makeCert } from "./helpers/certs.ts";
 
 const b = (s: string) => Buffer.from(s, "latin1");
@@ -190,6 +190,33 @@ describe("LineReader.nextMessage", () => {
       expect(m.tooBig).toBe(big);
       if (!big) expect(m.bytes.length).toBe(100);
     }
+  });
+
+  test("the limit is on the message as RFC 1870 counts it: stuffing dots are not counted, whatever the chunking", () => {
+    // 100 octets of message: lines ".a" and "." (sent as "..a" and ".."), so 102 on the wire.
+    const message = ".a\r\n" + "y".repeat(88) + "\r\n.\r\nz\r\n";
+    expect(message.length).toBe(100);
+    const wire = message.replace(/^\./gm, "..") + ".\r\n";
+    for (const [max, big] of [[100, false], [99, true]] as const) {
+      for (const size of [wire.length, 7, 1]) {
+        const r = new LineReader();
+        let m: MessageEvent | null = null;
+        for (let i = 0; i < wire.length; i += size) {
+          r.push(b(wire.slice(i, i + size)));
+          m ??= r.nextMessage(max);
+        }
+        expect([max, size, m!.tooBig]).toEqual([max, size, big]);
+        if (!big) expect(m!.bytes.toString("latin1")).toBe(wire.slice(0, -3));
+      }
+    }
+  });
+
+  test("dotLines counts lines starting with '.', across chunk boundaries", () => {
+    expect(dotLines(b(".a\r\n..\r\nb\r\n.c\r\n"))).toBe(3);
+    expect(dotLines(b("a.b\r\n"))).toBe(0);
+    expect(dotLines(b(".x"), 0x0d, 0x0a)).toBe(1); // after "\r\n"
+    expect(dotLines(b(".x"), 0x61, 0x0a)).toBe(0); // after a bare LF: not a line start in DATA
+    expect(dotLines(b("\n.x"), 0x61, 0x0d)).toBe(1); // "\r" | "\n."
   });
 
   test("a 1000-octet text line and longer are kept whole", () => {
