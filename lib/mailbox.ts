@@ -82,7 +82,10 @@ export function buildRecord(wire: Buffer, received: string, room = 0): Buffer {
   const msg = normalizeLineEnds(wire);
   const { end, afterSubject } = scanHeader(msg);
   const at = afterSubject >= 0 ? afterSubject : end;
-  const line = Buffer.from(received + "\r\n");
+  // A message with no header lines at all: the Received line becomes its header, and a
+  // blank line keeps the first body line from reading as a header too.
+  const bare = end === 0 && msg[0] !== CR && msg[0] !== LF && msg.length > 0;
+  const line = Buffer.from(received + (bare ? "\r\n\r\n" : "\r\n"));
   if (msg === wire && room >= line.length + TERMINATOR.length) {
     // The message was gathered with spare room after it (MessageEvent.room): the Received
     // line is inserted in place, so a large message is not copied whole once more.

@@ -10,12 +10,16 @@ export function smtpReply(code: number, ...lines: string[]): SmtpReply {
   return { code, lines: lines.length ? lines : [""] };
 }
 
+/** Reply text is printable ASCII (RFC 5321 4.2, RFC 1939 3): what a client sent is echoed with anything else as "?". */
+const UNPRINTABLE = /[^\x20-\x7e\t]/;
+const printable = (text: string) => (UNPRINTABLE.test(text) ? text.replace(/[^\x20-\x7e\t]/g, "?") : text);
+
 /** Wire form: "250-first\r\n250 last\r\n". */
 export function formatSmtpReply(r: SmtpReply): string {
   let out = "";
   r.lines.forEach((text, i) => {
     const sep = i === r.lines.length - 1 ? " " : "-";
-    out += `${r.code}${sep}${text}\r\n`;
+    out += `${r.code}${sep}${printable(text)}\r\n`;
   });
   return out;
 }
@@ -81,7 +85,7 @@ export interface PopReply {
 
 export function formatPopReply(r: PopReply): string {
   if (r.challenge) return `+ ${r.text}\r\n`;
-  return (r.ok ? "+OK" : "-ERR") + (r.text ? " " + r.text : "") + "\r\n";
+  return (r.ok ? "+OK" : "-ERR") + (r.text ? " " + printable(r.text) : "") + "\r\n";
 }
 
 const ok = (text: string): PopReply => ({ ok: true, text });

@@ -4,6 +4,7 @@
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
 import type { MessageEvent } from "./lines.ts";
 import { buildRecord, receivedLine } from "./mailbox.ts";
+import { isSafeUserName } from "./users.ts";
 import type { MailStore } from "./mail-store.ts";
 import { Smtp, type SmtpReply } from "./reply.ts";
 
@@ -54,6 +55,16 @@ type State = "command" | "data" | "closed";
 const MAX_ADDRESS = 320;
 // Local part and domain without spaces, brackets or control characters.
 const ADDRESS = /^[^\s<>()\[\]\\,;:@\x00-\x1f\x7f]+@[^\s<>()\\,;:@\x00-\x1f\x7f]+$/;
+// RFC 5321 4.1.2: a local part may be a quoted string ("john smith"@example.org).
+const QUOTED_ADDRESS = /^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*)"(@[^\s<>()\\,;:@\x00-\x1f\x7f]+)$/;
+
+/** The address with a quoted local part unquoted when the quotes were not needed ("bob"@x is bob@x). */
+function unquoted(addr: string): string {
+  const m = QUOTED_ADDRESS.exec(addr);
+  if (!m) return addr;
+  const local = m[1]!.replace(/\\(.)/g, "$1");
+  return /^[A-Za-z0-9!#$%&'*+\/=?^_`{|}~.-]+$/.test(local) ? local + m[2] : addr;
+}
 
 export function parsePath(arg: string): { addr: string; params: string[] } | { error: string } {
   let s = arg.trim();
@@ -195,6 +206,8 @@ export class SmtpSession {
     if (!this.config.tls) return one(Smtp.unknownCommand());
     if (arg) return one(Smtp.syntax("STARTTLS takes no arguments"));
     if (this.secure) return one(Smtp.tlsActive());
+    // RFC 3207 4.2 forgets the transaction at the handshake: refuse rather than drop it.
+    if (this.from !== null) return one(Smtp.badSequence("MAIL transaction in progress"));
     return { replies: [Smtp.readyForTls()], startTls: true };
   }
 
@@ -277,7 +290,10 @@ export class SmtpSession {
     if (!m) return one(Smtp.syntax('expected "MAIL FROM:<address>"'));
     const path = parsePath(m[1]!);
     if ("error" in path) return one(Smtp.syntax(path.error));
-    if (path.addr !== "" && !ADDRESS.test(path.addr)) return one(Smtp.syntax(`bad sender address "${path.addr}"`));
+    // Without SMTPUTF8 (not offered) an address is ASCII (RFC 6531); a byte that was not
+    // UTF-8 at all arrives here as U+FFFD.
+    if (/[^\x00-\x7f]/.test(path.addr)) return one(Smtp.syntax("address with non-ASCII characters (SMTPUTF8 is not offered)"));
+    if (path.addr !== "" && !ADDRESS.test(path.addr) && !QUOTED_ADDRESS.test(path.addr)) return one(Smtp.syntax(`bad sender address "${path.addr}"`));
     if (this.authUser !== null && !this.owns(this.authUser, path.addr)) return one(Smtp.senderNotOwned(path.addr));
     for (const p of path.params) {
       const [key, value = ""] = p.split("=", 2) as [string, string?];
@@ -316,13 +332,15 @@ export class SmtpSession {
     if ("error" in path) return one(Smtp.syntax(path.error));
     if (path.params.length) return one(Smtp.paramNotImplemented(path.params[0]!));
     this.rcptAttempted = true;
-    const isPostmaster = /^postmaster$/i.test(path.addr);
-    if (path.addr === "") return one(Smtp.syntax("empty recipient address"));
+    const addr = unquoted(path.addr);
+    // A bare user name (no domain) is local, as Postfix's append_at_myorigin makes it.
+    const bare = !addr.includes("@") && isSafeUserName(addr);
+    if (addr === "") return one(Smtp.syntax("empty recipient address"));
     // Anything else that is not a deliverable address ("../x", "/", NUL, ...) is simply
     // not one of our users: 550, as the assignment and issue ask.
-    if (!isPostmaster && !ADDRESS.test(path.addr)) return one(Smtp.noSuchUser());
+    if (!bare && !ADDRESS.test(addr)) return one(Smtp.noSuchUser());
     if (this.rcptCount >= this.config.maxRecipients) return one(Smtp.tooManyRecipients());
-    const local = isPostmaster ? path.addr : path.addr.slice(0, path.addr.lastIndexOf("@"));
+    const local = bare ? addr : addr.slice(0, addr.lastIndexOf("@"));
     const user = this.users.resolve(local);
     if (!user) return one(Smtp.noSuchUser());
     const why = this.recipients.includes(user) ? null : this.store.unavailable?.(user);

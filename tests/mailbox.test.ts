@@ -33,9 +33,10 @@ describe("buildRecord", () => {
     );
   });
 
-  test("without Subject: at the end of the header block; without headers: first", () => {
+  test("without Subject: at the end of the header block; without headers: first, then a blank line before the body", () => {
     expect(buildRecord(b("From: a@b\r\n\r\nhi\r\n"), RCV).toString()).toBe("From: a@b\r\n" + RCV + "\r\n\r\nhi\r\n.\r\n");
-    expect(buildRecord(b("just text\r\n"), RCV).toString()).toBe(RCV + "\r\njust text\r\n.\r\n");
+    expect(buildRecord(b("just text\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\njust text\r\n.\r\n");
+    expect(buildRecord(b("\r\nbody after an empty header\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\nbody after an empty header\r\n.\r\n");
     expect(buildRecord(b(""), RCV).toString()).toBe(RCV + "\r\n.\r\n");
   });
 

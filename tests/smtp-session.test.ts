@@ -281,3 +281,45 @@ test("a recipient the store says cannot take mail now gets 450; the transaction 
   expect(r.replies[0]!.code).toBe(250);
   expect(delivered).toEqual([["alice"]]);
 });
+
+describe("SmtpSession: addresses and reply text as real clients send them", () => {
+  test('a quoted local part: "bob"@x is bob; "john smith"@x is a valid sender', () => {
+    const { say } = setup();
+    say("EHLO c");
+    expect(say('MAIL FROM:<"john smith"@example.org>')).toBe('250 <"john smith"@example.org>... Sender ok\r\n');
+    expect(say('RCPT TO:<"bob"@mx.test>')).toBe("250 bob... Recipient ok\r\n");
+    expect(say('RCPT TO:<"b\\ob"@mx.test>')).toBe("250 bob... Recipient ok\r\n");
+    expect(code(say('RCPT TO:<"bob smith"@mx.test>'))).toBe(550);
+    expect(code(say('MAIL FROM:<"unterminated@x>'))).toBe(503); // a sender is already given
+  });
+
+  test("a recipient without a domain is a local user; an unknown one is 550", () => {
+    const { say } = setup();
+    say("HELO c");
+    say("MAIL FROM:<a@b>");
+    expect(say("RCPT TO:<alice>")).toBe("250 alice... Recipient ok\r\n");
+    expect(say("RCPT TO:bob")).toBe("250 bob... Recipient ok\r\n");
+    expect(code(say("RCPT TO:<carol>"))).toBe(550);
+    expect(code(say("RCPT TO:<../alice>"))).toBe(550);
+  });
+
+  test("a non-ASCII sender is refused without SMTPUTF8 (not altered); control bytes never reach a reply", () => {
+    const { say } = setup();
+    expect(say("HELO a\x00b")).toBe("250 OK Hello a?b\r\n");
+    expect(code(say("MAIL FROM:<j\u00f6rg@b>"))).toBe(501);
+    expect(code(say("MAIL FROM:<j\ufffdrg@b>"))).toBe(501);
+    const bad = say("MAIL FROM:<a\x01b@c>");
+    expect(code(bad)).toBe(501);
+    expect(bad).not.toMatch(/[^\x20-\x7e\r\n]/);
+  });
+
+  test("a message without any header line gets a blank line after the Received line", async () => {
+    const { s, store, say } = setup();
+    say("HELO c");
+    say("MAIL FROM:<a@b>");
+    say("RCPT TO:<alice@x>");
+    say("DATA");
+    await s.handleMessage(msg("just a body line\r\n"));
+    expect(store.boxes.get("alice")![0]!.toString()).toBe("Received: 2024-01-02 : 03 : 04\r\n\r\njust a body line\r\n.\r\n");
+  });
+});
