@@ -15,6 +15,7 @@ const FLAGS: FlagSpec = {
   "--root": { value: "DIR", help: "mail root holding user.txt and one directory per user (default: current directory)" },
   "--domain": { value: "NAME", help: "name used in the 220 and 221 replies (default: this host's name)" },
   "--host": { value: "ADDR", help: "address to listen on (default: 0.0.0.0)" },
+  "--local-domains": { value: "LIST", help: "comma-separated domains to accept mail for; others get 550, no relaying (default: any domain, as the assignment routes by user name)" },
   "--postmaster": { value: "USER", help: "user who receives mail for postmaster (default: first user in user.txt)" },
   "--max-size": { value: "BYTES", help: "largest message accepted, e.g. 10M (default: 10M)" },
   "--max-data-memory": { value: "BYTES", help: "memory for messages received but not yet stored, all connections together; past it DATA gets 452, try later (default: 512M)" },
@@ -31,6 +32,12 @@ const FLAGS: FlagSpec = {
   "--version": { help: "print the version and exit" },
   "--help": { help: "show this help" },
 };
+
+function parseDomains(list: string): string[] {
+  const domains = list.split(",").map((d) => d.trim().toLowerCase().replace(/\.$/, "")).filter(Boolean);
+  if (!domains.length) throw new UsageError("--local-domains needs at least one domain");
+  return domains;
+}
 
 const USAGE = "usage: smtpmail [my_port] [options]     (port default 2525; 0 picks a free port)";
 
@@ -82,6 +89,7 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
       port,
       maxMessageSize,
       dataMemoryLimit,
+      localDomains: flags.has("--local-domains") ? parseDomains(String(flags.get("--local-domains"))) : undefined,
       maxRecipients: parseNumber(flags.get("--max-recipients"), 1000, "--max-recipients", 1),
       maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
       maxMessagesPerConnection: parseNumber(flags.get("--max-messages"), Infinity, "--max-messages", 1),

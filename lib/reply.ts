@@ -52,6 +52,7 @@ export const Smtp = {
   badSequence: (detail: string) => smtpReply(503, `Bad sequence of commands: ${detail}`),
   paramNotImplemented: (p: string) => smtpReply(555, `Parameter not recognized or not implemented: ${p}`),
   noSuchUser: () => smtpReply(550, "No such user"),
+  relayDenied: (addr: string) => smtpReply(550, `<${addr}>... Relay access denied (not a domain of this server)`),
   mailboxUnavailable: (user: string) => smtpReply(450, `${user}... Requested mail action not taken: mailbox unavailable, try again later`),
   tooBig: () => smtpReply(552, "Message size exceeds fixed maximum message size"),
   noValidRecipients: () => smtpReply(554, "No valid recipients"),

@@ -23,6 +23,11 @@ export interface SmtpConfig {
   allowPlainAuth?: boolean;
   /** Messages accepted on one connection before it is closed (421). */
   maxMessagesPerConnection?: number;
+  /**
+   * The domains mail is accepted for, lower case; others get 550 (no relaying). Unset: any
+   * domain, as the assignment routes by user name alone (user@<server IP> and the like).
+   */
+  localDomains?: readonly string[];
 }
 
 /** What AUTH checks passwords against, and the shared failed-login throttle. */
@@ -340,7 +345,10 @@ export class SmtpSession {
     // not one of our users: 550, as the assignment and issue ask.
     if (!bare && !ADDRESS.test(addr)) return one(Smtp.noSuchUser());
     if (this.rcptCount >= this.config.maxRecipients) return one(Smtp.tooManyRecipients());
-    const local = bare ? addr : addr.slice(0, addr.lastIndexOf("@"));
+    const at = addr.lastIndexOf("@");
+    const local = bare ? addr : addr.slice(0, at);
+    const domains = this.config.localDomains;
+    if (!bare && domains && !domains.includes(addr.slice(at + 1).toLowerCase().replace(/\.$/, ""))) return one(Smtp.relayDenied(addr));
     const user = this.users.resolve(local);
     if (!user) return one(Smtp.noSuchUser());
     const why = this.recipients.includes(user) ? null : this.store.unavailable?.(user);

@@ -236,6 +236,20 @@ describe("recipients", () => {
     expect(s.log()).toContain("recipient broken deferred (450)");
   });
 
+  test("--local-domains: other domains get 550 relay denied; listed ones (any case, trailing dot) and bare names are local", async () => {
+    const s = await server(root({ bob: "b" }), ["--local-domains", "iitkgp.edu, Mail.Test"]);
+    const c = await session(s.port);
+    expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+    expect(await c.cmd("RCPT TO:<bob@gmail.com>")).toBe("550 <bob@gmail.com>... Relay access denied (not a domain of this server)\r\n");
+    for (const ok of ["<bob@iitkgp.edu>", "<bob@IITKGP.EDU.>", "<bob@mail.test>", "<bob>", "<postmaster>"]) expect(await c.cmd("RCPT TO:" + ok)).toStartWith("250 ");
+    c.close();
+    // Without the option any domain is local, as the assignment's user@<server IP> needs.
+    const d = await session(main.port);
+    expect(await d.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+    expect(await d.cmd("RCPT TO:<bob@10.5.21.32>")).toStartWith("250 ");
+    d.close();
+  });
+
   test("postmaster (any case) is delivered to the first user", async () => {
     const c = await session(main.port);
     expect(await c.cmd("MAIL FROM:<>")).toStartWith("250 ");
