@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { buildRecord } from "../lib/mailbox.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
 import { command, makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
-import { popLogin, smtpSend, unstuffBody, Wire } from "./helpers/wire.ts";
+import { halfClose, popLogin, smtpSend, unstuffBody, Wire } from "./helpers/wire.ts";
 
 const USERS = { alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erinpw", frank: "frankpw", gina: "ginapw" };
 let root: string;
@@ -203,6 +203,14 @@ describe("popserver over TCP", () => {
     expect(await w.cmd("STAT")).toStartWith("+OK 2 ");
     expect(await w.cmd("QUIT")).toStartWith("+OK");
     expect(readFileSync(p).equals(before)).toBe(true);
+  });
+
+  test("a client that pipelines DELE and QUIT and shuts down its side at once gets every reply, and the deletion is done", async () => {
+    const p = seed("gina", rec(1), rec(2));
+    const got = await halfClose(pop.port, "USER gina\r\nPASS ginapw\r\nDELE 1\r\nQUIT\r\n");
+    expect(got.split("\r\n").map((l) => l.split(" ")[0])).toEqual(["+OK", "+OK", "+OK", "+OK", "+OK", ""]);
+    expect(readFileSync(p).equals(rec(2))).toBe(true);
+    expect(await waitGone(popLockPath(root, "gina"))).toBe(true);
   });
 
   test("a message sent with SMTP reads back byte for byte (lines '.', '..', '.x', UTF-8, empty body)", async () => {

@@ -1,11 +1,12 @@
 // End-to-end: the real smtpmail program as a child process, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createConnection, createServer } from "node:net";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { scanBuffer } from "../lib/mailbox.ts";
 import { command, makeRoot, removeRoot, startSmtp, type Running } from "./helpers/servers.ts";
 import { dataOf, sendOne, SmtpConn } from "./helpers/smtp-conn.ts";
+import { halfClose } from "./helpers/wire.ts";
 
 const running: Running[] = [];
 const roots: string[] = [];
@@ -356,27 +357,6 @@ describe("message content", () => {
     expect(records(mainRoot, "gone").map(subjectOf)).toEqual(["survivor"]);
   });
 });
-
-/** Sends text after the greeting, shuts down the sending side at once, and returns everything received until the server closes. */
-function halfClose(port: number, text: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const sock = createConnection({ host: "127.0.0.1", port });
-    let got = "";
-    const t = setTimeout(() => {
-      sock.destroy();
-      reject(new Error(`server did not close; got ${JSON.stringify(got)}`));
-    }, 10_000);
-    sock.on("data", (d: Buffer) => {
-      if (!got) sock.end(text);
-      got += d.toString("latin1");
-    });
-    sock.on("error", reject);
-    sock.on("close", () => {
-      clearTimeout(t);
-      resolve(got);
-    });
-  });
-}
 
 describe("half-closed connections", () => {
   test("a client that sends a whole session and shuts down its side still gets every reply, the 250 after DATA included", async () => {

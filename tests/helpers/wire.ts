@@ -1,6 +1,6 @@
 // A raw TCP client for the POP3/SMTP end-to-end tests: exact bytes in, exact bytes out,
 // with bounded waits so a hung server fails the test instead of hanging it.
-import { connect, type Socket } from "node:net";
+import { connect, createConnection, type Socket } from "node:net";
 
 export class Wire {
   private buf = Buffer.alloc(0);
@@ -167,4 +167,25 @@ export async function smtpSend(port: number, from: string, to: string, dataLines
   } finally {
     setTimeout(() => w.destroy(), 200);
   }
+}
+
+/** Sends text after the greeting, shuts down the sending side at once, and returns everything received until the server closes. */
+export function halfClose(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection({ host: "127.0.0.1", port });
+    let got = "";
+    const t = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`server did not close; got ${JSON.stringify(got)}`));
+    }, 10_000);
+    sock.on("data", (d: Buffer) => {
+      if (!got) sock.end(text);
+      got += d.toString("latin1");
+    });
+    sock.on("error", reject);
+    sock.on("close", () => {
+      clearTimeout(t);
+      resolve(got);
+    });
+  });
 }
