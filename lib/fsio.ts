@@ -4,7 +4,7 @@
 // Reads and writes of a few KiB go through the page cache in microseconds and are done
 // synchronously; fsync and large reads go to the thread pool, so the event loop never waits
 // on the disk.
-import { close, fdatasync, fsync, open, openSync, read, readSync, writeSync, writevSync, write } from "node:fs";
+import { close, closeSync, fdatasync, fsync, fsyncSync, open, openSync, read, readSync, writeSync, writevSync, write } from "node:fs";
 import { promisify } from "node:util";
 
 export const openFd = promisify(open) as (path: string, flags: string) => Promise<number>;
@@ -56,6 +56,31 @@ export function writevAllSync(fd: number, parts: Buffer[], position: number | nu
 
 export async function writeAll(fd: number, data: Buffer): Promise<void> {
   for (let done = 0; done < data.length; ) done += (await writeAsync(fd, data, done, data.length - done, null)).bytesWritten;
+}
+
+/**
+ * Keeps bytes that are about to be cut from a mailbox (an unterminated tail: a crashed
+ * append, or a hand-written last message without its "." line) in a new file beside it,
+ * `<path>.torn-<time>`, fsync'd. Returns that file's name.
+ */
+export function setAside(path: string, bytes: Uint8Array): string {
+  for (let n = 0; ; n++) {
+    const aside = `${path}.torn-${Date.now()}${n ? `-${n}` : ""}`;
+    let fd: number;
+    try {
+      fd = openSync(aside, "wx");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EEXIST" && n < 100) continue;
+      throw e;
+    }
+    try {
+      writeAllSync(fd, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    return aside;
+  }
 }
 
 /** fsync a directory so a new or renamed entry in it survives a crash. */

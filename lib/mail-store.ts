@@ -10,7 +10,7 @@
 // dropping it every round was the largest storage cost): it is let go when deliveries
 // pause, or within HOLD_MS once popserver leaves its "wanted" marker.
 import { accessSync, closeSync, constants, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
-import { closeFd, datasync, openFd, readAtSync, syncDir, writeAllSync, writevAllSync } from "./fsio.ts";
+import { closeFd, datasync, openFd, readAtSync, setAside, syncDir, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
 import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
 import { claimOrphanJournals, Journal, newJournalPath, PREALLOCATED, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
@@ -627,13 +627,7 @@ function repairTail(fd: number, size: number, path: string, warn: (m: string) =>
     else if (head.startsWith(".\n")) cut = 2;
   }
   const torn = readAtSync(fd, cut, size - cut);
-  const aside = `${path}.torn-${Date.now()}`;
-  const asideFd = openSync(aside, "wx");
-  try {
-    writeAllSync(asideFd, torn);
-  } finally {
-    closeSync(asideFd);
-  }
+  const aside = setAside(path, torn);
   ftruncateSync(fd, cut);
   warn(`${path}: unterminated tail of ${torn.length} bytes (interrupted write) moved to ${aside}`);
   return "";

@@ -5,14 +5,14 @@
 // snapshot taken at login never change while we hold the POP3 lock. The rewrite copies the
 // kept messages to a temp file without blocking SMTP, then takes the short write lock only
 // to copy what was appended since login and rename the temp file over mymailbox.
-import { fstatSync } from "node:fs";
+import { existsSync, fstatSync, mkdirSync } from "node:fs";
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
 import { MessageIndex, scanHeader, toWire } from "./mailbox.ts";
 import { scanFile, type IndexCache } from "./index-cache.ts";
 import type { FileRange } from "./server.ts";
-import { closeFd, datasync, openFd, readAt, readAtSync, syncDir, writeAll } from "./fsio.ts";
+import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll } from "./fsio.ts";
 import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
 
 const CHUNK = 1 << 20;
@@ -68,7 +68,7 @@ export class FileMaildrop implements Maildrop {
 
   /** With a cache, a login indexes only what was appended since the last one (see index-cache.ts). */
   static async open(root: string, user: string, warn: (m: string) => void = () => {}, cache: IndexCache | null = null): Promise<FileMaildrop> {
-    const lock = tryLock(popLockPath(root, user), false, root);
+    const lock = lockSession(root, user);
     if (!lock) throw new MaildropBusy("mailbox is already in use by another POP3 session");
     try {
       const path = mailboxPath(root, user);
@@ -219,7 +219,12 @@ export class FileMaildrop implements Maildrop {
           if (st.size > this.snapshotEnd) {
             const tail = await scanFile(cur, this.snapshotEnd, st.size);
             await copy(cur, this.snapshotEnd, tail.validEnd);
-            if (tail.validEnd < st.size) this.warn(`${path}: dropped ${st.size - tail.validEnd} bytes of unterminated tail during rewrite`);
+            // An unterminated tail (a crashed append, a hand-written last message without
+            // its "." line) is not in the new file: kept beside it, as smtpmail does.
+            if (tail.validEnd < st.size) {
+              const aside = setAside(path, readAtSync(cur, tail.validEnd, st.size - tail.validEnd));
+              this.warn(`${path}: unterminated tail of ${st.size - tail.validEnd} bytes moved to ${aside}`);
+            }
             const added = tail.index;
             for (let j = 0; j < added.count; j++) next.addFrom(added, j, written + added.offset(j) - this.snapshotEnd);
             written += tail.validEnd - this.snapshotEnd;
@@ -243,6 +248,21 @@ export class FileMaildrop implements Maildrop {
       if (out !== null) await closeFd(out).catch(() => {});
       if (!renamed) await unlink(temp).catch(() => {});
     }
+  }
+}
+
+/**
+ * The POP3 session lock. A listed user whose directory is not there yet (it is made at the
+ * first delivery) gets it made now: an empty maildrop, as Dovecot gives a new user.
+ */
+function lockSession(root: string, user: string): Lock | null {
+  const path = popLockPath(root, user);
+  try {
+    return tryLock(path, false, root);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT" || existsSync(dirname(path))) throw e;
+    mkdirSync(dirname(path), { recursive: true });
+    return tryLock(path, false, root);
   }
 }
 

@@ -53,7 +53,8 @@ const lines = (rows: string[]) => Buffer.from(rows.map((r) => r + "\r\n").join("
 
 export class Pop3Session {
   state: State = "authorization";
-  private pendingUser: string | null = null;
+  /** The name given by USER, and the user it names (null: none). */
+  private pendingUser: { name: string; user: string | null } | null = null;
   private user: string | null = null;
   private drop: Maildrop | null = null;
   private deleted = new Set<number>();
@@ -179,17 +180,19 @@ export class Pop3Session {
   private userCmd(args: string[]): PopResult {
     if (args.length !== 1) return { reply: Pop.syntax("USER needs exactly one name") };
     if (args[0]!.length > MAX_ARG) return { reply: Pop.syntax("name too long") };
-    const user = this.store.findUser(args[0]!);
-    this.pendingUser = user;
-    if (!user) return { reply: Pop.err("[AUTH] no such user") };
-    return { reply: Pop.userOk(user) };
+    const name = args[0]!;
+    this.pendingUser = { name, user: this.store.findUser(name) };
+    // The same reply for every name, as Dovecot: whether an account exists shows only as a
+    // failed PASS, which is slowed like a wrong password.
+    return { reply: Pop.userOk(name) };
   }
 
   private async pass(password: string): Promise<PopResult> {
-    const user = this.pendingUser;
+    const pending = this.pendingUser;
     this.pendingUser = null;
-    if (!user) return { reply: Pop.needUser() };
-    return this.login(user, password);
+    if (!pending) return { reply: Pop.needUser() };
+    if (!pending.user) return this.loginFailed(JSON.stringify(pending.name));
+    return this.login(pending.user, password);
   }
 
   /**
@@ -253,7 +256,9 @@ export class Pop3Session {
       // RFC 1939: the mailbox cannot be opened or locked: -ERR, and the server closes.
       const busy = (e as Error).name === "MaildropBusy";
       this.state = "closed";
-      return { reply: busy ? Pop.locked() : Pop.cannotOpen((e as Error).message), close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
+      // The reason goes to the log; the client learns the error code, not the server's paths.
+      const why = (e as NodeJS.ErrnoException).code ?? "internal error";
+      return { reply: busy ? Pop.locked() : Pop.cannotOpen(why), close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
     }
     this.user = user;
     this.state = "transaction";

@@ -293,22 +293,36 @@ describe("FileMaildrop", () => {
     }
   });
 
-  test("an unterminated tail (crash mid-append) is ignored, and survives a rewrite untouched or is dropped, never glued", async () => {
+  test("an unterminated tail (crash mid-append, or a last message without its '.' line) is not served, and a rewrite keeps it beside the mailbox, never glued or lost", async () => {
+    const lastWithoutDot = Buffer.from("Subject: two\r\n\r\nbody2\r\n."); // "\r\n." could be a cut record: torn
+    for (const torn of [record(3).subarray(0, 40), lastWithoutDot]) {
+      const r = root();
+      const p = writeBox(r, record(1), record(2), torn);
+      const warnings: string[] = [];
+      const d = await FileMaildrop.open(r, "alice", (m) => warnings.push(m));
+      expect(d.count).toBe(2);
+      expect(warnings.join("\n")).toMatch(/unterminated/);
+      expect(await all(d)).toEqual([expected(1), expected(2)]);
+      await d.commit(new Set([0]));
+      expect(readFileSync(p).equals(record(2))).toBe(true);
+      const asides = readdirSync(join(r, "alice")).filter((f) => f.startsWith("mymailbox.torn-"));
+      expect(asides.length).toBe(1);
+      expect(readFileSync(join(r, "alice", asides[0]!)).equals(torn)).toBe(true);
+      expect(warnings.join("\n")).toContain(`moved to ${join(r, "alice", asides[0]!)}`);
+      const d2 = await FileMaildrop.open(r, "alice");
+      expect(await all(d2)).toEqual([expected(2)]);
+      d2.release();
+    }
+  });
+
+  test("a listed user whose directory does not exist yet logs in to an empty maildrop (the directory is made)", async () => {
     const r = root();
-    const torn = record(3).subarray(0, 40);
-    const p = writeBox(r, record(1), record(2), torn);
-    const warnings: string[] = [];
-    const d = await FileMaildrop.open(r, "alice", (m) => warnings.push(m));
-    expect(d.count).toBe(2);
-    expect(warnings.join("\n")).toMatch(/unterminated/);
-    expect(await all(d)).toEqual([expected(1), expected(2)]);
-    await d.commit(new Set([0]));
-    const after = readFileSync(p);
-    const s = scanBuffer(after);
-    expect(s.messages.length).toBe(1);
-    const d2 = await FileMaildrop.open(r, "alice");
-    expect(await all(d2)).toEqual([expected(2)]);
-    d2.release();
+    removeRoot(join(r, "alice"));
+    const d = await FileMaildrop.open(r, "alice");
+    expect(d.count).toBe(0);
+    expect(existsSync(popLockPath(r, "alice"))).toBe(true);
+    d.release();
+    expect(readdirSync(join(r, "alice"))).toEqual([]);
   });
 
   test("a leftover rewrite temp file does not block login and is cleaned up", async () => {

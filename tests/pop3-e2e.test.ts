@@ -96,8 +96,10 @@ describe("popserver over TCP", () => {
     await w.line();
     expect(await w.cmd("USER bob")).toStartWith("+OK");
     expect(await w.cmd("PASS nope")).toStartWith("-ERR");
-    expect(await w.cmd("USER nosuchuser")).toStartWith("-ERR");
-    expect(await w.cmd("USER ../bob")).toStartWith("-ERR");
+    // An unknown name is refused at PASS, with a wrong password's reply: USER does not tell.
+    expect(await w.cmd("USER nosuchuser")).toBe("+OK send PASS for nosuchuser");
+    expect(await w.cmd("PASS nope")).toBe("-ERR [AUTH] invalid user name or password");
+    expect(await w.cmd("USER ../bob")).toStartWith("+OK");
     expect(await w.cmd("USER bob")).toStartWith("+OK");
     expect(await w.cmd("PASS bobpw")).toStartWith("+OK");
     expect(await w.cmd("QUIT")).toStartWith("+OK");
@@ -170,6 +172,25 @@ describe("popserver over TCP", () => {
     // Now free again.
     const c = await login("frank");
     expect(await c.cmd("QUIT")).toStartWith("+OK");
+  });
+
+  test("a mailbox that cannot be opened: -ERR with the error code, never the server's paths; a new user's first login works", async () => {
+    const r = makeRoot({ ivan: "ivanpw", judy: "judypw" });
+    const p = await startPop(r);
+    extra.push(p);
+    try {
+      removeRoot(join(r, "ivan"));
+      writeFileSync(join(r, "ivan"), "a file where the directory should be");
+      const w = await popLogin(p.port, "ivan", "ivanpw").catch((e: Error) => e);
+      expect(String(w)).toContain("-ERR [SYS/TEMP] cannot open mailbox: ENOTDIR");
+      expect(String(w)).not.toContain(r);
+      removeRoot(join(r, "judy")); // listed, no mail yet, so no directory
+      const j = await popLogin(p.port, "judy", "judypw");
+      wires.push(j);
+      expect(await j.cmd("STAT")).toBe("+OK 0 0");
+    } finally {
+      removeRoot(r);
+    }
   });
 
   test("a client that vanishes without QUIT deletes nothing and leaves no lock", async () => {

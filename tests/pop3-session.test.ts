@@ -125,16 +125,21 @@ describe("AUTHORIZATION state", () => {
     expect(e.opens).toBe(1);
   });
 
-  test("USER argument errors: missing, extra, too long, path-like", async () => {
+  test("USER argument errors (missing, extra, too long) get -ERR; an unknown or path-like name is refused only at PASS, like a wrong password", async () => {
     const s = new Pop3Session(env().store);
-    for (const c of ["USER", "USER alice bob", "USER " + "a".repeat(41), "USER ../x", "USER ../alice", "USER alice/..", "USER /etc/passwd", "USER ALICE"]) {
+    for (const c of ["USER", "USER alice bob", "USER " + "a".repeat(41)]) {
       const r = await run(s, c);
       expect(status(r)).toStartWith("-ERR");
       expect(r.close).toBeFalsy();
     }
     // None of them set a pending user: PASS now asks for USER.
-    expect(status(await run(s, "PASS secret pw"))).toStartWith("-ERR");
-    expect(s.state).toBe("authorization");
+    expect(status(await run(s, "PASS secret pw"))).toBe("-ERR send USER first");
+    // Which names exist does not show at USER (as Dovecot): the same +OK, then [AUTH] at PASS.
+    for (const name of ["../x", "../alice", "alice/..", "/etc/passwd", "ALICE", "nobody"]) {
+      expect(status(await run(s, `USER ${name}`))).toBe(`+OK send PASS for ${name}`);
+      expect(status(await run(s, "PASS secret pw"))).toBe("-ERR [AUTH] invalid user name or password");
+      expect(s.state).toBe("authorization");
+    }
   });
 
   test("PASS without USER, wrong password, then a correct retry", async () => {
