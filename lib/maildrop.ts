@@ -5,7 +5,7 @@
 // snapshot taken at login never change while we hold the POP3 lock. The rewrite copies the
 // kept messages to a temp file without blocking SMTP, then takes the short write lock only
 // to copy what was appended since login and rename the temp file over mymailbox.
-import { existsSync, fstatSync, mkdirSync } from "node:fs";
+import { existsSync, fstatSync, mkdirSync, readSync } from "node:fs";
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
@@ -189,7 +189,29 @@ export class FileMaildrop implements Maildrop {
     };
     try {
       // 1. Kept messages of the snapshot, copied in coalesced ranges. No write lock yet:
-      //    smtpmail keeps appending meanwhile.
+      //    smtpmail keeps appending meanwhile. Short ranges (scattered deletions) are read
+      //    synchronously from the page cache into one buffer written a MiB at a time: a
+      //    thread-pool round trip each made deleting every other one of 20,000 messages
+      //    take 0.7 s.
+      const gather = Buffer.allocUnsafe(CHUNK);
+      let gathered = 0;
+      const flushGathered = async () => {
+        if (gathered) await writeAll(out!, gather.subarray(0, gathered));
+        gathered = 0;
+      };
+      const copyRun = async (from: number, to: number) => {
+        if (to - from > CHUNK / 4) {
+          await flushGathered();
+          return copy(src, from, to);
+        }
+        if (gathered + (to - from) > CHUNK) await flushGathered();
+        for (let pos = from; pos < to; ) {
+          const n = readSync(src, gather, gathered, to - pos, pos);
+          if (n === 0) throw new Error("mailbox shorter than its index");
+          gathered += n;
+          pos += n;
+        }
+      };
       let runStart = -1;
       let runEnd = -1;
       // What the new file holds, for the cache: kept messages end to end, then the tail.
@@ -201,12 +223,13 @@ export class FileMaildrop implements Maildrop {
         next.addFrom(this.messages, i, written);
         written += m.length;
         if (m.offset !== runEnd) {
-          if (runEnd > runStart) await copy(src, runStart, runEnd);
+          if (runEnd > runStart) await copyRun(runStart, runEnd);
           runStart = m.offset;
         }
         runEnd = m.offset + m.length;
       }
-      if (runEnd > runStart) await copy(src, runStart, runEnd);
+      if (runEnd > runStart) await copyRun(runStart, runEnd);
+      await flushGathered();
       // The bulk goes to disk before the lock, so SMTP waits only for the tail's fsync.
       await datasync(out);
       // 2. Under the write lock: whatever was appended since login, then the swap.
