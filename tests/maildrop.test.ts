@@ -163,10 +163,10 @@ describe("FileMaildrop", () => {
   test("scattered deletions among small and large messages keep every other message byte for byte, in order", async () => {
     const r = root();
     // Sizes around the rewrite's copy paths: short runs gathered in a buffer, long ones streamed.
-    const recs = Array.from({ length: 300 }, (_, i) => record(i, [`m${i} ` + "z".repeat(i % 50 === 7 ? 300_000 : (i * 37) % 5000)]));
+    const recs = Array.from({ length: 1500 }, (_, i) => record(i, [`m${i} ` + "z".repeat(i % 500 === 7 ? 300_000 : (i * 37) % 8000)]));
     const p = writeBox(r, ...recs);
     const d = await FileMaildrop.open(r, "alice");
-    const del = new Set(recs.map((_, i) => i).filter((i) => (i * 7919) % 3 !== 0 && i % 50 !== 8));
+    const del = new Set(recs.map((_, i) => i).filter((i) => (i * 7919) % 3 !== 0 && i % 500 !== 8));
     await d.commit(del);
     expect(readFileSync(p).equals(Buffer.concat(recs.filter((_, i) => !del.has(i))))).toBe(true);
   });
