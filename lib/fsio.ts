@@ -4,7 +4,7 @@
 // Reads and writes of a few KiB go through the page cache in microseconds and are done
 // synchronously; fsync and large reads go to the thread pool, so the event loop never waits
 // on the disk.
-import { close, closeSync, fdatasync, fsync, fsyncSync, open, openSync, read, readSync, writeSync, writevSync, write } from "node:fs";
+import { close, closeSync, fdatasync, fsync, open, openSync, read, readSync, writeSync, writevSync, write } from "node:fs";
 import { promisify } from "node:util";
 
 export const openFd = promisify(open) as (path: string, flags: string) => Promise<number>;
@@ -61,7 +61,8 @@ export async function writeAll(fd: number, data: Buffer): Promise<void> {
 /**
  * Keeps bytes that are about to be cut from a mailbox (an unterminated tail: a crashed
  * append, or a hand-written last message without its "." line) in a new file beside it,
- * `<path>.torn-<time>`, fsync'd. Returns that file's name.
+ * `<path>.torn-<time>`. Returns that file's name; the caller fsyncs it (syncDir) where it
+ * can wait for the disk off the event loop.
  */
 export function setAside(path: string, bytes: Uint8Array): string {
   for (let n = 0; ; n++) {
@@ -75,7 +76,6 @@ export function setAside(path: string, bytes: Uint8Array): string {
     }
     try {
       writeAllSync(fd, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
-      fsyncSync(fd);
     } finally {
       closeSync(fd);
     }
@@ -83,7 +83,7 @@ export function setAside(path: string, bytes: Uint8Array): string {
   }
 }
 
-/** fsync a directory so a new or renamed entry in it survives a crash. */
+/** fsync a file by name, or a directory so that a new or renamed entry in it survives a crash. */
 export async function syncDir(dir: string): Promise<void> {
   const fd = openSync(dir, "r");
   try {

@@ -194,7 +194,10 @@ export class LineReader {
       this.dataSize += contentEnd;
     }
     // The size RFC 1870 means: without stuffing dots (counted exactly now the end is known).
-    const tooBig = this.dataTooBig || (dropped() ? this.dataSize - this.dataDots : bytes.length - dotLines(bytes)) > maxSize;
+    // A dropped message's dots were counted as it came: when the end's "." came in a chunk
+    // before its CRLF (contentEnd < 0), that "." was counted too.
+    const droppedSize = this.dataSize - this.dataDots + (contentEnd < 0 ? 1 : 0);
+    const tooBig = this.dataTooBig || (dropped() ? droppedSize : bytes.length - dotLines(bytes)) > maxSize;
     const noRoom = this.dataNoRoom && !tooBig;
     this.pending = p.subarray(after);
     // The message keeps its share of the budget until the caller is done with it.

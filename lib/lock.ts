@@ -97,7 +97,7 @@ const RETRY_UNUSABLE_MS = 60_000;
 function sharedTemp(dir: string, fresh: boolean): { temp: string; ino: number } {
   let t = shared.get(dir);
   if (!t || fresh) {
-    if (!t && !unusable.has(dir)) removeDeadTemps(dir);
+    if (!t) removeDeadTemps(dir);
     const temp = t?.temp ?? join(dir, `.link.${HOST}.${process.pid}.${++counter}`);
     writeFileSync(temp, `${process.pid} ${HOST}\n`);
     t = { temp, ino: lstatSync(temp).ino };
@@ -122,7 +122,11 @@ process.on("exit", () => {
 export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock | null {
   if (held.has(path)) return null;
   let temp: string;
-  if (tempDir && (unusable.get(tempDir) ?? 0) > Date.now()) tempDir = undefined;
+  const retryAt = tempDir === undefined ? undefined : unusable.get(tempDir);
+  if (retryAt !== undefined) {
+    if (retryAt > Date.now()) tempDir = undefined;
+    else unusable.delete(tempDir!);
+  }
   try {
     temp = tempDir ? sharedTemp(tempDir, false).temp : lockTemp(path, false);
   } catch (e) {

@@ -9,7 +9,7 @@
 // being replaced. Under load the lock is kept from one round to the next (taking and
 // dropping it every round was the largest storage cost): it is let go when deliveries
 // pause, or within HOLD_MS once popserver leaves its "wanted" marker.
-import { accessSync, closeSync, constants, fstatSync, ftruncateSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
+import { accessSync, closeSync, constants, fstatSync, ftruncateSync, lstatSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
 import { closeFd, datasync, openFd, readAtSync, setAside, syncDir, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
 import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
@@ -126,6 +126,7 @@ export class FileMailStore implements MailStore {
     const path = mailboxPath(this.root, user);
     try {
       const box = statSync(path, { throwIfNoEntry: false });
+      if (!box && lstatSync(path, { throwIfNoEntry: false })) return `${path} is a symbolic link to nothing`;
       if (box) {
         if (!box.isFile()) return `${path} is not a file`;
         accessSync(path, constants.W_OK);

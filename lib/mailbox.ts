@@ -69,6 +69,8 @@ export function scanHeader(msg: Buffer): { end: number; afterSubject: number } {
     const line = msg.toString("latin1", pos, Math.min(nl, pos + 200));
     if (line === "\r" || line === "") break;
     const folded = line[0] === " " || line[0] === "\t";
+    // A first line that starts with a space continues no header: the message has none.
+    if (folded && pos === 0) break;
     if (!folded && !HEADER_LINE.test(line)) break;
     if (!folded) inSubject = /^subject:/i.test(line);
     pos = nl + 1;

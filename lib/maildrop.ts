@@ -245,7 +245,9 @@ export class FileMaildrop implements Maildrop {
             // An unterminated tail (a crashed append, a hand-written last message without
             // its "." line) is not in the new file: kept beside it, as smtpmail does.
             if (tail.validEnd < st.size) {
-              const aside = setAside(path, readAtSync(cur, tail.validEnd, st.size - tail.validEnd));
+              const aside = setAside(path, await readAt(cur, tail.validEnd, st.size - tail.validEnd));
+              // On disk before the new file replaces the one that held these bytes.
+              await syncDir(aside);
               this.warn(`${path}: unterminated tail of ${st.size - tail.validEnd} bytes moved to ${aside}`);
             }
             const added = tail.index;

@@ -191,8 +191,7 @@ export class Pop3Session {
     const pending = this.pendingUser;
     this.pendingUser = null;
     if (!pending) return { reply: Pop.needUser() };
-    if (!pending.user) return this.loginFailed(JSON.stringify(pending.name));
-    return this.login(pending.user, password);
+    return this.login(pending.user, password, pending.name);
   }
 
   /**
@@ -235,13 +234,17 @@ export class Pop3Session {
     const creds: Credentials | null = sasl.mech === "PLAIN" ? parsePlain(text) : { user: sasl.user!, password: text };
     const user = creds && creds.user.length <= MAX_ARG ? this.store.findUser(creds.user) : null;
     // An unknown name or a malformed response gets a wrong password's reply and throttling.
-    if (!user) return this.loginFailed(JSON.stringify(creds?.user.slice(0, MAX_ARG) ?? ""));
-    return this.login(user, creds!.password);
+    if (!creds) return this.loginFailed('""');
+    return this.login(user, creds.password, creds.user.slice(0, MAX_ARG));
   }
 
-  /** Checks the password, then locks and indexes the maildrop (PASS and AUTH alike). */
-  private async login(user: string, password: string): Promise<PopResult> {
-    if (!(await this.store.checkPassword(user, password))) return this.loginFailed(user);
+  /**
+   * Checks the password, then locks and indexes the maildrop (PASS and AUTH alike). An
+   * unknown name (user null) is checked too, so that it takes as long as a wrong password.
+   */
+  private async login(user: string | null, password: string, given: string): Promise<PopResult> {
+    const ok = await this.store.checkPassword(user ?? given, password);
+    if (!ok || user === null) return this.loginFailed(user ?? JSON.stringify(given));
     // The client may have vanished while we waited: closed() already ran, so nothing may stay open.
     if (this.state === "closed") return { reply: Pop.err("connection closed"), close: true };
     try {

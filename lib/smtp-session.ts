@@ -323,7 +323,8 @@ export class SmtpSession {
   }
 
   /** An authenticated user sends as themselves: the local part names them (any domain of ours). */
-  private owns(user: string, addr: string): boolean {
+  private owns(user: string, quoted: string): boolean {
+    const addr = unquoted(quoted);
     const at = addr.lastIndexOf("@");
     return at > 0 && this.users.resolve(addr.slice(0, at)) === user;
   }

@@ -86,6 +86,8 @@ describe("SmtpSession: STARTTLS and AUTH", () => {
     expect(text(say("MAIL FROM:<alice@x>"))).toStartWith("553 ");
     expect(text(say("MAIL FROM:<>"))).toStartWith("553 ");
     expect(text(say("MAIL FROM:<BOB@x>"))).toStartWith("250 ");
+    say("RSET");
+    expect(text(say('MAIL FROM:<"bob"@x>'))).toStartWith("250 ");
   });
 
   test("failed logins are delayed, and the connection closes at the per-connection limit", async () => {

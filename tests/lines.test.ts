@@ -271,6 +271,19 @@ describe("DataBudget: memory for unfinished messages, shared by all connections"
     const m = r.nextMessage(100, budget)!;
     expect([m.tooBig, m.noRoom]).toEqual([true, false]);
   });
+
+  test("one byte over the limit while the budget is full is tooBig (552, final), however the end is split", () => {
+    for (const parts of [["hello\r\n.\r\n"], ["hello\r\n.", "\r\n"], ["hello\r\n.\r", "\n"]]) {
+      const budget = new DataBudget(1);
+      const r = new LineReader();
+      let m: MessageEvent | null = null;
+      for (const p of parts) {
+        r.push(b(p));
+        m ??= r.nextMessage(6, budget);
+      }
+      expect([parts, m!.tooBig, m!.noRoom]).toEqual([parts, true, false]);
+    }
+  });
 });
 
 // LineReader.push keeps socket chunks without copying them. That is only safe because Bun

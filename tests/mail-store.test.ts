@@ -1,5 +1,5 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
@@ -44,6 +44,9 @@ describe("FileMailStore", () => {
     rmSync(join(r, "carol"), { recursive: true });
     writeFileSync(join(r, "carol"), "");
     expect(store.unavailable("carol")).toBe("ENOTDIR");
+    symlinkSync(join(r, "nowhere", "box"), join(r, "alice", "mymailbox"));
+    expect(store.unavailable("alice")).toContain("symbolic link to nothing");
+    rmSync(join(r, "alice", "mymailbox"));
     await store.deliver(["alice"], rec("one"));
     expect(store.unavailable("alice")).toBeNull();
   });

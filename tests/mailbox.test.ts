@@ -37,6 +37,8 @@ describe("buildRecord", () => {
     expect(buildRecord(b("From: a@b\r\n\r\nhi\r\n"), RCV).toString()).toBe("From: a@b\r\n" + RCV + "\r\n\r\nhi\r\n.\r\n");
     expect(buildRecord(b("just text\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\njust text\r\n.\r\n");
     expect(buildRecord(b("\r\nbody after an empty header\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\nbody after an empty header\r\n.\r\n");
+    // A first line starting with a space continues no header.
+    expect(buildRecord(b("  indented\r\nsecond\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\n  indented\r\nsecond\r\n.\r\n");
     expect(buildRecord(b(""), RCV).toString()).toBe(RCV + "\r\n.\r\n");
   });
 

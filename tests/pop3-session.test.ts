@@ -136,6 +136,7 @@ describe("AUTHORIZATION state", () => {
     expect(status(await run(s, "PASS secret pw"))).toBe("-ERR send USER first");
     // Which names exist does not show at USER (as Dovecot): the same +OK, then [AUTH] at PASS.
     for (const name of ["../x", "../alice", "alice/..", "/etc/passwd", "ALICE", "nobody"]) {
+      // The password is still checked (against no one): as slow as a wrong one.
       expect(status(await run(s, `USER ${name}`))).toBe(`+OK send PASS for ${name}`);
       expect(status(await run(s, "PASS secret pw"))).toBe("-ERR [AUTH] invalid user name or password");
       expect(s.state).toBe("authorization");
@@ -499,4 +500,17 @@ test("extra spaces between a command and its argument are tolerated", async () =
   expect(status(await s.handleLine("LIST  1"))).toStartWith("+OK 1 ");
   const fresh = new Pop3Session(env().store);
   expect(status(await fresh.handleLine("USER  alice"))).toStartWith("+OK");
+});
+
+test("an unknown name at PASS or AUTH is checked like a known one (same work), then refused as a wrong password", async () => {
+  const e = env();
+  const checked: string[] = [];
+  const check = e.store.checkPassword;
+  e.store.checkPassword = (u, p) => (checked.push(u), check(u, p));
+  const s = new Pop3Session(e.store);
+  await run(s, "USER nobody");
+  expect(status(await run(s, "PASS secret pw"))).toBe("-ERR [AUTH] invalid user name or password");
+  expect(status(await run(s, "AUTH PLAIN " + Buffer.from("\0ghost\0secret pw").toString("base64")))).toBe("-ERR [AUTH] invalid user name or password");
+  expect(checked).toEqual(["nobody", "ghost"]);
+  expect(e.opens).toBe(0);
 });

@@ -82,6 +82,21 @@ describe("Users", () => {
     expect(await u.check("bob", hash)).toBeNull();
   });
 
+  test("an unknown name costs a hash check when the file has hashes, so timing does not tell which names exist", async () => {
+    const hash = await Bun.password.hash("s3cret", { algorithm: "bcrypt", cost: 4 });
+    const u = new Users(file(`alice pw\nbob ${hash}\n`));
+    u.load();
+    const verify = Bun.password.verify;
+    let calls = 0;
+    Bun.password.verify = (...a: Parameters<typeof verify>) => (calls++, verify(...a));
+    try {
+      expect(await u.check("nobody", "s3cret")).toBeNull();
+      expect(calls).toBe(1);
+    } finally {
+      Bun.password.verify = verify;
+    }
+  });
+
   test("edits take effect without a restart; a broken file keeps the last good list", async () => {
     const p = file("alice a\n");
     const warnings: string[] = [];
