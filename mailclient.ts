@@ -133,6 +133,10 @@ async function openPop3(s: Session): Promise<Pop3Client> {
   }
 }
 
+/** A login attempt failed and none has succeeded yet: end of input then exits 1. */
+let loginFailed = false;
+let loggedIn = false;
+
 async function login(config: Config): Promise<Session> {
   for (;;) {
     const user = (await ask(readLine("Username: "))).trim();
@@ -148,7 +152,13 @@ async function login(config: Config): Promise<Session> {
       say(`Logged in as ${user}.`);
       return session;
     } catch (err) {
+      // The password was right; the mailbox is open in another POP3 session just now.
+      if (err instanceof Pop3Error && err.command === "PASS" && /^\[IN-USE\]/.test(err.text)) {
+        say(`Logged in as ${user} (the mailbox is in use by another session right now: ${err.text}).`);
+        return session;
+      }
       if (err instanceof Pop3Error && (err.command === "USER" || err.command === "PASS")) {
+        loginFailed = true;
         say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}). Please try again.`);
         continue;
       }
@@ -163,7 +173,13 @@ async function sendMailOption(s: Session): Promise<void> {
   say('Enter the mail: From:, To:, Subject: lines, then the body; end with a line holding only ".".');
   const lines: string[] = [];
   for (;;) {
-    const line = await ask(readLine());
+    let line: string;
+    try {
+      line = await ask(readLine());
+    } catch (err) {
+      if (err instanceof EndOfInput && lines.length) say('Mail not sent: the input ended before the line with only ".".');
+      throw err;
+    }
     if (line === ".") break;
     lines.push(line);
   }
@@ -258,11 +274,11 @@ async function manageMail(s: Session): Promise<void> {
     say(err instanceof Pop3Error ? `Cannot open the mailbox: ${err.text}` : `Cannot reach the POP3 server: ${errorText(err)}`);
     return;
   }
-  // One POP3 session for the whole visit, so message numbers stay valid and deletions
-  // (DELE marks) are committed together by QUIT on the way out, including at end of input.
-  let deleted = 0;
+  // A deletion is committed at once (DELE, then QUIT: POP3 deletes only at QUIT), and a new
+  // session lists the mailbox again, so "deleted" on the screen is true of the file then,
+  // whatever happens to the client afterwards.
   try {
-    const entries = await loadList(pop);
+    let entries = await loadList(pop);
     for (;;) {
       showList(entries);
       const i = await askMailNumber(entries.length);
@@ -275,33 +291,31 @@ async function manageMail(s: Session): Promise<void> {
       const key = await ask(readKey("Press d to delete this mail, any other key to return to the list: "));
       if (key === "d") {
         await pop.dele(entry.msgNo);
-        entries.splice(i, 1);
-        deleted++;
+        await pop.quit();
         say(`Mail ${i + 1} deleted.`);
+        pop = await openPop3(s);
+        entries = await loadList(pop);
       }
     }
   } catch (err) {
     if (err instanceof EndOfInput) {
-      await commit(pop, deleted);
+      await commit(pop);
       throw err;
     }
     pop.close();
-    say(`Manage Mail stopped: ${errorText(err)}${deleted > 0 ? " (deletions not committed)" : ""}`);
+    say(`Manage Mail stopped: ${errorText(err)}`);
     return;
   }
-  await commit(pop, deleted);
+  await commit(pop);
 }
 
-async function commit(pop: Pop3Client, deleted: number): Promise<void> {
-  try {
-    await pop.quit();
-  } catch (err) {
-    if (deleted > 0) say(`Deleting mail may have failed: ${errorText(err)}`);
-  }
+async function commit(pop: Pop3Client): Promise<void> {
+  await pop.quit().catch(() => {});
 }
 
 async function run(config: Config): Promise<void> {
   const session = await login(config);
+  loggedIn = true;
   for (;;) {
     say();
     say("1. Manage Mail");
@@ -327,6 +341,10 @@ async function main(): Promise<number> {
   } catch (err) {
     if (!(err instanceof EndOfInput)) throw err;
     say();
+    if (loginFailed && !loggedIn) {
+      say("Not logged in.");
+      return 1;
+    }
   }
   say("Bye.");
   return 0;

@@ -34,11 +34,11 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[] } = {}) {
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered });
-  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -106,6 +106,23 @@ describe("login", () => {
     expect(r.stderr).toBe("");
   });
 
+  test("a right password on a mailbox open elsewhere ([IN-USE]) logs in, saying so, not 'wrong password'", async () => {
+    const f = fakes({ inUse: true });
+    const r = await runClient(f.args, typed("bob", "secret", "3"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, ["Logged in as bob (the mailbox is in use by another session right now", "1. Manage Mail"]);
+    expect(r.stdout).not.toContain("Login failed");
+  });
+
+  test("input that ends after a failed login: 'Not logged in.' and exit 1; after no attempt at all: exit 0", async () => {
+    const f = fakes();
+    const failed = await runClient(f.args, typed("bob", "wrong"));
+    expect(failed.code).toBe(1);
+    expectInOrder(failed.stdout, ["Login failed", "Not logged in."]);
+    const none = await runClient(f.args, "");
+    expect(none.code).toBe(0);
+  });
+
   test("an unreachable POP3 server is said plainly and the client carries on", async () => {
     const f = fakes();
     const dead = closedPort();
@@ -148,6 +165,14 @@ describe("Send Mail", () => {
         data: "From:   alice@mail.test\r\nTo: bob@mail.test\r\nSubject: Hi there\r\nline one\r\n..\r\n.x\r\n\r\n",
       },
     ]);
+  });
+
+  test("input that ends before the final '.' line: 'Mail not sent', nothing delivered", async () => {
+    const f = fakes();
+    const r = await runClient(f.args, typed("bob", "secret", "2", "From: alice@mail.test", "To: bob@mail.test", "Subject: cut", "body"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, ['Mail not sent: the input ended before the line with only ".".', "Bye."]);
+    expect(f.delivered).toEqual([]);
   });
 
   test("an empty body is fine", async () => {
@@ -224,7 +249,7 @@ describe("Manage Mail", () => {
     });
   }
 
-  test("d deletes: the mail vanishes from the list at once, numbers follow, QUIT commits", async () => {
+  test("d deletes at once (DELE, then QUIT commits it; a new session lists again): the mail vanishes, numbers follow", async () => {
     const f = fakes();
     // Delete mail 1; the list renumbers, so "1" is now the old mail 2; delete it too, then read the new 1.
     const r = await runClient(f.args, typed("bob", "secret", "1", "1", "d", "1", "d", "2", "1", "q", "-1", "3"));
@@ -243,8 +268,9 @@ describe("Manage Mail", () => {
     const after = r.stdout.slice(r.stdout.lastIndexOf("Mail 1 deleted."));
     expect(after).not.toContain("alice@mail.test");
     expect(after).not.toContain("carol@else.test");
-    const commands = f.pop.conns.at(-1)!.received;
-    expect(commands.filter((c) => c.startsWith("DELE"))).toEqual(["DELE 1", "DELE 2"]);
+    // Each deletion in a session of its own, committed by its QUIT before the next list.
+    const deleting = f.pop.conns.filter((c) => c.received.some((x) => x.startsWith("DELE")));
+    expect(deleting.map((c) => c.received.filter((x) => /^(DELE|QUIT)/.test(x)))).toEqual([["DELE 1", "QUIT"], ["DELE 1", "QUIT"]]);
     expect(f.mailbox.map((m) => m.text)).toEqual([mails()[2]!.text]);
   });
 

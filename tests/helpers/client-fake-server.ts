@@ -132,7 +132,7 @@ export interface FakeMail {
  * A minimal in-memory POP3 server good enough for mailclient: USER/PASS, CAPA (TOP optional),
  * STAT, LIST, TOP, RETR, DELE, RSET, NOOP, QUIT (commits deletions into `mailbox`).
  */
-export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean }): FakeServer {
+export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean }): FakeServer {
   return startFake(async (c) => {
     c.send("+OK fake POP3 ready\r\n");
     let user = "";
@@ -158,6 +158,12 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
           break;
         case "PASS":
           authed = user === opts.user && args.join(" ") === opts.pass;
+          if (authed && opts.inUse) {
+            // As popserver: -ERR, then the connection is closed (RFC 1939).
+            c.send("-ERR [IN-USE] mailbox is already in use by another POP3 session\r\n");
+            c.end();
+            return;
+          }
           c.send(authed ? "+OK logged in\r\n" : "-ERR invalid user or password\r\n");
           break;
         case "CAPA":
