@@ -255,6 +255,9 @@ function showList(entries: Entry[]): void {
 async function askMailNumber(count: number): Promise<number> {
   for (;;) {
     const answer = (await ask(readLine("Enter mail no. to see: "))).trim();
+    // An empty line is asked again quietly: often the Enter typed after the one-key answer
+    // to "Press d", out of getchar() habit.
+    if (answer === "") continue;
     if (!/^[-+]?\d+$/.test(answer)) {
       say("Please give a mail number, or -1 to go back.");
       continue;

@@ -226,7 +226,7 @@ describe("Manage Mail", () => {
   for (const top of [true, false]) {
     test(`list, read, out of range, not a number, back (${top ? "TOP" : "RETR fallback"})`, async () => {
       const f = fakes({ top });
-      const r = await runClient(f.args, typed("bob", "secret", "1", "0", "4", "abc", "2", "x", "-1", "3"));
+      const r = await runClient(f.args, typed("bob", "secret", "1", "0", "4", "abc", "", "2", "x", "-1", "3"));
       expect(r.code).toBe(0);
       expectInOrder(r.stdout, [
         "Sl. No.  Sender           Received              Subject",
@@ -236,6 +236,7 @@ describe("Manage Mail", () => {
         "Enter mail no. to see: Mail no. out of range, give again",
         "Enter mail no. to see: Mail no. out of range, give again",
         "Enter mail no. to see: Please give a mail number, or -1 to go back.",
+        "Enter mail no. to see: Enter mail no. to see: ", // the empty line: asked again, no message
         "Subject: Second one\nDate: Tue, 1 Dec 2026 08:59:00 +0000\n\n.\n..dots\n",
         "Press d to delete this mail",
         "Sl. No.",
