@@ -294,7 +294,13 @@ async function manageMail(s: Session): Promise<void> {
       const key = await ask(readKey("Press d to delete this mail, any other key to return to the list: "));
       if (key === "d") {
         await pop.dele(entry.msgNo);
-        await pop.quit();
+        try {
+          await pop.quit();
+        } catch (err) {
+          // -ERR: not deleted; a lost reply: maybe. The next list tells.
+          say(`Mail ${i + 1} may not have been deleted: ${errorText(err)}`);
+          return;
+        }
         say(`Mail ${i + 1} deleted.`);
         pop = await openPop3(s);
         entries = await loadList(pop);
@@ -328,6 +334,7 @@ async function run(config: Config): Promise<void> {
     if (choice === "1") await manageMail(session);
     else if (choice === "2") await sendMailOption(session);
     else if (choice === "3") return;
+    else if (choice === "") continue; // an Enter typed after a one-key answer: ask again quietly
     else say("Please enter 1, 2 or 3.");
   }
 }

@@ -4,7 +4,7 @@
 // Reads and writes of a few KiB go through the page cache in microseconds and are done
 // synchronously; fsync and large reads go to the thread pool, so the event loop never waits
 // on the disk.
-import { close, closeSync, fdatasync, fsync, open, openSync, read, readSync, writeSync, writevSync, write } from "node:fs";
+import { close, closeSync, fdatasync, fsync, fsyncSync, open, openSync, read, readSync, writeSync, writevSync, write } from "node:fs";
 import { promisify } from "node:util";
 
 export const openFd = promisify(open) as (path: string, flags: string) => Promise<number>;
@@ -61,10 +61,11 @@ export async function writeAll(fd: number, data: Buffer): Promise<void> {
 /**
  * Keeps bytes that are about to be cut from a mailbox (an unterminated tail: a crashed
  * append, or a hand-written last message without its "." line) in a new file beside it,
- * `<path>.torn-<time>`. Returns that file's name; the caller fsyncs it (syncDir) where it
- * can wait for the disk off the event loop.
+ * `<path>.torn-<time>`. Returns that file's name. With fsyncNow it is fsync'd here (a caller
+ * that cannot wait asynchronously); otherwise the caller fsyncs it (syncDir) off the event loop.
+ * Either way, before the mailbox is cut.
  */
-export function setAside(path: string, bytes: Uint8Array): string {
+export function setAside(path: string, bytes: Uint8Array, fsyncNow = false): string {
   for (let n = 0; ; n++) {
     const aside = `${path}.torn-${Date.now()}${n ? `-${n}` : ""}`;
     let fd: number;
@@ -76,6 +77,7 @@ export function setAside(path: string, bytes: Uint8Array): string {
     }
     try {
       writeAllSync(fd, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      if (fsyncNow) fsyncSync(fd);
     } finally {
       closeSync(fd);
     }

@@ -628,7 +628,9 @@ function repairTail(fd: number, size: number, path: string, warn: (m: string) =>
     else if (head.startsWith(".\n")) cut = 2;
   }
   const torn = readAtSync(fd, cut, size - cut);
-  const aside = setAside(path, torn);
+  // fsync'd before the cut: the cut may reach the disk first otherwise. Inline, as the
+  // append that follows is: a torn tail only exists after a crash, so this is rare.
+  const aside = setAside(path, torn, true);
   ftruncateSync(fd, cut);
   warn(`${path}: unterminated tail of ${torn.length} bytes (interrupted write) moved to ${aside}`);
   return "";

@@ -34,11 +34,11 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean } = {}) {
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered });
-  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -140,11 +140,11 @@ describe("login", () => {
     }
   });
 
-  test("anything else at the menu gets a hint and the menu again", async () => {
+  test("anything else at the menu gets a hint and the menu again; an empty line just the menu", async () => {
     const f = fakes();
     const r = await runClient(f.args, typed("bob", "secret", "7", "", "3"));
     expect(r.code).toBe(0);
-    expect(count(r.stdout, "Please enter 1, 2 or 3.")).toBe(2);
+    expect(count(r.stdout, "Please enter 1, 2 or 3.")).toBe(1);
     expect(count(r.stdout, "1. Manage Mail")).toBe(3);
   });
 });
@@ -273,6 +273,15 @@ describe("Manage Mail", () => {
     const deleting = f.pop.conns.filter((c) => c.received.some((x) => x.startsWith("DELE")));
     expect(deleting.map((c) => c.received.filter((x) => /^(DELE|QUIT)/.test(x)))).toEqual([["DELE 1", "QUIT"], ["DELE 1", "QUIT"]]);
     expect(f.mailbox.map((m) => m.text)).toEqual([mails()[2]!.text]);
+  });
+
+  test("a QUIT that fails after d: 'may not have been deleted', never 'deleted'; back to the menu", async () => {
+    const f = fakes({ quitFails: true });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "1", "d", "3"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, ["Mail 1 may not have been deleted: ", "disk full", "1. Manage Mail"]);
+    expect(r.stdout).not.toContain("Mail 1 deleted.");
+    expect(f.mailbox.length).toBe(3);
   });
 
   test("end of input right after a delete still commits it", async () => {

@@ -132,7 +132,7 @@ export interface FakeMail {
  * A minimal in-memory POP3 server good enough for mailclient: USER/PASS, CAPA (TOP optional),
  * STAT, LIST, TOP, RETR, DELE, RSET, NOOP, QUIT (commits deletions into `mailbox`).
  */
-export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean }): FakeServer {
+export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean }): FakeServer {
   return startFake(async (c) => {
     c.send("+OK fake POP3 ready\r\n");
     let user = "";
@@ -207,6 +207,11 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
           c.send("+OK\r\n");
           break;
         case "QUIT": {
+          if (opts.quitFails && marked.size) {
+            c.send("-ERR some deleted messages not removed: disk full\r\n");
+            c.end();
+            return;
+          }
           const keep = opts.mailbox.filter((_, i) => !marked.has(i + 1));
           opts.mailbox.splice(0, opts.mailbox.length, ...keep);
           c.send("+OK goodbye\r\n");
