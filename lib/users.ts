@@ -7,6 +7,8 @@ import { timingSafeEqual, createHash } from "node:crypto";
 const VALID_NAME = /^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$/;
 const HASH_PREFIXES = ["$argon2", "$2a$", "$2b$", "$2y$"];
 
+const isHash = (stored: string) => HASH_PREFIXES.some((p) => stored.startsWith(p));
+
 export function isSafeUserName(name: string): boolean {
   return VALID_NAME.test(name) && name !== "." && name !== "..";
 }
@@ -16,6 +18,8 @@ export interface UserTable {
   readonly names: string[];
   readonly passwords: Map<string, string>;
   readonly problems: string[];
+  /** A stored hash to check refused passwords against, so every refusal costs a hash check. */
+  readonly decoy?: string;
 }
 
 export function parseUserTable(text: string, fileName = "user.txt"): UserTable {
@@ -38,7 +42,8 @@ export function parseUserTable(text: string, fileName = "user.txt"): UserTable {
       passwords.set(fields[0]!, fields[1]!);
     }
   });
-  return { names, passwords, problems };
+  const decoy = [...passwords.values()].find(isHash);
+  return { names, passwords, problems, decoy };
 }
 
 export class UserFileError extends Error {}
@@ -115,22 +120,24 @@ export class Users {
   async check(name: string, password: string): Promise<string | null> {
     this.refresh();
     const stored = this.table.passwords.get(name);
-    if (stored === undefined) {
-      // The same work as for a listed name, so the time taken does not tell which names
-      // exist: a hash check against some user's hash when there are hashes, else a compare.
-      const hashed = [...this.table.passwords.values()].find((p) => HASH_PREFIXES.some((h) => p.startsWith(h)));
-      if (hashed) await Bun.password.verify(password, hashed).catch(() => false);
-      else equalConstantTime(password, password);
+    // Every refusal costs the same (a hash check when the file has hashes, else a compare),
+    // so the time taken tells neither which names exist nor how their password is stored.
+    const refuse = async () => {
+      if (this.table.decoy) await Bun.password.verify(password, this.table.decoy).catch(() => false);
       return null;
+    };
+    if (stored === undefined) {
+      equalConstantTime(password, password);
+      return refuse();
     }
-    if (HASH_PREFIXES.some((p) => stored.startsWith(p))) {
+    if (isHash(stored)) {
       try {
         return (await Bun.password.verify(password, stored)) ? name : null;
       } catch {
         return null;
       }
     }
-    return equalConstantTime(password, stored) ? name : null;
+    return equalConstantTime(password, stored) ? name : refuse();
   }
 }
 

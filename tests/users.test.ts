@@ -82,7 +82,7 @@ describe("Users", () => {
     expect(await u.check("bob", hash)).toBeNull();
   });
 
-  test("an unknown name costs a hash check when the file has hashes, so timing does not tell which names exist", async () => {
+  test("every refusal costs a hash check when the file has hashes (unknown name, wrong plain-text password), so timing tells nothing", async () => {
     const hash = await Bun.password.hash("s3cret", { algorithm: "bcrypt", cost: 4 });
     const u = new Users(file(`alice pw\nbob ${hash}\n`));
     u.load();
@@ -92,6 +92,10 @@ describe("Users", () => {
     try {
       expect(await u.check("nobody", "s3cret")).toBeNull();
       expect(calls).toBe(1);
+      expect(await u.check("alice", "wrong")).toBeNull();
+      expect(calls).toBe(2);
+      expect(await u.check("alice", "pw")).toBe("alice"); // a right password: no extra work
+      expect(calls).toBe(2);
     } finally {
       Bun.password.verify = verify;
     }
