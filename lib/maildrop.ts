@@ -5,7 +5,7 @@
 // snapshot taken at login never change while we hold the POP3 lock. The rewrite copies the
 // kept messages to a temp file without blocking SMTP, then takes the short write lock only
 // to copy what was appended since login and rename the temp file over mymailbox.
-import { existsSync, fstatSync, mkdirSync, readSync } from "node:fs";
+import { constants, existsSync, fstatSync, mkdirSync, readSync } from "node:fs";
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
@@ -75,13 +75,16 @@ export class FileMaildrop implements Maildrop {
       await removeLeftovers(path);
       let fd: number;
       try {
-        fd = await openFd(path, "r");
+        // Non-blocking: a FIFO in the mailbox's place must not hold a pool thread in open()
+        // until a writer comes (two of them stalled every login). Refused just below.
+        fd = await openFd(path, (constants.O_RDONLY | constants.O_NONBLOCK) as unknown as string);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === "ENOENT") return new FileMaildrop(root, user, null, 0, new MessageIndex(), 0, lock, warn, cache);
         throw e;
       }
       try {
         const st = fstatSync(fd);
+        if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "EFTYPE" });
         let found;
         if (cache) found = await cache.index(path, fd, st);
         else {

@@ -1,7 +1,7 @@
 // FileMaildrop over a real temp directory: POP3 lock, offset index, read/top, the rewrite at
 // QUIT beside concurrent appends, UIDs, hand-written LF files, crash leftovers.
 import { afterAll, describe, expect, test } from "bun:test";
-import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { collectBody, FileMaildrop, MaildropBusy, type Body } from "../lib/maildrop.ts";
@@ -324,6 +324,22 @@ describe("FileMaildrop", () => {
       expect(await all(d2)).toEqual([expected(2)]);
       d2.release();
     }
+  });
+
+  test("a FIFO or a device in the mailbox's place is refused at once (never waits for a writer), and the lock is let go", async () => {
+    const r = root();
+    const p = mailboxPath(r, "alice");
+    expect(Bun.spawnSync(["mkfifo", p]).exitCode).toBe(0);
+    for (let i = 0; i < 3; i++) {
+      // Three in a row: a blocking open would hold both of Bun's pool threads by the third.
+      const e = await FileMaildrop.open(r, "alice").then(() => null, (err: NodeJS.ErrnoException) => err);
+      expect(e?.code).toBe("EFTYPE");
+    }
+    expect(existsSync(popLockPath(r, "alice"))).toBe(false);
+    removeRoot(p);
+    symlinkSync("/dev/zero", p);
+    const e = await FileMaildrop.open(r, "alice").then(() => null, (err: NodeJS.ErrnoException) => err);
+    expect(e?.code).toBe("EFTYPE");
   });
 
   test("a listed user whose directory does not exist yet logs in to an empty maildrop (the directory is made)", async () => {
