@@ -39,6 +39,8 @@ export interface Authenticator {
 export interface Directory {
   /** The listed user an address's local part delivers to, or null. */
   resolve(localPart: string): string | null;
+  /** Not listed, but listed until a moment ago (maybe a half-written user.txt): 450, not 550. */
+  recentlyRemoved?(localPart: string): boolean;
 }
 
 export interface SmtpResult {
@@ -351,7 +353,7 @@ export class SmtpSession {
     const domains = this.config.localDomains;
     if (!bare && domains && !domains.includes(addr.slice(at + 1).toLowerCase().replace(/\.$/, ""))) return one(Smtp.relayDenied(addr));
     const user = this.users.resolve(local);
-    if (!user) return one(Smtp.noSuchUser());
+    if (!user) return one(this.users.recentlyRemoved?.(local) ? Smtp.mailboxUnavailable(local) : Smtp.noSuchUser());
     const why = this.recipients.includes(user) ? null : this.store.unavailable?.(user);
     if (why) return { replies: [Smtp.mailboxUnavailable(user)], log: `recipient ${user} deferred (450): ${why}` };
     this.rcptCount++;

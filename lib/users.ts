@@ -6,6 +6,7 @@ import { timingSafeEqual, createHash } from "node:crypto";
 
 const VALID_NAME = /^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$/;
 const HASH_PREFIXES = ["$argon2", "$2a$", "$2b$", "$2y$"];
+const REMOVED_GRACE_MS = 2000;
 
 const isHash = (stored: string) => HASH_PREFIXES.some((p) => stored.startsWith(p));
 
@@ -52,6 +53,9 @@ export class UserFileError extends Error {}
 export class Users {
   private table: UserTable = { names: [], passwords: new Map(), problems: [] };
   private stamp = "";
+  /** Names the last reload dropped, and when: see recentlyRemoved(). */
+  private removed = new Set<string>();
+  private removedAt = 0;
 
   constructor(
     readonly path: string,
@@ -80,6 +84,10 @@ export class Users {
     if (table.names.length === 0) throw new UserFileError(`${this.path}: no valid "name password" lines`);
     if (this.postmasterUser && !table.passwords.has(this.postmasterUser))
       this.warn(`postmaster user "${this.postmasterUser}" is not in ${this.path}; using ${table.names[0]}`);
+    if (this.table.names.length) {
+      this.removed = new Set(this.table.names.filter((n) => !table.passwords.has(n)));
+      this.removedAt = Date.now();
+    }
     this.table = table;
     this.stamp = stamp;
   }
@@ -114,6 +122,15 @@ export class Users {
     }
     const matches = names.filter((n) => n.toLowerCase() === lower);
     return matches.length === 1 ? matches[0]! : null;
+  }
+
+  /**
+   * Whether the name was dropped by a reload in the last REMOVED_GRACE_MS. A file rewritten
+   * in place (an editor, `cat >`) can be read half-written; a user missing from it then gets a
+   * temporary 450, not a 550 that bounces the mail for good. A real removal is a 550 after.
+   */
+  recentlyRemoved(localPart: string): boolean {
+    return Date.now() - this.removedAt < REMOVED_GRACE_MS && this.removed.has(localPart);
   }
 
   /** The user name if name and password match (plain text compared in constant time, or a Bun.password hash). */

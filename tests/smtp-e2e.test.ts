@@ -291,6 +291,11 @@ describe("recipients", () => {
     expect(records(r, "newbie").map(subjectOf)).toEqual(["welcome"]);
     writeFileSync(join(r, "user.txt"), "newbie n\n");
     expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+    // Just removed: maybe a half-written file, so "try later" (450), never a bounce at once;
+    // a user never listed is 550 at once; two seconds on, the removal is final (550).
+    expect(await c.cmd("RCPT TO:<alice@x>")).toStartWith("450 ");
+    expect(await c.cmd("RCPT TO:<stranger@x>")).toStartWith("550 ");
+    await Bun.sleep(2100);
     expect(await c.cmd("RCPT TO:<alice@x>")).toStartWith("550 ");
     c.close();
   });

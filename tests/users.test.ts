@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync, renameSync, unlinkSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync, renameSync, unlinkSync, utimesSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isSafeUserName, parseUserTable, UserFileError, Users } from "../lib/users.ts";
@@ -99,6 +99,21 @@ describe("Users", () => {
     } finally {
       Bun.password.verify = verify;
     }
+  });
+
+  test("a name dropped by the last reload is recentlyRemoved (450, not 550) for a moment; others are not", async () => {
+    const f = file("alice a\nbob b\n");
+    const u = new Users(f);
+    u.load();
+    expect(u.recentlyRemoved("bob")).toBe(false);
+    writeFileSync(f, "alice a\n"); // as a half-written rewrite would look
+    utimesSync(f, new Date(), new Date(Date.now() + 5000));
+    expect(u.resolve("bob")).toBeNull();
+    expect(u.recentlyRemoved("bob")).toBe(true);
+    expect(u.recentlyRemoved("carol")).toBe(false);
+    writeFileSync(f, "alice a\nbob b\n");
+    utimesSync(f, new Date(), new Date(Date.now() + 10000));
+    expect(u.resolve("bob")).toBe("bob");
   });
 
   test("edits take effect without a restart; a broken file keeps the last good list", async () => {
