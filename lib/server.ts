@@ -80,6 +80,13 @@ interface Conn {
   busy: boolean;
   /** The client has finished sending (a FIN): answer what it sent, then close. */
   eof: boolean;
+  /**
+   * Since when an unfinished command line has been waiting (0: none). The idle timeout runs
+   * from here too, so a client dribbling a byte at a time cannot hold a connection for ever
+   * (Postfix's per-record deadline). Message text after DATA is not a command line: there,
+   * any progress counts.
+   */
+  partialSince: number;
   ending: boolean;
   closed: boolean;
   lastActive: number;
@@ -92,7 +99,7 @@ interface Conn {
 }
 
 function newConn(peer: string, now: number, id = ++nextId): Conn {
-  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null };
+  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null };
 }
 
 const HIGH_WATER = 1 << 20;
@@ -253,6 +260,7 @@ export class MailServer {
     const c = s.data;
     if (c.busy || !c.handler) return;
     c.busy = true;
+    let progressed = false;
     try {
       // Replies to pipelined commands are gathered and written together: one syscall
       // per batch instead of one per reply.
@@ -260,6 +268,7 @@ export class MailServer {
       while (!c.ending && !c.closed) {
         let step = c.handler.next(c.reader);
         if (step === null) break;
+        progressed = true;
         if (step instanceof Promise) {
           this.uncork(s);
           step = await step;
@@ -287,6 +296,10 @@ export class MailServer {
     } finally {
       c.busy = false;
     }
+    // In DATA the reader keeps nothing pending (message bytes are set aside), so only an
+    // unfinished command line is left here.
+    if (c.reader.buffered === 0) c.partialSince = 0;
+    else if (progressed || c.partialSince === 0) c.partialSince = Date.now();
     if (c.eof) this.end(s);
     if (!c.closed) s.resume();
     if (this.stopping && !c.ending && !c.closed) {
@@ -497,7 +510,8 @@ export class MailServer {
         }
         continue;
       }
-      if (now - c.lastActive > this.opt.idleTimeoutMs && c.handler) {
+      const dribbling = c.partialSince !== 0 && now - c.partialSince > this.opt.idleTimeoutMs;
+      if ((now - c.lastActive > this.opt.idleTimeoutMs || dribbling) && c.handler) {
         if (!this.opt.quiet) this.opt.log(`${this.opt.name}: [${c.id}] idle timeout`);
         this.send(s, c.handler.timeoutText());
         this.end(s);

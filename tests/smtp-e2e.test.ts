@@ -390,6 +390,40 @@ describe("limits", () => {
     await c.untilClosed(10_000);
   });
 
+  test("--timeout 1: a command dribbled a byte at a time is timed out all the same; message text dribbled after DATA is not", async () => {
+    const r = root({ alice: "a" });
+    const s = await server(r, ["--timeout", "1"]);
+    const slow = await SmtpConn.open(s.port);
+    conns.push(slow);
+    expect(await slow.code()).toBe(220);
+    const dribble = (async () => {
+      for (const ch of "NOOP and more and more and more") {
+        if (slow.closed) break;
+        slow.send(ch);
+        await Bun.sleep(300);
+      }
+    })();
+    expect(await slow.reply(10_000)).toMatch(/^421 .*Timeout/);
+    await slow.untilClosed(10_000);
+    await dribble;
+    // DATA text trickling in for 2.4 s (each piece within the timeout) is progress.
+    const c = await SmtpConn.open(s.port);
+    conns.push(c);
+    expect(await c.code()).toBe(220);
+    expect(await c.cmd("HELO x")).toStartWith("250 ");
+    expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+    expect(await c.cmd("RCPT TO:<alice@x>")).toStartWith("250 ");
+    expect(await c.cmd("DATA")).toStartWith("354 ");
+    for (const piece of ["Subject: slow\r\n", "\r\n", "line one\r\n", "line two\r\n", "line three\r\n", "line four\r\n", "line five\r\n", "line six\r\n"]) {
+      c.send(piece);
+      await Bun.sleep(300);
+    }
+    c.send(".\r\n");
+    expect(await c.code()).toBe(250);
+    c.close();
+    expect(records(r, "alice").map(subjectOf)).toEqual(["slow"]);
+  });
+
   test("--max-size 1K: 552 for a bigger message, nothing stored, the session goes on", async () => {
     const r = root({ alice: "a" });
     const s = await server(r, ["--max-size", "1K"]);
