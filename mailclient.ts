@@ -135,7 +135,6 @@ async function openPop3(s: Session): Promise<Pop3Client> {
 
 /** A login attempt failed and none has succeeded yet: end of input then exits 1. */
 let loginFailed = false;
-let loggedIn = false;
 
 async function login(config: Config): Promise<Session> {
   for (;;) {
@@ -324,7 +323,7 @@ async function commit(pop: Pop3Client): Promise<void> {
 
 async function run(config: Config): Promise<void> {
   const session = await login(config);
-  loggedIn = true;
+  loginFailed = false;
   for (;;) {
     say();
     say("1. Manage Mail");
@@ -351,7 +350,7 @@ async function main(): Promise<number> {
   } catch (err) {
     if (!(err instanceof EndOfInput)) throw err;
     say();
-    if (loginFailed && !loggedIn) {
+    if (loginFailed) {
       say("Not logged in.");
       return 1;
     }

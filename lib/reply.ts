@@ -11,8 +11,7 @@ export function smtpReply(code: number, ...lines: string[]): SmtpReply {
 }
 
 /** Reply text is printable ASCII (RFC 5321 4.2, RFC 1939 3): what a client sent is echoed with anything else as "?". */
-const UNPRINTABLE = /[^\x20-\x7e\t]/;
-const printable = (text: string) => (UNPRINTABLE.test(text) ? text.replace(/[^\x20-\x7e\t]/g, "?") : text);
+const printable = (text: string) => text.replace(/[^\x20-\x7e\t]/g, "?");
 
 /** Wire form: "250-first\r\n250 last\r\n". */
 export function formatSmtpReply(r: SmtpReply): string {
