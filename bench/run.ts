@@ -143,14 +143,18 @@ if (want("smtp-source")) {
 async function roundTripFloor(): Promise<number> {
   const echo = await startChild([join(PROJECT, "bench/echo-server.ts")]);
   const c = await PopConn.open(echo.port);
-  const n = 5000;
   for (let i = 0; i < 500; i++) await c.send("NOOP"); // warm-up
-  const t = performance.now();
-  for (let i = 0; i < n; i++) await c.send("NOOP");
-  const rate = n / ((performance.now() - t) / 1000);
+  // The median of 5 runs: where the scheduler puts the two processes on one vCPU for a
+  // while, a run goes 5-8 times faster.
+  const rates: number[] = [];
+  for (let run = 0; run < 5; run++) {
+    const t = performance.now();
+    for (let i = 0; i < 1000; i++) await c.send("NOOP");
+    rates.push(1000 / ((performance.now() - t) / 1000));
+  }
   c.close();
   await echo.stop();
-  return rate;
+  return rates.sort((a, b) => a - b)[2]!;
 }
 
 async function popScenario(label: string, count: number, bytes: number): Promise<void> {
