@@ -42,7 +42,9 @@ if (want("smtp")) {
     const server = await startChild([join(PROJECT, "bench/null-smtp-server.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
     await smtpLoad({ port: server.port, sessions: 20, total: WARMUP, users: USERS, messageBytes: 1024, timeLimitMs });
     const me0 = process.cpuUsage();
+    const cpu0 = cpuOf(server.proc.pid);
     const r = await smtpLoad({ port: server.port, sessions: 20, total, users: USERS, messageBytes: 1024, timeLimitMs });
+    const serverCpu = cpuOf(server.proc.pid) - cpu0;
     ceiling = r.messages / r.seconds;
     figure("smtp ceiling (no-op store), 20 sessions", ceiling, "msg/s");
     figure("smtp ceiling p50 latency", r.p50ms, "ms");
@@ -51,6 +53,8 @@ if (want("smtp")) {
     if (fsyncMs) figure("smtp ceiling p99 / fsync time", r.p99ms / fsyncMs, "x");
     const me = process.cpuUsage(me0);
     figure("smtp ceiling: load generator CPU share", ((me.user + me.system) / 1e6 / r.seconds) * 100, "% of one core");
+    figure("smtp ceiling: server CPU", (serverCpu / r.seconds) * 100, "% of one core");
+    figure("smtp ceiling: server CPU per message", (serverCpu / r.messages) * 1e6, "us");
     await server.stop();
     rmSync(root, { recursive: true, force: true });
   }
@@ -76,6 +80,7 @@ if (want("smtp")) {
       if (fsyncMs) figure("smtp durable, 20 sessions: p99 / fsync time", r.p99ms / fsyncMs, "x");
     }
     figure(`smtp durable, ${sessions} sessions: server CPU`, (serverCpu / r.seconds) * 100, "% of one core");
+    figure(`smtp durable, ${sessions} sessions: server CPU per message`, (serverCpu / r.messages) * 1e6, "us");
     figure(`smtp durable, ${sessions} sessions: load generator CPU`, ((me.user + me.system) / 1e6 / r.seconds) * 100, "% of one core");
     if (r.failures) figure(`smtp durable, ${sessions} sessions: failed replies`, r.failures, "replies");
     rmSync(root, { recursive: true, force: true });

@@ -115,9 +115,11 @@ export class FileMailStore implements MailStore {
 
   deliver(users: readonly string[], record: Buffer): Promise<void> {
     const since = now();
-    const all = users.map((user) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject })));
+    const one = (user: string) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject }));
+    // The usual single recipient skips Promise.all: two fewer hops before its 250 goes out.
+    const done = users.length === 1 ? one(users[0]!) : Promise.all(users.map(one)).then(() => {});
     this.kick();
-    return Promise.all(all).then(() => {});
+    return done;
   }
 
   unavailable(user: string): string | null {
