@@ -114,8 +114,9 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
   process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.names.join(" ")}${tlsNote})\n`);
   installShutdown("smtpmail", server, async () => {
     await store.close();
-    const { messages, fsyncs, batches, locks, journals } = store.stats;
-    log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs (${batches} commit rounds, mailbox locks taken ${locks} times, ${journals} journal files made)`);
+    const { messages, fsyncs, batches, locks, journals, roundMs, journalMs } = store.stats;
+    const perRound = batches ? `; a round took ${(roundMs / batches).toFixed(3)} ms on average, ${(journalMs / batches).toFixed(3)} ms of it the journal write and fsync` : "";
+    log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs (${batches} commit rounds, mailbox locks taken ${locks} times, ${journals} journal files made${perRound})`);
   }, log);
 }
 

@@ -77,6 +77,21 @@ export function cpuOf(pid: number): number {
   }
 }
 
+/** CPU seconds used so far by each thread of a process, by thread name ("bun" for the main one; pools summed), from /proc. */
+export function threadCpuOf(pid: number): Map<string, number> {
+  const fs = require("node:fs") as typeof import("node:fs");
+  const byName = new Map<string, number>();
+  try {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const name = tid === String(pid) ? "main thread" : stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")).replace(/\s*\d+$/, "");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      byName.set(name, (byName.get(name) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+    }
+  } catch {}
+  return byName;
+}
+
 export function percentile(sorted: number[], p: number): number {
   if (!sorted.length) return 0;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;

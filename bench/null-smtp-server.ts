@@ -6,7 +6,7 @@ import { smtpmail } from "../smtpmail.ts";
 
 void runMain("null-smtp", () =>
   smtpmail(process.argv.slice(2), () => ({
-    stats: { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0, checkpoints: 0 },
+    stats: { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0, checkpoints: 0, roundMs: 0, journalMs: 0 },
     deliver: async () => {},
     recover: async () => 0,
     close: async () => {},

@@ -5,7 +5,7 @@
 import { join } from "node:path";
 import { existsSync, rmSync } from "node:fs";
 import { cpus } from "node:os";
-import { figure, makeRoot, startChild, cpuOf, memoryOf, percentile, PROJECT } from "./lib.ts";
+import { figure, makeRoot, startChild, cpuOf, memoryOf, percentile, threadCpuOf, PROJECT } from "./lib.ts";
 import { traceSyncs } from "./fsync-trace.ts";
 import { PopConn, writeMailbox } from "./pop-load.ts";
 import { idleConnections } from "./conns.ts";
@@ -64,10 +64,12 @@ if (want("smtp")) {
     await smtpLoad({ port: server.port, sessions, total: WARMUP, users: USERS, messageBytes: 1024, timeLimitMs });
     const me0 = process.cpuUsage();
     const cpu0 = cpuOf(server.proc.pid);
+    const threads0 = threadCpuOf(server.proc.pid);
     const n = sessions === 1 ? Math.min(total, 2000) : total;
     const r = await smtpLoad({ port: server.port, sessions, total: n, users: USERS, messageBytes: 1024, timeLimitMs });
     const me = process.cpuUsage(me0);
     const serverCpu = cpuOf(server.proc.pid) - cpu0;
+    const threads = threadCpuOf(server.proc.pid);
     await server.stop();
     const m = /stored (\d+) message copies with (\d+) fsyncs/.exec(server.stderr());
     const rate = r.messages / r.seconds;
@@ -81,6 +83,19 @@ if (want("smtp")) {
     }
     figure(`smtp durable, ${sessions} sessions: server CPU`, (serverCpu / r.seconds) * 100, "% of one core");
     figure(`smtp durable, ${sessions} sessions: server CPU per message`, (serverCpu / r.messages) * 1e6, "us");
+    if (sessions === 20) {
+      // Where the server's CPU goes: the event loop, the pool threads that run the fsyncs, the JIT.
+      for (const [name, secs] of threads) {
+        const used = secs - (threads0.get(name) ?? 0);
+        if (used > 0) figure(`smtp durable, 20 sessions: ${name} CPU per message`, (used / r.messages) * 1e6, "us");
+      }
+      const rounds = /a round took ([\d.]+) ms on average, ([\d.]+) ms of it the journal/.exec(server.stderr());
+      if (rounds) {
+        figure("smtp durable, 20 sessions: commit round, start to 250s (mean)", Number(rounds[1]), "ms");
+        figure("smtp durable, 20 sessions: of which journal write+fsync (mean)", Number(rounds[2]), "ms");
+      }
+      if (m) figure("smtp durable, 20 sessions: messages per commit round", Number(m[1]) / Number(/\((\d+) commit rounds/.exec(server.stderr())?.[1] ?? NaN), "msg");
+    }
     figure(`smtp durable, ${sessions} sessions: load generator CPU`, ((me.user + me.system) / 1e6 / r.seconds) * 100, "% of one core");
     if (r.failures) figure(`smtp durable, ${sessions} sessions: failed replies`, r.failures, "replies");
     rmSync(root, { recursive: true, force: true });

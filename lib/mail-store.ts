@@ -40,6 +40,10 @@ export interface StoreStats {
   journals: number;
   /** Checkpoints done: mailboxes fsync'd and a journal emptied. */
   checkpoints: number;
+  /** Milliseconds from the start of each commit round to its 250s, summed over the rounds. */
+  roundMs: number;
+  /** Of that, milliseconds waiting for the journal write and its fsync. */
+  journalMs: number;
 }
 
 interface Pending {
@@ -87,7 +91,7 @@ const YIELD_MS = 25;
 const LINGER_MS = 5;
 
 export class FileMailStore implements MailStore {
-  readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0, checkpoints: 0 };
+  readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0, checkpoints: 0, roundMs: 0, journalMs: 0 };
   private queue: Pending[] = [];
   private running = false;
   private readonly boxes = new Map<string, OpenBox>();
@@ -301,6 +305,7 @@ export class FileMailStore implements MailStore {
 
   /** Commits one round; returns how many copies it placed. */
   private async round(batch: Pending[]): Promise<number> {
+    const started = now();
     const byUser = new Map<string, Pending[]>();
     for (const p of batch) {
       const list = byUser.get(p.user);
@@ -332,7 +337,12 @@ export class FileMailStore implements MailStore {
     }
     if (!placed.length) return 0;
     try {
-      await (await this.activeJournal()).append(entries);
+      const journal = await this.activeJournal();
+      const syncing = now();
+      await journal.append(entries);
+      const done = now();
+      this.stats.journalMs += done - syncing;
+      this.stats.roundMs += done - started;
       this.stats.fsyncs++;
       this.stats.batches++;
       this.stats.messages += placed.length;
