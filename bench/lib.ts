@@ -77,7 +77,7 @@ export function cpuOf(pid: number): number {
   }
 }
 
-/** CPU seconds used so far by each thread of a process, by thread name ("bun" for the main one; pools summed), from /proc. */
+/** CPU seconds used so far by each thread of a process, by thread name ("main thread", then e.g. "Bun Pool" with its threads summed), from /proc. */
 export function threadCpuOf(pid: number): Map<string, number> {
   const fs = require("node:fs") as typeof import("node:fs");
   const byName = new Map<string, number>();

@@ -71,7 +71,7 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
           // so a session's every 1000 commands ask for an asynchronous one (Bun.gc(false):
           // JSC collects beside the event loop, the call returns in 25 us), and every 10,000
           // commands of all sessions together get a synchronous one: pipelined RETR went from
-          // 99-114k to 150-200k msg/s on 10,000 messages, peak RSS 56 MiB as before and
+          // 93-124k to 153-198k msg/s on 10,000 messages, peak RSS 56 MiB as before and
           // 62.6-62.8 MiB on 1 GiB (asynchronous ones alone: 64.3). Counted per session, not
           // only over all, so a login load (short sessions) does not pay one every 200 logins.
           const now = performance.now();
