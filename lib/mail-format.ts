@@ -150,7 +150,9 @@ function fit(text: string, width: number): string {
 /** The mail list: a heading, then one aligned line per mail. */
 export function formatMailList(rows: ListRow[]): string[] {
   const table = [["Sl. No.", "Sender", "Received", "Subject"]].concat(
-    rows.map((r) => [String(r.no), fit(r.from, 40), fit(r.when, 24), fit(r.subject, 60)]),
+    // A mail without a From or a Subject header says so, as mail readers do, rather than
+    // leaving a blank the user has to guess at.
+    rows.map((r) => [String(r.no), fit(r.from || "(no sender)", 40), fit(r.when, 24), fit(r.subject || "(no subject)", 60)]),
   );
   const len = (s: string) => [...s].length;
   const widths = [0, 1, 2].map((c) => Math.max(...table.map((row) => len(row[c]!))));

@@ -158,6 +158,11 @@ describe("formatMailList", () => {
     expect(row!.length).toBeLessThan(150);
   });
 
+  test("a mail without From or Subject says so instead of a blank", () => {
+    const [, row] = formatMailList([{ no: 3, from: "", when: "2026-12-01 : 04 : 27", subject: "" }]);
+    expect(row).toBe("      3  (no sender)  2026-12-01 : 04 : 27  (no subject)");
+  });
+
   test("an empty list is just the heading", () => {
     expect(formatMailList([])).toEqual(["Sl. No.  Sender  Received  Subject"]);
   });
