@@ -44,59 +44,86 @@ function toOutput(r: PopResult): Output {
   return { text, range: body, close, log };
 }
 
+/** One connection's handler: a class, so idle connections do not each hold seven closures (see smtp-server.ts). */
+class PopHandler implements Handler {
+  /** The last command was a long listing: the next one collects its garbage. */
+  private listed = false;
+  private commands = 0;
+
+  constructor(
+    private readonly session: Pop3Session,
+    private readonly trace: ((line: string) => void) | undefined,
+  ) {}
+
+  open(): Output {
+    return { text: formatPopReply(this.session.greeting()) };
+  }
+
+  next(reader: LineReader): Output | Promise<Output> | null {
+    const { session, trace } = this;
+    const ev = reader.nextLine(session.expectingAuthResponse ? MAX_SASL_LINE : MAX_POP_LINE);
+    if (!ev) return null;
+    if (ev.kind === "too-long") return toOutput(session.lineTooLong());
+    // Passwords stay out of the log: PASS, AUTH's initial response, SASL responses.
+    if (trace) trace(/^\s*PASS\s/i.test(ev.text) ? "PASS ********" : maskAuth(ev.text, session.expectingAuthResponse));
+    // Each command leaves a few short-lived objects. A client fetching 100,000 messages
+    // one by one grows the heap faster than the collector's schedule returns memory;
+    // collections every so many commands keep the footprint near the live size. On the
+    // 1 GiB mailbox: peak RSS 64-66 MiB with a full one every 4000 commands, 60 with one
+    // every 1000 and after long listings. But a full collection costs 3-4 ms even on a
+    // small heap (14 % of popserver's CPU in a NOOP loop, 30 % of a pipelined RETR run),
+    // so a session's every 1000 commands ask for an asynchronous one (Bun.gc(false):
+    // JSC collects beside the event loop, the call returns in 25 us), and every 10,000
+    // commands of all sessions together get a synchronous one: pipelined RETR went from
+    // 93-124k to 153-198k msg/s on 10,000 messages, peak RSS 56 MiB as before and
+    // 62.6-62.8 MiB on 1 GiB (asynchronous ones alone: 64.3). Counted per session, not
+    // only over all, so a login load (short sessions) does not pay one every 200 logins.
+    const now = performance.now();
+    const commands = ++this.commands;
+    allCommands++;
+    if (this.listed && now - lastListingGc >= LISTING_GC_GAP_MS) {
+      lastListingGc = now;
+      Bun.gc(true);
+    } else if (allCommands % GC_EVERY_ALL_COMMANDS === 0) Bun.gc(true);
+    else if (commands % GC_EVERY_COMMANDS === 0) Bun.gc(false);
+    const r = session.handleLine(ev.text);
+    // A streamed body answering LIST or UIDL is a listing too long to send at once.
+    const note = (r: PopResult) => {
+      this.listed = r.body !== undefined && !(r.body instanceof Uint8Array) && Symbol.asyncIterator in r.body && /^\s*(LIST|UIDL)\s*$/i.test(ev.text);
+      return toOutput(r);
+    };
+    return r instanceof Promise ? r.then(note) : note(r);
+  }
+
+  // RFC 1939: an autologout does not enter UPDATE, so nothing is deleted.
+  timeoutText(): string {
+    return formatPopReply(Pop.timeout());
+  }
+
+  shutdownText(): string {
+    return formatPopReply(Pop.shuttingDown());
+  }
+
+  errorText(): string {
+    return formatPopReply(Pop.err("internal error"));
+  }
+
+  closed(): void {
+    this.session.closed();
+  }
+
+  secured(): void {
+    this.session.tlsStarted();
+  }
+}
+
 export function createPopServer(opt: PopServerOptions, store: PopStore): MailServer {
   return new MailServer({
     ...opt,
     name: "popserver",
     tooManyFromAddressText: formatPopReply(Pop.tooManyFromAddress()),
     tooManyText: formatPopReply(Pop.tooManyConnections()),
-    create(peer, trace, secure): Handler {
-      const session = new Pop3Session(store, peer, { tls: !!opt.tlsFiles, secure, requireTls: opt.requireTls, throttle: opt.throttle });
-      let listed = false;
-      let commands = 0;
-      return {
-        open: () => ({ text: formatPopReply(session.greeting()) }),
-        next(reader: LineReader): Output | Promise<Output> | null {
-          const ev = reader.nextLine(session.expectingAuthResponse ? MAX_SASL_LINE : MAX_POP_LINE);
-          if (!ev) return null;
-          if (ev.kind === "too-long") return toOutput(session.lineTooLong());
-          // Passwords stay out of the log: PASS, AUTH's initial response, SASL responses.
-          if (trace) trace(/^\s*PASS\s/i.test(ev.text) ? "PASS ********" : maskAuth(ev.text, session.expectingAuthResponse));
-          // Each command leaves a few short-lived objects. A client fetching 100,000 messages
-          // one by one grows the heap faster than the collector's schedule returns memory;
-          // collections every so many commands keep the footprint near the live size. On the
-          // 1 GiB mailbox: peak RSS 64-66 MiB with a full one every 4000 commands, 60 with one
-          // every 1000 and after long listings. But a full collection costs 3-4 ms even on a
-          // small heap (14 % of popserver's CPU in a NOOP loop, 30 % of a pipelined RETR run),
-          // so a session's every 1000 commands ask for an asynchronous one (Bun.gc(false):
-          // JSC collects beside the event loop, the call returns in 25 us), and every 10,000
-          // commands of all sessions together get a synchronous one: pipelined RETR went from
-          // 93-124k to 153-198k msg/s on 10,000 messages, peak RSS 56 MiB as before and
-          // 62.6-62.8 MiB on 1 GiB (asynchronous ones alone: 64.3). Counted per session, not
-          // only over all, so a login load (short sessions) does not pay one every 200 logins.
-          const now = performance.now();
-          commands++;
-          allCommands++;
-          if (listed && now - lastListingGc >= LISTING_GC_GAP_MS) {
-            lastListingGc = now;
-            Bun.gc(true);
-          } else if (allCommands % GC_EVERY_ALL_COMMANDS === 0) Bun.gc(true);
-          else if (commands % GC_EVERY_COMMANDS === 0) Bun.gc(false);
-          const r = session.handleLine(ev.text);
-          // A streamed body answering LIST or UIDL is a listing too long to send at once.
-          const note = (r: PopResult) => {
-            listed = r.body !== undefined && !(r.body instanceof Uint8Array) && Symbol.asyncIterator in r.body && /^\s*(LIST|UIDL)\s*$/i.test(ev.text);
-            return toOutput(r);
-          };
-          return r instanceof Promise ? r.then(note) : note(r);
-        },
-        // RFC 1939: an autologout does not enter UPDATE, so nothing is deleted.
-        timeoutText: () => formatPopReply(Pop.timeout()),
-        shutdownText: () => formatPopReply(Pop.shuttingDown()),
-        errorText: () => formatPopReply(Pop.err("internal error")),
-        closed: () => session.closed(),
-        secured: () => session.tlsStarted(),
-      };
-    },
+    create: (peer, trace, secure): Handler =>
+      new PopHandler(new Pop3Session(store, peer, { tls: !!opt.tlsFiles, secure, requireTls: opt.requireTls, throttle: opt.throttle }), trace),
   });
 }

@@ -22,57 +22,93 @@ function toOutput(session: SmtpSession, r: SmtpResult): Output | Promise<Output>
   return { text: text(r.replies), close: r.close, log: r.log, delayMs: r.delayMs, startTls: r.startTls };
 }
 
+/** What every connection's handler shares: one object per server, not one per connection. */
+interface Shared {
+  opt: SmtpServerOptions;
+  budget: DataBudget;
+}
+
+/**
+ * One connection's handler. A class rather than an object of seven closures and their scope:
+ * an idle connection's JS heap went from 1402 to 1049 bytes (popserver's: 1386 to 1015).
+ */
+class SmtpHandler implements Handler {
+  /** The reader, once a message has been started: a client gone mid-DATA gives its budget back. */
+  private reading: LineReader | null = null;
+
+  constructor(
+    private readonly shared: Shared,
+    private readonly session: SmtpSession,
+    private readonly trace: ((line: string) => void) | undefined,
+  ) {}
+
+  open(): Output {
+    return { text: formatSmtpReply(this.session.greeting()) };
+  }
+
+  next(reader: LineReader): Output | Promise<Output> | null {
+    const { session, trace } = this;
+    const { opt, budget } = this.shared;
+    if (session.expectingData) {
+      this.reading = reader;
+      const msg = reader.nextMessage(opt.maxMessageSize, budget, RECORD_ROOM);
+      if (!msg) return null;
+      if (trace) {
+        const lines = msg.bytes.toString("utf8").split("\r\n").slice(0, -1);
+        for (const l of lines.slice(0, 100)) trace(l);
+        if (lines.length > 100) trace(`... (${lines.length - 100} more lines)`);
+        trace(".");
+      }
+      return session.handleMessage(msg).then(
+        (r) => {
+          budget.release(msg.charged);
+          return { text: text(r.replies), close: r.close, log: r.log };
+        },
+        (e) => {
+          budget.release(msg.charged);
+          throw e;
+        },
+      );
+    }
+    const ev = reader.nextLine(session.expectingAuthResponse ? MAX_SASL_LINE : MAX_COMMAND_LINE);
+    if (!ev) return null;
+    if (ev.kind === "too-long") {
+      trace?.("<line too long>");
+      return { text: text(session.lineTooLong().replies) };
+    }
+    trace?.(maskAuth(ev.text, session.expectingAuthResponse));
+    return toOutput(session, session.handleLine(ev.text));
+  }
+
+  timeoutText(): string {
+    return formatSmtpReply(Smtp.timeout(this.shared.opt.domain));
+  }
+
+  shutdownText(): string {
+    return formatSmtpReply(Smtp.shuttingDown(this.shared.opt.domain));
+  }
+
+  errorText(): string {
+    return formatSmtpReply(Smtp.localError());
+  }
+
+  closed(): void {
+    this.reading?.dropData();
+  }
+
+  secured(): void {
+    this.session.tlsStarted();
+  }
+}
+
 export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store: MailStore, auth: Authenticator | null = null): MailServer {
   const config: SmtpConfig = { ...opt, tls: !!opt.tlsFiles };
-  const budget = new DataBudget(opt.dataMemoryLimit ?? Math.max(512 << 20, 4 * opt.maxMessageSize));
+  const shared: Shared = { opt, budget: new DataBudget(opt.dataMemoryLimit ?? Math.max(512 << 20, 4 * opt.maxMessageSize)) };
   return new MailServer({
     ...opt,
     name: "smtpmail",
     tooManyFromAddressText: formatSmtpReply(Smtp.tooManyFromAddress(opt.domain)),
     tooManyText: formatSmtpReply(Smtp.tooManyConnections(opt.domain)),
-    create(peer, trace, secure): Handler {
-      const session = new SmtpSession(config, users, store, peer, auth, secure);
-      let reading: LineReader | null = null;
-      return {
-        open: () => ({ text: formatSmtpReply(session.greeting()) }),
-        next(reader: LineReader): Output | Promise<Output> | null {
-          if (session.expectingData) {
-            reading = reader;
-            const msg = reader.nextMessage(opt.maxMessageSize, budget, RECORD_ROOM);
-            if (!msg) return null;
-            if (trace) {
-              const lines = msg.bytes.toString("utf8").split("\r\n").slice(0, -1);
-              for (const l of lines.slice(0, 100)) trace(l);
-              if (lines.length > 100) trace(`... (${lines.length - 100} more lines)`);
-              trace(".");
-            }
-            return session.handleMessage(msg).then(
-              (r) => {
-                budget.release(msg.charged);
-                return { text: text(r.replies), close: r.close, log: r.log };
-              },
-              (e) => {
-                budget.release(msg.charged);
-                throw e;
-              },
-            );
-          }
-          const ev = reader.nextLine(session.expectingAuthResponse ? MAX_SASL_LINE : MAX_COMMAND_LINE);
-          if (!ev) return null;
-          if (ev.kind === "too-long") {
-            trace?.("<line too long>");
-            return { text: text(session.lineTooLong().replies) };
-          }
-          trace?.(maskAuth(ev.text, session.expectingAuthResponse));
-          return toOutput(session, session.handleLine(ev.text));
-        },
-        timeoutText: () => formatSmtpReply(Smtp.timeout(opt.domain)),
-        shutdownText: () => formatSmtpReply(Smtp.shuttingDown(opt.domain)),
-        errorText: () => formatSmtpReply(Smtp.localError()),
-        // A client gone in the middle of DATA gives its share of the budget back.
-        closed: () => reading?.dropData(),
-        secured: () => session.tlsStarted(),
-      };
-    },
+    create: (peer, trace, secure): Handler => new SmtpHandler(shared, new SmtpSession(config, users, store, peer, auth, secure), trace),
   });
 }
