@@ -3,7 +3,7 @@
 // smtp, trace, smtp-source, pop, pop-logins, pop-large, conns, client (default: all but pop-large, which
 // writes 1 GiB).
 import { join } from "node:path";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, rmSync, statSync } from "node:fs";
 import { cpus } from "node:os";
 import { figure, makeRoot, startChild, cpuOf, memoryOf, percentile, threadCpuOf, PROJECT } from "./lib.ts";
 import { traceSyncs } from "./fsync-trace.ts";
@@ -204,8 +204,14 @@ async function popScenario(label: string, count: number, bytes: number): Promise
   };
   // The first login indexes the whole file; later ones only what was appended since.
   figure(`${label}: login+STAT latency, first login`, await loginTime(), "ms");
+  // A file written in the last second is checked (a small read per message: another write
+  // within the clock's granularity could hide behind an unchanged mtime); an older one is
+  // taken as indexed, without a read.
   const logins = [await loginTime(), await loginTime(), await loginTime()].sort((a, b) => a - b);
   figure(`${label}: login+STAT latency, again (median of 3)`, logins[1]!, "ms");
+  await Bun.sleep(Math.max(0, 1100 - (Date.now() - statSync(join(root, "alice", "mymailbox")).mtimeMs)));
+  await loginTime(); // the one that finds the file settled
+  figure(`${label}: login+STAT latency, again, file a second old`, await loginTime(), "ms");
   writeMailbox(root, "alice", 100, bytes, true);
   figure(`${label}: login+STAT latency, 100 messages appended since`, await loginTime(), "ms");
   const { c } = await login();

@@ -29,34 +29,51 @@ const WINDOW = 64 * 1024;
 /**
  * Index a mailbox region [from, to) in chunks. One buffer is reused: the unfinished
  * message at its end moves to the front, so memory stays at about a chunk plus a message.
+ * The next chunk is read (on the thread pool) while this one is scanned: done one after
+ * the other, reading 1 GiB took 270-320 ms and scanning it 370-450 ms here.
  */
 export async function scanFile(fd: number, from: number, to: number): Promise<MailboxScanner> {
   const scanner = new MailboxScanner(from);
   // Sized to the region when that is small (the tail since the last login, one message).
   let buf = Buffer.allocUnsafe(Math.min(2 * CHUNK, to - from));
+  // A region of more than one chunk reads the next chunk into `stage` during each scan.
+  let stage: Buffer | null = to - from > CHUNK ? Buffer.allocUnsafe(CHUNK) : null;
+  let next: Promise<Buffer> | null = null; // the read of the chunk at `pos`, if started early
   let have = 0; // unconsumed bytes at the front of buf
   let base = from; // file offset of buf[0]
-  for (let pos = from; pos < to; ) {
-    const want = Math.min(CHUNK, to - pos);
-    if (have + want > buf.length) {
-      const bigger = Buffer.allocUnsafe(Math.max(buf.length * 2, have + want)); // a message larger than the buffer
-      buf.copy(bigger, 0, 0, have);
-      buf = bigger;
+  try {
+    for (let pos = from; pos < to; ) {
+      const want = Math.min(CHUNK, to - pos);
+      if (have + want > buf.length) {
+        const bigger = Buffer.allocUnsafe(Math.max(buf.length * 2, have + want)); // a message larger than the buffer
+        buf.copy(bigger, 0, 0, have);
+        buf = bigger;
+      }
+      let bytesRead: number;
+      if (stage) {
+        const chunk = await (next ?? readAt(fd, pos, want, stage));
+        next = null;
+        bytesRead = chunk.copy(buf, have);
+      } else bytesRead = (await readAt(fd, pos, want, buf, have)).length;
+      if (bytesRead === 0) break;
+      pos += bytesRead;
+      have += bytesRead;
+      // The stage is free again: the next chunk is read while this one is scanned.
+      if (stage && pos < to) next = readAt(fd, pos, Math.min(CHUNK, to - pos), stage);
+      const used = scanner.scan(buf.subarray(0, have), base, pos >= to);
+      // Each message indexed leaves a little garbage; on a huge mailbox, collecting it as we
+      // go keeps the peak footprint near the live size (a few ms per 128 MiB scanned).
+      if ((pos - from) % GC_EVERY < CHUNK && pos - from >= GC_EVERY) Bun.gc(true);
+      buf.copyWithin(0, used, have);
+      have -= used;
+      base += used;
     }
-    const bytesRead = (await readAt(fd, pos, want, buf, have)).length;
-    if (bytesRead === 0) break;
-    pos += bytesRead;
-    have += bytesRead;
-    const used = scanner.scan(buf.subarray(0, have), base, pos >= to);
-    // Each message indexed leaves a little garbage; on a huge mailbox, collecting it as we
-    // go keeps the peak footprint near the live size (a few ms per 128 MiB scanned).
-    if ((pos - from) % GC_EVERY < CHUNK && pos - from >= GC_EVERY) Bun.gc(true);
-    buf.copyWithin(0, used, have);
-    have -= used;
-    base += used;
+  } finally {
+    // Never leave a read landing after we are gone (the caller may close fd).
+    await next?.catch(() => {});
   }
   if (to - from >= GC_EVERY) {
-    buf = EMPTY; // not kept alive through the collection
+    buf = stage = EMPTY; // not kept alive through the collection
     Bun.gc(true); // once more for the last stretch
   }
   return scanner;

@@ -3,9 +3,9 @@
 // a login that indexes the whole file sees.
 import { afterAll, describe, expect, test } from "bun:test";
 import { appendFileSync, fstatSync, openSync, closeSync, readFileSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
-import { IndexCache } from "../lib/index-cache.ts";
+import { IndexCache, scanFile } from "../lib/index-cache.ts";
 import { FileMaildrop } from "../lib/maildrop.ts";
-import { buildRecord } from "../lib/mailbox.ts";
+import { buildRecord, MailboxScanner } from "../lib/mailbox.ts";
 import { mailboxPath } from "../lib/paths.ts";
 import { makeRoot, removeRoot } from "./helpers/servers.ts";
 
@@ -307,6 +307,44 @@ describe("IndexCache", () => {
       appendFileSync(path, record(5));
       await cache.index(path, fd, st2);
       expect(cache.size).toBe(1);
+    } finally {
+      closeSync(fd);
+    }
+  });
+});
+
+describe("scanFile", () => {
+  // Its reads overlap its scans (the next 1 MiB chunk is read while this one is scanned):
+  // messages cut by chunk ends, one larger than two chunks, and a region that starts
+  // mid-file must index exactly as one scan of the bytes in memory does.
+  test("a file of several chunks indexes as a scan of the whole bytes at once", async () => {
+    const r = root();
+    const parts: Buffer[] = [];
+    let seed = 7;
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let n = 0; n < 60; n++) {
+      const big = n === 20 ? 2.5 * 2 ** 20 : rand() < 0.2 ? rand() * 300_000 : rand() * 3000;
+      parts.push(record(n, "x".repeat(Math.floor(big))));
+    }
+    parts.push(Buffer.from("From: hand@written\nSubject: LF only\n\nbody\n.")); // a hand-written last message, "." without newline
+    const file = Buffer.concat(parts);
+    expect(file.length).toBeGreaterThan(4 * 2 ** 20);
+    const starts = parts.map((_, i) => parts.slice(0, i).reduce((n, p) => n + p.length, 0));
+    const path = mailboxPath(r, "alice");
+    writeFileSync(path, file);
+    const fd = openSync(path, "r");
+    try {
+      // From the start, from a message before the big one, from the big one itself.
+      for (const first of [0, 3, 20]) {
+        const from = starts[first]!;
+        const scanned = await scanFile(fd, from, file.length);
+        const whole = new MailboxScanner(from);
+        whole.scan(file.subarray(from), from, true);
+        expect(scanned.messages).toEqual(whole.messages);
+        expect(scanned.validEnd).toBe(file.length);
+        expect(scanned.messages.length).toBe(parts.length - first);
+        expect(scanned.messages.map((m) => m.offset)).toEqual(starts.slice(first));
+      }
     } finally {
       closeSync(fd);
     }
