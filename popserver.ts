@@ -58,6 +58,6 @@ void runMain("popserver", async () => {
   );
   listenOrExplain(server, host, port);
   const tlsNote = sec.tlsFiles ? `, STLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
-  process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.names.join(" ")}${tlsNote})\n`);
+  process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.summary()}${tlsNote})\n`);
   installShutdown("popserver", server, async () => {}, log);
 });

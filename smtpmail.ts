@@ -111,7 +111,7 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
   );
   listenOrExplain(server, host, port);
   const tlsNote = sec.tlsFiles ? `, STARTTLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
-  process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.names.join(" ")}${tlsNote})\n`);
+  process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.summary()}${tlsNote})\n`);
   installShutdown("smtpmail", server, async () => {
     await store.close();
     const { messages, fsyncs, batches, locks, journals, roundMs, journalMs } = store.stats;

@@ -57,6 +57,26 @@ describe("Users", () => {
     for (const bad of ["nobody", "../alice", "alice/", "", "alice\x00"]) expect(u.resolve(bad)).toBeNull();
   });
 
+  test("has (POP3 USER) is exact and follows edits; the case-insensitive map is rebuilt with the file", () => {
+    const p = file("alice a\nBob b\n");
+    const u = new Users(p);
+    u.load();
+    expect([u.has("alice"), u.has("Bob"), u.has("bob"), u.has("ALICE"), u.has("carol")]).toEqual([true, true, false, false, false]);
+    writeFileSync(p, "alice a\nBob b\nbob b2\nCarol c\n");
+    expect(u.has("bob")).toBe(true);
+    expect(u.resolve("BOB")).toBeNull(); // now ambiguous
+    expect(u.resolve("carol")).toBe("Carol");
+  });
+
+  test("summary lists a short user list whole and a long one as its first names and a count", () => {
+    const u = new Users(file("alice a\nbob b\n"));
+    u.load();
+    expect(u.summary()).toBe("alice bob");
+    const many = new Users(file(Array.from({ length: 25 }, (_, i) => `u${i} p`).join("\n")));
+    many.load();
+    expect(many.summary(3)).toBe("u0 u1 u2 ... (25 in all)");
+  });
+
   test("postmaster goes to the chosen user, or the first when that user is not listed", () => {
     const p = file("alice a\nbob b\n");
     const u = new Users(p, () => {}, "bob");
