@@ -105,6 +105,33 @@ describe("normalizeLineEnds", () => {
   test("a final line without line end gets CRLF", () => {
     expect(normalizeLineEnds(b("a\nb")).toString()).toBe("a\r\nb\r\n");
   });
+  test("agrees with the line-by-line definition on 20,000 random mixes of CR, LF, '.' and text", () => {
+    // The rule, line by line, as it was first written (one buffer per line: slow on huge
+    // inputs, plain to read): the oracle for the byte-loop version.
+    const oracle = (w: Buffer): string => {
+      if (!/(^|[^\r])\n/.test(w.toString("latin1"))) return w.toString("latin1");
+      let out = "";
+      let start = 0;
+      let afterBareLf = false;
+      for (let i = w.indexOf(10); i >= 0; i = w.indexOf(10, start)) {
+        const end = i > start && w[i - 1] === 13 ? i - 1 : i;
+        const loneDot = end === i && end - start === 1 && w[start] === 46;
+        if ((afterBareLf || loneDot) && w[start] === 46) out += ".";
+        out += w.toString("latin1", start, end) + "\r\n";
+        afterBareLf = end === i;
+        start = i + 1;
+      }
+      if (start < w.length) out += (afterBareLf && w[start] === 46 ? "." : "") + w.toString("latin1", start) + "\r\n";
+      return out;
+    };
+    let seed = 1;
+    const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    const alphabet = ["\r", "\n", ".", "a", "\r\n", "\n.", "y".repeat(70)];
+    for (let t = 0; t < 20_000; t++) {
+      const w = b(Array.from({ length: rand(12) }, () => alphabet[rand(alphabet.length)]).join(""));
+      expect(normalizeLineEnds(w).toString("latin1")).toBe(oracle(w));
+    }
+  });
 });
 
 function smallMailbox(): Buffer {
@@ -204,6 +231,24 @@ describe("toWire and unstuff", () => {
     expect(toWire(b("a\nb\n.\n"), true).toString()).toBe("a\r\nb\r\n.\r\n");
     const rec = b("a\r\n.\r\n");
     expect(toWire(rec, false)).toBe(rec);
+  });
+  test("toWire agrees with the line-by-line definition on 20,000 random mixes of CR, LF and text", () => {
+    const oracle = (w: Buffer): string => {
+      let out = "";
+      let start = 0;
+      for (let i = w.indexOf(10); i >= 0; i = w.indexOf(10, start)) {
+        out += w.toString("latin1", start, i > start && w[i - 1] === 13 ? i - 1 : i) + "\r\n";
+        start = i + 1;
+      }
+      return start < w.length ? out + w.toString("latin1", start) + "\r\n" : out;
+    };
+    let seed = 3;
+    const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    const alphabet = ["\r", "\n", ".", "a", "\r\n", "x".repeat(70)];
+    for (let t = 0; t < 20_000; t++) {
+      const w = b(Array.from({ length: rand(12) }, () => alphabet[rand(alphabet.length)]).join(""));
+      expect(toWire(w, true).toString("latin1")).toBe(oracle(w));
+    }
   });
   test("unstuff removes one leading dot per line, including the first", () => {
     expect(unstuff(b("..a\r\n...\r\nb.\r\n.c\r\n")).toString()).toBe(".a\r\n..\r\nb.\r\nc\r\n");
