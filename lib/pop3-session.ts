@@ -63,6 +63,8 @@ export class Pop3Session {
    * for every STAT was a scan (170 us on 100,000 messages, STAT one at a time 3400/s).
    */
   private live: readonly [number, number] | null = null;
+  /** The totals with nothing deleted, for RSET: a pipelined RSET flood must not rescan each time. */
+  private all: readonly [number, number] | null = null;
   private failedLogins = 0;
   /** AUTH in progress: the next line is a SASL response, not a command. */
   private sasl: { mech: "PLAIN" } | { mech: "LOGIN"; user: string | null } | null = null;
@@ -144,7 +146,7 @@ export class Pop3Session {
         const bad = this.noArgs(args);
         if (bad) return bad;
         this.deleted.clear();
-        this.live = null;
+        this.live = this.all;
         const [n, octets] = this.totals();
         return { reply: Pop.ok(`maildrop has ${n} messages (${octets} octets)`) };
       }
@@ -261,7 +263,7 @@ export class Pop3Session {
         return { reply: Pop.err("connection closed"), close: true };
       }
       this.drop = drop;
-      this.live = null;
+      this.live = this.all = null;
     } catch (e) {
       // RFC 1939: the mailbox cannot be opened or locked: -ERR, and the server closes.
       const busy = (e as Error).name === "MaildropBusy";
@@ -320,7 +322,9 @@ export class Pop3Session {
       n++;
       octets += d.size(i);
     }
-    return (this.live = [n, octets]);
+    this.live = [n, octets];
+    if (this.deleted.size === 0) this.all = this.live;
+    return this.live;
   }
 
   /** A message number argument: 1-based, present, not deleted. Returns the 0-based index. */
@@ -350,7 +354,10 @@ export class Pop3Session {
    */
   private scanListing(write: RowWriter): Uint8Array | AsyncIterable<Uint8Array> {
     const count = this.drop!.count;
-    const deleted = new Set(this.deleted);
+    // Not copied: commands are handled one at a time, so no DELE or RSET runs while this
+    // listing streams. (A copy per listing, after DELE of all 100,000, took popserver from 64
+    // to 200 MiB under a LIST flood.)
+    const deleted = this.deleted;
     // Rows are written into one reused buffer: a listing of 100,000 messages would otherwise
     // leave 100,000 strings for the garbage collector.
     const buf = Buffer.allocUnsafe(LISTING_CHUNK * 96);

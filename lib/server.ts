@@ -103,6 +103,16 @@ function newConn(peer: string, now: number, id = ++nextId): Conn {
 }
 
 const HIGH_WATER = 1 << 20;
+/**
+ * Longest a connection works through its pipelined commands (or a streamed listing) before
+ * letting the event loop serve others. Without it, 120 KB of pipelined RSET on a
+ * 100,000-message mailbox held popserver for 2.4 s, and 4 MB of MAIL/RCPT/RSET held
+ * smtpmail for 0.6 s (helper-20).
+ */
+const SLICE_MS = 4;
+
+/** Lets the event loop run other connections' I/O before continuing. */
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 const GOODBYE_GRACE_MS = 5000;
 const STAGE_MAX = 1 << 20;
 
@@ -265,6 +275,7 @@ export class MailServer {
       // Replies to pipelined commands are gathered and written together: one syscall
       // per batch instead of one per reply.
       this.cork(s);
+      let slice = performance.now();
       while (!c.ending && !c.closed) {
         let step = c.handler.next(c.reader);
         if (step === null) break;
@@ -285,6 +296,12 @@ export class MailServer {
           this.uncork(s);
           await this.waitDrain(s);
           this.cork(s);
+        }
+        if (performance.now() - slice > SLICE_MS) {
+          this.uncork(s);
+          await yieldToLoop();
+          this.cork(s);
+          slice = performance.now();
         }
       }
       this.uncork(s);
@@ -339,12 +356,18 @@ export class MailServer {
     if (out.bytes) this.send(s, out.bytes);
     if (out.range) this.sendRange(s, out.range);
     if (out.body) {
+      let slice = performance.now();
       for await (const chunk of out.body) {
         if (s.data.closed) return;
         // Producers may reuse a chunk's buffer once we return, so what the kernel does not
         // take now is copied.
         this.writeOut(s, Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), true);
         if (s.data.outBytes > HIGH_WATER) await this.waitDrain(s);
+        // A listing made faster than the client reads it never fills the socket: take turns.
+        if (performance.now() - slice > SLICE_MS) {
+          await yieldToLoop();
+          slice = performance.now();
+        }
       }
     }
     if (out.after) this.send(s, out.after);

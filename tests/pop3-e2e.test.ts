@@ -234,6 +234,31 @@ describe("popserver over TCP", () => {
     expect(await waitGone(popLockPath(root, "gina"))).toBe(true);
   });
 
+  test("a connection's pipelined flood takes turns: another client is answered long before the flood is done", async () => {
+    // 20,000 messages all marked deleted make each LIST a scan that lists nothing: 3000 of
+    // them in one write are seconds of work. Without turns, the other client (and every
+    // reply to the flood itself, gathered in one write) waited for all of it.
+    const count = 20_000;
+    seed("frank", ...Array.from({ length: count }, (_, i) => rec(i)));
+    const flood = await login("frank");
+    flood.write(Array.from({ length: count }, (_, i) => `DELE ${i + 1}\r\n`).join(""));
+    for (let i = 0; i < count; i++) expect(await flood.line()).toStartWith("+OK");
+    const other = await login("erin");
+    const lists = 3000;
+    flood.write("LIST\r\n".repeat(lists));
+    const ends = () => flood.pending.toString("latin1").split("\r\n.\r\n").length - 1;
+    // The flood is under way: its first replies are out.
+    for (let i = 0; i < 1000 && ends() === 0; i++) await Bun.sleep(2);
+    expect(ends()).toBeGreaterThan(0);
+    expect(await other.cmd("NOOP")).toStartWith("+OK");
+    expect(ends()).toBeLessThan(lists);
+    for (let i = 0; i < lists; i++) {
+      expect(await flood.line()).toBe("+OK 0 messages (0 octets)");
+      expect((await flood.multi()).toString()).toBe(".\r\n");
+    }
+    expect(await flood.cmd("RSET")).toStartWith(`+OK maildrop has ${count} messages`);
+  });
+
   test("a message sent with SMTP reads back byte for byte (lines '.', '..', '.x', UTF-8, empty body)", async () => {
     const cases: string[][] = [
       ["From: bob@example.com", "To: alice@example.com", "Subject: dots", "", ".", "..", ".x", "...", "end"],
