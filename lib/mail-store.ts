@@ -10,7 +10,7 @@
 // dropping it every round was the largest storage cost): it is let go when deliveries
 // pause, or within HOLD_MS once popserver leaves its "wanted" marker.
 import { accessSync, closeSync, constants, fstatSync, ftruncateSync, lstatSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
-import { closeFd, datasync, openFd, readAtSync, setAside, syncDir, writevAllSync } from "./fsio.ts";
+import { closeFd, datasync, INLINE_WRITE_MAX, openFd, readAtSync, setAside, syncDir, writevAll, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
 import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
 import { claimOrphanJournals, Journal, newJournalPath, PREALLOCATED, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
@@ -387,7 +387,10 @@ export class FileMailStore implements MailStore {
         if (size > 0) prefix = repairTail(box.fd, size, path, this.warn);
         size = fstatSync(box.fd).size;
       }
-      writevAllSync(box.fd, prefix ? [Buffer.from(prefix), ...records] : records);
+      const parts = prefix ? [Buffer.from(prefix), ...records] : records;
+      // A large append (a big message, or many) goes to the thread pool, not the event loop.
+      if (parts.reduce((n, b) => n + b.length, 0) > INLINE_WRITE_MAX) await writevAll(box.fd, parts);
+      else writevAllSync(box.fd, parts);
       const offsets: number[] = [];
       let at = size + prefix.length;
       for (const r of records) {

@@ -209,3 +209,51 @@ test.skipIf(!Bun.which("prlimit"))("a journal write that fails leaves no gap: th
   expect(code).toBe(0);
   expect(JSON.parse(out)).toEqual({ second: "refused: EFBIG", entries: ["first", "third"] });
 });
+
+test("a message to several recipients is journalled once; the other entries name its bytes, and recovery restores every copy", async () => {
+  const r = root();
+  writeFileSync(join(r, "user.txt"), "alice a\nbob b\ncarol c\n");
+  const store = new FileMailStore(r);
+  await store.deliver(["alice"], record(0));
+  await store.idle(); // checkpointed: the journal is empty again
+  // 2 MiB: large enough for the mailbox and journal writes to go to the thread pool.
+  const big = buildRecord(Buffer.from(`From: x@y\r\nSubject: big\r\n\r\n${"z".repeat(76)}\r\n`.repeat(1) + `${"w".repeat(1000)}\r\n`.repeat(2100)), "Received: 2026-12-01 : 10 : 00");
+  await store.deliver(["alice", "bob", "carol"], big);
+  const [path] = liveJournals(r);
+  const entries = readJournal(path!);
+  expect(entries.map((e) => e.user).sort()).toEqual(["alice", "bob", "carol"]);
+  for (const e of entries) expect(e.record.equals(big)).toBe(true);
+  // One copy of the bytes in the journal, not three.
+  const text = readFileSync(path!).toString("latin1");
+  expect(text.split("Subject: big").length - 1).toBe(1);
+  expect(text.match(/ @\d+\n/g)?.length).toBe(2);
+  // A machine crash before the checkpoint: all three mailboxes lose the message.
+  const sizes = Object.fromEntries(["alice", "bob", "carol"].map((u) => [u, u === "alice" ? statSync(join(r, u, "mymailbox")).size - big.length : 0]));
+  for (const u of ["alice", "bob", "carol"]) truncateSync(join(r, u, "mymailbox"), sizes[u]);
+  expect(await new FileMailStore(r).recover()).toBe(3);
+  expect(subjects(join(r, "alice", "mymailbox"))).toEqual(["message 0", "big"]);
+  for (const u of ["bob", "carol"]) expect(readFileSync(join(r, u, "mymailbox")).equals(big)).toBe(true);
+});
+
+test("an entry that names bytes which are not a record of this journal ends the reading there", async () => {
+  const r = root();
+  const dir = journalDir(r);
+  mkdirSync(dir, { recursive: true });
+  const rec = record(1);
+  const crc = Bun.hash.crc32(rec).toString(16);
+  const first = `MJ2 7 alice 1 0 ${rec.length} ${crc}\n`;
+  const good = `MJ2 7 bob 2 0 ${rec.length} ${crc} @${first.length}\n`;
+  const bad = `MJ2 7 carol 3 0 ${rec.length} ${crc} @${first.length + 1}\n`; // not where a record starts
+  const after = `MJ2 7 dave 4 0 ${rec.length} ${crc} @${first.length}\n`;
+  // Naming the right place with another length or checksum is as bad.
+  const otherLength = `MJ2 7 carol 3 0 ${rec.length - 1} ${crc} @${first.length}\n`;
+  const otherCrc = `MJ2 7 carol 3 0 ${rec.length} ${(parseInt(crc, 16) ^ 1).toString(16)} @${first.length}\n`;
+  for (const wrong of [bad, otherLength, otherCrc]) {
+    const path = join(dir, "x.journal");
+    writeFileSync(path, Buffer.concat([Buffer.from(first), rec, Buffer.from(good + wrong + after)]));
+    expect(readJournal(path).map((e) => [e.user, e.record.equals(rec)])).toEqual([
+      ["alice", true],
+      ["bob", true],
+    ]);
+  }
+});
