@@ -395,7 +395,11 @@ export class Pop3Session {
     if (typeof i !== "number") return i;
     if (!/^\d+$/.test(args[1]!)) return { reply: Pop.syntax(`invalid line count "${args[1]!.slice(0, MAX_ARG)}"`) };
     const reply = Pop.ok("top of message follows");
-    const body = this.drop!.top(i, Number(args[1]));
+    const n = Number(args[1]);
+    // A count of at least the message's size in octets covers every line: the whole message,
+    // sent as RETR sends it (streamed when large). Counted line by line from a synchronous
+    // read, a count of 10^8 on 10 MB of empty lines held the event loop ~140 ms (helper-20).
+    const body = n >= this.drop!.size(i) ? this.drop!.read(i) : this.drop!.top(i, n);
     return body instanceof Promise ? body.then((b) => ({ reply, body: b })) : { reply, body };
   }
 

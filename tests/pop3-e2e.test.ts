@@ -77,6 +77,11 @@ describe("popserver over TCP", () => {
     expect(unstuffBody(raw).length).toBe(sizes[1]!);
     expect(await w.cmd("TOP 1 0")).toStartWith("+OK");
     expect((await w.multi()).toString()).toBe(`From: x@y\r\nTo: u@z\r\nSubject: msg 1\r\n${RECEIVED}\r\n\r\n.\r\n`);
+    // A count covering every line is the whole message, byte for byte as RETR sends it.
+    for (const count of [3, sizes[1]!, 1e12]) {
+      expect(await w.cmd(`TOP 2 ${count}`)).toStartWith("+OK");
+      expect((await w.multi()).equals(raw)).toBe(true);
+    }
     expect(await w.cmd("DELE 1")).toStartWith("+OK");
     expect(await w.cmd("RETR 1")).toStartWith("-ERR");
     expect(await w.cmd("STAT")).toBe(`+OK 2 ${sizes[1]! + sizes[2]!}`);
