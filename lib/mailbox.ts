@@ -26,9 +26,10 @@ export function normalizeLineEnds(wire: Buffer): Buffer {
   let bare = 0;
   for (let i = 0; i < wire.length; i++) if (wire[i] === LF && (i === 0 || wire[i - 1] !== CR)) bare++;
   if (bare === 0) return wire;
-  // Each bare LF gains a CR and the line after it perhaps a dot; an unended last line gains
-  // CRLF and perhaps a dot.
-  const out = Buffer.allocUnsafe(wire.length + 2 * bare + 3);
+  // Each bare LF gains a CR; the line it ends may gain a stuffing dot (a lone "."), and so
+  // may the line after it; an unended last line gains CRLF. (2 per bare LF was too few:
+  // ".<LF>.<CRLF>" needs 3, and the message was cut, helper-21.)
+  const out = Buffer.allocUnsafe(wire.length + 3 * bare + 2);
   let o = 0;
   let start = 0;
   let afterBareLf = false;
@@ -43,13 +44,16 @@ export function normalizeLineEnds(wire: Buffer): Buffer {
     // a "." line in the file, where it would end the message: stuff it as well.
     const loneDot = !last && !crlf && end - start === 1;
     if ((afterBareLf || loneDot) && wire[start] === DOT) out[o++] = DOT;
-    if (end - start > 64) o += wire.copy(out, o, start, end);
-    else for (let k = start; k < end; k++) out[o++] = wire[k]!;
+    if (end - start > 64) wire.copy(out, o, start, end);
+    else for (let k = start; k < end; k++) out[o + k - start] = wire[k]!;
+    o += end - start;
     out[o++] = CR;
     out[o++] = LF;
     afterBareLf = !crlf;
     start = i + 1;
   }
+  // Writes past the end of a Buffer are dropped without a word: never store a cut message.
+  if (o > out.length) throw new Error(`normalizeLineEnds: output overflow (${o} > ${out.length})`);
   return out.subarray(0, o);
 }
 
@@ -431,12 +435,14 @@ export function toWire(stored: Buffer, lf: boolean): Buffer {
     if (!last && stored[i] !== LF) continue;
     if (last && start === i) break;
     const end = !last && i > start && stored[i - 1] === CR ? i - 1 : i;
-    if (end - start > 64) o += stored.copy(out, o, start, end);
-    else for (let k = start; k < end; k++) out[o++] = stored[k]!;
+    if (end - start > 64) stored.copy(out, o, start, end);
+    else for (let k = start; k < end; k++) out[o + k - start] = stored[k]!;
+    o += end - start;
     out[o++] = CR;
     out[o++] = LF;
     start = i + 1;
   }
+  if (o > out.length) throw new Error(`toWire: output overflow (${o} > ${out.length})`);
   return out.subarray(0, o);
 }
 

@@ -126,9 +126,15 @@ describe("normalizeLineEnds", () => {
     };
     let seed = 1;
     const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
-    const alphabet = ["\r", "\n", ".", "a", "\r\n", "\n.", "y".repeat(70)];
+    const alphabet = ["\r", "\n", ".", "a", "\r\n", "\n.", "y".repeat(70), ".\n.\r\n", ".\n"];
     for (let t = 0; t < 20_000; t++) {
-      const w = b(Array.from({ length: rand(12) }, () => alphabet[rand(alphabet.length)]).join(""));
+      const w = b(Array.from({ length: rand(t < 10_000 ? 12 : 60) }, () => alphabet[rand(alphabet.length)]).join(""));
+      expect(normalizeLineEnds(w).toString("latin1")).toBe(oracle(w));
+    }
+    // Each ".<LF>.<CRLF>" grows by three bytes (a CR and two stuffing dots): helper-21's case,
+    // where a buffer sized for two per bare LF cut the message's end after its 250.
+    for (const n of [1, 4, 8, 1000]) {
+      const w = b("a\r\n" + ".\n.\r\n".repeat(n) + "tail line\r\n");
       expect(normalizeLineEnds(w).toString("latin1")).toBe(oracle(w));
     }
   });
@@ -244,9 +250,9 @@ describe("toWire and unstuff", () => {
     };
     let seed = 3;
     const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
-    const alphabet = ["\r", "\n", ".", "a", "\r\n", "x".repeat(70)];
+    const alphabet = ["\r", "\n", ".", "a", "\r\n", "x".repeat(70), "\n\n\n"];
     for (let t = 0; t < 20_000; t++) {
-      const w = b(Array.from({ length: rand(12) }, () => alphabet[rand(alphabet.length)]).join(""));
+      const w = b(Array.from({ length: rand(t < 10_000 ? 12 : 60) }, () => alphabet[rand(alphabet.length)]).join(""));
       expect(toWire(w, true).toString("latin1")).toBe(oracle(w));
     }
   });

@@ -53,7 +53,7 @@ const subjectOf = (rec: string) => /^Subject: (.*)\r?$/m.exec(rec)?.[1] ?? null;
 const RECEIVED = /^Received: \d{4}-\d\d-\d\d : \d\d : \d\d\r$/m;
 
 // Each test that checks a whole mailbox has its own user.
-const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h" };
+const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h", dotlf: "d" };
 for (let i = 0; i < 100; i++) USERS[`u${i}`] = "p";
 
 let main: Running;
@@ -345,6 +345,25 @@ describe("message content", () => {
     expect(smug.length).toBe(1);
     expect(smug[0]).toContain("evil-2");
     expect(records(mainRoot, "smug2").map(subjectOf)).toEqual(["legit"]);
+  });
+
+  test("bare-LF lines of lone dots are stored whole: the message keeps its end and the next one stays apart", async () => {
+    // ".<LF>.<CRLF>" grows by three bytes when stored (a CR and two stuffing dots). Sized for
+    // two, the stored copy lost its last bytes after the 250 and swallowed the next message
+    // (helper-21).
+    const c = await session(main.port);
+    const first = "Subject: dots-lf\r\n\r\nhello\r\n" + ".\n.\r\n".repeat(8) + "LAST LINE OF ONE\r\n";
+    for (const body of [first, "Subject: after-dots\r\n\r\nsecond\r\n"]) {
+      expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+      expect(await c.cmd("RCPT TO:<dotlf@x>")).toStartWith("250 ");
+      expect(await c.cmd("DATA")).toStartWith("354 ");
+      c.send(body + ".\r\n");
+      expect(await c.reply()).toBe("250 OK Message accepted for delivery\r\n");
+    }
+    c.close();
+    const stored = records(mainRoot, "dotlf");
+    expect(stored.map(subjectOf)).toEqual(["dots-lf", "after-dots"]);
+    expect(stored[0]).toContain("\r\n..\r\n..\r\nLAST LINE OF ONE\r\n.\r\n");
   });
 
   test("a client vanishing mid-DATA stores nothing; the server keeps serving", async () => {
