@@ -399,11 +399,9 @@ export class MailboxScanner {
     const firstLf = content.indexOf(LF);
     const lf = firstLf >= 0 && (firstLf === 0 || content[firstLf - 1] !== CR);
     let size = content.length - stuffed;
-    if (lf) {
-      for (let i = content.indexOf(LF); i >= 0; i = content.indexOf(LF, i + 1)) {
-        if (i === 0 || content[i - 1] !== CR) size++;
-      }
-    }
+    // Each bare LF is one more octet on the wire (CRLF). A byte loop: a call per line made
+    // 50 MB of empty LF lines in a hand-written file take 0.9 s (helper-20).
+    if (lf) for (let i = 0; i < content.length; i++) if (content[i] === LF && (i === 0 || content[i - 1] !== CR)) size++;
     const hash = messageHash(content);
     this.index.add(base + start, termEnd - start, size, lf, hash);
   }

@@ -225,6 +225,15 @@ describe("MailboxScanner", () => {
     expect(scanBuffer(file).messages.map((m) => m.uid)).toEqual(a);
   });
 
+  test("an LF message's size counts each bare LF as CRLF, including an empty first line and empty lines in a row", () => {
+    // (A first line ending in CRLF makes a record of our own format: not an LF message.)
+    for (const text of ["\nbody\n", "a\n\n\nb\n", "\n\n", "x\ny\r\nz\n", "..dot\nz\n"]) {
+      const [m] = scanBuffer(b(text + ".\n")).messages;
+      // As sent: CRLF line ends, stuffing dots removed.
+      expect(m!.size).toBe(unstuff(toWire(b(text), true)).length);
+    }
+  });
+
   test("an LF file whose last '.' has no newline is complete; a CRLF record cut after the dot is not", () => {
     expect(scanBuffer(b("a\nb\n.")).messages.length).toBe(1);
     const rec = buildRecord(b("x\r\n"), RCV);
