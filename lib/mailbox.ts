@@ -17,6 +17,20 @@ export function receivedLine(d: Date): string {
 }
 
 /**
+ * Writes src[from, to) and CRLF into out at o; returns where the next line goes (also when
+ * out is too short, so callers can tell: Buffer writes past the end are dropped silently).
+ * Short lines byte by byte: a call per line cost more than copying the bytes.
+ */
+function putLine(src: Buffer, from: number, to: number, out: Buffer, o: number): number {
+  if (to - from > 64) src.copy(out, o, from, to);
+  else for (let k = from; k < to; k++) out[o + k - from] = src[k]!;
+  o += to - from;
+  out[o++] = CR;
+  out[o++] = LF;
+  return o;
+}
+
+/**
  * Bare LF line ends become CRLF, as Postfix's "normalize" mode does; a line that starts
  * with "." after a bare LF was never stuffed by the client, so it is stuffed here.
  * Byte loops into one buffer sized up front: with a call and two buffers per line, a 10 MB
@@ -44,11 +58,7 @@ export function normalizeLineEnds(wire: Buffer): Buffer {
     // a "." line in the file, where it would end the message: stuff it as well.
     const loneDot = !last && !crlf && end - start === 1;
     if ((afterBareLf || loneDot) && wire[start] === DOT) out[o++] = DOT;
-    if (end - start > 64) wire.copy(out, o, start, end);
-    else for (let k = start; k < end; k++) out[o + k - start] = wire[k]!;
-    o += end - start;
-    out[o++] = CR;
-    out[o++] = LF;
+    o = putLine(wire, start, end, out, o);
     afterBareLf = !crlf;
     start = i + 1;
   }
@@ -433,11 +443,7 @@ export function toWire(stored: Buffer, lf: boolean): Buffer {
     if (!last && stored[i] !== LF) continue;
     if (last && start === i) break;
     const end = !last && i > start && stored[i - 1] === CR ? i - 1 : i;
-    if (end - start > 64) stored.copy(out, o, start, end);
-    else for (let k = start; k < end; k++) out[o + k - start] = stored[k]!;
-    o += end - start;
-    out[o++] = CR;
-    out[o++] = LF;
+    o = putLine(stored, start, end, out, o);
     start = i + 1;
   }
   if (o > out.length) throw new Error(`toWire: output overflow (${o} > ${out.length})`);

@@ -297,6 +297,8 @@ export class MailServer {
           await this.waitDrain(s);
           this.cork(s);
         }
+        // Awaits above do not restart the slice: a streamed listing or an async step may
+        // settle in microtasks alone, without the event loop running in between.
         if (performance.now() - slice > SLICE_MS) {
           this.uncork(s);
           await yieldToLoop();
