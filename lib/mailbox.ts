@@ -305,6 +305,11 @@ export class MailboxScanner {
   private carry: Buffer = Buffer.alloc(0);
   private carryOffset = 0;
   private finished = false;
+  /**
+   * The record the last scan() could not finish: its file offset, where its search stopped,
+   * the stuffing dots counted so far, and its kind (null: its first line is unfinished).
+   */
+  private pending: { start: number; from: number; stuffed: number; lf: boolean | null } | null = null;
 
   /** The index as objects (for tests and small mailboxes). */
   get messages(): MessageEntry[] {
@@ -340,38 +345,58 @@ export class MailboxScanner {
   scan(buf: Buffer, base: number, atEof: boolean): number {
     let start = 0;
     while (start < buf.length) {
+      // A record left unfinished by the last call: its search goes on where it stopped, so
+      // a huge unterminated record costs one pass, not one per chunk.
+      const resume = this.pending?.start === base + start ? this.pending : null;
+      this.pending = null;
       let dotLine = -1;
       let termEnd = -1;
-      let stuffed = 0;
-      const firstLf = buf.indexOf(LF, start);
-      if (firstLf < 0) break;
-      if (buf[start] === DOT && firstLf <= start + 2 && (firstLf === start + 1 || buf[start + 1] === CR)) {
-        // A "." line right at the start: an empty record (the assignment's leading ".").
-        start = firstLf + 1;
-        this.validEnd = base + start;
-        continue;
+      let stuffed = resume?.stuffed ?? 0;
+      let lf = resume?.lf ?? null;
+      if (lf === null) {
+        const firstLf = buf.indexOf(LF, resume ? resume.from - base : start);
+        if (firstLf < 0) {
+          this.pending = { start: base + start, from: base + buf.length, stuffed: 0, lf: null };
+          break;
+        }
+        if (buf[start] === DOT && firstLf <= start + 2 && (firstLf === start + 1 || buf[start + 1] === CR)) {
+          // A "." line right at the start: an empty record (the assignment's leading ".").
+          start = firstLf + 1;
+          this.validEnd = base + start;
+          continue;
+        }
+        lf = !(firstLf > start && buf[firstLf - 1] === CR);
+        if (buf[start] === DOT) stuffed++;
       }
-      if (firstLf > start && buf[firstLf - 1] === CR) {
+      // The body's search starts over only when the first line was just found.
+      const from = resume?.lf != null ? resume.from - base : start;
+      if (!lf) {
         // Our own records: CRLF lines, so the end is the one "\r\n.\r\n"; the lines
         // that start with "." inside carry a stuffing dot each.
-        const i = buf.indexOf(CRLF_END, start);
-        if (i < 0) break;
+        const i = buf.indexOf(CRLF_END, from);
+        if (i < 0) {
+          // The terminator may begin in the last 4 bytes.
+          this.pending = { start: base + start, from: base + Math.max(start, buf.length - CRLF_END.length + 1), stuffed, lf };
+          break;
+        }
         dotLine = i + 2;
         termEnd = i + 5;
-        if (buf[start] === DOT) stuffed++;
         // The terminator's own "\n." (at i + 1) ends the search, so it never runs past it.
         for (let j = buf.indexOf(LF_DOT, start); j >= 0 && j < i + 1; j = buf.indexOf(LF_DOT, j + 2)) stuffed++;
       } else {
         // A hand-written record with bare LF line ends: walk its "." lines.
-        let search = start;
-        if (buf[start] === DOT) stuffed++;
+        let search = from;
         for (;;) {
           const i = buf.indexOf(LF_DOT, search);
-          if (i < 0 || i + 2 >= buf.length) break;
+          // Not enough bytes to tell: look again from this "\n." (or from a last "\n").
+          const stop = i < 0 ? Math.max(search, buf.length - 1) : i + 2 >= buf.length || (buf[i + 2] === CR && i + 3 >= buf.length) ? i : -1;
+          if (stop >= 0) {
+            this.pending = { start: base + start, from: base + stop, stuffed, lf };
+            break;
+          }
           const next = buf[i + 2];
           if (next === LF) termEnd = i + 3;
           else if (next === CR && buf[i + 3] === LF) termEnd = i + 4;
-          else if (next === CR && i + 3 >= buf.length) break;
           if (termEnd >= 0) {
             dotLine = i + 1;
             break;

@@ -2,6 +2,7 @@
 // whatever happened to the file in between, a login through the cache must see exactly what
 // a login that indexes the whole file sees.
 import { afterAll, describe, expect, test } from "bun:test";
+import { seeded } from "./helpers/random.ts";
 import { appendFileSync, fstatSync, openSync, closeSync, readFileSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { IndexCache, scanFile } from "../lib/index-cache.ts";
 import { FileMaildrop } from "../lib/maildrop.ts";
@@ -76,13 +77,7 @@ describe("IndexCache", () => {
     const r = root();
     const path = mailboxPath(r, "alice");
     const cache = new IndexCache();
-    let seed = 12345; // mulberry32: the same sequence on every run
-    const rand = (n: number) => {
-      seed = (seed + 0x6d2b79f5) | 0;
-      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-      return ((t ^ (t >>> 14)) >>> 0) % n;
-    };
+    const rand = seeded(12345);
     let n = 0;
     const kinds = new Set<string>();
     writeFileSync(path, Buffer.concat([record(++n), record(++n)]));
@@ -320,8 +315,8 @@ describe("scanFile", () => {
   test("a file of several chunks indexes as a scan of the whole bytes at once", async () => {
     const r = root();
     const parts: Buffer[] = [];
-    let seed = 7;
-    const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    const next = seeded(7);
+    const rand = () => next(2 ** 31) / 2 ** 31;
     for (let n = 0; n < 60; n++) {
       const big = n === 20 ? 2.5 * 2 ** 20 : rand() < 0.2 ? rand() * 300_000 : rand() * 3000;
       parts.push(record(n, "x".repeat(Math.floor(big))));

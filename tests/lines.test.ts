@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import { seeded } from "./helpers/random.ts";
 import type { Socket } from "bun";
 import { DataBudget, dotLines, LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
 import { makeCert } from "./helpers/certs.ts";
@@ -172,8 +173,7 @@ describe("LineReader.nextMessage", () => {
   test("messages cut into random parts, from 1 byte to 40 KB, come out whole and in order, back to back", () => {
     // Small parts after the first are copied into shared blocks, large ones kept as views:
     // any mix of the two must give back the same bytes, and what follows each message.
-    let seed = 11;
-    const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    const rand = seeded(11);
     const pieces = ["x", "\r\n", "..", ".\r\n", "\r\n.x", "y".repeat(900), "z".repeat(30_000)];
     for (let t = 0; t < 60; t++) {
       const bodies = Array.from({ length: 3 }, () => {

@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { seeded } from "./helpers/random.ts";
 import { buildRecord, MailboxScanner, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
 
 const b = (s: string) => Buffer.from(s, "utf8");
@@ -124,8 +125,7 @@ describe("normalizeLineEnds", () => {
       if (start < w.length) out += (afterBareLf && w[start] === 46 ? "." : "") + w.toString("latin1", start) + "\r\n";
       return out;
     };
-    let seed = 1;
-    const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    const rand = seeded(1);
     const alphabet = ["\r", "\n", ".", "a", "\r\n", "\n.", "y".repeat(70), ".\n.\r\n", ".\n"];
     for (let t = 0; t < 20_000; t++) {
       const w = b(Array.from({ length: rand(t < 10_000 ? 12 : 60) }, () => alphabet[rand(alphabet.length)]).join(""));
@@ -165,6 +165,37 @@ describe("MailboxScanner", () => {
     const s = new MailboxScanner();
     for (let i = 0; i < file.length; i++) s.push(file.subarray(i, i + 1), i === file.length - 1);
     expect(s.messages).toEqual(whole.messages);
+  });
+
+  test("random mailboxes fed in random pieces index as one buffer does (the scan resumes an unfinished record)", () => {
+    // Hand-written LF records with "." lines of every kind, CRLF records, long first lines:
+    // each record's end is found across many calls, where a search that resumes one byte
+    // off would miss or invent a terminator.
+    const rand = seeded(7);
+    const pieces = ["..", ".x", ".", "\r", "x".repeat(40), "", ". ", "..."];
+    for (let round = 0; round < 300; round++) {
+      const records: string[] = [];
+      for (let r = 1 + rand(4); r > 0; r--) {
+        const eol = rand(2) ? "\n" : "\r\n";
+        const lines = Array.from({ length: 1 + rand(12) }, () => pieces[rand(pieces.length)]!).filter((l) => l !== ".");
+        // A hand-written file may end its "." line with CRLF after LF lines.
+        const end = eol === "\n" && rand(2) ? "\r\n" : eol;
+        records.push(`From: ${"y".repeat(rand(3) * 30)}${eol}${lines.join(eol)}${eol}.${end}`);
+      }
+      const tail = ["", "From: unfinished\n..\n.x", "From: cut\r\n\r\n..\r\n.\r", "\n."][rand(4)]!;
+      const file = Buffer.from(records.join("") + tail, "latin1");
+      const whole = scanBuffer(file);
+      const s = new MailboxScanner();
+      for (let at = 0; at < file.length; ) {
+        const n = 1 + rand(rand(2) ? 3 : 40);
+        s.push(file.subarray(at, at + n), at + n >= file.length);
+        at += n;
+      }
+      expect(s.messages).toEqual(whole.messages);
+      expect(s.validEnd).toBe(whole.validEnd);
+      // A "\n." tail is an empty line and a final "." without newline: one more message.
+      expect(whole.messages.length).toBe(records.length + (tail === "\n." ? 1 : 0));
+    }
   });
 
   test("offsets and lengths cover the file exactly", () => {
@@ -257,8 +288,7 @@ describe("toWire and unstuff", () => {
       }
       return start < w.length ? out + w.toString("latin1", start) + "\r\n" : out;
     };
-    let seed = 3;
-    const rand = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    const rand = seeded(3);
     const alphabet = ["\r", "\n", ".", "a", "\r\n", "x".repeat(70), "\n\n\n"];
     for (let t = 0; t < 20_000; t++) {
       const w = b(Array.from({ length: rand(t < 10_000 ? 12 : 60) }, () => alphabet[rand(alphabet.length)]).join(""));

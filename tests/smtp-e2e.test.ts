@@ -1,5 +1,6 @@
 // End-to-end: the real smtpmail program as a child process, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { seeded } from "./helpers/random.ts";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
@@ -157,8 +158,8 @@ describe("commands", () => {
   });
 
   test("random bytes get error replies or a close; the server keeps serving others", async () => {
-    let seed = 12345;
-    const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) >>> 16) & 0xff;
+    const next = seeded(12345);
+    const rnd = () => next(256);
     for (let round = 0; round < 5; round++) {
       const c = await SmtpConn.open(main.port);
       conns.push(c);
