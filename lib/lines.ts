@@ -201,11 +201,11 @@ export class LineReader {
       bytes = dropped() ? Buffer.alloc(0) : joined(-contentEnd);
       this.dataSize += contentEnd;
     }
-    // The size RFC 1870 means: without stuffing dots (counted exactly now the end is known).
-    // A dropped message's dots were counted as it came: when the end's "." came in a chunk
-    // before its CRLF (contentEnd < 0), that "." was counted too.
-    const droppedSize = this.dataSize - this.dataDots + (contentEnd < 0 ? 1 : 0);
-    const tooBig = this.dataTooBig || (dropped() ? droppedSize : bytes.length - dotLines(bytes)) > maxSize;
+    // The size RFC 1870 means: without stuffing dots, which were counted as the parts came
+    // (not counted again here: 10 MB of ".." lines took 53 ms). When the end's "." came in a
+    // part before its CRLF (contentEnd < 0), that "." was counted too.
+    const size = this.dataSize - this.dataDots + (contentEnd < 0 ? 1 : 0);
+    const tooBig = this.dataTooBig || size > maxSize;
     const noRoom = this.dataNoRoom && !tooBig;
     this.pending = p.subarray(after);
     // The message keeps its share of the budget until the caller is done with it.
