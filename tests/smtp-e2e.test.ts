@@ -72,10 +72,10 @@ describe("the assignment's dialogue", () => {
     expect(await c.cmd("HELO iitkgp.edu")).toBe("250 OK Hello iitkgp.edu\r\n");
     expect(await c.cmd("MAIL FROM: <ag@iitkgp.edu>")).toBe("250 <ag@iitkgp.edu>... Sender ok\r\n");
     expect(await c.cmd("RCPT TO: gb@iitkgp.edu")).toBe("250 gb... Recipient ok\r\n");
-    expect(await c.cmd("DATA")).toBe('354 Enter mail, end with "." on a line by itself\r\n');
+    expect(await c.cmd("DATA")).toBe('354 Start mail input; end with <CRLF>.<CRLF>\r\n');
     c.send("From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Test mail\r\nThis is a test mail.\r\nHow are you doing?\r\n.\r\n");
     expect(await c.reply()).toBe("250 OK Message accepted for delivery\r\n");
-    expect(await c.cmd("QUIT")).toBe("221 iitkgp.edu closing connection\r\n");
+    expect(await c.cmd("QUIT")).toBe("221 iitkgp.edu Service closing transmission channel\r\n");
     await c.untilClosed();
     const [rec, ...rest] = records(mainRoot, "gb");
     expect(rest).toEqual([]);

@@ -49,7 +49,7 @@ describe("SmtpSession: the assignment's dialogue", () => {
     expect(say("HELO iitkgp.edu")).toBe("250 OK Hello iitkgp.edu\r\n");
     expect(say("MAIL FROM: <ag@iitkgp.edu>")).toBe("250 <ag@iitkgp.edu>... Sender ok\r\n");
     expect(say("RCPT TO: gb@iitkgp.edu")).toBe("250 gb... Recipient ok\r\n");
-    expect(say("DATA")).toBe('354 Enter mail, end with "." on a line by itself\r\n');
+    expect(say("DATA")).toBe("354 Start mail input; end with <CRLF>.<CRLF>\r\n");
     expect(s.expectingData).toBe(true);
     const r = await s.handleMessage(msg("From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Test mail\r\nThis is a test mail.\r\nHow are you doing?\r\n"));
     expect(wire(r)).toBe("250 OK Message accepted for delivery\r\n");
@@ -59,7 +59,7 @@ describe("SmtpSession: the assignment's dialogue", () => {
       "From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Test mail\r\nReceived: 2024-01-02 : 03 : 04\r\nThis is a test mail.\r\nHow are you doing?\r\n.\r\n",
     );
     const q = s.handleLine("QUIT");
-    expect(wire(q)).toBe("221 mx.test closing connection\r\n");
+    expect(wire(q)).toBe("221 mx.test Service closing transmission channel\r\n");
     expect(q.close).toBe(true);
   });
 });

@@ -168,7 +168,7 @@ print(json.dumps(out))
     expect(r.mail[0]).toBe("503 Bad sequence of commands: send HELO or EHLO first");
     expect(r.ehlo.at(-1)).toBe("250 HELP");
     expect(r.ehlo.join("\n")).not.toContain("STARTTLS");
-    expect(r.quit).toEqual(["221 mx.tls closing connection"]);
+    expect(r.quit).toEqual(["221 mx.tls Service closing transmission channel"]);
     expect(mailbox("dave")).toBe("");
   });
 

@@ -244,7 +244,7 @@ export function fakeSmtp(opts: { users: string[]; delivered: Array<{ from: strin
         if (opts.users.includes(to.split("@")[0]!)) c.send("250 Recipient ok\r\n");
         else c.send("550 No such user\r\n");
       } else if (upper === "DATA") {
-        c.send('354 Enter mail, end with "." on a line by itself\r\n');
+        c.send('354 Start mail input; end with <CRLF>.<CRLF>\r\n');
         const body: string[] = [];
         for (;;) {
           const l = await c.readLine();
@@ -255,7 +255,7 @@ export function fakeSmtp(opts: { users: string[]; delivered: Array<{ from: strin
         opts.delivered.push({ from, to, data: body.map((l) => l + "\r\n").join("") });
         c.send("250 OK Message accepted for delivery\r\n");
       } else if (upper === "QUIT") {
-        c.send("221 fake.test closing connection\r\n");
+        c.send("221 fake.test Service closing transmission channel\r\n");
         c.end();
         return;
       } else c.send("500 unknown command\r\n");
