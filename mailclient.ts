@@ -156,7 +156,7 @@ async function login(config: Config): Promise<Session> {
         say(`Logged in as ${user} (the mailbox is in use by another session right now: ${err.text}).`);
         return session;
       }
-      if (err instanceof Pop3Error && (err.command === "USER" || err.command === "PASS")) {
+      if (wrongPassword(err)) {
         loginFailed = true;
         say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}). Please try again.`);
         continue;
@@ -166,6 +166,11 @@ async function login(config: Config): Promise<Session> {
       return session;
     }
   }
+}
+
+/** USER or PASS refused, other than for a mailbox in use ([IN-USE] comes after a right password). */
+function wrongPassword(err: unknown): err is Pop3Error {
+  return err instanceof Pop3Error && (err.command === "USER" || err.command === "PASS") && !/^\[IN-USE\]/.test(err.text);
 }
 
 async function sendMailOption(s: Session): Promise<void> {
@@ -209,6 +214,8 @@ async function sendMailOption(s: Session): Promise<void> {
 interface Entry {
   /** The message number on the server; the displayed number is the position in the list. */
   msgNo: number;
+  /** UIDL's unique-id, if the server has UIDL: finds the mail again in a later session. */
+  uid: string | null;
   from: string;
   when: string;
   subject: string;
@@ -228,13 +235,19 @@ async function loadList(pop: Pop3Client): Promise<Entry[]> {
   // costs a few round trips instead of one per mail; the window bounds what is buffered.
   const window = caps.includes("PIPELINING") ? 64 : 1;
   const listing = await pop.list();
+  const uids = caps.includes("UIDL")
+    ? await pop.uidl().then(
+        (list) => new Map(list.map((u) => [u.n, u.uid])),
+        (err) => (err instanceof Pop3Error ? null : Promise.reject(err)),
+      )
+    : null;
   const entries: Entry[] = [];
   for (let i = 0; i < listing.length; i += window) {
     const batch = listing.slice(i, i + window);
     const heads = await Promise.all(batch.map(({ n }) => head(n)));
     batch.forEach(({ n }, j) => {
       const h = parseHeaders(heads[j]!);
-      entries.push({ msgNo: n, from: senderAddress(h.from), when: receivedWhen(h), subject: h.subject });
+      entries.push({ msgNo: n, uid: uids?.get(n) ?? null, from: senderAddress(h.from), when: receivedWhen(h), subject: h.subject });
     });
   }
   return entries;
@@ -268,31 +281,74 @@ async function askMailNumber(count: number): Promise<number> {
   }
 }
 
-async function manageMail(s: Session): Promise<void> {
-  let pop: Pop3Client;
-  try {
-    pop = await openPop3(s);
-  } catch (err) {
-    say(err instanceof Pop3Error ? `Cannot open the mailbox: ${err.text}` : `Cannot reach the POP3 server: ${errorText(err)}`);
-    return;
+/** A POP3 session for Manage Mail, or null after saying why not. */
+async function openMailbox(s: Session): Promise<Pop3Client | null> {
+  for (let asked = 0; ; asked++) {
+    try {
+      return await openPop3(s);
+    } catch (err) {
+      // A password that could not be checked at login (POP3 was down then) may be wrong.
+      if (asked < 2 && wrongPassword(err)) {
+        say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}).`);
+        s.password = await ask(readPassword(`Password for ${s.user}: `));
+        continue;
+      }
+      say(err instanceof Pop3Error ? `Cannot open the mailbox: ${err.text}` : `Cannot reach the POP3 server: ${errorText(err)}`);
+      return null;
+    }
   }
+}
+
+async function manageMail(s: Session): Promise<void> {
+  const first = await openMailbox(s);
+  if (!first) return;
+  let pop = first;
   // A deletion is committed at once (DELE, then QUIT: POP3 deletes only at QUIT), and a new
   // session lists the mailbox again, so "deleted" on the screen is true of the file then,
   // whatever happens to the client afterwards.
+  let entries: Entry[] = [];
+  /**
+   * Runs `op` on the mail, in a new session if the server ended this one: it may log out a
+   * session left idle while the user reads (RFC 1939's autologout timer). The new session finds
+   * the mail again by its UID, so a deletion never lands on another mail. Null: it is gone.
+   */
+  const onMail = async <T>(entry: Entry, op: (msgNo: number) => Promise<T>): Promise<{ entry: Entry; result: T } | null> => {
+    for (let retried = false; ; retried = true) {
+      if (pop.closed) {
+        pop = await openPop3(s);
+        entries = await loadList(pop);
+        const found = entries.find((e) => sameMail(e, entry));
+        if (!found) return null;
+        entry = found;
+      }
+      try {
+        return { entry, result: await op(entry.msgNo) };
+      } catch (err) {
+        // Closed under the command (a DELE there was never committed): once more, anew.
+        if (retried || !pop.closed) throw err;
+      }
+    }
+  };
   try {
-    let entries = await loadList(pop);
+    entries = await loadList(pop);
     for (;;) {
       showList(entries);
       const i = await askMailNumber(entries.length);
       if (i < 0) break;
-      const entry = entries[i]!;
-      const message = await pop.retr(entry.msgNo);
+      const read = await onMail(entries[i]!, (n) => pop.retr(n));
+      if (!read) {
+        say(`Mail ${i + 1} is no longer in the mailbox.`);
+        continue;
+      }
       say();
-      process.stdout.write(sanitizeForTerminal(message.replace(/\r\n/g, "\n")));
+      process.stdout.write(sanitizeForTerminal(read.result.replace(/\r\n/g, "\n")));
       say();
       const key = await ask(readKey("Press d to delete this mail, any other key to return to the list: "));
       if (key === "d") {
-        await pop.dele(entry.msgNo);
+        if (!(await onMail(read.entry, (n) => pop.dele(n)))) {
+          say(`Mail ${i + 1} is no longer in the mailbox.`);
+          continue;
+        }
         try {
           await pop.quit();
         } catch (err) {
@@ -315,6 +371,12 @@ async function manageMail(s: Session): Promise<void> {
     return;
   }
   await commit(pop);
+}
+
+/** The same mail in another session: by UID, or without UIDL by its number and its list line. */
+function sameMail(a: Entry, b: Entry): boolean {
+  if (a.uid !== null || b.uid !== null) return a.uid === b.uid;
+  return a.msgNo === b.msgNo && a.from === b.from && a.when === b.when && a.subject === b.subject;
 }
 
 async function commit(pop: Pop3Client): Promise<void> {
@@ -360,6 +422,12 @@ async function main(): Promise<number> {
 }
 
 if (import.meta.main) {
+  // Whoever read our output has gone (`mailclient ... | head`): end as a C program would on
+  // SIGPIPE, quietly, rather than with a stack trace.
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE") throw err;
+    process.exit(141);
+  });
   process.exitCode = await main().catch((err) => {
     // A bug must still end with one readable line, not a stack trace at the user.
     process.stderr.write(`mailclient: unexpected error: ${errorText(err)}\n`);

@@ -155,6 +155,11 @@ export class Pop3Client {
   close(): void {
     this.conn.close();
   }
+
+  /** The session is over (QUIT, the server's autologout, a lost connection). */
+  get closed(): boolean {
+    return this.conn.closed;
+  }
 }
 
 async function readStatus(conn: LineConnection, name: string): Promise<string> {

@@ -271,6 +271,11 @@ export class LineConnection {
     this.fail(new Error(`connection to ${this.host}:${this.port} closed`));
     this.socket.end();
   }
+
+  /** Closed by either side, or failed: nothing more can be sent. */
+  get closed(): boolean {
+    return this.failure !== null;
+  }
 }
 
 /** Reject protocol arguments that could smuggle a second command into the stream. */

@@ -8,6 +8,11 @@ const decoder = new TextDecoder("utf-8");
 
 let buffer = ""; // received text; everything before `pos` is consumed
 let pos = 0;
+/**
+ * Text before this offset in `buffer` was typed ahead while a one-key or password read had the
+ * terminal in raw mode: it was never echoed, and its Enter came as "\r" (made "\n" since).
+ */
+let typedAhead = 0;
 let ended = false;
 let listening = false;
 let wake: (() => void) | null = null;
@@ -15,6 +20,7 @@ let wake: (() => void) | null = null;
 function onData(chunk: Buffer | string): void {
   // Dropping the consumed prefix only here keeps reading a big piped input linear.
   buffer = buffer.slice(pos) + (typeof chunk === "string" ? chunk : decoder.decode(chunk, { stream: true }));
+  typedAhead = Math.max(0, typedAhead - pos);
   pos = 0;
   notify();
 }
@@ -59,6 +65,8 @@ export async function readLine(prompt = ""): Promise<string | null> {
     if (nl >= 0) {
       const line = buffer.slice(pos, nl);
       pos = nl + 1;
+      // Shown now, after its prompt, as the terminal would have shown it.
+      if (nl < typedAhead) write(line + "\n");
       return line.endsWith("\r") ? line.slice(0, -1) : line;
     }
     if (ended) {
@@ -78,6 +86,12 @@ async function withRawMode<T>(body: () => Promise<T>): Promise<T> {
     return await body();
   } finally {
     stdin.setRawMode(false);
+    // Keys typed on after the one read (type-ahead, a paste): Enter in raw mode is "\r",
+    // which a line read would wait past for ever.
+    if (pos < buffer.length) {
+      buffer = buffer.slice(0, pos) + buffer.slice(pos).replace(/\r\n?/g, "\n");
+      typedAhead = buffer.length;
+    }
   }
 }
 

@@ -4,6 +4,7 @@ import { closedPort, fakePop3, fakeSmtp, startFake, stopFakes, type FakeMail } f
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { sendMail } from "../lib/smtp-client.ts";
+import { Pop3Client } from "../lib/pop3-client.ts";
 import { clientCommand, ROOT, runClient, typed } from "./helpers/client-run.ts";
 import { makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { TmuxSession, tmuxPath } from "./helpers/client-tmux.ts";
@@ -34,11 +35,11 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean } = {}) {
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered });
-  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -66,6 +67,16 @@ describe("command line", () => {
       expect(r.stdout).toBe("");
     });
   }
+
+  test("output closed early (| head -c 5): ends quietly with 141, as on SIGPIPE, no stack trace", async () => {
+    const client = clientCommand(["127.0.0.1", String(closedPort()), String(closedPort())])
+      .map((a) => `'${a.replace(/'/g, "'\\''")}'`)
+      .join(" ");
+    const proc = Bun.spawn(["bash", "-c", `printf 'bob\\nsecret\\n3\\n' | ${client} | head -c 5 >/dev/null; echo "\${PIPESTATUS[1]}"`], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    expect(err).toBe("");
+    expect(out.trim()).toBe("141");
+  });
 });
 
 describe("lib/terminal.ts on a pipe", () => {
@@ -410,6 +421,36 @@ describe("in a real terminal (tmux), fake servers", () => {
     expect(f.mailbox.map((m) => m.text)).toEqual([mails()[0]!.text, mails()[2]!.text]);
     expect(f.delivered.map((d) => d.to)).toEqual(["alice@mail.test"]);
   });
+
+  test.skipIf(!tmuxPath)("keys typed ahead after a password or a one-key answer are shown and acted on at once", async () => {
+    const f = fakes();
+    const term = new TmuxSession();
+    try {
+      await term.start(clientCommand(f.args), ROOT);
+      await term.waitFor("Username: ");
+      await term.line("bob");
+      await term.waitFor("Password: ");
+      // One burst, as a paste or a fast typist: the password, Enter, "1", Enter.
+      await term.type("secret\r1\r");
+      let screen = await term.waitFor("Enter mail no. to see: ");
+      expect(screen).toContain("Enter option: 1\n");
+      await term.line("1");
+      await term.waitFor("Press d to delete");
+      await term.type("x\r2\r");
+      screen = await term.waitFor("Subject: Second one");
+      expect(screen).toContain("Enter mail no. to see: 2\n");
+      await term.waitFor("Press d to delete", 2);
+      await term.type("x");
+      await term.waitFor("Enter mail no. to see: ", 3);
+      await term.line("-1");
+      await term.waitFor("Enter option: ", 2);
+      await term.line("3");
+      expect(await term.waitFor("EXIT=")).toContain("EXIT=0");
+      expect(f.mailbox.length).toBe(3);
+    } finally {
+      await term.stop();
+    }
+  });
 });
 
 const haveServers = existsSync(join(ROOT, "smtpmail.ts")) && existsSync(join(ROOT, "popserver.ts"));
@@ -516,5 +557,133 @@ describe.skipIf(!haveServers)("end to end with smtpmail and popserver", () => {
     expect(mailbox("bob")).toContain("Subject: Third one");
     expect(mailbox("alice")).toContain("Subject: from tmux");
     expect(mailbox("alice")).not.toContain("Subject: bad");
+  });
+});
+
+/** mailclient with its input typed over time: lines go in when `type` is called. */
+function liveClient(args: string[]) {
+  const proc = Bun.spawn(clientCommand(args), {
+    cwd: ROOT,
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { ...process.env, MAILCLIENT_TIMEOUT_MS: "10000", NO_COLOR: "1" },
+  });
+  const killer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
+  let out = "";
+  void (async () => {
+    const dec = new TextDecoder();
+    for await (const chunk of proc.stdout) out += dec.decode(chunk, { stream: true });
+  })();
+  return {
+    type(...lines: string[]) {
+      proc.stdin.write(typed(...lines));
+      proc.stdin.flush();
+    },
+    /** Waits until `text` has been printed `times` times. */
+    async waitFor(text: string, times = 1) {
+      const deadline = Date.now() + 15_000;
+      while (count(out, text) < times) {
+        if (Date.now() > deadline) throw new Error(`no ${JSON.stringify(text)} in:\n${out}`);
+        await Bun.sleep(20);
+      }
+    },
+    async end() {
+      proc.stdin.end();
+      const code = await proc.exited;
+      clearTimeout(killer);
+      return { code, stdout: out };
+    },
+  };
+}
+
+describe.skipIf(!haveServers)("a session the server logged out while the user read (popserver --timeout 1)", () => {
+  let root = "";
+  let smtp: Running;
+  let pop: Running;
+
+  beforeEach(async () => {
+    root = makeRoot({ bob: "secret" });
+    smtp = await startSmtp(root);
+    pop = await startPop(root, ["--timeout", "1"]);
+    for (const subject of ["First one", "Second one", "Third one"]) {
+      const message = `From: alice@mail.test\r\nTo: bob@mail.test\r\nSubject: ${subject}\r\nbody of ${subject}\r\n`;
+      expect(await sendMail({ host: "127.0.0.1", port: smtp.port, helo: "test", from: "alice@mail.test", to: ["bob@mail.test"], message })).toEqual({ ok: true });
+    }
+  });
+
+  afterEach(async () => {
+    await smtp?.stop();
+    await pop?.stop();
+    removeRoot(root);
+  });
+
+  const subjects = () => [...readFileSync(join(root, "bob", "mymailbox"), "latin1").matchAll(/^Subject: (.*)\r$/gm)].map((m) => m[1]);
+  const loggedOut = async () => {
+    const deadline = Date.now() + 10_000;
+    while (!/autologout|idle/i.test(pop.log()) && Date.now() < deadline) await Bun.sleep(50);
+    expect(pop.log()).toMatch(/autologout|idle/i);
+  };
+
+  test("d deletes the mail that was read, in a new session", async () => {
+    const c = liveClient(["127.0.0.1", String(smtp.port), String(pop.port)]);
+    c.type("bob", "secret", "1", "2");
+    await c.waitFor("Press d");
+    await loggedOut();
+    c.type("d", "-1", "3");
+    const r = await c.end();
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, ["body of Second one", "Mail 2 deleted.", "      2  alice@mail.test", "Third one", "Bye."]);
+    expect(subjects()).toEqual(["First one", "Third one"]);
+  });
+
+  test("a mail deleted meanwhile by another session is said to be gone, and no other mail is deleted", async () => {
+    const c = liveClient(["127.0.0.1", String(smtp.port), String(pop.port)]);
+    c.type("bob", "secret", "1", "2");
+    await c.waitFor("Press d");
+    await loggedOut();
+    const other = await Pop3Client.connect("127.0.0.1", pop.port);
+    await other.login("bob", "secret");
+    await other.dele(2);
+    await other.quit();
+    c.type("d", "1", "x", "-1", "3");
+    const r = await c.end();
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, ["Mail 2 is no longer in the mailbox.", "      2  alice@mail.test", "Third one", "body of First one", "Bye."]);
+    expect(r.stdout).not.toContain("deleted.");
+    expect(subjects()).toEqual(["First one", "Third one"]);
+  });
+
+  test("reading a mail after the logout works in a new session", async () => {
+    const c = liveClient(["127.0.0.1", String(smtp.port), String(pop.port)]);
+    c.type("bob", "secret", "1");
+    await c.waitFor("Enter mail no. to see: ");
+    await loggedOut();
+    c.type("3", "x", "-1", "3");
+    const r = await c.end();
+    expectInOrder(r.stdout, ["body of Third one", "Press d", "Bye."]);
+    expect(r.stdout).not.toContain("Manage Mail stopped");
+    expect(subjects()).toEqual(["First one", "Second one", "Third one"]);
+  });
+});
+
+describe("a password that could not be checked at login (POP3 down then)", () => {
+  test("is asked again at Manage Mail when POP3 refuses it; the right one opens the mailbox", async () => {
+    const f = fakes({ downFirst: true });
+    const r = await runClient(f.args, typed("bob", "wrong", "1", "still wrong", "secret", "-1", "1", "-1", "3"));
+    expect(r.code).toBe(0);
+    expectInOrder(r.stdout, [
+      "Cannot check the password",
+      "Login failed: wrong username or password",
+      "Password for bob: ",
+      "Login failed: wrong username or password",
+      "Password for bob: ",
+      "      1  alice@mail.test",
+      "Enter mail no. to see: ",
+      // The corrected password is kept: no question the second time.
+      "      1  alice@mail.test",
+      "Bye.",
+    ]);
+    expect(count(r.stdout, "Password for bob: ")).toBe(2);
   });
 });

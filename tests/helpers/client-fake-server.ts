@@ -130,10 +130,17 @@ export interface FakeMail {
 
 /**
  * A minimal in-memory POP3 server good enough for mailclient: USER/PASS, CAPA (TOP optional),
- * STAT, LIST, TOP, RETR, DELE, RSET, NOOP, QUIT (commits deletions into `mailbox`).
+ * STAT, LIST, UIDL, TOP, RETR, DELE, RSET, NOOP, QUIT (commits deletions into `mailbox`).
  */
-export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean }): FakeServer {
+export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean }): FakeServer {
+  let connections = 0;
   return startFake(async (c) => {
+    if (opts.downFirst && connections++ === 0) {
+      // Unavailable for the first connection only (as a server still starting up).
+      c.send("-ERR [SYS/TEMP] not ready yet\r\n");
+      c.end();
+      return;
+    }
     c.send("+OK fake POP3 ready\r\n");
     let user = "";
     let authed = false;
@@ -183,6 +190,10 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
           break;
         case "RETR":
           c.send(valid ? `+OK\r\n${stuffed(mail!.text)}.\r\n` : "-ERR no such message\r\n");
+          break;
+        case "UIDL":
+          // The text stands for the mail: the same text, the same UID.
+          c.send("+OK\r\n" + opts.mailbox.map((m, i) => (marked.has(i + 1) ? "" : `${i + 1} u${Bun.hash.crc32(m.text)}\r\n`)).join("") + ".\r\n");
           break;
         case "TOP": {
           if (!opts.top || !valid) {
