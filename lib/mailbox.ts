@@ -288,7 +288,6 @@ export class MessageIndex {
   }
 }
 
-const CRLF_END = Buffer.from("\r\n.\r\n");
 const LF_DOT = Buffer.from("\n.");
 // UIDs hash the whole stored message (at several GB/s, so even a 1 GiB mailbox hashes in
 // well under a second). Identical messages get a counter, so UIDs stay unique.
@@ -368,45 +367,35 @@ export class MailboxScanner {
         lf = !(firstLf > start && buf[firstLf - 1] === CR);
         if (buf[start] === DOT) stuffed++;
       }
-      // The body's search starts over only when the first line was just found.
-      const from = resume?.lf != null ? resume.from - base : start;
-      if (!lf) {
-        // Our own records: CRLF lines, so the end is the one "\r\n.\r\n"; the lines
-        // that start with "." inside carry a stuffing dot each.
-        const i = buf.indexOf(CRLF_END, from);
-        if (i < 0) {
-          // The terminator may begin in the last 4 bytes.
-          this.pending = { start: base + start, from: base + Math.max(start, buf.length - CRLF_END.length + 1), stuffed, lf };
+      // The end is the first line holding only ".", whatever its line ends. Our own records
+      // have CRLF lines only, so theirs is "\r\n.\r\n"; a hand-written one may mix them (a
+      // saved CRLF mail closed by `echo .`), and smtpmail appends after any "." line, so
+      // the scan must end there too (helper-23: it did not, and the next delivery was glued
+      // on). Lines starting with "." before it carry a stuffing dot each.
+      // The search starts over only when the first line was just found.
+      let search = resume?.lf != null ? resume.from - base : start;
+      for (;;) {
+        const i = buf.indexOf(LF_DOT, search);
+        // Not enough bytes to tell: look again from this "\n." (or from a last "\n").
+        const stop = i < 0 ? Math.max(search, buf.length - 1) : i + 2 >= buf.length || (buf[i + 2] === CR && i + 3 >= buf.length) ? i : -1;
+        if (stop >= 0) {
+          this.pending = { start: base + start, from: base + stop, stuffed, lf };
           break;
         }
-        dotLine = i + 2;
-        termEnd = i + 5;
-        // The terminator's own "\n." (at i + 1) ends the search, so it never runs past it.
-        for (let j = buf.indexOf(LF_DOT, start); j >= 0 && j < i + 1; j = buf.indexOf(LF_DOT, j + 2)) stuffed++;
-      } else {
-        // A hand-written record with bare LF line ends: walk its "." lines.
-        let search = from;
-        for (;;) {
-          const i = buf.indexOf(LF_DOT, search);
-          // Not enough bytes to tell: look again from this "\n." (or from a last "\n").
-          const stop = i < 0 ? Math.max(search, buf.length - 1) : i + 2 >= buf.length || (buf[i + 2] === CR && i + 3 >= buf.length) ? i : -1;
-          if (stop >= 0) {
-            this.pending = { start: base + start, from: base + stop, stuffed, lf };
-            break;
-          }
-          const next = buf[i + 2];
-          if (next === LF) termEnd = i + 3;
-          else if (next === CR && buf[i + 3] === LF) termEnd = i + 4;
-          if (termEnd >= 0) {
-            dotLine = i + 1;
-            break;
-          }
-          stuffed++;
-          search = i + 1;
+        const next = buf[i + 2];
+        if (next === LF) termEnd = i + 3;
+        else if (next === CR && buf[i + 3] === LF) termEnd = i + 4;
+        if (termEnd >= 0) {
+          dotLine = i + 1;
+          // A bare LF around the "." line: sent converted, as an LF record is.
+          if (next === LF || i === start || buf[i - 1] !== CR) lf = true;
+          break;
         }
-        if (termEnd < 0) break;
+        stuffed++;
+        search = i + 1;
       }
-      this.addMessage(buf, base, start, dotLine, termEnd, stuffed);
+      if (termEnd < 0) break;
+      this.addMessage(buf, base, start, dotLine, termEnd, stuffed, lf);
       start = termEnd;
       this.validEnd = base + start;
     }
@@ -420,19 +409,18 @@ export class MailboxScanner {
       let stuffed = buf[start] === DOT ? 1 : 0;
       const content = buf.subarray(start, dotLine);
       for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) stuffed++;
-      this.addMessage(buf, base, start, dotLine, buf.length, stuffed);
+      this.addMessage(buf, base, start, dotLine, buf.length, stuffed, true);
       start = buf.length;
       this.validEnd = base + start;
     }
     return start;
   }
 
-  private addMessage(buf: Buffer, base: number, start: number, dotLine: number, termEnd: number, stuffed: number): void {
+  /** lf: the message has bare LF line ends (seen on its first line or around its "." line). */
+  private addMessage(buf: Buffer, base: number, start: number, dotLine: number, termEnd: number, stuffed: number, lf: boolean): void {
     // One view per message and no BigInt: indexing 100,000 messages must not leave
     // megabytes of garbage behind.
     const content = buf.subarray(start, dotLine);
-    const firstLf = content.indexOf(LF);
-    const lf = firstLf >= 0 && (firstLf === 0 || content[firstLf - 1] !== CR);
     let size = content.length - stuffed;
     // Each bare LF is one more octet on the wire (CRLF). A byte loop: a call per line made
     // 50 MB of empty LF lines in a hand-written file take 0.9 s (helper-20).

@@ -176,11 +176,15 @@ describe("MailboxScanner", () => {
     for (let round = 0; round < 300; round++) {
       const records: string[] = [];
       for (let r = 1 + rand(4); r > 0; r--) {
+        // LF records, CRLF records, and hand-written ones that mix the two line by line.
+        const mixed = rand(3) === 0;
         const eol = rand(2) ? "\n" : "\r\n";
+        const e = () => (mixed ? (rand(2) ? "\n" : "\r\n") : eol);
         const lines = Array.from({ length: 1 + rand(12) }, () => pieces[rand(pieces.length)]!).filter((l) => l !== ".");
-        // A hand-written file may end its "." line with CRLF after LF lines.
-        const end = eol === "\n" && rand(2) ? "\r\n" : eol;
-        records.push(`From: ${"y".repeat(rand(3) * 30)}${eol}${lines.join(eol)}${eol}.${end}`);
+        let record = `From: ${"y".repeat(rand(3) * 30)}${e()}`;
+        for (const l of lines) record += l + e();
+        // The "." line may end otherwise: CRLF after LF lines, `echo .` after CRLF ones.
+        records.push(record + "." + (rand(2) ? e() : rand(2) ? "\n" : "\r\n"));
       }
       const tail = ["", "From: unfinished\n..\n.x", "From: cut\r\n\r\n..\r\n.\r", "\n."][rand(4)]!;
       const file = Buffer.from(records.join("") + tail, "latin1");
@@ -195,6 +199,15 @@ describe("MailboxScanner", () => {
       expect(s.validEnd).toBe(whole.validEnd);
       // A "\n." tail is an empty line and a final "." without newline: one more message.
       expect(whole.messages.length).toBe(records.length + (tail === "\n." ? 1 : 0));
+      for (const m of whole.messages) {
+        // What RETR sends: ended by its one "." line, with no other before it, and as long
+        // as LIST says once unstuffed.
+        const wire = toWire(file.subarray(m.offset, m.offset + m.length), m.lf).toString("latin1");
+        expect(wire.match(/(^|\n)\.\r?\n/g)).toHaveLength(1);
+        // A strict client looks for CRLF "." CRLF only.
+        expect(wire === ".\r\n" ? 0 : wire.indexOf("\r\n.\r\n") + 2).toBe(wire.length - 3);
+        expect(delivered(file, m).length).toBe(m.size);
+      }
     }
   });
 

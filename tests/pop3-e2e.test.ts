@@ -292,6 +292,37 @@ describe("popserver over TCP", () => {
     expect(await w.cmd("QUIT")).toStartWith("+OK");
   });
 
+  test("a saved CRLF mail closed by a bare-LF '.' line (echo .), then an SMTP delivery: two mails, each whole and apart", async () => {
+    // helper-23: the first was hidden (STAT 0), then glued to the next delivery, and a
+    // DELE of the one mail the client could see removed the delivered one too.
+    const saved = "From: boss@x\r\nSubject: saved.eml\r\n\r\nhello\r\n.dot line\r\n";
+    const mixed = "From: tool@x\nSubject: mixed\r\n\nline\n";
+    writeFileSync(mailboxPath(root, "gina"), saved.replace("\r\n.dot", "\r\n..dot") + ".\n" + mixed + ".\r\n");
+    expect(await smtpSend(smtp.port, "bob@example.com", "gina@example.com", ["From: bob@example.com", "Subject: delivered", "", "by SMTP"])).toStartWith("250");
+    const w = await login("gina");
+    expect(await w.cmd("STAT")).toStartWith("+OK 3 ");
+    const bodies: string[] = [];
+    for (let i = 1; i <= 3; i++) {
+      const size = Number((await w.cmd(`LIST ${i}`)).split(" ")[2]);
+      expect(await w.cmd(`RETR ${i}`)).toStartWith("+OK");
+      const got = unstuffBody(await w.multi());
+      expect(got.length).toBe(size);
+      bodies.push(got.toString("latin1"));
+    }
+    expect(bodies[0]).toBe(saved);
+    expect(bodies[1]).toBe(mixed.replace(/\r?\n/g, "\r\n"));
+    expect(bodies[2]).toContain("Subject: delivered\r\n");
+    expect(bodies[2]).toEndWith("\r\nby SMTP\r\n");
+    // The next command is answered in step: every RETR was ended where it should be.
+    expect(await w.cmd("NOOP")).toStartWith("+OK");
+    expect(await w.cmd("DELE 1")).toStartWith("+OK");
+    expect(await w.cmd("QUIT")).toStartWith("+OK");
+    const left = readFileSync(mailboxPath(root, "gina"), "latin1");
+    expect(left).not.toContain("saved.eml");
+    expect(left).toContain("Subject: mixed");
+    expect(left).toContain("Subject: delivered");
+  });
+
   test("a multi-megabyte message is sent whole (write backpressure)", async () => {
     const body = Array.from({ length: 60_000 }, (_, i) => (i % 10 === 0 ? "." : "") + `line ${i} ${"z".repeat(70)}`);
     const p = seed("bob", rec(1), rec(2, body), rec(3));
