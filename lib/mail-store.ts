@@ -58,6 +58,7 @@ interface Pending {
 interface OpenBox {
   fd: number;
   ino: number;
+  dev: number;
   /** File size after our last append; anything else means another writer was here. */
   knownSize: number;
   /** Look at the end of the file before the next append: another writer was here. */
@@ -110,6 +111,8 @@ export class FileMailStore implements MailStore {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private checkpointing: Promise<void> | null = null;
   private lingerTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Boxes retired with appends not yet fsync'd: the next checkpoint fsyncs them. */
+  private retiredDirty: OpenBox[] = [];
 
   constructor(
     private readonly root: string,
@@ -277,7 +280,7 @@ export class FileMailStore implements MailStore {
       this.lingerTimer = null;
       if (!this.running) this.releaseLocks();
     }, LINGER_MS);
-    if (!this.timer && [...this.boxes.values()].some((b) => b.dirty)) {
+    if (!this.timer && (this.retiredDirty.length || [...this.boxes.values()].some((b) => b.dirty))) {
       this.timer = setTimeout(() => {
         this.timer = null;
         this.startCheckpoint();
@@ -411,10 +414,15 @@ export class FileMailStore implements MailStore {
     }
   }
 
-  /** Whether the box's descriptor is still the mailbox file; notes a size changed by someone else. */
+  /**
+   * Whether the box's descriptor is still the file at the mailbox's path; notes a size changed
+   * by someone else. By the path, not by the descriptor's link count: a file renamed away, or
+   * replaced by a POP3 rewrite while a backup's hard link keeps it alive, still has links,
+   * and a 250'd message appended to it would be lost to the user (helper-22).
+   */
   private sameFile(user: string, box: OpenBox): boolean {
-    const st = fstatSync(box.fd);
-    if (st.nlink === 0) {
+    const st = statSync(mailboxPath(this.root, user), { throwIfNoEntry: false });
+    if (!st || st.ino !== box.ino || st.dev !== box.dev) {
       this.retire(user, box);
       return false;
     }
@@ -449,7 +457,7 @@ export class FileMailStore implements MailStore {
         const fd = await openFd(path, "a+");
         const st = fstatSync(fd);
         // Whatever the file holds is looked at before the first append.
-        box = { fd, ino: st.ino, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 0, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
+        box = { fd, ino: st.ino, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 0, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
         this.boxes.set(user, box);
         if (st.size === 0) await syncDir(dirname(path));
       }
@@ -503,6 +511,12 @@ export class FileMailStore implements MailStore {
     this.releaseLock(box);
     if (box.retired) return;
     box.retired = true;
+    // Appends not yet fsync'd are still covered by the journal only: the next checkpoint
+    // must fsync them before it empties it, though the box is no longer in `boxes`.
+    if (box.dirty) {
+      box.users++;
+      this.retiredDirty.push(box);
+    }
     if (box.users === 0) void closeFd(box.fd).catch(() => {});
   }
 
@@ -549,6 +563,11 @@ export class FileMailStore implements MailStore {
     for (const b of dirty) {
       b.dirty = false;
       b.users++;
+    }
+    // Already counted in use (retire() did it).
+    for (const b of this.retiredDirty.splice(0)) {
+      b.dirty = false;
+      dirty.push(b);
     }
     const retired = this.journal;
     this.journal = null;

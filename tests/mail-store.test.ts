@@ -1,5 +1,5 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, linkSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
@@ -96,6 +96,32 @@ describe("FileMailStore", () => {
     expect(store.stats.journals).toBe(2);
     expect(readdirSync(join(r, ".smtpmail-journal")).length).toBe(2);
     expect(subjects(box(r, "alice")).length + subjects(box(r, "bob")).length).toBe(sent);
+  });
+
+  test("a mailbox file replaced while a backup's hard link keeps the old one, or renamed away: the next delivery goes to the file at the path", async () => {
+    // helper-22: the store checked only that its open file still had a link, so the 250'd
+    // message went into the backup (or the archive) and the user never saw it.
+    const r = root();
+    const store = track(new FileMailStore(r));
+    const path = join(r, "bob", "mymailbox");
+    await store.deliver(["bob"], rec("one"));
+    linkSync(path, join(r, "bob", "backup"));
+    // A POP3 rewrite's last step: a new file renamed over the mailbox.
+    writeFileSync(join(r, "bob", "new"), rec("rewritten"));
+    renameSync(join(r, "bob", "new"), path);
+    await store.deliver(["bob"], rec("two"));
+    expect(subjects(box(r, "bob"))).toEqual(["rewritten", "two"]);
+    expect(subjects(readFileSync(join(r, "bob", "backup")))).toEqual(["one"]);
+    // An administrator moves the mailbox away.
+    renameSync(path, join(r, "bob", "archive"));
+    await store.deliver(["bob"], rec("three"));
+    expect(subjects(box(r, "bob"))).toEqual(["three"]);
+    expect(subjects(readFileSync(join(r, "bob", "archive")))).toEqual(["rewritten", "two"]);
+    // What went into the replaced files is still fsync'd by the next checkpoint: three files
+    // (unless a timed checkpoint already ran, which the test cannot stop).
+    const [fsyncs, checkpoints] = [store.stats.fsyncs, store.stats.checkpoints];
+    await store.idle();
+    if (checkpoints === 0) expect(store.stats.fsyncs - fsyncs).toBe(3);
   });
 
   test("two stores (two processes' worth) appending to one mailbox never interleave", async () => {
