@@ -5,7 +5,7 @@
 // snapshot taken at login never change while we hold the POP3 lock. The rewrite copies the
 // kept messages to a temp file without blocking SMTP, then takes the short write lock only
 // to copy what was appended since login and rename the temp file over mymailbox.
-import { constants, existsSync, fstatSync, mkdirSync, readSync } from "node:fs";
+import { constants, existsSync, fchmodSync, fchownSync, fstatSync, mkdirSync, readSync } from "node:fs";
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
@@ -187,6 +187,13 @@ export class FileMaildrop implements Maildrop {
     let out: number | null = await openFd(temp, "w");
     const src = this.fd!;
     let renamed = false;
+    // The new file takes the old one's permissions (and owner, where we may): made with the
+    // umask, a mailbox kept private (0600) became readable by all at the first QUIT.
+    const was = fstatSync(src);
+    fchmodSync(out, was.mode & 0o7777);
+    try {
+      fchownSync(out, was.uid, was.gid);
+    } catch {} // EPERM unless root: the file is ours then anyway
     const copy = async (fd: number, from: number, to: number) => {
       for (let pos = from; pos < to; pos += CHUNK) await writeAll(out!, await readAt(fd, pos, Math.min(CHUNK, to - pos)));
     };

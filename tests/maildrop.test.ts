@@ -1,7 +1,7 @@
 // FileMaildrop over a real temp directory: POP3 lock, offset index, read/top, the rewrite at
 // QUIT beside concurrent appends, UIDs, hand-written LF files, crash leftovers.
 import { afterAll, describe, expect, test } from "bun:test";
-import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { collectBody, FileMaildrop, MaildropBusy, type Body } from "../lib/maildrop.ts";
@@ -158,6 +158,20 @@ describe("FileMaildrop", () => {
     expect(await all(d2)).toEqual([expected(2), expected(4)]);
     await d2.commit(new Set([0, 1]));
     expect(readFileSync(p).length).toBe(0);
+  });
+
+  test("the rewrite keeps the mailbox's permissions (a private 0600 box stays private; 0640 stays 0640)", async () => {
+    const r = root();
+    const p = writeBox(r, ...[1, 2, 3].map((n) => record(n)));
+    for (const mode of [0o600, 0o640]) {
+      chmodSync(p, mode);
+      const d = await FileMaildrop.open(r, "alice");
+      await d.commit(new Set([0]));
+      expect(statSync(p).mode & 0o7777).toBe(mode);
+    }
+    const d = await FileMaildrop.open(r, "alice");
+    expect(await all(d)).toEqual([expected(3)]);
+    await d.release();
   });
 
   test("scattered deletions among small and large messages keep every other message byte for byte, in order", async () => {
