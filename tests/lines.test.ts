@@ -61,6 +61,26 @@ describe("LineReader.nextLine", () => {
     expect(r.nextLine(512)).toEqual({ kind: "line", text: "NOOP" });
   });
 
+  test("segments that arrive while nothing is read are kept in shared blocks, not one buffer each, and read back in order", () => {
+    // A client that pipelines replies it never reads, then trickles 1-byte segments while
+    // the server waits for it: each segment was held as its own view (~500 bytes each).
+    const r = new LineReader();
+    const text = Array.from({ length: 20_000 }, (_, i) => `NOOP ${i}\r\n`).join("");
+    r.push(b("HELP\r\n"));
+    const big = 100_000; // one large segment in the middle, kept as it is
+    for (let i = 0; i < text.length; ) {
+      const n = i === big ? 30_000 : 1;
+      r.push(b(text.slice(i, i + n)));
+      i += n;
+    }
+    expect(r.buffered).toBe(6 + text.length);
+    // 64 KiB blocks around the large segment: a handful, not 200,000.
+    expect((r as unknown as { later: Buffer[] }).later.length).toBeLessThanOrEqual(Math.ceil(text.length / 65536) + 3);
+    expect(r.nextLine(512)).toEqual({ kind: "line", text: "HELP" });
+    for (let i = 0; i < 20_000; i++) expect(r.nextLine(512)).toEqual({ kind: "line", text: `NOOP ${i}` });
+    expect(r.nextLine(512)).toBeNull();
+  });
+
   test("limit counts the CRLF: max-2 chars fit, max-1 do not", () => {
     const r = new LineReader();
     r.push(b("x".repeat(10) + "\r\n" + "y".repeat(11) + "\r\nNOOP\r\n"));
