@@ -8,7 +8,9 @@ import { formatSmtpReply, Smtp, type SmtpReply } from "./reply.ts";
 import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
 import { SmtpSession, type Authenticator, type Directory, type SmtpConfig, type SmtpResult } from "./smtp-session.ts";
 
-export const MAX_COMMAND_LINE = 512; // RFC 5321 4.5.3.1.4, CRLF included
+// RFC 5321 4.5.3.1.4: 512 octets, CRLF included, raised by each extension offered for MAIL:
+// SIZE= by 26 (RFC 1870), AUTH= by 500 (RFC 4954 section 5). Checked for every command.
+export const MAX_COMMAND_LINE = 512 + 26 + 500;
 
 export interface SmtpServerOptions extends SmtpConfig, ListenOptions {
   /** Memory for messages received and not yet stored, all connections together (default: 512 MiB, at least 4 messages of the size limit). */

@@ -301,10 +301,16 @@ export class SmtpSession {
     // UTF-8 at all arrives here as U+FFFD.
     if (/[^\x00-\x7f]/.test(path.addr)) return one(Smtp.syntax("address with non-ASCII characters (SMTPUTF8 is not offered)"));
     if (path.addr !== "" && !ADDRESS.test(path.addr) && !QUOTED_ADDRESS.test(path.addr)) return one(Smtp.syntax(`bad sender address "${path.addr}"`));
-    if (this.authUser !== null && !this.owns(this.authUser, path.addr)) return one(Smtp.senderNotOwned(path.addr));
+    // The null sender (bounces, vacation replies, MDNs) is nobody's to own.
+    if (this.authUser !== null && path.addr !== "" && !this.owns(this.authUser, path.addr)) return one(Smtp.senderNotOwned(path.addr));
+    const seen = new Set<string>();
     for (const p of path.params) {
-      const [key, value = ""] = p.split("=", 2) as [string, string?];
-      switch (key.toUpperCase()) {
+      const eq = p.indexOf("=");
+      const key = (eq < 0 ? p : p.slice(0, eq)).toUpperCase();
+      const value = eq < 0 ? "" : p.slice(eq + 1);
+      if (seen.has(key)) return one(Smtp.syntax(`${key} given twice`));
+      seen.add(key);
+      switch (key) {
         case "SIZE":
           if (!/^\d+$/.test(value)) return one(Smtp.syntax("SIZE needs a number"));
           if (Number(value) > this.config.maxMessageSize) return one(Smtp.tooBig());

@@ -140,10 +140,17 @@ describe("commands", () => {
     expect(await c.cmd("QUIT")).toStartWith("221 ");
   });
 
-  test("an over-long command line gets 500 and the session continues", async () => {
+  test("an over-long command line gets 500 and the session continues; MAIL may use the room SIZE= and AUTH= add (RFC 1870, RFC 4954)", async () => {
     const c = await session(main.port);
-    expect(await c.cmd("NOOP " + "x".repeat(600))).toStartWith("500 ");
-    expect(await c.cmd("MAIL FROM:<" + "a".repeat(1000) + "@b>")).toStartWith("500 ");
+    // 512 octets, plus 26 for SIZE= and 500 for AUTH=: 1038 with the CRLF.
+    const sender = `${"s".repeat(64)}@${"d".repeat(200)}`;
+    const mail = `MAIL FROM:<${sender}> SIZE=1000 BODY=8BITMIME AUTH=<${sender}>`;
+    expect(mail.length + 2).toBeGreaterThan(512);
+    expect(await c.cmd(mail)).toStartWith("250 ");
+    expect(await c.cmd("RSET")).toStartWith("250 ");
+    expect(await c.cmd("NOOP " + "x".repeat(1031))).toStartWith("250 "); // 1038 octets
+    expect(await c.cmd("NOOP " + "x".repeat(1032))).toStartWith("500 ");
+    expect(await c.cmd("MAIL FROM:<" + "a".repeat(1100) + "@b>")).toStartWith("500 ");
     expect(await c.cmd("NOOP")).toStartWith("250 ");
     c.close();
   });

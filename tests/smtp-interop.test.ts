@@ -60,7 +60,7 @@ print(json.dumps({"helo": [code, msg.decode()], "esmtp": s.does_esmtp, "refused"
     expect(r.helo).toEqual([250, "OK Hello py.helo"]);
     expect(r.esmtp).toBeFalsy();
     expect(r.refused).toEqual({});
-    expect(r.quit).toEqual([221, "mx.interop closing connection"]);
+    expect(r.quit).toEqual([221, "mx.interop Service closing transmission channel"]);
     const [rec, ...more] = withSubject("alice", "py-helo");
     expect(more).toEqual([]);
     expect(rec).toMatch(/\r\nReceived: \d{4}-\d\d-\d\d : \d\d : \d\d\r\n/);

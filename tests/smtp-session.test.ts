@@ -107,6 +107,8 @@ describe("SmtpSession: commands", () => {
     expect(code(say("MAIL FROM:<a@b"))).toBe(501);
     expect(code(say("MAIL FROM:<not an address>"))).toBe(501);
     expect(code(say("MAIL FROM:<a@b> SIZE=abc"))).toBe(501);
+    expect(code(say("MAIL FROM:<a@b> SIZE=10=20"))).toBe(501);
+    expect(code(say("MAIL FROM:<a@b> SIZE=5 size=6"))).toBe(501);
     expect(code(say("MAIL FROM:<a@b> FOO=1"))).toBe(555);
     expect(code(say("MAIL FROM:<a@b> SIZE=1001"))).toBe(552);
     expect(code(say("MAIL FROM:<a@b> SIZE=1000"))).toBe(250);
