@@ -9,7 +9,7 @@ import { constants, existsSync, fchmodSync, fchownSync, fstatSync, mkdirSync, re
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
-import { MessageIndex, scanHeader, toWire } from "./mailbox.ts";
+import { MessageIndex, scanHeader, toWire, type MessageEntry } from "./mailbox.ts";
 import { scanFile, type IndexCache } from "./index-cache.ts";
 import type { FileRange } from "./server.ts";
 import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll } from "./fsio.ts";
@@ -33,6 +33,11 @@ export async function collectBody(body: Body): Promise<Buffer> {
 
 export class MaildropBusy extends Error {
   override name = "MaildropBusy";
+}
+
+/** The file no longer holds a message the session's index has: something ignored the lock. */
+export class MaildropChanged extends Error {
+  override name = "MaildropChanged";
 }
 
 /** What the POP3 session needs of a mailbox; an in-memory version serves the unit tests. */
@@ -120,8 +125,17 @@ export class FileMaildrop implements Maildrop {
     return this.messages.writeUid(i, buf, pos);
   }
 
-  read(i: number): Body {
+  /** Message i's entry, once the file is known to still reach its end. */
+  private present(i: number): MessageEntry {
     const m = this.messages.entry(i);
+    // A file cut under the session (by a program that ignores the lock) would give a short
+    // read: the multi-line reply would end without its "." line, and the client would hang.
+    if (fstatSync(this.fd!).size < m.offset + m.length) throw new MaildropChanged(`${this.user}'s mailbox was cut short by another program`);
+    return m;
+  }
+
+  read(i: number): Body {
+    const m = this.present(i);
     const fd = this.fd!;
     // Small messages go out as a file range that the adapter reads synchronously into its
     // output buffer: a pread of a few KiB from the page cache costs microseconds, far less
@@ -129,14 +143,18 @@ export class FileMaildrop implements Maildrop {
     // streamed with asynchronous reads.
     if (m.lf) return toWire(readAtSync(fd, m.offset, m.length), true);
     if (m.length <= SYNC_READ_MAX) return { fd, offset: m.offset, length: m.length };
+    const user = this.user;
     return (async function* () {
-      for (let pos = m.offset, end = m.offset + m.length; pos < end; pos += STREAM_CHUNK)
-        yield await readAt(fd, pos, Math.min(STREAM_CHUNK, end - pos));
+      for (let pos = m.offset, end = m.offset + m.length; pos < end; pos += STREAM_CHUNK) {
+        const chunk = await readAt(fd, pos, Math.min(STREAM_CHUNK, end - pos));
+        if (chunk.length < Math.min(STREAM_CHUNK, end - pos)) throw new MaildropChanged(`${user}'s mailbox was cut short by another program`);
+        yield chunk;
+      }
     })();
   }
 
   top(i: number, lines: number): Uint8Array {
-    const m = this.messages.entry(i);
+    const m = this.present(i);
     // Read growing prefixes until the header and the wanted lines are in hand.
     for (let want = Math.min(m.length, 64 * 1024); ; want = Math.min(m.length, want * 4)) {
       const stored = readAtSync(this.fd!, m.offset, want);

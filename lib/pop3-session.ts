@@ -384,9 +384,22 @@ export class Pop3Session {
     if (args.length !== 1) return { reply: Pop.syntax("RETR needs one message number") };
     const i = this.msg(args[0]);
     if (typeof i !== "number") return i;
-    const reply = Pop.ok(`${this.drop!.size(i)} octets`);
-    const body = this.drop!.read(i);
-    return body instanceof Promise ? body.then((b) => ({ reply, body: b })) : { reply, body };
+    return this.multiLine(Pop.ok(`${this.drop!.size(i)} octets`), () => this.drop!.read(i));
+  }
+
+  /** The reply and its body; -ERR and a close when the file no longer holds the message. */
+  private multiLine(reply: PopReply, make: () => Body | Promise<Body>): PopResult | Promise<PopResult> {
+    // Cut under the session by something that ignores the lock: the whole index is suspect.
+    const changed = (e: unknown): PopResult => {
+      if ((e as Error).name !== "MaildropChanged") throw e;
+      return { reply: Pop.mailboxChanged(), close: true, log: (e as Error).message };
+    };
+    try {
+      const body = make();
+      return body instanceof Promise ? body.then((b) => ({ reply, body: b }), changed) : { reply, body };
+    } catch (e) {
+      return changed(e);
+    }
   }
 
   private top(args: string[]): PopResult | Promise<PopResult> {
@@ -394,13 +407,11 @@ export class Pop3Session {
     const i = this.msg(args[0]);
     if (typeof i !== "number") return i;
     if (!/^\d+$/.test(args[1]!)) return { reply: Pop.syntax(`invalid line count "${args[1]!.slice(0, MAX_ARG)}"`) };
-    const reply = Pop.ok("top of message follows");
     const n = Number(args[1]);
     // A count of at least the message's size in octets covers every line: the whole message,
     // sent as RETR sends it (streamed when large). Counted line by line from a synchronous
     // read, a count of 10^8 on 10 MB of empty lines held the event loop ~140 ms (helper-20).
-    const body = n >= this.drop!.size(i) ? this.drop!.read(i) : this.drop!.top(i, n);
-    return body instanceof Promise ? body.then((b) => ({ reply, body: b })) : { reply, body };
+    return this.multiLine(Pop.ok("top of message follows"), () => (n >= this.drop!.size(i) ? this.drop!.read(i) : this.drop!.top(i, n)));
   }
 
   private dele(args: string[]): PopResult {

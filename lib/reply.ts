@@ -103,6 +103,7 @@ export const Pop = {
   cannotOpen: (why: string) => err(`[SYS/TEMP] cannot open mailbox: ${why}`),
   stat: (count: number, octets: number) => ok(`${count} ${octets}`),
   noSuchMessage: () => err("no such message"),
+  mailboxChanged: () => err("[SYS/TEMP] the mailbox was changed by another program; log in again"),
   deleted: () => err("message already deleted"),
   unknownCommand: () => err("unknown command"),
   wrongState: () => err("command not valid in this state"),

@@ -460,11 +460,25 @@ export class MailServer {
     if (c.closed || c.ending) return;
     if (this.stageOwner === s && this.stageLen + r.length > STAGE_MAX) this.flushStage(s);
     if (this.stageOwner === s && this.stageRoom(r.length)) {
-      this.stageLen += readFully(r.fd, this.stage, this.stageLen, r.length, r.offset);
+      const got = readFully(r.fd, this.stage, this.stageLen, r.length, r.offset);
+      if (got < r.length) return this.cutShort(s, r);
+      this.stageLen += got;
       return;
     }
     const buf = Buffer.allocUnsafe(r.length);
-    this.writeOut(s, buf.subarray(0, readFully(r.fd, buf, 0, r.length, r.offset)), false);
+    if (readFully(r.fd, buf, 0, r.length, r.offset) < r.length) return this.cutShort(s, r);
+    this.writeOut(s, buf, false);
+  }
+
+  /**
+   * The file ended before the range did (cut under us by something that ignores the lock):
+   * the reply cannot be finished, and sending part of it would leave the client waiting for
+   * an end that never comes, so the connection ends instead.
+   */
+  private cutShort(s: Socket<Conn>, r: FileRange): void {
+    this.opt.log(`${this.opt.name}: [${s.data.id}] the file ended inside a reply (${r.length} bytes at ${r.offset}); closing`);
+    this.uncork(s);
+    this.end(s);
   }
 
   /** Writes what the kernel takes now and queues the rest (copied if the buffer is reused). */

@@ -1,10 +1,10 @@
 // FileMaildrop over a real temp directory: POP3 lock, offset index, read/top, the rewrite at
 // QUIT beside concurrent appends, UIDs, hand-written LF files, crash leftovers.
 import { afterAll, describe, expect, test } from "bun:test";
-import { appendFileSync, chmodSync, existsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, truncateSync, existsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { collectBody, FileMaildrop, MaildropBusy, type Body } from "../lib/maildrop.ts";
+import { collectBody, FileMaildrop, MaildropBusy, MaildropChanged, type Body } from "../lib/maildrop.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
@@ -158,6 +158,28 @@ describe("FileMaildrop", () => {
     expect(await all(d2)).toEqual([expected(2), expected(4)]);
     await d2.commit(new Set([0, 1]));
     expect(readFileSync(p).length).toBe(0);
+  });
+
+  test("a file cut short under the session (by a program ignoring the lock): read and top of a message past the end throw MaildropChanged, not a short body", async () => {
+    const r = root();
+    const big = record(3, ["x".repeat(300_000)]); // streamed, not read at once
+    const p = writeBox(r, record(1), record(2), big);
+    const d = await FileMaildrop.open(r, "alice");
+    truncateSync(p, record(1).length + 10);
+    expect(await all({ count: 1, read: (i: number) => d.read(i) } as unknown as FileMaildrop)).toEqual([expected(1)]);
+    for (const f of [() => d.read(1), () => d.top(1, 0), () => d.read(2)]) expect(f).toThrow(MaildropChanged);
+    d.release();
+    // Cut while a large message is being streamed: the stream fails instead of ending early.
+    writeBox(r, record(1), big);
+    const e = await FileMaildrop.open(r, "alice");
+    const stream = e.read(1) as AsyncIterable<Uint8Array>;
+    const it = stream[Symbol.asyncIterator]();
+    expect((await it.next()).done).toBe(false);
+    truncateSync(p, record(1).length + 200_000);
+    await expect((async () => {
+      for (let step = await it.next(); !step.done; step = await it.next());
+    })()).rejects.toThrow(MaildropChanged);
+    e.release();
   });
 
   test("the rewrite keeps the mailbox's permissions (a private 0600 box stays private; 0640 stays 0640)", async () => {

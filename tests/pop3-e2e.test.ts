@@ -1,13 +1,13 @@
 // End-to-end: the real popserver (and smtpmail) as child processes, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildRecord } from "../lib/mailbox.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
 import { command, makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { halfClose, popLogin, smtpSend, unstuffBody, Wire } from "./helpers/wire.ts";
 
-const USERS = { alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erinpw", frank: "frankpw", gina: "ginapw" };
+const USERS = { alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erinpw", frank: "frankpw", gina: "ginapw", hank: "hankpw" };
 let root: string;
 let pop: Running;
 let smtp: Running;
@@ -321,6 +321,21 @@ describe("popserver over TCP", () => {
     expect(left).not.toContain("saved.eml");
     expect(left).toContain("Subject: mixed");
     expect(left).toContain("Subject: delivered");
+  });
+
+  test("a mailbox cut short under a session: RETR/TOP of a message past the cut get -ERR and the connection closes, never an unended reply", async () => {
+    // helper-23: "+OK 20 octets", then nothing, and the client waited for ever.
+    const p = seed("hank", rec(1), rec(2), rec(3));
+    const w = await login("hank");
+    truncateSync(p, rec(1).length + 5);
+    expect(await w.cmd("RETR 1")).toStartWith("+OK");
+    await w.multi();
+    expect(await w.cmd("TOP 3 0")).toStartWith("-ERR [SYS/TEMP] the mailbox was changed");
+    expect(await w.waitClosed()).toBe(true);
+    // A new session sees what the file holds now.
+    const again = await login("hank");
+    expect(await again.cmd("STAT")).toStartWith("+OK 1 ");
+    expect(await again.cmd("QUIT")).toStartWith("+OK");
   });
 
   test("a multi-megabyte message is sent whole (write backpressure)", async () => {
