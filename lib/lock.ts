@@ -28,6 +28,21 @@ export function alive(pid: number): boolean {
   }
 }
 
+/**
+ * The host named in the lock file at path when it is not this one: such a lock is never
+ * broken here (its process cannot be checked), so whoever waits for it may wait for ever.
+ */
+export function foreignHolder(path: string): string | null {
+  let content: string;
+  try {
+    content = readFileSync(path, "latin1");
+  } catch {
+    return null;
+  }
+  const host = content.trim().split(/\s+/)[1];
+  return host && host !== HOST ? host : null;
+}
+
 function isStale(content: string): boolean {
   const [pidText, host] = content.trim().split(/\s+/);
   const pid = Number(pidText);

@@ -12,7 +12,7 @@
 import { accessSync, closeSync, constants, fstatSync, ftruncateSync, lstatSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
 import { closeFd, datasync, INLINE_WRITE_MAX, openFd, readAtSync, setAside, syncDir, writevAll, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
-import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
+import { dropLockTemp, foreignHolder, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
 import { claimOrphanJournals, Journal, newJournalPath, PREALLOCATED, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
@@ -139,7 +139,11 @@ export class FileMailStore implements MailStore {
       if (box) {
         if (!box.isFile()) return `${path} is not a file`;
         accessSync(path, constants.W_OK);
-        return null;
+        // Refused here, alone, rather than after the others got their copy (DATA would
+        // wait for the lock, then fail the whole message with 451, and every retry would
+        // give them another).
+        const host = foreignHolder(writeLockPath(this.root, user));
+        return host ? `${path} is locked from another host (${host})` : null;
       }
       // No mailbox yet: it is made in the user's directory, itself made in the root if
       // missing. (A file in the directory's place failed the stat above: ENOTDIR.)

@@ -49,6 +49,15 @@ describe("FileMailStore", () => {
     rmSync(join(r, "alice", "mymailbox"));
     await store.deliver(["alice"], rec("one"));
     expect(store.unavailable("alice")).toBeNull();
+    // A write lock held from another host is never broken here: refused at RCPT, alone
+    // (helper-22: the message waited 30 s, then 451 after the others had their copy).
+    const erin = join(r, "erin");
+    mkdirSync(erin);
+    writeFileSync(join(erin, "mymailbox"), "");
+    writeFileSync(join(erin, "mymailbox.lock"), "12345 some-other-host\n");
+    expect(store.unavailable("erin")).toContain("locked from another host (some-other-host)");
+    writeFileSync(join(erin, "mymailbox.lock"), `${process.pid} ${hostname()}\n`);
+    expect(store.unavailable("erin")).toBeNull(); // this host's: waited for, or broken when stale
   });
 
   test("delivers to every user, creating a missing user directory", async () => {
