@@ -161,16 +161,23 @@ async function login(config: Config): Promise<Session> {
         say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}). Please try again.`);
         continue;
       }
-      const why = err instanceof Pop3Error ? `it said -ERR ${err.text}` : errorText(err);
-      say(`Cannot check the password: POP3 server unreachable (${why}); continuing.`);
+      say(
+        err instanceof Pop3Error
+          ? `Cannot check the password: the POP3 server said -ERR ${err.text}; continuing.`
+          : `Cannot check the password: POP3 server unreachable (${errorText(err)}); continuing.`,
+      );
       return session;
     }
   }
 }
 
-/** USER or PASS refused, other than for a mailbox in use ([IN-USE] comes after a right password). */
+/**
+ * USER or PASS refused for the credentials: [AUTH], or no response code at all (RFC 2449). Not
+ * [IN-USE] or [SYS/TEMP]: those come after a right password, from a mailbox that cannot be
+ * opened just now.
+ */
 function wrongPassword(err: unknown): err is Pop3Error {
-  return err instanceof Pop3Error && (err.command === "USER" || err.command === "PASS") && !/^\[IN-USE\]/.test(err.text);
+  return err instanceof Pop3Error && (err.command === "USER" || err.command === "PASS") && (/^\[AUTH\]/i.test(err.text) || !/^\[/.test(err.text));
 }
 
 async function sendMailOption(s: Session): Promise<void> {

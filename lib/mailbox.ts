@@ -391,6 +391,10 @@ export class MailboxScanner {
           if (next === LF || i === start || buf[i - 1] !== CR) lf = true;
           break;
         }
+        // A stuffed line after a bare LF, too: sent raw, a strict client would read its dot
+        // mid-line and keep it, one octet more than LIST says (helper-25). Other bare LFs go
+        // as they are stored; finding every one would cost a pass over each message.
+        if (i === start || buf[i - 1] !== CR) lf = true;
         stuffed++;
         search = i + 1;
       }

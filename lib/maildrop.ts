@@ -134,6 +134,13 @@ export class FileMaildrop implements Maildrop {
     return m;
   }
 
+  /** Exactly length bytes at offset; MaildropChanged if the file was cut since the check. */
+  private readWhole(offset: number, length: number): Buffer {
+    const got = readAtSync(this.fd!, offset, length);
+    if (got.length < length) throw new MaildropChanged(`${this.user}'s mailbox was cut short by another program`);
+    return got;
+  }
+
   read(i: number): Body {
     const m = this.present(i);
     const fd = this.fd!;
@@ -141,7 +148,7 @@ export class FileMaildrop implements Maildrop {
     // output buffer: a pread of a few KiB from the page cache costs microseconds, far less
     // than a round trip through the thread pool, and allocates nothing. Large ones are
     // streamed with asynchronous reads.
-    if (m.lf) return toWire(readAtSync(fd, m.offset, m.length), true);
+    if (m.lf) return toWire(this.readWhole(m.offset, m.length), true);
     if (m.length <= SYNC_READ_MAX) return { fd, offset: m.offset, length: m.length };
     const user = this.user;
     return (async function* () {
@@ -157,7 +164,7 @@ export class FileMaildrop implements Maildrop {
     const m = this.present(i);
     // Read growing prefixes until the header and the wanted lines are in hand.
     for (let want = Math.min(m.length, 64 * 1024); ; want = Math.min(m.length, want * 4)) {
-      const stored = readAtSync(this.fd!, m.offset, want);
+      const stored = this.readWhole(m.offset, want);
       const complete = want === m.length;
       // The stored "." line: ".\r\n", ".\n", or a bare "." at the end of a hand-written file.
       const termLen = stored.at(-1) === 0x2e ? 1 : stored.at(-2) === 0x0d ? 3 : 2;
@@ -205,17 +212,21 @@ export class FileMaildrop implements Maildrop {
     let out: number | null = await openFd(temp, "w");
     const src = this.fd!;
     let renamed = false;
-    // The new file takes the old one's permissions (and owner, where we may): made with the
-    // umask, a mailbox kept private (0600) became readable by all at the first QUIT.
-    const was = fstatSync(src);
-    fchmodSync(out, was.mode & 0o7777);
-    try {
-      fchownSync(out, was.uid, was.gid);
-    } catch {} // EPERM unless root: the file is ours then anyway
     const copy = async (fd: number, from: number, to: number) => {
       for (let pos = from; pos < to; pos += CHUNK) await writeAll(out!, await readAt(fd, pos, Math.min(CHUNK, to - pos)));
     };
     try {
+      // The new file takes the old one's permissions (and owner, where we may): made with
+      // the umask, a mailbox kept private (0600) became readable by all at the first QUIT.
+      const was = fstatSync(src);
+      try {
+        fchmodSync(out, was.mode & 0o7777);
+        fchownSync(out, was.uid, was.gid);
+      } catch (e) {
+        // EPERM for the owner unless root (the file is ours then anyway); a file system
+        // without modes: the umask's mode stays.
+        if ((e as NodeJS.ErrnoException).code !== "EPERM") this.warn(`${path}: cannot keep its permissions: ${(e as Error).message}`);
+      }
       // 1. Kept messages of the snapshot, copied in coalesced ranges. No write lock yet:
       //    smtpmail keeps appending meanwhile. Short ranges (scattered deletions) are read
       //    synchronously from the page cache into one buffer written a MiB at a time: a

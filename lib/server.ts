@@ -359,17 +359,24 @@ export class MailServer {
     if (out.range) this.sendRange(s, out.range);
     if (out.body) {
       let slice = performance.now();
-      for await (const chunk of out.body) {
-        if (s.data.closed) return;
-        // Producers may reuse a chunk's buffer once we return, so what the kernel does not
-        // take now is copied.
-        this.writeOut(s, Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), true);
-        if (s.data.outBytes > HIGH_WATER) await this.waitDrain(s);
-        // A listing made faster than the client reads it never fills the socket: take turns.
-        if (performance.now() - slice > SLICE_MS) {
-          await yieldToLoop();
-          slice = performance.now();
+      try {
+        for await (const chunk of out.body) {
+          if (s.data.closed) return;
+          // Producers may reuse a chunk's buffer once we return, so what the kernel does not
+          // take now is copied.
+          this.writeOut(s, Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), true);
+          if (s.data.outBytes > HIGH_WATER) await this.waitDrain(s);
+          // A listing made faster than the client reads it never fills the socket: take turns.
+          if (performance.now() - slice > SLICE_MS) {
+            await yieldToLoop();
+            slice = performance.now();
+          }
         }
+      } catch (e) {
+        // Half a body is out: an error reply now would read as part of it (helper-25).
+        this.opt.log(`${this.opt.name}: [${s.data.id}] reply cut short: ${(e as Error).message}; closing`);
+        this.end(s);
+        return;
       }
     }
     if (out.after) this.send(s, out.after);

@@ -204,8 +204,10 @@ describe("MailboxScanner", () => {
         // as LIST says once unstuffed.
         const wire = toWire(file.subarray(m.offset, m.offset + m.length), m.lf).toString("latin1");
         expect(wire.match(/(^|\n)\.\r?\n/g)).toHaveLength(1);
-        // A strict client looks for CRLF "." CRLF only.
+        // A strict client looks for CRLF "." CRLF only, and unstuffs lines split at CRLF.
         expect(wire === ".\r\n" ? 0 : wire.indexOf("\r\n.\r\n") + 2).toBe(wire.length - 3);
+        const strict = wire.slice(0, -3).split("\r\n").map((l) => (l.startsWith(".") ? l.slice(1) : l)).join("\r\n");
+        expect(strict.length).toBe(m.size);
         expect(delivered(file, m).length).toBe(m.size);
       }
     }

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import pkg from "../package.json" with { type: "json" };
 import { closedPort, fakePop3, fakeSmtp, startFake, stopFakes, type FakeMail } from "./helpers/client-fake-server.ts";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { sendMail } from "../lib/smtp-client.ts";
 import { Pop3Client } from "../lib/pop3-client.ts";
@@ -664,6 +664,24 @@ describe.skipIf(!haveServers)("a session the server logged out while the user re
     expectInOrder(r.stdout, ["body of Third one", "Press d", "Bye."]);
     expect(r.stdout).not.toContain("Manage Mail stopped");
     expect(subjects()).toEqual(["First one", "Second one", "Third one"]);
+  });
+});
+
+describe.skipIf(!haveServers)("a mailbox popserver cannot open ([SYS/TEMP] after a right password)", () => {
+  test("is not taken for a wrong password: no 'Login failed', no second password prompt", async () => {
+    const root = makeRoot({ bob: "secret" });
+    mkdirSync(join(root, "bob", "mymailbox")); // a directory where the file should be
+    const pop = await startPop(root);
+    try {
+      const r = await runClient(["127.0.0.1", String(closedPort()), String(pop.port)], typed("bob", "secret", "1", "3"));
+      expect(r.code).toBe(0);
+      expectInOrder(r.stdout, ["Cannot check the password: the POP3 server said -ERR [SYS/TEMP]", "Cannot open the mailbox: [SYS/TEMP]", "Bye."]);
+      expect(r.stdout).not.toContain("Login failed");
+      expect(r.stdout).not.toContain("Password for bob");
+    } finally {
+      await pop.stop();
+      removeRoot(root);
+    }
   });
 });
 

@@ -338,6 +338,41 @@ describe("popserver over TCP", () => {
     expect(await again.cmd("QUIT")).toStartWith("+OK");
   });
 
+  test.skipIf(!Bun.which("python3"))("a large message cut while it is streamed: the reply ends with the connection, no error text inside the message", async () => {
+    // helper-25: "-ERR internal error" was written into the middle of the message data.
+    const big = rec(1, Array.from({ length: 100_000 }, (_, i) => `line ${i} ${"y".repeat(70)}`)); // ~8 MB
+    const p = seed("hank", big);
+    const script = `
+import socket, sys, time, os
+s = socket.create_connection(("127.0.0.1", ${pop.port}))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+f = s.makefile("rb")
+def cmd(c):
+    s.sendall(c + b"\\r\\n"); return f.readline()
+f.readline(); cmd(b"USER hank"); cmd(b"PASS hankpw")
+s.sendall(b"RETR 1\\r\\n")
+time.sleep(0.5)  # the server fills the socket and waits for us
+os.truncate(sys.argv[1], 1_000_000)
+data = b""
+while True:
+    chunk = s.recv(1 << 20)
+    if not chunk: break
+    data += chunk
+print(len(data), b"-ERR" in data, data.endswith(b"\\r\\n.\\r\\n"))
+`;
+    const proc = Bun.spawn(["python3", "-c", script, p], { stdout: "pipe", stderr: "pipe" });
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    expect(err).toBe("");
+    const [len, hasErr, ended] = out.trim().split(" ");
+    expect(Number(len)).toBeGreaterThan(0);
+    expect(Number(len)).toBeLessThan(big.length);
+    expect([hasErr, ended]).toEqual(["False", "False"]);
+    await Bun.sleep(100);
+    expect(pop.log()).toContain("reply cut short");
+    const again = await login("hank"); // the lock was let go
+    expect(await again.cmd("QUIT")).toStartWith("+OK");
+  });
+
   test("a multi-megabyte message is sent whole (write backpressure)", async () => {
     const body = Array.from({ length: 60_000 }, (_, i) => (i % 10 === 0 ? "." : "") + `line ${i} ${"z".repeat(70)}`);
     const p = seed("bob", rec(1), rec(2, body), rec(3));
