@@ -5,6 +5,7 @@ import { hostname } from "node:os";
 import { resolve, join } from "node:path";
 import { helpText, parseArgs, parseNumber, parsePort, parseSize, runMain, securityOptions, SECURITY_FLAGS, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { FileMailStore, type MailStore, type StoreStats } from "./lib/mail-store.ts";
+import { journalDir } from "./lib/journal.ts";
 import { createSmtpServer } from "./lib/smtp-server.ts";
 import { Users } from "./lib/users.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
@@ -72,7 +73,10 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
   const users = new Users(join(root, "user.txt"), log, typeof postmaster === "string" ? postmaster : undefined);
   users.load();
   const store = makeStore(root);
-  await store.recover();
+  await store.recover().catch((e: Error) => {
+    // Before listening: a server that cannot journal must not take mail it cannot keep.
+    throw new Error(`cannot prepare the delivery journal in ${journalDir(root)}: ${e.message}`);
+  });
   const domain = String(flags.get("--domain") ?? hostname());
   const host = String(flags.get("--host") ?? "0.0.0.0");
   const sec = securityOptions(flags);

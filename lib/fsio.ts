@@ -4,7 +4,7 @@
 // Reads and writes of a few KiB go through the page cache in microseconds and are done
 // synchronously; fsync and large reads go to the thread pool, so the event loop never waits
 // on the disk.
-import { close, closeSync, fdatasync, fsync, fsyncSync, open, openSync, read, readSync, writeSync, writev, writevSync, write } from "node:fs";
+import { close, closeSync, fdatasync, fsync, fsyncSync, open, openSync, read, readSync, unlinkSync, writeSync, writev, writevSync, write } from "node:fs";
 import { promisify } from "node:util";
 
 export const openFd = promisify(open) as (path: string, flags: string) => Promise<number>;
@@ -101,9 +101,15 @@ export function setAside(path: string, bytes: Uint8Array, fsyncNow = false): str
     try {
       writeAllSync(fd, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
       if (fsyncNow) fsyncSync(fd);
-    } finally {
+    } catch (e) {
+      // A full disk: no half-written copy left behind (each retry made another empty one).
       closeSync(fd);
+      try {
+        unlinkSync(aside);
+      } catch {}
+      throw e;
     }
+    closeSync(fd);
     return aside;
   }
 }

@@ -43,6 +43,18 @@ export function foreignHolder(path: string): string | null {
   return host && host !== HOST ? host : null;
 }
 
+/** Writes "pid host" into a lock's temp file; on a full disk, leaves no empty one behind. */
+function writeOwner(temp: string): void {
+  try {
+    writeFileSync(temp, `${process.pid} ${HOST}\n`);
+  } catch (e) {
+    try {
+      unlinkSync(temp);
+    } catch {}
+    throw e;
+  }
+}
+
 function isStale(content: string): boolean {
   const [pidText, host] = content.trim().split(/\s+/);
   const pid = Number(pidText);
@@ -64,7 +76,13 @@ function lockTemp(path: string, fresh: boolean): string {
   if (!temp || fresh) {
     if (!temp) removeDeadTemps(dirname(path));
     temp ??= join(dirname(path), `.link.${HOST}.${process.pid}.${++counter}`);
-    writeFileSync(temp, `${process.pid} ${HOST}\n`);
+    try {
+      writeOwner(temp);
+    } catch (e) {
+      temps.delete(path);
+      tempInodes.delete(temp);
+      throw e;
+    }
     temps.set(path, temp);
     tempInodes.set(temp, lstatSync(temp).ino);
   }
@@ -114,7 +132,12 @@ function sharedTemp(dir: string, fresh: boolean): { temp: string; ino: number } 
   if (!t || fresh) {
     if (!t) removeDeadTemps(dir);
     const temp = t?.temp ?? join(dir, `.link.${HOST}.${process.pid}.${++counter}`);
-    writeFileSync(temp, `${process.pid} ${HOST}\n`);
+    try {
+      writeOwner(temp);
+    } catch (e) {
+      shared.delete(dir);
+      throw e;
+    }
     t = { temp, ino: lstatSync(temp).ino };
     shared.set(dir, t);
   }
