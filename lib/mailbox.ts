@@ -467,6 +467,30 @@ export function toWire(stored: Buffer, lf: boolean): Buffer {
   return out.subarray(0, o);
 }
 
+/**
+ * toWire(stored, true) a piece at a time, for a message too large to convert at once: each bare
+ * LF becomes CRLF (`prev`: the byte before this piece, -1 at the start), and the last piece
+ * (`last`) gets CRLF after an unended final line.
+ */
+export function lfPieceToWire(piece: Buffer, prev: number, last: boolean): Buffer {
+  let bare = 0;
+  for (let i = 0; i < piece.length; i++) if (piece[i] === LF && (i === 0 ? prev : piece[i - 1]) !== CR) bare++;
+  const tail = last && piece.length > 0 && piece[piece.length - 1] !== LF ? 2 : 0;
+  if (bare === 0 && tail === 0) return piece;
+  const out = Buffer.allocUnsafe(piece.length + bare + tail);
+  let o = 0;
+  for (let i = 0; i < piece.length; i++) {
+    const c = piece[i]!;
+    if (c === LF && (i === 0 ? prev : piece[i - 1]) !== CR) out[o++] = CR;
+    out[o++] = c;
+  }
+  if (tail) {
+    out[o++] = CR;
+    out[o++] = LF;
+  }
+  return out;
+}
+
 /** Removes dot-stuffing from a wire-form message (without its final "." line). */
 export function unstuff(wire: Buffer): Buffer {
   const out: Buffer[] = [];

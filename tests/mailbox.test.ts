@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { seeded } from "./helpers/random.ts";
-import { buildRecord, MailboxScanner, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
+import { buildRecord, lfPieceToWire, MailboxScanner, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
 
 const b = (s: string) => Buffer.from(s, "utf8");
 const RCV = "Received: 2024-03-05 : 09 : 07";
@@ -288,6 +288,24 @@ describe("MailboxScanner", () => {
 });
 
 describe("toWire and unstuff", () => {
+  test("lfPieceToWire over any cut into pieces gives what toWire gives at once (CR|LF split across pieces, unended last line)", () => {
+    const rand = seeded(5);
+    const alphabet = ["\r", "\n", ".", "a", "\r\n", "\n.", "y".repeat(30), "\n\n"];
+    for (let t = 0; t < 5000; t++) {
+      const w = b(Array.from({ length: rand(40) }, () => alphabet[rand(alphabet.length)]).join(""));
+      const out: Buffer[] = [];
+      let prev = -1;
+      for (let at = 0; at < w.length; ) {
+        const n = 1 + rand(8);
+        const piece = w.subarray(at, at + n);
+        at += n;
+        out.push(lfPieceToWire(piece, prev, at >= w.length));
+        prev = piece[piece.length - 1]!;
+      }
+      expect(Buffer.concat(out).toString("latin1")).toBe(toWire(w, true).toString("latin1"));
+    }
+  });
+
   test("toWire: LF entries get CRLF, stored CRLF records are passed through", () => {
     expect(toWire(b("a\nb\n.\n"), true).toString()).toBe("a\r\nb\r\n.\r\n");
     const rec = b("a\r\n.\r\n");

@@ -5,7 +5,7 @@ import { appendFileSync, chmodSync, truncateSync, existsSync, readdirSync, readF
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { collectBody, FileMaildrop, MaildropBusy, MaildropChanged, type Body } from "../lib/maildrop.ts";
-import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
+import { buildRecord, scanBuffer, toWire } from "../lib/mailbox.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
 import { makeRoot, removeRoot } from "./helpers/servers.ts";
@@ -320,6 +320,26 @@ describe("FileMaildrop", () => {
       }
       const top = (await bytes(await d.top(0, 1))).toString();
       expect(top).toBe("From: agupta@10.5.20.22\r\nTo: alice@10.5.21.32\r\nSubject: This week's lab\r\nReceived: 2024-01-02 : 10 : 30\r\nThe students are eager.\r\n.\r\n");
+    } finally {
+      d.release();
+    }
+  });
+
+  test("a large hand-written LF message is streamed converted piece by piece, the same bytes as at once, CRLF split across pieces included", async () => {
+    const r = root();
+    // Over the 128 KiB read-at-once size; a CR|LF pair straddles the 256 KiB piece boundary.
+    let body = "From: a@b\nSubject: big\n\n";
+    while (body.length < 256 * 1024 - 1) body += "line of text\n";
+    body = body.slice(0, 256 * 1024 - 1) + "\r\n";
+    for (let i = 0; i < 30_000; i++) body += i % 7 ? `..stuffed ${i}\n` : `crlf ${i}\r\n`;
+    const stored = Buffer.from(body + ".\n", "latin1");
+    writeBox(r, stored);
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      expect(d.count).toBe(1);
+      const raw = await bytes(await d.read(0));
+      expect(raw.equals(toWire(stored, true))).toBe(true);
+      expect(unstuffBody(raw).length).toBe(d.size(0));
     } finally {
       d.release();
     }
