@@ -156,6 +156,12 @@ async function login(config: Config): Promise<Session> {
         say(`Logged in as ${user} (the mailbox is in use by another session right now: ${err.text}).`);
         return session;
       }
+      if (err instanceof Pop3Error && config.tlsMode === "none" && /\bTLS\b|\bSTLS\b/.test(err.text)) {
+        // Asking again would not help: the server wants TLS first (helper-27).
+        loginFailed = true;
+        say(`Cannot log in: the POP3 server requires TLS (it said: ${err.text}). Start mailclient with --starttls or --tls.`);
+        throw new EndOfInput();
+      }
       if (wrongPassword(err)) {
         loginFailed = true;
         say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}). Please try again.`);

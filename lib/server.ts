@@ -96,10 +96,12 @@ interface Conn {
   counted: boolean;
   /** Set by a STARTTLS upgrade: the socket the connection continues on. */
   upgradedTo: Socket<Conn> | null;
+  /** On the implicit-TLS port, accepted and counted, its handshake not done yet. */
+  awaitingTls: boolean;
 }
 
 function newConn(peer: string, now: number, id = ++nextId): Conn {
-  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null };
+  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null, awaitingTls: false };
 }
 
 const HIGH_WATER = 1 << 20;
@@ -179,7 +181,7 @@ export class MailServer {
   /** Socket handlers; `secure` for the implicit-TLS port, null for a socket upgraded by STARTTLS (already open). */
   private handlers(secure: boolean | null) {
     const self = this;
-    return {
+    const common = {
       open(s: Socket<Conn>) {
         if (secure !== null) self.onOpen(s, secure);
       },
@@ -199,27 +201,62 @@ export class MailServer {
         self.opt.log(`${self.opt.name}: connection ${s.data?.peer ?? "?"} error: ${e.message}`);
       },
     };
+    if (secure !== true) return common;
+    // With a handshake handler Bun calls open() at accept, not after the handshake: the
+    // connection is counted and timed from its first moment. Without it, connections that
+    // never finished a handshake were invisible: no idle timeout, no connection limits,
+    // and 250 of them starved the server of descriptors (helper-27).
+    return {
+      ...common,
+      handshake(s: Socket<Conn>, ok: boolean) {
+        self.onHandshake(s, ok);
+      },
+    };
   }
 
   private onOpen(s: Socket<Conn>, secure: boolean): void {
     const peer = `${s.remoteAddress}`;
     s.data = newConn(peer, Date.now());
     this.conns.add(s);
-    if (this.stopping || this.conns.size > this.opt.maxConnections) {
-      this.send(s, this.opt.tooManyText);
-      this.end(s);
-      return;
-    }
-    // Refused at once, without a session: a flood from one address costs others nothing.
     const fromPeer = (this.perAddress.get(peer) ?? 0) + 1;
     const limited = this.opt.maxPerAddress !== undefined && !(this.opt.perAddressExemptsLoopback && isLoopback(peer));
-    if (limited && fromPeer > this.opt.maxPerAddress!) {
-      this.send(s, this.opt.tooManyFromAddressText ?? this.opt.tooManyText);
-      this.end(s);
+    // Refused at once, without a session: a flood from one address costs others nothing.
+    const refusal =
+      this.stopping || this.conns.size > this.opt.maxConnections
+        ? this.opt.tooManyText
+        : limited && fromPeer > this.opt.maxPerAddress!
+          ? (this.opt.tooManyFromAddressText ?? this.opt.tooManyText)
+          : null;
+    if (refusal !== null) {
+      // Before a TLS handshake there is no way to say why.
+      if (secure) s.terminate();
+      else {
+        this.send(s, refusal);
+        this.end(s);
+      }
       return;
     }
     this.perAddress.set(peer, fromPeer);
     s.data.counted = true;
+    if (secure) {
+      s.data.awaitingTls = true; // the session begins with the handshake
+      return;
+    }
+    this.begin(s, secure);
+  }
+
+  private onHandshake(s: Socket<Conn>, ok: boolean): void {
+    const c = s.data;
+    if (!c?.awaitingTls || c.closed) return;
+    c.awaitingTls = false;
+    // Not ok: the client gave up or spoke no TLS (a peer certificate is not asked for).
+    if (!ok) s.terminate();
+    else this.begin(s, true);
+  }
+
+  /** The session of an accepted connection: its handler, the log line, the greeting. */
+  private begin(s: Socket<Conn>, secure: boolean): void {
+    const peer = s.data.peer;
     const trace = this.opt.verbose ? (line: string) => this.opt.log(`[${s.data.id}] C: ${line}`) : undefined;
     s.data.handler = this.opt.create(peer, trace, secure);
     if (!this.opt.quiet) this.opt.log(`${this.opt.name}: [${s.data.id}] connect from ${peer}`);
@@ -541,6 +578,10 @@ export class MailServer {
     const now = Date.now();
     for (const s of this.conns) {
       const c = s.data;
+      if (c.awaitingTls) {
+        if (now - c.lastActive > this.opt.idleTimeoutMs) s.terminate();
+        continue;
+      }
       if (c.ending) {
         // We said goodbye (or 421 to a refused connection): a peer that neither reads nor
         // closes must not keep holding a connection slot.
@@ -575,7 +616,7 @@ export class MailServer {
       if (!c.busy && !c.ending && c.handler) {
         this.send(s, c.handler.shutdownText());
         this.end(s);
-      }
+      } else if (c.awaitingTls) s.terminate();
     }
     const deadline = Date.now() + graceMs;
     while (this.conns.size > 0 && Date.now() < deadline) await Bun.sleep(10);

@@ -118,8 +118,10 @@ export class LineConnection {
       },
       handshake: (s: Socket<undefined>, ok: boolean, err: Error | null) => {
         if (!mine(s)) return;
-        // Bun reports a certificate that does not verify here, even when told to accept it.
-        this.tlsOutcome = ok && (!err || this.tlsInsecure) ? true : new Error(`TLS handshake with ${where} failed: ${err?.message ?? "rejected"}`);
+        // Bun reports a certificate that does not verify here, even when told to accept it,
+        // and a name that does not match as not ok: --insecure accepts both (helper-27). A
+        // handshake that really failed closes the socket, which the next read reports.
+        this.tlsOutcome = this.tlsInsecure || (ok && !err) ? true : new Error(`TLS handshake with ${where} failed: ${err?.message ?? "rejected"}`);
         this.tlsWaiter?.();
       },
     };
@@ -452,8 +454,13 @@ export async function sendMail(opts: SendMailOptions): Promise<SendMailResult> {
     const mail = async () => {
       const r = await client.command(`MAIL FROM:<${opts.from}>`);
       if (r.code !== 530 || !opts.auth) return r;
-      // The server asks for authentication: log in, then ask again.
-      const a = await client.auth(opts.auth.user, opts.auth.password);
+      // 530 asks for AUTH (RFC 4954), or for STARTTLS first (RFC 3207). The password goes
+      // only to a server that offers AUTH on this very connection: one that wants TLS first
+      // had it sent in the clear (helper-27).
+      const { reply, extensions } = await client.ehlo(opts.helo);
+      const offered = reply.code === 250 ? extensions.find((e) => e.startsWith("AUTH ")) : undefined;
+      if (!offered) return r;
+      const a = await client.auth(opts.auth.user, opts.auth.password, offered.split(/\s+/).slice(1));
       return a.code === 235 ? client.command(`MAIL FROM:<${opts.from}>`) : a;
     };
     const steps: Array<[() => Promise<SmtpReply>, (code: number) => boolean]> = [

@@ -178,3 +178,50 @@ describe("sendMail", () => {
     expect(delivered[0]!.data === message).toBe(true);
   });
 });
+
+describe("sendMail and a 530 after HELO (the assignment's dialogue, no TLS asked for)", () => {
+  /** A scripted server: MAIL is answered 530 `why` until AUTH; EHLO offers `ehlo`. */
+  function server(why: string, ehlo: string[]) {
+    return startFake(async (c) => {
+      c.send("220 fake.test Service ready\r\n");
+      let authed = false;
+      for (;;) {
+        const line = await c.readLine();
+        if (line === null) return;
+        const verb = line.split(" ")[0]!.toUpperCase();
+        if (verb === "HELO") c.send("250 fake.test\r\n");
+        else if (verb === "EHLO") c.send(ehlo.map((e, i) => `250${i === ehlo.length - 1 ? " " : "-"}${e}\r\n`).join(""));
+        else if (verb === "AUTH") {
+          authed = line === `AUTH PLAIN ${Buffer.from("\0alice\0pw").toString("base64")}`;
+          c.send(authed ? "235 ok\r\n" : "535 no\r\n");
+        } else if (verb === "MAIL") c.send(authed ? "250 ok\r\n" : `530 ${why}\r\n`);
+        else if (verb === "RCPT") c.send("250 ok\r\n");
+        else if (verb === "DATA") {
+          c.send("354 go\r\n");
+          while ((await c.readLine()) !== ".");
+          c.send("250 queued\r\n");
+        } else if (verb === "QUIT") {
+          c.send("221 bye\r\n");
+          c.end();
+          return;
+        } else c.send("500 what\r\n");
+      }
+    });
+  }
+  const mail = (port: number) =>
+    sendMail({ host: "127.0.0.1", port, helo: "me", from: "alice@x", to: ["bob@x"], message: "Subject: s\r\n\r\nx\r\n", auth: { user: "alice", password: "pw" } });
+
+  test("a server that offers AUTH here gets it, and the mail goes", async () => {
+    const srv = server("Authentication required", ["fake.test", "AUTH PLAIN LOGIN"]);
+    expect(await mail(srv.port)).toEqual({ ok: true });
+    expect(srv.conns[0]!.received.map((l) => l.split(" ")[0])).toEqual(["HELO", "MAIL", "EHLO", "AUTH", "MAIL", "RCPT", "DATA", "Subject:", "", "x", ".", "QUIT"]);
+  });
+
+  test("a server that wants STARTTLS first never sees the password: its 530 is the result", async () => {
+    // helper-27: the client answered "530 Must issue a STARTTLS command first" with AUTH PLAIN.
+    const srv = server("Must issue a STARTTLS command first", ["fake.test", "STARTTLS"]);
+    const r = await mail(srv.port);
+    expect(r.ok ? "" : r.reply.line).toBe("530 Must issue a STARTTLS command first");
+    expect(srv.conns[0]!.received.some((l) => l.startsWith("AUTH"))).toBe(false);
+  });
+});

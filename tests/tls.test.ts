@@ -263,6 +263,11 @@ describe.skipIf(!cert)("our own clients over TLS", () => {
     const q = await Pop3Client.connect("127.0.0.1", pop.tlsPort, { timeoutMs: 10_000, tls: { serverName: "localhost", insecure: true } });
     await q.login("dave", "davepw");
     await q.quit();
+    // --insecure accepts any certificate, a name it does not carry included (helper-27).
+    const r = await Pop3Client.connect("127.0.0.1", pop.tlsPort, { timeoutMs: 10_000, tls: { serverName: "mail.example.org", insecure: true } });
+    await r.login("dave", "davepw");
+    await r.quit();
+    expect(await sendMail({ ...base, starttls: { serverName: "mail.example.org", insecure: true } })).toEqual({ ok: true });
   });
 
   test("mailclient --starttls --cafile: login, send (with AUTH), list", async () => {
@@ -274,6 +279,18 @@ describe.skipIf(!cert)("our own clients over TLS", () => {
     const i = await run(command("mailclient", ["--tls", "--insecure", "127.0.0.1", String(strict.tlsPort), String(strictPop.tlsPort)]), ["carol", "carolpw", "1", "-1", "3", ""].join("\n"));
     expect(i.out).toContain("Logged in as carol.");
     expect(i.out).toContain("mailclient-tls");
+  });
+
+  test("mailclient without TLS against servers that require it: told to use TLS, and the password never goes out in the clear", async () => {
+    const refused = await run(command("mailclient", ["127.0.0.1", String(strict.port), String(strictPop.port)]), ["bob", "bobpw", "3", ""].join("\n"));
+    expect(refused.out).toContain("Cannot log in: the POP3 server requires TLS");
+    expect(refused.out).toContain("--starttls or --tls");
+    expect(refused.out).not.toContain("wrong username or password");
+    expect(refused.code).toBe(1);
+    // POP3 up without TLS, SMTP requiring it: Send Mail gets the server's 530, and no AUTH is tried.
+    const input = ["bob", "bobpw", "2", "From: bob@mx.tls", "To: carol@mx.tls", "Subject: plain", "x", ".", "3", ""].join("\n");
+    const smtpOnly = await run(command("mailclient", ["127.0.0.1", String(strict.port), String(pop.port)]), input);
+    expect(smtpOnly.out).toContain("Error in sending mail: 530 Must issue a STARTTLS command first");
   });
 
   test("mailclient --tls with the wrong sender gets the server's 553 (AUTH is used since the server offers it)", async () => {
@@ -322,6 +339,26 @@ describe.skipIf(!cert)("--require-tls and --require-auth", () => {
       expect(await w.cmd("PASS alicepw")).toBe("-ERR TLS required: send STLS first");
     } finally {
       w.destroy();
+    }
+  });
+
+  test("implicit-TLS port: a connection that never finishes its handshake counts against --max-connections and is closed at --timeout (both servers)", async () => {
+    // helper-27: Bun hid such sockets until their handshake, so no limit or timeout reached them.
+    const tls = ["--tls-cert", cert!.cert, "--tls-key", cert!.key, "--tls-port", "0", "--timeout", "1", "--max-connections", "3"];
+    const servers = await Promise.all([startSmtp(root, tls), startPop(root, tls)]);
+    running.push(...servers);
+    for (const server of servers) {
+      const silent = await Promise.all([1, 2, 3].map(() => Wire.open(server.tlsPort)));
+      await Bun.sleep(200);
+      // The limit is full: a plaintext newcomer is refused.
+      const fourth = await Wire.open(server.port);
+      expect(await fourth.line()).toMatch(/^(421 |-ERR )/);
+      fourth.destroy();
+      // The silent ones are let go at the idle timeout; then there is room again.
+      for (const w of silent) expect(await w.waitClosed(5000)).toBe(true);
+      const fifth = await Wire.open(server.port);
+      expect(await fifth.line()).toMatch(/^(220 |\+OK)/);
+      fifth.destroy();
     }
   });
 
