@@ -1,5 +1,5 @@
 // Process-level pieces shared by both servers: binding with a readable error, and a
-// graceful stop on SIGTERM / SIGINT.
+// graceful stop on SIGTERM / SIGINT / SIGHUP.
 import type { MailServer } from "./server.ts";
 
 export function listenOrExplain(server: MailServer, host: string, port: number): void {
@@ -26,6 +26,7 @@ export function installShutdown(name: string, server: MailServer, drain: () => P
     log(`${name}: stopped`);
     process.exit(0);
   };
-  process.on("SIGTERM", () => void stop("SIGTERM"));
-  process.on("SIGINT", () => void stop("SIGINT"));
+  // SIGHUP too: the terminal running the servers was closed. Left to its default it ended the
+  // process like kill -9: no goodbye to clients, locks and journals left behind (helper-26).
+  for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(signal, () => void stop(signal));
 }

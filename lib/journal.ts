@@ -17,7 +17,7 @@
 import { closeSync, fstatSync, openSync, readSync, readdirSync, renameSync, unlinkSync, writeSync, mkdirSync, existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
-import { alive } from "./lock.ts";
+import { BOOT, ownerAlive } from "./lock.ts";
 import { datasync, INLINE_WRITE_MAX, openFd, syncDir, writeAll, writevAll, writevAllSync } from "./fsio.ts";
 
 const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
@@ -183,16 +183,20 @@ let journals = 0;
 export function newJournalPath(root: string): string {
   const dir = journalDir(root);
   if (!existsSync(dir)) mkdirSync(dir, { recursive: true });
-  return join(dir, `${HOST}-${process.pid}-${Date.now()}${String(++journals).padStart(6, "0")}.journal`);
+  // The boot is in the name: after a machine crash, a journal whose pid a new process carries
+  // must still be replayed (it holds copies the crash may have taken from the mailboxes).
+  const boot = BOOT ? `-b${BOOT}` : "";
+  return join(dir, `${HOST}-${process.pid}-${Date.now()}${String(++journals).padStart(6, "0")}${boot}.journal`);
 }
 
-function ownerAlive(name: string): boolean {
-  const m = /^(.+)-(\d+)-\d+\.journal$/.exec(name);
-  if (!m) return false; // not a journal name of ours: nobody owns it
-  if (m[1] !== HOST) return true; // another host's journal: not ours to judge
-  const pid = Number(m[2]);
-  return pid !== process.pid && alive(pid);
+/** Whether the process that wrote the journal (or is replaying it) still runs; names without a boot are judged by pid. */
+function journalOwnerAlive(host: string, pid: number, boot: string | undefined): boolean {
+  if (host !== HOST) return true; // another host's journal: not ours to judge
+  return pid !== process.pid && ownerAlive(pid, boot);
 }
+
+const JOURNAL_NAME = /^(.+)-(\d+)-\d+(?:-b([0-9a-f]+))?\.journal$/;
+const REPLAY_SUFFIX = /\.replay-(.+)-(\d+)(?:-b([0-9a-f]+))?$/;
 
 /**
  * Journals left by processes that are gone. Each is claimed by renaming it first, so two
@@ -203,16 +207,19 @@ export function claimOrphanJournals(root: string): string[] {
   if (!existsSync(dir)) return [];
   const claimed: string[] = [];
   for (const name of readdirSync(dir)) {
-    if (name.endsWith(".journal") && !ownerAlive(name)) {
-      const to = join(dir, `${name}.replay-${HOST}-${process.pid}`);
+    if (name.endsWith(".journal")) {
+      const m = JOURNAL_NAME.exec(name);
+      // A name not of ours: nobody owns it.
+      if (m && journalOwnerAlive(m[1]!, Number(m[2]), m[3])) continue;
+      const to = join(dir, `${name}.replay-${HOST}-${process.pid}${BOOT ? `-b${BOOT}` : ""}`);
       try {
         renameSync(join(dir, name), to);
         claimed.push(to);
       } catch {}
-    } else if (/\.replay-/.test(name)) {
+    } else {
       // A replay interrupted by another crash: the replaying process is gone too.
-      const m = /\.replay-(.+)-(\d+)$/.exec(name);
-      if (m && m[1] === HOST && !ownerAlive(`${m[1]}-${m[2]}-0.journal`)) claimed.push(join(dir, name));
+      const m = REPLAY_SUFFIX.exec(name);
+      if (m && m[1] === HOST && !journalOwnerAlive(m[1], Number(m[2]), m[3])) claimed.push(join(dir, name));
     }
   }
   return claimed.sort();

@@ -1,12 +1,32 @@
 // Cross-process mailbox locks. Bun has no flock/fcntl, so this is the classic dotlock:
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
-// NFS, where O_EXCL create was not always. The lock file holds "pid host", so a lock left
+// NFS, where O_EXCL create was not always. The lock file holds "pid host boot", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
 import { closeSync, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 
 const HOST = hostname();
+
+/**
+ * This boot of the machine (the start of the kernel's random boot id; "" where there is
+ * none). Written beside the pid into lock files and journal names: after a reboot PIDs are
+ * handed out again from the bottom, so a live process can carry the pid of a lock's or a
+ * journal's owner that died in the crash (helper-26).
+ */
+export const BOOT = (() => {
+  try {
+    return readFileSync("/proc/sys/kernel/random/boot_id", "latin1").trim().replace(/-/g, "").slice(0, 12);
+  } catch {
+    return "";
+  }
+})();
+
+/** Whether a process of this host is alive as `pid` of boot `boot` ("" or missing: unknown, judge by pid). */
+export function ownerAlive(pid: number, boot: string | undefined): boolean {
+  if (boot && BOOT && boot !== BOOT) return false;
+  return alive(pid);
+}
 const GUARD_STALE_MS = 10_000;
 // Locks this process holds right now. A lock file naming our own pid that is not in
 // here was left by an earlier process that had the same pid (common in containers).
@@ -43,10 +63,10 @@ export function foreignHolder(path: string): string | null {
   return host && host !== HOST ? host : null;
 }
 
-/** Writes "pid host" into a lock's temp file; on a full disk, leaves no empty one behind. */
+/** Writes "pid host boot" into a lock's temp file; on a full disk, leaves no empty one behind. */
 function writeOwner(temp: string): void {
   try {
-    writeFileSync(temp, `${process.pid} ${HOST}\n`);
+    writeFileSync(temp, `${process.pid} ${HOST} ${BOOT}\n`);
   } catch (e) {
     try {
       unlinkSync(temp);
@@ -56,12 +76,12 @@ function writeOwner(temp: string): void {
 }
 
 function isStale(content: string): boolean {
-  const [pidText, host] = content.trim().split(/\s+/);
+  const [pidText, host, boot] = content.trim().split(/\s+/);
   const pid = Number(pidText);
   if (!Number.isInteger(pid) || pid <= 0) return true; // torn or garbage lock file
   if (host !== HOST) return false; // cannot check another host's processes
   if (pid === process.pid) return true; // caller checked `held` already
-  return !alive(pid);
+  return !ownerAlive(pid, boot);
 }
 
 // The temp file each lock is linked from is kept between acquisitions of the same lock:

@@ -135,7 +135,8 @@ export class FileMailStore implements MailStore {
     const path = mailboxPath(this.root, user);
     try {
       const box = statSync(path, { throwIfNoEntry: false });
-      if (!box && lstatSync(path, { throwIfNoEntry: false })) return `${path} is a symbolic link to nothing`;
+      // Only a link: a file that another smtpmail made between the two calls is fine (helper-26).
+      if (!box && lstatSync(path, { throwIfNoEntry: false })?.isSymbolicLink()) return `${path} is a symbolic link to nothing`;
       if (box) {
         if (!box.isFile()) return `${path} is not a file`;
         accessSync(path, constants.W_OK);

@@ -61,9 +61,12 @@ export class UserFileError extends Error {}
 export class Users {
   private table: UserTable = { names: [], passwords: new Map(), problems: [] };
   private stamp = "";
-  /** Names the last reload dropped, and when: see recentlyRemoved(). */
-  private removed = new Set<string>();
-  private removedAt = 0;
+  /**
+   * Names reloads dropped, and when each was first missed: see recentlyRemoved(). Kept across
+   * reloads: a file written in several pieces is read several times, and a name still
+   * missing from the second read was once forgotten here and got 550 (helper-26).
+   */
+  private removed = new Map<string, number>();
 
   constructor(
     readonly path: string,
@@ -92,10 +95,9 @@ export class Users {
     if (table.names.length === 0) throw new UserFileError(`${this.path}: no valid "name password" lines`);
     if (this.postmasterUser && !table.passwords.has(this.postmasterUser))
       this.warn(`postmaster user "${this.postmasterUser}" is not in ${this.path}; using ${table.names[0]}`);
-    if (this.table.names.length) {
-      this.removed = new Set(this.table.names.filter((n) => !table.passwords.has(n)));
-      this.removedAt = Date.now();
-    }
+    const now = Date.now();
+    for (const [n, at] of this.removed) if (table.passwords.has(n) || now - at >= REMOVED_GRACE_MS) this.removed.delete(n);
+    for (const n of this.table.names) if (!table.passwords.has(n) && !this.removed.has(n)) this.removed.set(n, now);
     this.table = table;
     this.stamp = stamp;
   }
@@ -149,7 +151,8 @@ export class Users {
    * temporary 450, not a 550 that bounces the mail for good. A real removal is a 550 after.
    */
   recentlyRemoved(localPart: string): boolean {
-    return Date.now() - this.removedAt < REMOVED_GRACE_MS && this.removed.has(localPart);
+    const at = this.removed.get(localPart);
+    return at !== undefined && Date.now() - at < REMOVED_GRACE_MS;
   }
 
   /** The user name if name and password match (plain text compared in constant time, or a Bun.password hash). */

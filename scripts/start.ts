@@ -40,7 +40,9 @@ await runMain("start", async () => {
     Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root], { stdio: ["ignore", "inherit", "inherit"] });
   const smtp = spawn("smtpmail.ts", smtpPort);
   const pop = spawn("popserver.ts", popPort);
-  console.log(`SMTP on port ${smtpPort}, POP3 on port ${popPort}. Try: bun mailclient.ts 127.0.0.1 ${smtpPort} ${popPort}`);
+  // Port 0 lets each server pick one: the ports are in their own "listening" lines then.
+  if (smtpPort && popPort) console.log(`SMTP on port ${smtpPort}, POP3 on port ${popPort}. Try: bun mailclient.ts 127.0.0.1 ${smtpPort} ${popPort}`);
+  else console.log("Each server prints the port it picked in its \"listening\" line below; then: bun mailclient.ts 127.0.0.1 <smtp port> <pop3 port>");
   console.log("Press Ctrl-C to stop both servers.");
 
   let stopping = false;
@@ -51,6 +53,13 @@ await runMain("start", async () => {
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
+  process.on("SIGHUP", stop);
+  // npm passes a SIGTERM on to its shell, not to us: left alone we would keep both servers
+  // running with nobody to stop them (helper-26). An orphan is adopted by another process.
+  const parent = process.ppid;
+  const watch = setInterval(() => {
+    if (process.ppid !== parent) stop();
+  }, 500);
   // If either server fails (port in use...), stop the other and report.
   const first = await Promise.race([smtp.exited.then((c) => ["smtpmail", c] as const), pop.exited.then((c) => ["popserver", c] as const)]);
   if (!stopping) {
@@ -58,5 +67,6 @@ await runMain("start", async () => {
     stop();
   }
   const codes = await Promise.all([smtp.exited, pop.exited]);
+  clearInterval(watch);
   process.exit(stopping && codes.every((c) => c === 0) ? 0 : 1);
 });

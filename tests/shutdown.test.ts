@@ -1,4 +1,4 @@
-// Graceful shutdown under load: SIGTERM and SIGINT stop the servers with exit code 0, every
+// Graceful shutdown under load: SIGTERM, SIGINT and SIGHUP stop the servers with exit code 0, every
 // message that got its 250 is in the mailbox exactly once, and no lock or journal is left.
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
@@ -27,7 +27,7 @@ function leftovers(root: string, users: string[]): string[] {
 }
 
 describe("smtpmail", () => {
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     test(`${signal} during a delivery load: exit 0, every acknowledged message kept once, nothing left behind`, async () => {
       const root = makeRoot({ alice: "a", bob: "b" });
       roots.push(root);
@@ -75,6 +75,39 @@ describe("popserver", () => {
     expect(await pop.stop("SIGINT")).toBe(0);
     expect(existsSync(join(root, "alice", "mymailbox.pop3.lock"))).toBe(false);
     expect(subjects(root, "alice")).toEqual(["keep me"]);
+    expect(leftovers(root, ["alice"])).toEqual([]);
+  });
+});
+
+describe("npm start (scripts/start.ts)", () => {
+  test("orphaned (npm passed SIGTERM to its shell only), it stops both servers cleanly", { timeout: 30_000 }, async () => {
+    const root = makeRoot({ alice: "a" });
+    roots.push(root);
+    // Started by a shell that then dies, as npm's does when npm is killed.
+    const sh = Bun.spawn(["bash", "-c", `"$0" "$1" --root "$2" --smtp-port 0 --pop-port 0 > "$2/start.log" 2>&1 & echo $!; wait`, process.execPath, join(import.meta.dir, "..", "scripts", "start.ts"), root], { stdout: "pipe" });
+    const reader = sh.stdout.getReader();
+    const pid = Number(new TextDecoder().decode((await reader.read()).value).trim());
+    const alive = (p: number) => {
+      try {
+        process.kill(p, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const deadline = Date.now() + 15_000;
+    let log = "";
+    while (!/popserver: listening/.test(log) || !/smtpmail: listening/.test(log)) {
+      if (Date.now() > deadline) throw new Error(`servers did not start: ${log}`);
+      await Bun.sleep(50);
+      log = existsSync(join(root, "start.log")) ? readFileSync(join(root, "start.log"), "utf8") : "";
+    }
+    sh.kill("SIGKILL");
+    while (alive(pid) && Date.now() < deadline) await Bun.sleep(50);
+    expect(alive(pid)).toBe(false);
+    log = readFileSync(join(root, "start.log"), "utf8");
+    expect(log).toContain("smtpmail: stopped");
+    expect(log).toContain("popserver: stopped");
     expect(leftovers(root, ["alice"])).toEqual([]);
   });
 });

@@ -134,6 +134,25 @@ describe("Users", () => {
     writeFileSync(f, "alice a\nbob b\n");
     utimesSync(f, new Date(), new Date(Date.now() + 10000));
     expect(u.resolve("bob")).toBe("bob");
+    expect(u.recentlyRemoved("bob")).toBe(false);
+  });
+
+  test("a file written in several pieces: a name still missing from the second read stays recentlyRemoved (helper-26: it got 550)", async () => {
+    const f = file("alice a\nbob b\ncarol c\n");
+    const u = new Users(f);
+    u.load();
+    let t = Date.now();
+    for (const text of ["alice a\n", "alice a\nbob b\n"]) {
+      writeFileSync(f, text);
+      utimesSync(f, new Date(), new Date((t += 5000)));
+      expect(u.resolve("carol")).toBeNull();
+      expect(u.recentlyRemoved("carol")).toBe(true);
+    }
+    expect(u.recentlyRemoved("bob")).toBe(false); // back again
+    writeFileSync(f, "alice a\nbob b\ncarol c\n");
+    utimesSync(f, new Date(), new Date((t += 5000)));
+    expect(u.resolve("carol")).toBe("carol");
+    expect(u.recentlyRemoved("carol")).toBe(false);
   });
 
   test("edits take effect without a restart; a broken file keeps the last good list", async () => {
