@@ -18,7 +18,6 @@ import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
 import { messageHash, TERMINATOR } from "./mailbox.ts";
 import { scanFile } from "./index-cache.ts";
-import { rewriteCoverage } from "./rewrite-log.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
@@ -216,10 +215,10 @@ export class FileMailStore implements MailStore {
   /**
    * At start-up, before serving: puts back every journalled copy that is not in its
    * mailbox, which happens when the machine crashed before the mailbox was fsync'd.
-   * A copy in a file a POP3 rewrite has replaced since is left alone if the rewrite read
-   * past it (rewrite-log.ts: it was kept, or deleted by the user); otherwise presence is
-   * judged by content: a rewrite after such a crash copies the file as it is and so cannot
-   * have saved the lost copy. Mail is never lost. Returns how many copies were put back.
+   * Presence is judged by content, not by the file's inode: a POP3 rewrite after such a
+   * crash copies the file as it is and so cannot have saved the lost copy. (The price: a
+   * copy deleted by POP3 in the instants before a machine crash may come back; mail is
+   * never lost.) Returns how many copies were put back.
    */
   async recover(): Promise<number> {
     let restored = 0;
@@ -227,18 +226,12 @@ export class FileMailStore implements MailStore {
       // Per user, for files replaced since: how many copies of each message the mailbox
       // holds that no entry has claimed yet (identical messages are counted, not just seen).
       const unclaimed = new Map<string, Map<number, number>>();
-      const rewrites = new Map<string, Map<number, number>>();
       for (const e of readJournal(path)) {
         if (!isSafeUserName(e.user)) continue;
         const box = mailboxPath(this.root, e.user);
         const place = atItsPlace(box, e.ino, e.offset, e.record);
         if (place === "there") continue;
         if (place === "replaced") {
-          // A POP3 rewrite read the file this copy was appended to, past the copy: it was
-          // kept in the new file or deleted by the user, and either way is not lost.
-          let covered = rewrites.get(e.user);
-          if (!covered) rewrites.set(e.user, (covered = rewriteCoverage(this.root, e.user)));
-          if ((covered.get(e.ino) ?? -1) >= e.offset + e.record.length) continue;
           let counts = unclaimed.get(e.user);
           if (!counts) unclaimed.set(e.user, (counts = await messageCounts(box)));
           const hash = messageHash(e.record.subarray(0, e.record.length - TERMINATOR.length));

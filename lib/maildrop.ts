@@ -14,7 +14,6 @@ import { scanFile, type IndexCache } from "./index-cache.ts";
 import type { FileRange } from "./server.ts";
 import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll } from "./fsio.ts";
 import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
-import { noteRewrite } from "./rewrite-log.ts";
 
 const CHUNK = 1 << 20;
 const STREAM_CHUNK = 256 * 1024;
@@ -285,11 +284,9 @@ export class FileMaildrop implements Maildrop {
       const lock = await acquireLock(writeLockPath(this.root, this.user));
       try {
         const cur = await openFd(path, "r");
-        let covered = 0;
         try {
           const st = fstatSync(cur);
           if (st.ino !== this.ino) throw new Error("mailbox was replaced during the session");
-          covered = st.size;
           if (st.size > this.snapshotEnd) {
             const tail = await scanFile(cur, this.snapshotEnd, st.size);
             await copy(cur, this.snapshotEnd, tail.validEnd);
@@ -312,9 +309,6 @@ export class FileMaildrop implements Maildrop {
         const newFile = fstatSync(out);
         await closeFd(out);
         out = null;
-        // Every copy smtpmail appended to the old file up to here is in the new one, or was
-        // deleted by the user: recovery must not put those back.
-        await noteRewrite(this.root, this.user, this.ino, covered);
         this.cache?.drop(path);
         await rename(temp, path);
         renamed = true;

@@ -5,7 +5,6 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
-import { FileMaildrop } from "../lib/maildrop.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
 import { journalDir, readJournal } from "../lib/journal.ts";
 import { BOOT } from "../lib/lock.ts";
@@ -218,40 +217,6 @@ test.skipIf(!BOOT)("a journal of a live pid from an earlier boot is replayed (th
     expect(await new FileMailStore(r).recover()).toBe(replayed);
     expect(subjects(box)).toEqual(replayed ? ["message 1"] : []);
     expect(existsSync(name)).toBe(!replayed);
-  }
-});
-
-test("a copy a POP3 rewrite read is not put back by recovery (deleted by the user after smtpmail died); one the rewrite never saw is", async () => {
-  // helper-26: messages deleted over POP3 while smtpmail was down came back at its restart.
-  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
-  const journalFor = async (r: string, ino: number, offset: number, rec: Buffer) => {
-    mkdirSync(journalDir(r), { recursive: true });
-    const line = `MJ1 alice ${ino} ${offset} ${rec.length} ${Bun.hash.crc32(rec).toString(16)}\n`;
-    writeFileSync(join(journalDir(r), `${host}-${await deadPid()}-1700000000000000001.journal`), Buffer.concat([Buffer.from(line), rec]));
-  };
-  // The copy reached the mailbox (smtpmail was killed, the machine went on); the user deleted it.
-  {
-    const r = root();
-    const box = join(r, "alice", "mymailbox");
-    mkdirSync(join(r, "alice"), { recursive: true });
-    writeFileSync(box, Buffer.concat([record(1), record(2)]));
-    await journalFor(r, statSync(box).ino, record(1).length, record(2));
-    const d = await FileMaildrop.open(r, "alice");
-    await d.commit(new Set([1]));
-    expect(await new FileMailStore(r).recover()).toBe(0);
-    expect(subjects(box)).toEqual(["message 1"]);
-  }
-  // A machine crash took the copy from the mailbox before any rewrite read it: it comes back.
-  {
-    const r = root();
-    const box = join(r, "alice", "mymailbox");
-    mkdirSync(join(r, "alice"), { recursive: true });
-    writeFileSync(box, Buffer.concat([record(1), record(3)]));
-    await journalFor(r, statSync(box).ino, record(1).length + record(3).length, record(2));
-    const d = await FileMaildrop.open(r, "alice");
-    await d.commit(new Set([1]));
-    expect(await new FileMailStore(r).recover()).toBe(1);
-    expect(subjects(box)).toEqual(["message 1", "message 2"]);
   }
 });
 

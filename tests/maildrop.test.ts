@@ -153,7 +153,7 @@ describe("FileMaildrop", () => {
     await d.commit(new Set([0, 2, 4]));
     expect(existsSync(popLockPath(r, "alice"))).toBe(false);
     expect(readFileSync(p).equals(Buffer.concat([record(2), record(4)]))).toBe(true);
-    expect(readdirSync(join(r, "alice")).sort()).toEqual(["mymailbox", "mymailbox.rewrites"]);
+    expect(readdirSync(join(r, "alice")).sort()).toEqual(["mymailbox"]);
     const d2 = await FileMaildrop.open(r, "alice");
     expect(await all(d2)).toEqual([expected(2), expected(4)]);
     await d2.commit(new Set([0, 1]));
@@ -415,7 +415,7 @@ describe("FileMaildrop", () => {
     const d = await FileMaildrop.open(r, "alice");
     expect(await all(d)).toEqual([expected(1), expected(2)]);
     await d.commit(new Set([1]));
-    expect(readdirSync(join(r, "alice")).sort()).toEqual(["mymailbox", "mymailbox.rewrites"]);
+    expect(readdirSync(join(r, "alice")).sort()).toEqual(["mymailbox"]);
     expect(readFileSync(p).equals(record(1))).toBe(true);
   });
 
