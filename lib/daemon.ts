@@ -1,5 +1,6 @@
 // Process-level pieces shared by both servers: binding with a readable error, and a
 // graceful stop on SIGTERM / SIGINT / SIGHUP.
+import { readFileSync } from "node:fs";
 import type { MailServer } from "./server.ts";
 
 export function listenOrExplain(server: MailServer, host: string, port: number): void {
@@ -28,5 +29,17 @@ export function installShutdown(name: string, server: MailServer, drain: () => P
   };
   // SIGHUP too: the terminal running the servers was closed. Left to its default it ended the
   // process like kill -9: no goodbye to clients, locks and journals left behind (helper-26).
-  for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(signal, () => void stop(signal));
+  // Not when it was ignored at start (nohup): a handler would undo that (helper-28).
+  const signals = hangupIgnored() ? (["SIGTERM", "SIGINT"] as const) : (["SIGTERM", "SIGINT", "SIGHUP"] as const);
+  for (const signal of signals) process.on(signal, () => void stop(signal));
+}
+
+/** Whether this process was started with SIGHUP ignored (nohup), from /proc; false where unknown. */
+export function hangupIgnored(): boolean {
+  try {
+    const mask = /^SigIgn:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "latin1"))?.[1];
+    return mask !== undefined && (parseInt(mask.slice(-1), 16) & 1) === 1; // bit 0: signal 1
+  } catch {
+    return false;
+  }
 }

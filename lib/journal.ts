@@ -185,9 +185,13 @@ export function newJournalPath(root: string): string {
   if (!existsSync(dir)) mkdirSync(dir, { recursive: true });
   // The boot is in the name: after a machine crash, a journal whose pid a new process carries
   // must still be replayed (it holds copies the crash may have taken from the mailboxes).
-  const boot = BOOT ? `-b${BOOT}` : "";
-  return join(dir, `${HOST}-${process.pid}-${Date.now()}${String(++journals).padStart(6, "0")}${boot}.journal`);
+  // "~b<boot>" beside the host: a previous version, which cannot read the boot, takes such a
+  // name for another host's journal and leaves it alone (with the boot at the end it did not
+  // parse the name and replayed a live process's journal, helper-28).
+  return join(dir, `${HOST}${bootTag()}-${process.pid}-${Date.now()}${String(++journals).padStart(6, "0")}.journal`);
 }
+
+const bootTag = () => (BOOT ? `~b${BOOT}` : "");
 
 /** Whether the process that wrote the journal (or is replaying it) still runs; names without a boot are judged by pid. */
 function journalOwnerAlive(host: string, pid: number, boot: string | undefined): boolean {
@@ -195,8 +199,8 @@ function journalOwnerAlive(host: string, pid: number, boot: string | undefined):
   return pid !== process.pid && ownerAlive(pid, boot);
 }
 
-const JOURNAL_NAME = /^(.+)-(\d+)-\d+(?:-b([0-9a-f]+))?\.journal$/;
-const REPLAY_SUFFIX = /\.replay-(.+)-(\d+)(?:-b([0-9a-f]+))?$/;
+const JOURNAL_NAME = /^([^~]+)(?:~b([0-9a-f]+))?-(\d+)-\d+\.journal$/;
+const REPLAY_SUFFIX = /\.replay-([^~]+)(?:~b([0-9a-f]+))?-(\d+)$/;
 
 /**
  * Journals left by processes that are gone. Each is claimed by renaming it first, so two
@@ -209,9 +213,9 @@ export function claimOrphanJournals(root: string): string[] {
   for (const name of readdirSync(dir)) {
     if (name.endsWith(".journal")) {
       const m = JOURNAL_NAME.exec(name);
-      // A name not of ours: nobody owns it.
-      if (m && journalOwnerAlive(m[1]!, Number(m[2]), m[3])) continue;
-      const to = join(dir, `${name}.replay-${HOST}-${process.pid}${BOOT ? `-b${BOOT}` : ""}`);
+      // A name we cannot read is not ours to replay.
+      if (!m || journalOwnerAlive(m[1]!, Number(m[3]), m[2])) continue;
+      const to = join(dir, `${name}.replay-${HOST}${bootTag()}-${process.pid}`);
       try {
         renameSync(join(dir, name), to);
         claimed.push(to);
@@ -219,7 +223,7 @@ export function claimOrphanJournals(root: string): string[] {
     } else {
       // A replay interrupted by another crash: the replaying process is gone too.
       const m = REPLAY_SUFFIX.exec(name);
-      if (m && m[1] === HOST && !journalOwnerAlive(m[1], Number(m[2]), m[3])) claimed.push(join(dir, name));
+      if (m && m[1] === HOST && !journalOwnerAlive(m[1], Number(m[3]), m[2])) claimed.push(join(dir, name));
     }
   }
   return claimed.sort();

@@ -4,6 +4,7 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs, parsePort, runMain, type FlagSpec } from "../lib/cli.ts";
+import { hangupIgnored } from "../lib/daemon.ts";
 
 const PROJECT = resolve(import.meta.dir, "..");
 const DEMO_USERS: [string, string][] = [["alice", "alice123"], ["bob", "bob123"], ["carol", "carol123"]];
@@ -53,12 +54,15 @@ await runMain("start", async () => {
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
-  process.on("SIGHUP", stop);
+  const nohup = hangupIgnored();
+  if (!nohup) process.on("SIGHUP", stop);
   // npm passes a SIGTERM on to its shell, not to us: left alone we would keep both servers
   // running with nobody to stop them (helper-26). An orphan is adopted by another process.
+  // Only under npm, and not under nohup: a start put in the background on purpose must
+  // outlive its shell (helper-28).
   const parent = process.ppid;
   const watch = setInterval(() => {
-    if (process.ppid !== parent) stop();
+    if (process.env.npm_lifecycle_event && !nohup && process.ppid !== parent) stop();
   }, 500);
   // If either server fails (port in use...), stop the other and report.
   const first = await Promise.race([smtp.exited.then((c) => ["smtpmail", c] as const), pop.exited.then((c) => ["popserver", c] as const)]);

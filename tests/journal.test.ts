@@ -3,10 +3,10 @@
 import { afterEach, expect, test } from "bun:test";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
-import { journalDir, readJournal } from "../lib/journal.ts";
+import { journalDir, newJournalPath, readJournal } from "../lib/journal.ts";
 import { BOOT } from "../lib/lock.ts";
 
 const roots: string[] = [];
@@ -212,12 +212,24 @@ test.skipIf(!BOOT)("a journal of a live pid from an earlier boot is replayed (th
     const rec = record(1);
     mkdirSync(journalDir(r), { recursive: true });
     const line = `MJ1 alice ${statSync(box).ino} 0 ${rec.length} ${Bun.hash.crc32(rec).toString(16)}\n`;
-    const name = join(journalDir(r), `${host}-${process.ppid}-1700000000000000001-b${boot}.journal`);
+    const name = join(journalDir(r), `${host}~b${boot}-${process.ppid}-1700000000000000001.journal`);
     writeFileSync(name, Buffer.concat([Buffer.from(line), rec]));
     expect(await new FileMailStore(r).recover()).toBe(replayed);
     expect(subjects(box)).toEqual(replayed ? ["message 1"] : []);
     expect(existsSync(name)).toBe(!replayed);
   }
+});
+
+test.skipIf(!BOOT)("journal names carry the boot where a previous version reads another host's name, so it never replays a live process's journal", () => {
+  const r = root();
+  const name = basename(newJournalPath(r));
+  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
+  // The previous version's parse (cd5236f and before): "<host>-<pid>-<n>.journal", and a
+  // host other than its own is "not ours to judge".
+  const old = /^(.+)-(\d+)-\d+\.journal$/.exec(name);
+  expect(old).not.toBeNull();
+  expect(old![1]).not.toBe(host);
+  expect(old![2]).toBe(String(process.pid));
 });
 
 // The write is made to fail for real: the file size limit (RLIMIT_FSIZE, with SIGXFSZ

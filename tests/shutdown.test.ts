@@ -58,6 +58,29 @@ describe("smtpmail", () => {
   }
 });
 
+describe("SIGHUP under nohup", () => {
+  test("a server started with SIGHUP ignored keeps it ignored (nohup), and still stops cleanly on SIGTERM", async () => {
+    const root = makeRoot({ alice: "a" });
+    roots.push(root);
+    // As nohup does: SIGHUP ignored before exec.
+    const p = Bun.spawn(["bash", "-c", `trap '' HUP; exec "$0" "$1" 0 --root "$2" --host 127.0.0.1`, process.execPath, join(import.meta.dir, "..", "smtpmail.ts"), root], { stdout: "pipe", stderr: "pipe" });
+    const reader = p.stdout.getReader();
+    let out = "";
+    while (!/port (\d+)/.test(out)) out += new TextDecoder().decode((await reader.read()).value);
+    p.kill("SIGHUP");
+    await Bun.sleep(1000);
+    expect(p.exitCode).toBeNull();
+    const c = await SmtpConn.open(Number(/port (\d+)/.exec(out)![1]));
+    expect(await c.reply()).toStartWith("220");
+    c.destroy();
+    p.kill("SIGTERM");
+    expect(await p.exited).toBe(0);
+    const log = await new Response(p.stderr).text();
+    expect(log).not.toContain("SIGHUP received");
+    expect(log).toContain("SIGTERM received");
+  });
+});
+
 describe("popserver", () => {
   test("SIGINT with a session in TRANSACTION: exit 0, POP3 lock released, nothing deleted", async () => {
     const root = makeRoot({ alice: "a" });
@@ -84,7 +107,10 @@ describe("npm start (scripts/start.ts)", () => {
     const root = makeRoot({ alice: "a" });
     roots.push(root);
     // Started by a shell that then dies, as npm's does when npm is killed.
-    const sh = Bun.spawn(["bash", "-c", `"$0" "$1" --root "$2" --smtp-port 0 --pop-port 0 > "$2/start.log" 2>&1 & echo $!; wait`, process.execPath, join(import.meta.dir, "..", "scripts", "start.ts"), root], { stdout: "pipe" });
+    const sh = Bun.spawn(["bash", "-c", `"$0" "$1" --root "$2" --smtp-port 0 --pop-port 0 > "$2/start.log" 2>&1 & echo $!; wait`, process.execPath, join(import.meta.dir, "..", "scripts", "start.ts"), root], {
+      stdout: "pipe",
+      env: { ...process.env, npm_lifecycle_event: "start" }, // as npm runs it
+    });
     const reader = sh.stdout.getReader();
     const pid = Number(new TextDecoder().decode((await reader.read()).value).trim());
     const alive = (p: number) => {
