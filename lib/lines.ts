@@ -63,20 +63,54 @@ export function dotLines(bytes: Uint8Array, b1 = -1, b2 = -1): number {
   return n;
 }
 
+/**
+ * Pieces of a byte stream kept for later: large ones as they are (views of the runtime's
+ * chunks, no copy), small ones copied into shared 64 KiB blocks. Kept as views, tiny TCP
+ * segments held a few hundred bytes each: a message sent in 1-byte segments took 781 MiB for
+ * 8 clients (helper-20), and commands trickled while the server waited ~500 bytes a byte
+ * (helper-22).
+ */
+class Parts {
+  readonly list: Buffer[] = [];
+  private block: Buffer | null = null;
+  private blockLen = 0;
+
+  add(part: Buffer, asView = part.length >= COALESCE_BELOW): void {
+    if (asView) {
+      this.seal();
+      this.list.push(part);
+      return;
+    }
+    if (this.block && this.blockLen + part.length > this.block.length) this.seal();
+    this.block ??= Buffer.allocUnsafe(BLOCK);
+    this.blockLen += part.copy(this.block, this.blockLen);
+  }
+
+  get empty(): boolean {
+    return this.list.length === 0 && this.block === null;
+  }
+
+  /** All parts so far, the block being filled included (copied to its size when mostly empty). */
+  seal(): Buffer[] {
+    if (this.block && this.blockLen > 0) {
+      const used = this.block.subarray(0, this.blockLen);
+      this.list.push(this.blockLen < BLOCK / 2 ? Buffer.from(used) : used);
+    }
+    this.block = null;
+    this.blockLen = 0;
+    return this.list;
+  }
+}
+
 export class LineReader {
   private pending: Buffer = EMPTY;
-  private later: Buffer[] = [];
+  /** Chunks that came while `pending` waited, joined when read (see push); null: none. */
+  private later: Parts | null = null;
   private laterBytes = 0;
-  /** Where small parts of `later` are gathered (see push). */
-  private laterBlock: Buffer | null = null;
-  private laterBlockLen = 0;
   private discardingLongLine = false;
   // DATA state: chunks kept so far and the last bytes seen, so "\r\n.\r\n" split across
   // chunks is still found. The CRLF that ended the DATA command counts as the start.
-  private dataChunks: Buffer[] = [];
-  /** Where small parts of the message are gathered (see keepData). */
-  private block: Buffer | null = null;
-  private blockLen = 0;
+  private data: Parts | null = null;
   private dataSize = 0;
   /** Stuffing dots counted so far; may include the final "." when it came in a chunk of its own. */
   private dataDots = 0;
@@ -86,7 +120,7 @@ export class LineReader {
   private dataTail: Buffer = CRLF;
   private dataTooBig = false;
   private dataNoRoom = false;
-  /** Bytes of dataChunks counted in the budget. */
+  /** Bytes of `data` counted in the budget. */
   private dataHeld = 0;
   private budget: DataBudget | null = null;
   // Over this, DATA bytes are counted and dropped instead of kept.
@@ -101,26 +135,10 @@ export class LineReader {
     if (!this.pending.length) this.pending = view;
     else {
       // Joined only when read: a client trickling tiny segments while the session waits
-      // would otherwise make every segment copy everything before it. Small ones are copied
-      // into shared blocks, as in DATA: kept as views, 1-byte segments sent while the server
-      // waited for a client that does not read held ~500 bytes each (100 MB a connection,
-      // helper-22).
+      // would otherwise make every segment copy everything before it.
       this.laterBytes += view.length;
-      if (view.length >= COALESCE_BELOW) {
-        this.sealLater();
-        this.later.push(view);
-        return;
-      }
-      if (this.laterBlock && this.laterBlockLen + view.length > this.laterBlock.length) this.sealLater();
-      this.laterBlock ??= Buffer.allocUnsafe(BLOCK);
-      this.laterBlockLen += view.copy(this.laterBlock, this.laterBlockLen);
+      (this.later ??= new Parts()).add(view);
     }
-  }
-
-  private sealLater(): void {
-    if (this.laterBlock && this.laterBlockLen > 0) this.later.push(this.laterBlock.subarray(0, this.laterBlockLen));
-    this.laterBlock = null;
-    this.laterBlockLen = 0;
   }
 
   get buffered(): number {
@@ -128,10 +146,9 @@ export class LineReader {
   }
 
   private join(): void {
-    this.sealLater();
-    if (!this.later.length) return;
-    this.pending = Buffer.concat([this.pending, ...this.later]);
-    this.later = [];
+    if (!this.later) return;
+    this.pending = Buffer.concat([this.pending, ...this.later.seal()]);
+    this.later = null;
     this.laterBytes = 0;
   }
 
@@ -201,7 +218,7 @@ export class LineReader {
     let bytes: Buffer;
     let room = 0;
     const dropped = () => this.dataTooBig || this.dataNoRoom;
-    const sealed = () => (this.sealBlock(), this.dataChunks);
+    const sealed = () => this.data?.seal() ?? [];
     // Joined into memory with `reserve` spare bytes after the message.
     const joined = (drop: number) => {
       const chunks = sealed();
@@ -216,7 +233,8 @@ export class LineReader {
       this.keepData(p.subarray(0, contentEnd));
       // Most messages arrive in one chunk: a view of the runtime's chunk, shared with
       // `pending`, so it gets no room (buildRecord copies it).
-      bytes = dropped() ? Buffer.alloc(0) : sealed().length === 1 ? this.dataChunks[0]! : joined(0);
+      const chunks = dropped() ? [] : sealed();
+      bytes = dropped() ? Buffer.alloc(0) : chunks.length === 1 ? chunks[0]! : joined(0);
     } else {
       bytes = dropped() ? Buffer.alloc(0) : joined(-contentEnd);
       this.dataSize += contentEnd;
@@ -230,9 +248,7 @@ export class LineReader {
     this.pending = p.subarray(after);
     // The message keeps its share of the budget until the caller is done with it.
     const charged = this.dataHeld;
-    this.dataChunks = [];
-    this.block = null;
-    this.blockLen = 0;
+    this.data = null;
     this.dataHeld = 0;
     this.dataSize = 0;
     this.dataDots = 0;
@@ -246,9 +262,7 @@ export class LineReader {
 
   /** Lets go of an unfinished message's bytes (also when the connection closes mid-DATA). */
   dropData(): void {
-    this.dataChunks = [];
-    this.block = null;
-    this.blockLen = 0;
+    this.data = null;
     this.budget?.release(this.dataHeld);
     this.dataHeld = 0;
   }
@@ -276,25 +290,8 @@ export class LineReader {
       this.budget.held += part.length;
       this.dataHeld += part.length;
     }
-    // Small parts after the first are copied into a shared block: kept as views, a message
-    // sent in 1-byte segments held ~200 bytes per byte (8 clients x 1 MB: 781 MiB, helper-20).
-    if (part.length >= COALESCE_BELOW || (this.dataChunks.length === 0 && !this.block)) {
-      this.sealBlock();
-      this.dataChunks.push(part);
-      return;
-    }
-    if (this.block && this.blockLen + part.length > this.block.length) this.sealBlock();
-    this.block ??= Buffer.allocUnsafe(BLOCK);
-    this.blockLen += part.copy(this.block, this.blockLen);
-  }
-
-  /** Moves the block being filled to the kept chunks (copied to its size when mostly empty). */
-  private sealBlock(): void {
-    if (this.block && this.blockLen > 0) {
-      const used = this.block.subarray(0, this.blockLen);
-      this.dataChunks.push(this.blockLen < BLOCK / 2 ? Buffer.from(used) : used);
-    }
-    this.block = null;
-    this.blockLen = 0;
+    // The first part is kept as it is whatever its size: most messages arrive in one chunk.
+    const data = (this.data ??= new Parts());
+    data.add(part, part.length >= COALESCE_BELOW || data.empty);
   }
 }
