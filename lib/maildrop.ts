@@ -38,6 +38,9 @@ export class MaildropBusy extends Error {
 /** The file no longer holds a message the session's index has: something ignored the lock. */
 export class MaildropChanged extends Error {
   override name = "MaildropChanged";
+  constructor(user: string) {
+    super(`${user}'s mailbox was cut short by another program`);
+  }
 }
 
 /** What the POP3 session needs of a mailbox; an in-memory version serves the unit tests. */
@@ -130,14 +133,14 @@ export class FileMaildrop implements Maildrop {
     const m = this.messages.entry(i);
     // A file cut under the session (by a program that ignores the lock) would give a short
     // read: the multi-line reply would end without its "." line, and the client would hang.
-    if (fstatSync(this.fd!).size < m.offset + m.length) throw new MaildropChanged(`${this.user}'s mailbox was cut short by another program`);
+    if (fstatSync(this.fd!).size < m.offset + m.length) throw new MaildropChanged(this.user);
     return m;
   }
 
   /** Exactly length bytes at offset; MaildropChanged if the file was cut since the check. */
   private readWhole(offset: number, length: number): Buffer {
     const got = readAtSync(this.fd!, offset, length);
-    if (got.length < length) throw new MaildropChanged(`${this.user}'s mailbox was cut short by another program`);
+    if (got.length < length) throw new MaildropChanged(this.user);
     return got;
   }
 
@@ -157,7 +160,7 @@ export class FileMaildrop implements Maildrop {
       for (let pos = m.offset, end = m.offset + m.length; pos < end; pos += STREAM_CHUNK) {
         const want = Math.min(STREAM_CHUNK, end - pos);
         const chunk = await readAt(fd, pos, want);
-        if (chunk.length < want) throw new MaildropChanged(`${user}'s mailbox was cut short by another program`);
+        if (chunk.length < want) throw new MaildropChanged(user);
         if (!m.lf) yield chunk;
         else {
           const last = pos + want >= end;

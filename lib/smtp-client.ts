@@ -411,6 +411,12 @@ export interface SendMailOptions extends ConnectOptions {
   auth?: { user: string; password: string };
 }
 
+/** The SASL mechanisms an EHLO reply's AUTH keyword offers, or null without one. */
+function authOffered(extensions: string[]): string[] | null {
+  const line = extensions.find((e) => e.startsWith("AUTH "));
+  return line ? line.split(/\s+/).slice(1) : null;
+}
+
 /** EHLO (with STARTTLS and AUTH when asked for and offered); null when all went well. */
 async function hello(client: SmtpClient, opts: SendMailOptions): Promise<SmtpReply | null> {
   if (!opts.starttls && !opts.tls) {
@@ -428,9 +434,9 @@ async function hello(client: SmtpClient, opts: SendMailOptions): Promise<SmtpRep
     ({ reply, extensions } = await client.ehlo(opts.helo));
     if (reply.code !== 250) return reply;
   }
-  const offered = extensions.find((e) => e.startsWith("AUTH "));
+  const offered = authOffered(extensions);
   if (opts.auth && offered) {
-    const r = await client.auth(opts.auth.user, opts.auth.password, offered.split(/\s+/).slice(1));
+    const r = await client.auth(opts.auth.user, opts.auth.password, offered);
     if (r.code !== 235) return r;
   }
   return null;
@@ -458,9 +464,9 @@ export async function sendMail(opts: SendMailOptions): Promise<SendMailResult> {
       // only to a server that offers AUTH on this very connection: one that wants TLS first
       // had it sent in the clear (helper-27).
       const { reply, extensions } = await client.ehlo(opts.helo);
-      const offered = reply.code === 250 ? extensions.find((e) => e.startsWith("AUTH ")) : undefined;
+      const offered = reply.code === 250 ? authOffered(extensions) : null;
       if (!offered) return r;
-      const a = await client.auth(opts.auth.user, opts.auth.password, offered.split(/\s+/).slice(1));
+      const a = await client.auth(opts.auth.user, opts.auth.password, offered);
       return a.code === 235 ? client.command(`MAIL FROM:<${opts.from}>`) : a;
     };
     const steps: Array<[() => Promise<SmtpReply>, (code: number) => boolean]> = [

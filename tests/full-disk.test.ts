@@ -28,6 +28,11 @@ afterAll(() => {
 });
 
 const box = () => readFileSync(join(root, "alice", "mymailbox"));
+/** Fills the disk with a file "filler" but for about `left` bytes. */
+function fillAllBut(left: number): void {
+  const free = Number(spawnSync("df", ["-B1", "--output=avail", mnt]).stdout.toString().trim().split("\n")[1]);
+  writeFileSync(join(mnt, "filler"), Buffer.alloc(Math.max(0, free - left)));
+}
 function subjects(file: Buffer): string[] {
   return scanBuffer(file).messages.map((m) => /Subject: (m\d+)/.exec(file.toString("latin1", m.offset, m.offset + 100))![1]!);
 }
@@ -79,8 +84,7 @@ describe.skipIf(!canMount)("a mail root on a disk that fills up", () => {
 
   test("POP3: a QUIT whose rewrite finds no room answers -ERR and leaves the mailbox as it was", async () => {
     const before = box();
-    const free = Number(spawnSync("df", ["-B1", "--output=avail", mnt]).stdout.toString().trim().split("\n")[1]);
-    writeFileSync(join(mnt, "filler"), Buffer.alloc(Math.max(0, free - 256 * 1024)));
+    fillAllBut(256 * 1024);
     const pop = await startPop(root);
     try {
       const c = await Pop3Client.connect("127.0.0.1", pop.port);
@@ -100,8 +104,7 @@ describe.skipIf(!canMount)("a mail root on a disk that fills up", () => {
   });
 
   test("smtpmail does not start where it cannot make its journal: one line, exit 1", async () => {
-    const free = Number(spawnSync("df", ["-B1", "--output=avail", mnt]).stdout.toString().trim().split("\n")[1]);
-    writeFileSync(join(mnt, "filler"), Buffer.alloc(Math.max(0, free - 64 * 1024)));
+    fillAllBut(64 * 1024);
     try {
       const p = Bun.spawn(command("smtpmail", ["0", "--root", root, "--host", "127.0.0.1"]), { stdout: "pipe", stderr: "pipe" });
       const [err, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
