@@ -58,6 +58,7 @@ void runMain("popserver", async () => {
   );
   listenOrExplain(server, host, port);
   const tlsNote = sec.tlsFiles ? `, STLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
-  process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.summary()}${tlsNote})\n`);
+  // Before the line that says it listens: a stop sent as soon as it is read must be graceful.
   installShutdown("popserver", server, async () => {}, log);
+  process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.summary()}${tlsNote})\n`);
 });

@@ -115,13 +115,14 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
   );
   listenOrExplain(server, host, port);
   const tlsNote = sec.tlsFiles ? `, STARTTLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
-  process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.summary()}${tlsNote})\n`);
+  // Before the line that says it listens: a stop sent as soon as it is read must be graceful.
   installShutdown("smtpmail", server, async () => {
     await store.close();
     const { messages, fsyncs, batches, locks, journals, roundMs, journalMs } = store.stats;
     const perRound = batches ? `; a round took ${(roundMs / batches).toFixed(3)} ms on average, ${(journalMs / batches).toFixed(3)} ms of it the journal write and fsync` : "";
     log(`smtpmail: stored ${messages} message copies with ${fsyncs} fsyncs (${batches} commit rounds, mailbox locks taken ${locks} times, ${journals} journal files made${perRound})`);
   }, log);
+  process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.summary()}${tlsNote})\n`);
 }
 
 if (import.meta.main) void runMain("smtpmail", () => smtpmail(Bun.argv.slice(2)));

@@ -16,7 +16,7 @@
 // from earlier epochs further on are never read as current.
 import { closeSync, fstatSync, openSync, readSync, readdirSync, renameSync, unlinkSync, writeSync, mkdirSync, existsSync } from "node:fs";
 import { hostname } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { BOOT, ownerAlive } from "./lock.ts";
 import { datasync, INLINE_WRITE_MAX, openFd, syncDir, writeAll, writevAll, writevAllSync } from "./fsio.ts";
 
@@ -227,6 +227,16 @@ export function claimOrphanJournals(root: string): string[] {
     }
   }
   return claimed.sort();
+}
+
+/**
+ * The boot a claimed journal was written in; "" when its name does not say (a previous
+ * version's). Read from the journal's own name, not from a replay suffix added later.
+ */
+export function journalBoot(path: string): string {
+  const name = basename(path);
+  const end = name.lastIndexOf(".journal");
+  return (end < 0 ? undefined : JOURNAL_NAME.exec(name.slice(0, end + ".journal".length))?.[2]) ?? "";
 }
 
 export function removeJournal(path: string): void {
