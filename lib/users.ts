@@ -7,6 +7,8 @@ import { timingSafeEqual, createHash } from "node:crypto";
 const VALID_NAME = /^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$/;
 const HASH_PREFIXES = ["$argon2", "$2a$", "$2b$", "$2y$"];
 const REMOVED_GRACE_MS = 2000;
+/** How long a user.txt whose last line has no newline yet is taken as still being written. */
+const UNTERMINATED_SETTLE_MS = 1000;
 
 const isHash = (stored: string) => HASH_PREFIXES.some((p) => stored.startsWith(p));
 
@@ -67,6 +69,8 @@ export class Users {
    * missing from the second read was once forgotten here and got 550 (helper-26).
    */
   private removed = new Map<string, number>();
+  /** A version of the file that ended mid-line when read, and until when it is not taken. */
+  private unsettled: { stamp: string; until: number } | null = null;
 
   constructor(
     readonly path: string,
@@ -84,12 +88,25 @@ export class Users {
     }
     const stamp = `${st.ino}:${st.size}:${st.mtimeMs}`;
     if (stamp === this.stamp) return;
+    if (this.unsettled?.stamp === stamp && Date.now() < this.unsettled.until) return;
     let text: string;
     try {
       text = readFileSync(this.path, "utf8");
     } catch (e) {
       throw new UserFileError(`cannot read ${this.path}: ${(e as Error).message}`);
     }
+    // A last line without its newline may be a write still going on: "bob secret" read as
+    // "bob sec" made "sec" a valid password for a moment (helper-26). The list in use stays
+    // until the line ends or the file has stood still for a second (some files never end
+    // with a newline). The first load takes the file as it is.
+    if (this.table.names.length && text.length && !text.endsWith("\n")) {
+      if (this.unsettled?.stamp !== stamp) {
+        this.unsettled = { stamp, until: Date.now() + UNTERMINATED_SETTLE_MS };
+        return;
+      }
+      if (Date.now() < this.unsettled.until) return;
+    }
+    this.unsettled = null;
     const table = parseUserTable(text, this.path);
     for (const p of table.problems) this.warn(p);
     if (table.names.length === 0) throw new UserFileError(`${this.path}: no valid "name password" lines`);

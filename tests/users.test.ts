@@ -155,6 +155,29 @@ describe("Users", () => {
     expect(u.recentlyRemoved("carol")).toBe(false);
   });
 
+  test("a last line without its newline (maybe still being written) is not taken for a second; then it is", async () => {
+    const f = file("alice a\nbob oldpass\n");
+    const u = new Users(f);
+    u.load();
+    // Read mid-write: "bob newpassword" cut short.
+    writeFileSync(f, "alice a\nbob newp");
+    expect(await u.check("bob", "newp")).toBeNull();
+    expect(await u.check("bob", "oldpass")).toBe("bob");
+    // The writer finishes the line: taken at once.
+    writeFileSync(f, "alice a\nbob newpassword\n");
+    expect(await u.check("bob", "newpassword")).toBe("bob");
+    // A file that never gets its last newline (printf, some editors) is taken after a second.
+    writeFileSync(f, "alice a\nbob newpassword\ncarol c");
+    expect(u.resolve("carol")).toBeNull();
+    await Bun.sleep(1100);
+    expect(u.resolve("carol")).toBe("carol");
+    expect(await u.check("carol", "c")).toBe("carol");
+    // At start there is nothing older to keep: an unterminated file is read as it is.
+    const fresh = new Users(file("dave d"));
+    fresh.load();
+    expect(fresh.resolve("dave")).toBe("dave");
+  });
+
   test("edits take effect without a restart; a broken file keeps the last good list", async () => {
     const p = file("alice a\n");
     const warnings: string[] = [];
