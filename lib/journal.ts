@@ -177,18 +177,25 @@ export function readJournal(path: string): JournalEntry[] {
   }
 }
 
-let journals = 0;
+let made = 0;
 
 /** A journal file name for this process; files of dead processes are recovered at start. */
 export function newJournalPath(root: string): string {
   const dir = journalDir(root);
   if (!existsSync(dir)) mkdirSync(dir, { recursive: true });
-  // The boot is in the name: after a machine crash, a journal whose pid a new process carries
-  // must still be replayed (it holds copies the crash may have taken from the mailboxes).
-  // "~b<boot>" beside the host: a previous version, which cannot read the boot, takes such a
-  // name for another host's journal and leaves it alone (with the boot at the end it did not
-  // parse the name and replayed a live process's journal, helper-28).
-  return join(dir, `${HOST}${bootTag()}-${process.pid}-${Date.now()}${String(++journals).padStart(6, "0")}.journal`);
+  return join(dir, ownedName(".journal"));
+}
+
+/**
+ * "<host>~b<boot>-<pid>-<unique><ext>": a file of this process that another one takes over
+ * if it dies (see ownerGone). The boot is in the name: after a machine crash, a journal whose
+ * pid a new process carries must still be replayed (it holds copies the crash may have taken
+ * from the mailboxes). "~b<boot>" beside the host: a previous version, which cannot read the
+ * boot, takes such a name for another host's journal and leaves it alone (with the boot at
+ * the end it did not parse the name and replayed a live process's journal, helper-28).
+ */
+export function ownedName(ext: string): string {
+  return `${HOST}${bootTag()}-${process.pid}-${Date.now()}${String(++made).padStart(6, "0")}${ext}`;
 }
 
 const bootTag = () => (BOOT ? `~b${BOOT}` : "");
@@ -199,7 +206,14 @@ function journalOwnerAlive(host: string, pid: number, boot: string | undefined):
   return pid !== process.pid && ownerAlive(pid, boot);
 }
 
-const JOURNAL_NAME = /^([^~]+)(?:~b([0-9a-f]+))?-(\d+)-\d+\.journal$/;
+const OWNED_NAME = /^([^~]+)(?:~b([0-9a-f]+))?-(\d+)-\d+(\.[a-z]+)$/;
+
+/** Whether a name made by ownedName() with that extension is of a gone process of this host (or an earlier one with this pid). */
+export function ownerGone(name: string, ext: string): boolean {
+  const m = OWNED_NAME.exec(name);
+  return !!m && m[4] === ext && !journalOwnerAlive(m[1]!, Number(m[3]), m[2]);
+}
+
 const REPLAY_SUFFIX = /\.replay-([^~]+)(?:~b([0-9a-f]+))?-(\d+)$/;
 
 /**
@@ -212,9 +226,8 @@ export function claimOrphanJournals(root: string): string[] {
   const claimed: string[] = [];
   for (const name of readdirSync(dir)) {
     if (name.endsWith(".journal")) {
-      const m = JOURNAL_NAME.exec(name);
       // A name we cannot read is not ours to replay.
-      if (!m || journalOwnerAlive(m[1]!, Number(m[3]), m[2])) continue;
+      if (!ownerGone(name, ".journal")) continue;
       const to = join(dir, `${name}.replay-${HOST}${bootTag()}-${process.pid}`);
       try {
         renameSync(join(dir, name), to);
@@ -236,7 +249,7 @@ export function claimOrphanJournals(root: string): string[] {
 export function journalBoot(path: string): string {
   const name = basename(path);
   const end = name.lastIndexOf(".journal");
-  return (end < 0 ? undefined : JOURNAL_NAME.exec(name.slice(0, end + ".journal".length))?.[2]) ?? "";
+  return (end < 0 ? undefined : OWNED_NAME.exec(name.slice(0, end + ".journal".length))?.[2]) ?? "";
 }
 
 export function removeJournal(path: string): void {

@@ -18,14 +18,14 @@ import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
 import { messageHash, TERMINATOR } from "./mailbox.ts";
 import { scanFile } from "./index-cache.ts";
+import { defer, readDeferred, removeDeferred, takeOverDeferred } from "./deferred.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
   deliver(users: readonly string[], record: Buffer): Promise<void>;
   /**
-   * Why the user's mailbox cannot take mail now (asked at RCPT), or null. A recipient that
-   * would fail at DATA makes the whole message fail (451) after the others got their copy,
-   * and each retry would give them another: better refused alone, up front.
+   * Why the user's mailbox cannot take mail now (asked at RCPT), or null: such a recipient
+   * is better refused alone, up front, than deferred after DATA.
    */
   unavailable?(user: string): string | null;
 }
@@ -90,6 +90,9 @@ const HOLD_MS = 5;
 const YIELD_MS = 25;
 /** A lock is let go this long after deliveries pause. */
 const LINGER_MS = 5;
+/** Deferred copies are tried again after this long, doubled after each try that stores none, up to RETRY_MAX_MS. */
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 60_000;
 
 export class FileMailStore implements MailStore {
   readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0, checkpoints: 0, roundMs: 0, journalMs: 0 };
@@ -113,6 +116,12 @@ export class FileMailStore implements MailStore {
   private lingerTimer: ReturnType<typeof setTimeout> | null = null;
   /** Boxes retired with appends not yet fsync'd: the next checkpoint fsyncs them. */
   private retiredDirty: OpenBox[] = [];
+  /** Files of copies deferred by this process (deferred.ts), still to be delivered. */
+  private readonly deferred = new Set<string>();
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private retryDelay = RETRY_FIRST_MS;
+  private retrying = false;
+  private closed = false;
 
   constructor(
     private readonly root: string,
@@ -123,10 +132,75 @@ export class FileMailStore implements MailStore {
   deliver(users: readonly string[], record: Buffer): Promise<void> {
     const since = now();
     const one = (user: string) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject }));
-    // The usual single recipient skips Promise.all: two fewer hops before its 250 goes out.
-    const done = users.length === 1 ? one(users[0]!) : Promise.all(users.map(one)).then(() => {});
+    // The usual single recipient skips the bookkeeping: fewer hops before its 250 goes out.
+    const done = users.length === 1 ? one(users[0]!) : this.deliverEach(users, record, one);
     this.kick();
     return done;
+  }
+
+  /**
+   * Several recipients: when some copies are stored and others fail, the failed ones are
+   * deferred (written aside durably, delivered later) and the message is accepted; a 451 made
+   * the client send it again and the others got it twice. Refused only if none was stored,
+   * or if the deferral itself fails.
+   */
+  private async deliverEach(users: readonly string[], record: Buffer, one: (user: string) => Promise<void>): Promise<void> {
+    const results = await Promise.allSettled(users.map(one));
+    const failed = users.filter((_, i) => results[i]!.status === "rejected");
+    if (!failed.length) return;
+    const error = (results.find((r) => r.status === "rejected") as PromiseRejectedResult).reason as Error;
+    if (failed.length === users.length) throw error;
+    try {
+      this.deferred.add(await defer(this.root, failed, record));
+    } catch (e) {
+      this.warn(`cannot defer the copies for ${failed.join(", ")}: ${(e as Error).message}`);
+      throw error;
+    }
+    this.warn(`delivery to ${failed.join(", ")} deferred, to be tried again: ${error.message}`);
+    this.scheduleRetry();
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer || this.retrying || this.closed || !this.deferred.size) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      void this.retryDeferred();
+    }, this.retryDelay);
+  }
+
+  /** One pass over the deferred files; each is removed once its copies are stored (or deferred anew, for those still failing). */
+  private async retryDeferred(): Promise<void> {
+    this.retrying = true;
+    let stored = false;
+    try {
+      for (const path of [...this.deferred]) {
+        if (this.closed) break;
+        let d;
+        try {
+          d = readDeferred(path);
+        } catch (e) {
+          this.warn(`cannot read deferred copies ${path}: ${(e as Error).message}`);
+          continue;
+        }
+        if (!d) {
+          this.warn(`${path} is not a deferred message; left alone`);
+          this.deferred.delete(path);
+          continue;
+        }
+        try {
+          await this.deliver(d.users, d.record);
+        } catch {
+          continue; // stays for the next pass
+        }
+        removeDeferred(path);
+        this.deferred.delete(path);
+        stored = true;
+      }
+    } finally {
+      this.retrying = false;
+    }
+    this.retryDelay = stored ? RETRY_FIRST_MS : Math.min(this.retryDelay * 2, RETRY_MAX_MS);
+    this.scheduleRetry();
   }
 
   unavailable(user: string): string | null {
@@ -167,6 +241,9 @@ export class FileMailStore implements MailStore {
 
   /** Closes files and removes this process's (empty) journals. */
   async close(): Promise<void> {
+    // Deferred copies stay on disk; the next start delivers them.
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
     this.releaseLocks();
@@ -260,6 +337,10 @@ export class FileMailStore implements MailStore {
     }
     this.releaseLocks();
     if (restored) this.warn(`smtpmail: recovered ${restored} message copies from the delivery journal`);
+    // Left by a process that is gone: delivered once serving, not before (a mailbox may still be locked).
+    for (const path of takeOverDeferred(this.root)) this.deferred.add(path);
+    if (this.deferred.size) this.warn(`smtpmail: ${this.deferred.size} deferred message(s) to deliver`);
+    this.scheduleRetry();
     // Made now rather than by the first round, whose clients would wait for it.
     await this.activeJournal();
     await this.makingSpare;

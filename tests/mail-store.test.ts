@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { acquireLock } from "../lib/lock.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
+import { deferredDir, readDeferred } from "../lib/deferred.ts";
 
 const roots: string[] = [];
 // Every store is closed after its test: an open FileHandle collected later is an error in Bun.
@@ -268,5 +269,78 @@ describe("FileMailStore", () => {
     } finally {
       sleeper.kill();
     }
+  });
+
+  describe("copies that fail while others of the message are stored", () => {
+    const deferredFiles = (r: string) => (existsSync(deferredDir(r)) ? readdirSync(deferredDir(r)) : []);
+    const waitFor = async (what: () => boolean) => {
+      for (let i = 0; i < 400 && !what(); i++) await Bun.sleep(25);
+    };
+    const holdLock = (r: string, user: string, pid: number) => writeFileSync(join(r, user, "mymailbox.lock"), `${pid} ${hostname()}\n`);
+
+    test("are deferred: the message is accepted, stored once for the others, and the deferred copy comes once the mailbox frees", async () => {
+      const r = root(["alice", "bob", "carol"]);
+      const warnings: string[] = [];
+      const store = track(new FileMailStore(r, (w) => warnings.push(w), 150));
+      const sleeper = Bun.spawn(["sleep", "30"]);
+      try {
+        holdLock(r, "bob", sleeper.pid);
+        await store.deliver(["alice", "bob", "carol"], rec("m1"));
+        expect(subjects(box(r, "alice"))).toEqual(["m1"]);
+        expect(subjects(box(r, "carol"))).toEqual(["m1"]);
+        expect(existsSync(join(r, "bob", "mymailbox"))).toBe(false);
+        // Written aside durably before the delivery resolved (the 250).
+        const files = deferredFiles(r);
+        expect(files.length).toBe(1);
+        expect(readDeferred(join(deferredDir(r), files[0]!))).toEqual({ users: ["bob"], record: rec("m1") });
+        expect(warnings.join("\n")).toContain("delivery to bob deferred");
+      } finally {
+        sleeper.kill();
+      }
+      // The lock's owner is gone: the next try (after 1 s) breaks it and delivers.
+      await waitFor(() => existsSync(join(r, "bob", "mymailbox")) && deferredFiles(r).length === 0);
+      expect(subjects(box(r, "bob"))).toEqual(["m1"]);
+      expect(deferredFiles(r)).toEqual([]);
+      expect(subjects(box(r, "alice"))).toEqual(["m1"]);
+    });
+
+    test("are not deferred when no copy was stored: the delivery fails and nothing is kept", async () => {
+      const r = root();
+      const store = track(new FileMailStore(r, () => {}, 150));
+      const sleeper = Bun.spawn(["sleep", "30"]);
+      try {
+        holdLock(r, "alice", sleeper.pid);
+        holdLock(r, "bob", sleeper.pid);
+        await expect(store.deliver(["alice", "bob"], rec("none"))).rejects.toThrow(/timed out/);
+        expect(deferredFiles(r)).toEqual([]);
+      } finally {
+        sleeper.kill();
+      }
+    });
+
+    test("left by a smtpmail that was stopped or killed, are delivered by the next one", async () => {
+      const r = root();
+      const first = new FileMailStore(r, () => {}, 150);
+      const sleeper = Bun.spawn(["sleep", "30"]);
+      holdLock(r, "bob", sleeper.pid);
+      await first.deliver(["alice", "bob"], rec("m2"));
+      await first.close(); // the deferred copy stays on disk
+      sleeper.kill();
+      await sleeper.exited;
+      const [name] = deferredFiles(r);
+      expect(name).toBeDefined();
+      // As if its process had been killed: the file names a pid that is gone.
+      const dead = Bun.spawn(["true"]);
+      await dead.exited;
+      renameSync(join(deferredDir(r), name!), join(deferredDir(r), name!.replace(`-${process.pid}-`, `-${dead.pid}-`)));
+      // A temp file of a deferral that never finished (that message got a 451) is removed.
+      writeFileSync(join(deferredDir(r), `.tmp-${name!.replace(`-${process.pid}-`, `-${dead.pid}-`).replace(/-\d+\.msg$/, "-1.msg")}`), "MD1 bob\npartial");
+      const next = track(new FileMailStore(r, () => {}, 150));
+      await next.recover();
+      await waitFor(() => existsSync(join(r, "bob", "mymailbox")) && deferredFiles(r).length === 0);
+      expect(subjects(box(r, "bob"))).toEqual(["m2"]);
+      expect(subjects(box(r, "alice"))).toEqual(["m2"]);
+      expect(deferredFiles(r)).toEqual([]);
+    });
   });
 });

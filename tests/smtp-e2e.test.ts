@@ -1,7 +1,7 @@
 // End-to-end: the real smtpmail program as a child process, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { seeded } from "./helpers/random.ts";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { scanBuffer } from "../lib/mailbox.ts";
@@ -243,6 +243,30 @@ describe("recipients", () => {
     expect(records(r, "ok").map(subjectOf)).toEqual(["attempt-0", "attempt-1"]);
     for (let i = 0; i < 100 && !s.log().includes("deferred"); i++) await Bun.sleep(20);
     expect(s.log()).toContain("recipient broken deferred (450)");
+  });
+
+  test("a copy that fails after DATA while the others are stored is deferred: 250, the others get it once, it arrives once its mailbox is fixed", async () => {
+    const r = root({ ok: "o", later: "l" });
+    const s = await server(r);
+    const c = await session(s.port);
+    expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+    expect(await c.cmd("RCPT TO:<ok@x>")).toStartWith("250 ");
+    expect(await c.cmd("RCPT TO:<later@x>")).toStartWith("250 ");
+    // Broken between RCPT and the end of DATA: a directory where the file should be.
+    mkdirSync(join(r, "later", "mymailbox"), { recursive: true });
+    expect(await c.cmd("DATA")).toStartWith("354 ");
+    c.send(dataOf(`Subject: once\r\n\r\nx\r\n`));
+    // Was 451 for the whole message, after ok's copy was stored: every retry gave ok another.
+    expect(await c.code()).toBe(250);
+    c.close();
+    expect(records(r, "ok").map(subjectOf)).toEqual(["once"]);
+    for (let i = 0; i < 100 && !s.log().includes("deferred"); i++) await Bun.sleep(20);
+    expect(s.log()).toContain("delivery to later deferred");
+    rmSync(join(r, "later", "mymailbox"), { recursive: true });
+    for (let i = 0; i < 400 && !existsSync(join(r, "later", "mymailbox")); i++) await Bun.sleep(25);
+    for (let i = 0; i < 100 && records(r, "later").length === 0; i++) await Bun.sleep(20);
+    expect(records(r, "later").map(subjectOf)).toEqual(["once"]);
+    expect(records(r, "ok").map(subjectOf)).toEqual(["once"]);
   });
 
   test("--local-domains: other domains get 550 relay denied; listed ones (any case, trailing dot) and bare names are local", async () => {
