@@ -306,8 +306,7 @@ export class FileMailStore implements MailStore {
   async recover(): Promise<number> {
     let restored = 0;
     for (const path of claimOrphanJournals(this.root)) {
-      if (BOOT && journalBoot(path) === BOOT) {
-        await this.syncMailboxesOf(readJournal(path));
+      if (BOOT && journalBoot(path) === BOOT && (await this.syncMailboxesOf(readJournal(path)))) {
         removeJournal(path);
         continue;
       }
@@ -455,24 +454,42 @@ export class FileMailStore implements MailStore {
   }
 
   /**
-   * The mailbox files a dead process of this boot wrote, fsync'd before its journal goes: the
-   * bytes are in the page cache, not yet surely on the disk. A file replaced since was
-   * fsync'd by whoever replaced it (a POP3 rewrite does).
+   * Makes sure the copies a dead process of this boot wrote are on the disk before its journal
+   * goes: the bytes are in the page cache, not yet surely on the disk. A mailbox still at its
+   * place as the inode (or inodes: a POP3 rewrite between two rounds) the entries name is
+   * fsync'd. One that is not (moved away, replaced, removed) may hold its copies under
+   * another name, maybe on another filesystem: the whole machine is synced. Returns false
+   * when that could not be done; the caller then replays by content (duplicates, not loss).
    */
-  private async syncMailboxesOf(entries: JournalEntry[]): Promise<void> {
-    const seen = new Set<string>();
+  private async syncMailboxesOf(entries: JournalEntry[]): Promise<boolean> {
+    const named = new Map<string, Set<number>>();
     for (const e of entries) {
-      if (seen.has(e.user) || !isSafeUserName(e.user)) continue;
-      seen.add(e.user);
-      const box = mailboxPath(this.root, e.user);
-      let ino;
+      if (!isSafeUserName(e.user)) continue;
+      const inos = named.get(e.user) ?? new Set<number>();
+      named.set(e.user, inos.add(e.ino));
+    }
+    const atPlace: string[] = [];
+    let elsewhere = false;
+    for (const [user, inos] of named) {
+      const box = mailboxPath(this.root, user);
+      let ino = -1;
       try {
         ino = statSync(box).ino;
-      } catch {
-        continue; // gone: removed by hand since
-      }
-      // An fsync that fails keeps the journal (recover() throws), for the next start.
-      if (ino === e.ino) await syncDir(box);
+      } catch {}
+      if (inos.has(ino)) atPlace.push(box);
+      if (inos.size > (inos.has(ino) ? 1 : 0)) elsewhere = true;
+    }
+    try {
+      if (elsewhere) {
+        // sync(2) waits for the writeback on Linux; Bun has no syncfs of its own.
+        const code = await Bun.spawn(["sync"], { stdio: ["ignore", "ignore", "ignore"] }).exited;
+        if (code !== 0) throw new Error(`sync exited with ${code}`);
+      } else for (const box of atPlace) await syncDir(box);
+      return true;
+    } catch (e) {
+      // Linux reports a writeback error to one fsync only: a retry could pass without the data.
+      this.warn(`could not sync the mailboxes of a journal (${(e as Error).message}): replaying it`);
+      return false;
     }
   }
 

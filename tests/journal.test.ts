@@ -1,6 +1,6 @@
 // The delivery journal: one fsync covers a whole round of deliveries, and recover() puts
 // back copies whose mailbox bytes a machine crash lost (simulated by cutting the file).
-import { afterEach, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { basename, join } from "node:path";
@@ -109,6 +109,84 @@ test.skipIf(!BOOT)("a journal of this boot (its process was killed, the machine 
   expect(subjects(join(r, "bob", "mymailbox"))).toEqual([]);
   // The journal is consumed all the same.
   expect(existsSync(journal!)).toBe(false);
+});
+
+const strace = Bun.which("strace");
+
+/**
+ * Recovery of r in a child process, traced for its syncs, as after a kill -9 of this
+ * process's smtpmail: its journals and locks are made a gone pid's, of this boot.
+ */
+async function traceRecovery(r: string, env: Record<string, string> = {}): Promise<{ restored: number; syncs: string[] }> {
+  const gone = await deadPid();
+  for (const name of readdirSync(journalDir(r))) {
+    if (name.includes(`-${process.pid}-`)) renameSync(join(journalDir(r), name), join(journalDir(r), name.replace(`-${process.pid}-`, `-${gone}-`)));
+  }
+  for (const user of ["alice", "bob"]) {
+    const lock = join(r, user, "mymailbox.lock");
+    if (existsSync(lock)) writeFileSync(lock, readFileSync(lock, "latin1").replace(`${process.pid} `, `${gone} `));
+  }
+  const out = join(r, "trace");
+  const run = Bun.spawnSync([strace!, "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,sync,syncfs", "-o", out, process.execPath, join(import.meta.dir, "helpers", "recover-once.ts"), r], { env: { ...process.env, ...env } });
+  if (run.exitCode !== 0) throw new Error(`recovery failed: ${run.stderr.toString()}`);
+  const syncs = readFileSync(out, "latin1")
+    .split("\n")
+    .map((l) => /^\d+\s+(\w+)\((?:\d+<([^>]*)>)?/.exec(l))
+    .filter((m) => m !== null)
+    .map((m) => (m![2] ? `${m![1]}:${m![2]}` : m![1]!));
+  return { restored: Number(run.stdout.toString()), syncs };
+}
+
+// A killed process's copies are in the page cache only; the journal may go once they are on the disk.
+describe.skipIf(!BOOT || !strace)("recovery of a journal of this boot makes its copies durable before dropping it", () => {
+  test("a mailbox still in place is fsync'd, and nothing more", async () => {
+    const r = root();
+    const store = new FileMailStore(r);
+    await Promise.all([1, 2].map((n) => store.deliver(["alice"], record(n))));
+    const { restored, syncs } = await traceRecovery(r);
+    expect(restored).toBe(0);
+    expect(syncs).toContain(`fsync:${join(r, "alice", "mymailbox")}`);
+    expect(syncs).not.toContain("sync");
+    expect(liveJournals(r)).toEqual([]);
+  });
+
+  test("a mailbox rewritten between two rounds (two inodes in one journal): the machine is synced", async () => {
+    const r = root();
+    const store = new FileMailStore(r);
+    await store.deliver(["alice"], record(1));
+    const box = join(r, "alice", "mymailbox");
+    // A POP3 rewrite between the rounds: the later copies go to the new file.
+    writeFileSync(box + ".new", readFileSync(box));
+    renameSync(box + ".new", box);
+    await store.deliver(["alice"], record(2));
+    expect(new Set(readJournal(liveJournals(r)[0]!).map((e) => e.ino)).size).toBe(2);
+    const { restored, syncs } = await traceRecovery(r);
+    expect(restored).toBe(0);
+    expect(syncs).toContain("sync");
+    expect(subjects(box)).toEqual(["message 1", "message 2"]);
+  });
+
+  test("a mailbox moved away while smtpmail was down: the machine is synced", async () => {
+    const r = root();
+    const store = new FileMailStore(r);
+    await Promise.all([1, 2].map((n) => store.deliver(["alice"], record(n))));
+    renameSync(join(r, "alice", "mymailbox"), join(r, "alice", "archive"));
+    const { restored, syncs } = await traceRecovery(r);
+    expect(restored).toBe(0);
+    expect(syncs).toContain("sync");
+    expect(subjects(join(r, "alice", "archive"))).toEqual(["message 1", "message 2"]);
+    expect(liveJournals(r)).toEqual([]);
+  });
+
+  test("when the machine cannot be synced (no sync program), the journal is replayed: copies may come twice, never lost", async () => {
+    const r = root();
+    const store = new FileMailStore(r);
+    await Promise.all([1, 2].map((n) => store.deliver(["alice"], record(n))));
+    renameSync(join(r, "alice", "mymailbox"), join(r, "alice", "archive"));
+    const { restored } = await traceRecovery(r, { PATH: "/nonexistent" });
+    expect(restored).toBe(2);
+    expect(subjects(join(r, "alice", "mymailbox"))).toEqual(["message 1", "message 2"]);
+  });
 });
 
 test("recover() puts back every lost copy of identical messages", async () => {
