@@ -122,6 +122,34 @@ describe("FileMaildrop", () => {
     }
   });
 
+  test("top of a large message is streamed and gives the header, the empty line and n body lines, whatever the piece boundaries", async () => {
+    const r = root();
+    // About 1.4 MB: empty lines, dot lines and lines of every length, so that cuts fall
+    // anywhere in the 512 KiB first read and the 256 KiB pieces after it.
+    const body = Array.from({ length: 60_000 }, (_, i) => (i % 5 === 0 ? "" : i % 11 === 0 ? "." : `line ${i} ${"z".repeat(i % 37)}`));
+    // The same message hand-written with bare LFs (converted piece by piece when sent).
+    const handWritten = Buffer.from(["From: a@b", "Subject: lf", "", ...body.map((l) => (l.startsWith(".") ? "." + l : l)), "."].join("\n") + "\n");
+    writeBox(r, record(1, body), handWritten);
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      for (const i of [0, 1]) {
+        const whole = (await bytes(await d.read(i))).toString("latin1");
+        const content = whole.slice(0, -3);
+        const head = content.indexOf("\r\n\r\n") + 4;
+        const lines = content.slice(head).split("\r\n").slice(0, -1);
+        expect(lines.length).toBe(60_000);
+        for (const n of [0, 1, 2, 9_999, 21_000, 21_001, 40_000, 59_999, 60_000, 60_001, 1_000_000]) {
+          const top = await d.top(i, n);
+          expect(Symbol.asyncIterator in top).toBe(true);
+          const want = content.slice(0, head) + lines.slice(0, n).map((l) => l + "\r\n").join("") + ".\r\n";
+          expect((await bytes(top)).toString("latin1")).toBe(want);
+        }
+      }
+    } finally {
+      d.release();
+    }
+  });
+
   test("a second open while a session holds the maildrop is MaildropBusy; release frees it", async () => {
     const r = root();
     writeBox(r, record(1));
