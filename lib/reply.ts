@@ -13,6 +13,9 @@ export function smtpReply(code: number, ...lines: string[]): SmtpReply {
 /** Reply text is printable ASCII (RFC 5321 4.2, RFC 1939 3): what a client sent is echoed with anything else as "?". */
 const printable = (text: string) => text.replace(/[^\x20-\x7e\t]/g, "?");
 
+/** What a client sent, shortened for echoing: a reply line stays within 512 octets (RFC 5321 4.5.3.1.5, RFC 1939 3). */
+const echo = (text: string) => (text.length > 100 ? `${text.slice(0, 97)}...` : text);
+
 /** Wire form: "250-first\r\n250 last\r\n". */
 export function formatSmtpReply(r: SmtpReply): string {
   let out = "";
@@ -25,9 +28,9 @@ export function formatSmtpReply(r: SmtpReply): string {
 
 export const Smtp = {
   greeting: (domain: string) => smtpReply(220, `${domain} Service ready`),
-  helo: (host: string) => smtpReply(250, `OK Hello ${host}`),
+  helo: (host: string) => smtpReply(250, `OK Hello ${echo(host)}`),
   ehlo: (domain: string, host: string, extensions: string[]) =>
-    smtpReply(250, `${domain} Hello ${host}`, ...extensions),
+    smtpReply(250, `${domain} Hello ${echo(host)}`, ...extensions),
   senderOk: (addr: string) => smtpReply(250, `<${addr}>... Sender ok`),
   recipientOk: (user: string) => smtpReply(250, `${user}... Recipient ok`),
   startData: () => smtpReply(354, "Start mail input; end with <CRLF>.<CRLF>"),
@@ -46,10 +49,10 @@ export const Smtp = {
   tooManyRecipients: () => smtpReply(452, "Too many recipients"),
   unknownCommand: () => smtpReply(500, "Syntax error, command unrecognized"),
   lineTooLong: () => smtpReply(500, "Line too long"),
-  syntax: (detail: string) => smtpReply(501, `Syntax error in parameters or arguments: ${detail}`),
+  syntax: (detail: string) => smtpReply(501, `Syntax error in parameters or arguments: ${echo(detail)}`),
   notImplemented: () => smtpReply(502, "Command not implemented"),
   badSequence: (detail: string) => smtpReply(503, `Bad sequence of commands: ${detail}`),
-  paramNotImplemented: (p: string) => smtpReply(555, `Parameter not recognized or not implemented: ${p}`),
+  paramNotImplemented: (p: string) => smtpReply(555, `Parameter not recognized or not implemented: ${echo(p)}`),
   noSuchUser: () => smtpReply(550, "No such user"),
   relayDenied: (addr: string) => smtpReply(550, `<${addr}>... Relay access denied (not a domain of this server)`),
   mailboxUnavailable: (user: string) => smtpReply(450, `${user}... Requested mail action not taken: mailbox unavailable, try again later`),
@@ -95,7 +98,7 @@ export const Pop = {
   greeting: () => ok("POP3 server ready"),
   ok,
   err,
-  userOk: (name: string) => ok(`send PASS for ${name}`),
+  userOk: (name: string) => ok(`send PASS for ${echo(name)}`),
   loggedIn: (count: number, octets: number) => ok(`maildrop locked and ready, ${count} messages (${octets} octets)`),
   badLogin: () => err("[AUTH] invalid user name or password"),
   needUser: () => err("send USER first"),
@@ -108,7 +111,7 @@ export const Pop = {
   unknownCommand: () => err("unknown command"),
   wrongState: () => err("command not valid in this state"),
   lineTooLong: () => err("line too long"),
-  syntax: (detail: string) => err(`syntax error: ${detail}`),
+  syntax: (detail: string) => err(`syntax error: ${echo(detail)}`),
   goodbye: (user: string | null) => ok(user ? `goodbye ${user}, POP3 server signing off` : "goodbye, POP3 server signing off"),
   updateFailed: (why: string) => err(`some deleted messages not removed: ${why}`),
   shuttingDown: () => err("server shutting down"),

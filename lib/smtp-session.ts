@@ -60,10 +60,13 @@ export interface SmtpResult {
 type State = "command" | "data" | "closed";
 
 const MAX_ADDRESS = 320;
-// Local part and domain without spaces, brackets or control characters.
-const ADDRESS = /^[^\s<>()\[\]\\,;:@\x00-\x1f\x7f]+@[^\s<>()\\,;:@\x00-\x1f\x7f]+$/;
+// A domain without spaces, brackets or control characters, or an address literal
+// (RFC 5321 4.1.3: [10.0.0.1], [IPv6:::1]).
+const DOMAIN = String.raw`(?:[^\s<>()\[\]\\,;:@\x00-\x1f\x7f]+|\[[\x21-\x5a\x5e-\x7e]+\])`;
+// A local part likewise.
+const ADDRESS = new RegExp(String.raw`^[^\s<>()\[\]\\,;:@\x00-\x1f\x7f]+@${DOMAIN}$`);
 // RFC 5321 4.1.2: a local part may be a quoted string ("john smith"@example.org).
-const QUOTED_ADDRESS = /^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*)"(@[^\s<>()\\,;:@\x00-\x1f\x7f]+)$/;
+const QUOTED_ADDRESS = new RegExp(String.raw`^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*)"(@${DOMAIN})$`);
 
 /** The address with a quoted local part unquoted when the quotes were not needed ("bob"@x is bob@x). */
 function unquoted(addr: string): string {
@@ -73,15 +76,29 @@ function unquoted(addr: string): string {
   return /^[A-Za-z0-9!#$%&'*+\/=?^_`{|}~.-]+$/.test(local) ? local + m[2] : addr;
 }
 
+/** The '>' that ends the path opened at 0, outside any quoted local part ("a>b"@x); -1 if none. */
+function closingBracket(s: string): number {
+  let quoted = false;
+  for (let i = 1; i < s.length; i++) {
+    const c = s[i];
+    if (quoted && c === "\\") i++;
+    else if (c === '"') quoted = !quoted;
+    else if (c === ">" && !quoted) return i;
+  }
+  return -1;
+}
+
 export function parsePath(arg: string): { addr: string; params: string[] } | { error: string } {
   let s = arg.trim();
   let addr: string;
   let rest: string;
   if (s.startsWith("<")) {
-    const close = s.indexOf(">");
+    const close = closingBracket(s);
     if (close < 0) return { error: "missing '>'" };
     addr = s.slice(1, close);
     rest = s.slice(close + 1);
+    // Parameters are separated from the path by a space: "<a@b>junk" is no parameter.
+    if (rest && !/^\s/.test(rest)) return { error: "unexpected text after '>'" };
   } else {
     const sp = s.search(/\s/);
     addr = sp < 0 ? s : s.slice(0, sp);
@@ -90,6 +107,9 @@ export function parsePath(arg: string): { addr: string; params: string[] } | { e
   // A source route ("@a,@b:user@c", RFC 5321 appendix C) is ignored, as the RFC allows.
   if (addr.startsWith("@") && addr.includes(":")) addr = addr.slice(addr.indexOf(":") + 1);
   if (addr.length > MAX_ADDRESS) return { error: "address too long" };
+  // Without SMTPUTF8 (not offered) an address is ASCII (RFC 6531); a byte that was not
+  // UTF-8 at all arrives here as U+FFFD. In RCPT, case folding took the Kelvin sign for a k.
+  if (/[^\x00-\x7f]/.test(addr)) return { error: "address with non-ASCII characters (SMTPUTF8 is not offered)" };
   return { addr, params: rest.trim() ? rest.trim().split(/\s+/) : [] };
 }
 
@@ -199,6 +219,8 @@ export class SmtpSession {
 
   private hello(verb: string, arg: string): SmtpResult {
     if (!arg || /\s/.test(arg)) return one(Smtp.syntax(`${verb} needs exactly one domain or address literal`));
+    // RFC 5321 4.5.3.1.2: a domain name is at most 255 octets.
+    if (arg.length > 255) return one(Smtp.syntax(`${verb} domain too long`));
     this.reset();
     this.helo = arg;
     if (verb === "HELO") return one(Smtp.helo(arg));
@@ -297,9 +319,6 @@ export class SmtpSession {
     if (!m) return one(Smtp.syntax('expected "MAIL FROM:<address>"'));
     const path = parsePath(m[1]!);
     if ("error" in path) return one(Smtp.syntax(path.error));
-    // Without SMTPUTF8 (not offered) an address is ASCII (RFC 6531); a byte that was not
-    // UTF-8 at all arrives here as U+FFFD.
-    if (/[^\x00-\x7f]/.test(path.addr)) return one(Smtp.syntax("address with non-ASCII characters (SMTPUTF8 is not offered)"));
     if (path.addr !== "" && !ADDRESS.test(path.addr) && !QUOTED_ADDRESS.test(path.addr)) return one(Smtp.syntax(`bad sender address "${path.addr}"`));
     // The null sender (bounces, vacation replies, MDNs) is nobody's to own.
     if (this.authUser !== null && path.addr !== "" && !this.owns(this.authUser, path.addr)) return one(Smtp.senderNotOwned(path.addr));

@@ -315,6 +315,47 @@ describe("SmtpSession: addresses and reply text as real clients send them", () =
     expect(bad).not.toMatch(/[^\x20-\x7e\r\n]/);
   });
 
+  test("a non-ASCII recipient is refused too, before case folding could take the Kelvin sign for a k", () => {
+    const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10 }, { resolve: (n) => (["kate"].includes(n.toLowerCase()) ? n.toLowerCase() : null) }, new MemoryStore());
+    s.handleLine("HELO c");
+    s.handleLine("MAIL FROM:<a@b>");
+    expect(s.handleLine("RCPT TO:<\u212Aate@d>").replies[0]!.code).toBe(501);
+    expect(s.handleLine("RCPT TO:<KATE@d>").replies[0]!.code).toBe(250);
+  });
+
+  test("address literals: [IPv6:...] and [IPv4] domains are accepted, a broken literal is not", () => {
+    const { say } = setup();
+    say("EHLO [IPv6:::1]");
+    expect(say("MAIL FROM:<a@[IPv6:::1]>")).toBe("250 <a@[IPv6:::1]>... Sender ok\r\n");
+    expect(say("RCPT TO:<alice@[IPv6:2001:db8::1]>")).toBe("250 alice... Recipient ok\r\n");
+    expect(say("RCPT TO:<bob@[127.0.0.1]>")).toBe("250 bob... Recipient ok\r\n");
+    expect(code(say("RCPT TO:<bob@[a[b]>"))).toBe(550);
+    say("RSET");
+    expect(code(say("MAIL FROM:<a@[IPv6:::1>"))).toBe(501);
+  });
+
+  test("a quoted local part may hold '>'; text glued to the closing '>' is a syntax error, not a parameter", () => {
+    const { say } = setup();
+    say("EHLO c");
+    expect(say('MAIL FROM:<"a>b"@example.org>')).toBe('250 <"a>b"@example.org>... Sender ok\r\n');
+    expect(say("RCPT TO:<alice@x>junk")).toStartWith("501 ");
+    expect(say("RCPT TO:<alice@x> junk")).toStartWith("555 ");
+    say("RSET");
+    expect(say("MAIL FROM:<a@b>SIZE=10")).toStartWith("501 ");
+  });
+
+  test("echoed client text is cut so that every reply line stays within 512 octets; a HELO domain over 255 octets is refused", () => {
+    const { say } = setup();
+    expect(code(say(`HELO ${"h".repeat(256)}`))).toBe(501);
+    const long = "h".repeat(255);
+    for (const line of [`HELO ${long}`, `EHLO ${long}`, `MAIL FROM:<a@b> X-${"p".repeat(900)}`, `MAIL FROM:<a@b> ${"K".repeat(900)}=1 ${"K".repeat(900)}=1`, `MAIL FROM:<${"x".repeat(300)}@b(>`]) {
+      const reply = say(line);
+      for (const l of reply.split("\r\n").slice(0, -1)) expect(l.length + 2).toBeLessThanOrEqual(512);
+      expect(reply).toMatch(/\.\.\.|Hello|given twice/);
+      say("RSET");
+    }
+  });
+
   test("a message without any header line gets a blank line after the Received line", async () => {
     const { s, store, say } = setup();
     say("HELO c");
