@@ -20,6 +20,11 @@ export interface MessageEvent {
    * none): the stored record can be built there in place instead of copied whole again.
    */
   room?: number;
+  /**
+   * Counts more bytes against the budget for this message (a copy made of it), adding them
+   * to `charged`; false, counting nothing, when they do not fit. Absent without a budget.
+   */
+  charge?: (bytes: number) => boolean;
 }
 
 /**
@@ -32,6 +37,17 @@ export interface MessageEvent {
 export class DataBudget {
   held = 0;
   constructor(readonly limit: number) {}
+
+  /**
+   * Counts bytes if they fit under the limit, or if the caller's `own` bytes are all that is
+   * held: a message alone must get through whole (its stored copy included), or one near
+   * the limit in size would be refused for ever.
+   */
+  take(bytes: number, own = -1): boolean {
+    if (this.held + bytes > this.limit && this.held !== own) return false;
+    this.held += bytes;
+    return true;
+  }
 
   release(bytes: number): void {
     this.held -= bytes;
@@ -257,7 +273,9 @@ export class LineReader {
     this.dataTooBig = false;
     this.dataNoRoom = false;
     if (tooBig || noRoom) return { kind: "message", bytes: Buffer.alloc(0), tooBig, noRoom, charged, room: 0 };
-    return { kind: "message", bytes, tooBig, noRoom, charged, room };
+    const event: MessageEvent = { kind: "message", bytes, tooBig, noRoom, charged, room };
+    if (budget) event.charge = (n) => budget.take(n, event.charged) && ((event.charged += n), true);
+    return event;
   }
 
   /** Lets go of an unfinished message's bytes (also when the connection closes mid-DATA). */
@@ -282,12 +300,11 @@ export class LineReader {
       return;
     }
     if (this.budget) {
-      if (this.budget.held + part.length > this.budget.limit) {
+      if (!this.budget.take(part.length)) {
         this.dataNoRoom = true;
         this.dropData();
         return;
       }
-      this.budget.held += part.length;
       this.dataHeld += part.length;
     }
     // The first part is kept as it is whatever its size: most messages arrive in one chunk.

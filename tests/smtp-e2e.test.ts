@@ -542,6 +542,26 @@ describe("limits", () => {
     expect(records(r, "alice").map(subjectOf)).toEqual(["waiting", "later"]);
   });
 
+  test("--max-data-memory: the stored copy of a bare-LF message (CRLF added: twice the size) counts too", async () => {
+    const r = root({ alice: "a" });
+    const s = await server(r, ["--max-data-memory", "64K", "--max-size", "50K"]);
+    // 20,000 empty lines with bare LFs: 20 KB on the wire, 40 KB once stored with CRLF.
+    const lf = (tag: string) => `Subject: ${tag}\n\n${"\n".repeat(20_000)}`;
+    const a = await session(s.port);
+    for (const cmd of ["MAIL FROM:<a@b>", "RCPT TO:<alice@x>", "DATA"]) await a.cmd(cmd);
+    a.send(lf("first"));
+    await Bun.sleep(300); // a holds 20 KB of the budget, unfinished
+    const b = await session(s.port);
+    // 20 KB more fit as they come, but not the 40 KB copy beside them.
+    expect(await sendOne(b, "b@b", ["alice@x"], lf("refused"))).toStartWith("452 ");
+    // Alone in the budget, a message always gets through, its copy included.
+    a.send("\r\n.\r\n");
+    expect(await a.reply()).toStartWith("250 ");
+    expect(await sendOne(b, "b@b", ["alice@x"], lf("second"))).toStartWith("250 ");
+    b.close();
+    expect(records(r, "alice").map(subjectOf)).toEqual(["first", "second"]);
+  });
+
   test("--max-connections 2: the third connection gets 421; a slot frees up after a close", async () => {
     const s = await server(root({ alice: "a" }), ["--max-connections", "2"]);
     const a = await SmtpConn.open(s.port);
