@@ -31,10 +31,18 @@ export function parseComposedMail(lines: string[]): ComposedMail {
   if (!isAddress(to)) return { ok: false, reason: "To must be of the form X@Y" };
   const subject = field(lines[2], "Subject");
   if (subject === null) return { ok: false, reason: "the third line must be Subject: <subject>" };
-  if ([...subject].length > MAX_SUBJECT_LENGTH) {
+  if (characters(subject) > MAX_SUBJECT_LENGTH) {
     return { ok: false, reason: `the subject must be at most ${MAX_SUBJECT_LENGTH} characters` };
   }
   return { ok: true, from, to, subject, body: lines.slice(3) };
+}
+
+const graphemes = new Intl.Segmenter();
+/** Characters as a reader counts them: "é" typed as e + a combining accent is one, an emoji with its modifiers too. */
+function characters(text: string): number {
+  let n = 0;
+  for (const _ of graphemes.segment(text)) n++;
+  return n;
 }
 
 /** The text handed to SMTP DATA: the lines as typed, each ended by CRLF. */

@@ -47,6 +47,10 @@ describe("parseComposedMail", () => {
   test("subject of exactly 50 characters passes, 51 fails", () => {
     expect(parseComposedMail(["From: a@b", "To: c@d", "Subject: " + "s".repeat(50)]).ok).toBe(true);
     expect(parseComposedMail(["From: a@b", "To: c@d", "Subject: " + "s".repeat(51)]).ok).toBe(false);
+    // Characters as a reader sees them: e + combining acute is one, as is a flag of two code points.
+    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject: " + "e\u0301".repeat(50)]).ok).toBe(true);
+    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject: " + "\u{1F1EE}\u{1F1F3}".repeat(50)]).ok).toBe(true);
+    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject: " + "\u00e9".repeat(51)]).ok).toBe(false);
   });
 
   const bad: Array<[string, string[]]> = [
