@@ -458,7 +458,7 @@ export class FileMailStore implements MailStore {
    * goes: the bytes are in the page cache, not yet surely on the disk. A mailbox still at its
    * place as the inode (or inodes: a POP3 rewrite between two rounds) the entries name is
    * fsync'd. One that is not (moved away, replaced, removed) may hold its copies under
-   * another name, maybe on another filesystem: the whole machine is synced. Returns false
+   * another name: the whole filesystem is synced. Returns false
    * when that could not be done; the caller then replays by content (duplicates, not loss).
    */
   private async syncMailboxesOf(entries: JournalEntry[]): Promise<boolean> {
@@ -481,8 +481,10 @@ export class FileMailStore implements MailStore {
     }
     try {
       if (elsewhere) {
-        // sync(2) waits for the writeback on Linux; Bun has no syncfs of its own.
-        const code = await Bun.spawn(["sync"], { stdio: ["ignore", "ignore", "ignore"] }).exited;
+        // syncfs(2) of the mail root's filesystem, which (unlike sync(2)) reports write errors;
+        // Bun has no call of its own for it. A mailbox moved to another filesystem was copied
+        // there by whoever moved it.
+        const code = await Bun.spawn(["sync", "-f", this.root], { stdio: ["ignore", "ignore", "ignore"] }).exited;
         if (code !== 0) throw new Error(`sync exited with ${code}`);
       } else for (const box of atPlace) await syncDir(box);
       return true;

@@ -126,7 +126,7 @@ export class NoRoomForRecord extends Error {
  */
 export function buildRecord(wire: Buffer, received: string, room = 0, charge: (bytes: number) => boolean = () => true): Buffer {
   // Room for the Received line (with a blank line after it when there is no header) and the "." line.
-  const extra = received.length + 4 + TERMINATOR.length;
+  const extra = Buffer.byteLength(received) + 4 + TERMINATOR.length;
   const size = normalizedLength(wire);
   let msg = wire;
   if (size !== wire.length || room < extra) {

@@ -174,7 +174,7 @@ export class FileMaildrop implements Maildrop {
 
   top(i: number, lines: number): Body {
     const m = this.present(i);
-    if (m.length > SYNC_READ_MAX) return this.topStream(m, lines);
+    if (m.length > SYNC_READ_MAX) return this.topStream(this.fd!, m, lines);
     const stored = this.readWhole(m.offset, m.length);
     const msg = stored.subarray(0, stored.length - terminatorLength(stored));
     const part = Buffer.concat([msg.subarray(0, countLines(msg, afterSeparator(msg, scanHeader(msg).end), lines).pos), DOT_LINE]);
@@ -184,11 +184,9 @@ export class FileMaildrop implements Maildrop {
   /**
    * top() of a large message in one pass of asynchronous reads, sent as it is read: growing
    * prefixes read and counted synchronously held the event loop ~400 ms per TOP on 10 MB
-   * of empty lines (helper-32). The header is judged within its first HEAD_READ bytes
-   * (scanHeader looks at most 256 KiB into it).
+   * of empty lines (helper-32).
    */
-  private async *topStream(m: MessageEntry, lines: number): AsyncGenerator<Uint8Array> {
-    const fd = this.fd!;
+  private async *topStream(fd: number, m: MessageEntry, lines: number): AsyncGenerator<Uint8Array> {
     const whole = async (at: number, length: number) => {
       const got = await readAt(fd, at, length);
       if (got.length < length) throw new MaildropChanged(this.user);
@@ -203,7 +201,14 @@ export class FileMaildrop implements Maildrop {
       return out;
     };
     let chunk = await whole(m.offset, Math.min(HEAD_READ, end - m.offset));
-    let counted = countLines(chunk, afterSeparator(chunk, scanHeader(chunk).end), lines);
+    let head = scanHeader(chunk).end;
+    // scanHeader looks at most 256 KiB in, but a header line begun there may end past this
+    // read (then no line end follows where it stopped): read on to the end of that line.
+    while (m.offset + chunk.length < end && chunk.indexOf(0x0a, head) < 0) {
+      chunk = Buffer.concat([chunk, await whole(m.offset + chunk.length, Math.min(chunk.length, end - m.offset - chunk.length))]);
+      head = scanHeader(chunk).end;
+    }
+    let counted = countLines(chunk, afterSeparator(chunk, head), lines);
     let n = counted.n;
     for (let at = m.offset + chunk.length; n < lines && at < end; at += chunk.length) {
       yield wire(chunk, false);

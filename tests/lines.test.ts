@@ -320,6 +320,27 @@ describe("DataBudget: memory for unfinished messages, shared by all connections"
     expect(budget.held).toBe(0);
   });
 
+  test("charge() counts a copy of a finished message: refused when others hold the rest, granted past the limit when the message is alone", () => {
+    const budget = new DataBudget(100);
+    const a = new LineReader();
+    const other = new LineReader();
+    a.push(b("x".repeat(58) + "\r\n.\r\n"));
+    const m = a.nextMessage(1 << 20, budget)!;
+    expect([m.charged, budget.held]).toEqual([60, 60]);
+    other.push(b("y"));
+    expect(other.nextMessage(1 << 20, budget)).toBeNull();
+    expect(budget.held).toBe(61);
+    // 60 + 1 + 50 > 100 and a is not alone: refused, nothing counted.
+    expect(m.charge!(50)).toBe(false);
+    expect([m.charged, budget.held]).toEqual([60, 61]);
+    other.dropData();
+    // Alone, a may go past the limit: a message within the size limit always gets through.
+    expect(m.charge!(50)).toBe(true);
+    expect([m.charged, budget.held]).toEqual([110, 110]);
+    budget.release(m.charged);
+    expect(budget.held).toBe(0);
+  });
+
   test("too big for the size limit is reported tooBig, not noRoom, and holds nothing", () => {
     const budget = new DataBudget(1000);
     const r = new LineReader();

@@ -150,6 +150,24 @@ describe("FileMaildrop", () => {
     }
   });
 
+  test("streamed top: a header line that starts within the header scan and ends past the first read is header, not body", async () => {
+    const r = root();
+    // (The Subject first: the Received line goes after it, not after the long line.)
+    const header = ["Subject: long header", ...Array.from({ length: 250 }, (_, i) => `X-H${i}: ${"a".repeat(990)}`)];
+    header.push(`X-Long: ${"b".repeat(300_000)}`);
+    const wire = Buffer.from([...header, "", "body line 1", "body line 2"].map((l) => l + "\r\n").join(""));
+    writeBox(r, buildRecord(wire, RECEIVED));
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      const whole = (await bytes(await d.read(0))).toString("latin1");
+      const head = whole.indexOf("\r\n\r\n") + 4;
+      expect((await bytes(await d.top(0, 0))).toString("latin1")).toBe(whole.slice(0, head) + ".\r\n");
+      expect((await bytes(await d.top(0, 1))).toString("latin1")).toBe(whole.slice(0, head) + "body line 1\r\n.\r\n");
+    } finally {
+      d.release();
+    }
+  });
+
   test("a second open while a session holds the maildrop is MaildropBusy; release frees it", async () => {
     const r = root();
     writeBox(r, record(1));

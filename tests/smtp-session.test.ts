@@ -332,6 +332,7 @@ describe("SmtpSession: addresses and reply text as real clients send them", () =
     expect(code(say("RCPT TO:<bob@[a[b]>"))).toBe(550);
     say("RSET");
     expect(code(say("MAIL FROM:<a@[IPv6:::1>"))).toBe(501);
+    expect(code(say("MAIL FROM:<a@[x@y]>"))).toBe(501);
   });
 
   test("a quoted local part may hold '>'; text glued to the closing '>' is a syntax error, not a parameter", () => {
