@@ -18,7 +18,7 @@ import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
 import { messageHash, TERMINATOR } from "./mailbox.ts";
 import { scanFile } from "./index-cache.ts";
-import { defer, readDeferred, removeDeferred, takeOverDeferred } from "./deferred.ts";
+import { defer, notePlacement, readDeferred, removeDeferred, takeOverDeferred, type Deferred } from "./deferred.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
@@ -53,6 +53,8 @@ interface Pending {
   since: number;
   resolve: () => void;
   reject: (e: Error) => void;
+  /** Told where the record goes, right before it is written there. */
+  placing?: (ino: number, offset: number) => void;
 }
 
 interface OpenBox {
@@ -129,9 +131,11 @@ export class FileMailStore implements MailStore {
     private readonly lockTimeoutMs = 30_000,
   ) {}
 
-  deliver(users: readonly string[], record: Buffer): Promise<void> {
+  /** `placing`, if given, is told where each copy goes right before it is written there. */
+  deliver(users: readonly string[], record: Buffer, placing?: (user: string, ino: number, offset: number) => void): Promise<void> {
     const since = now();
-    const one = (user: string) => new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject }));
+    const one = (user: string) =>
+      new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject, placing: placing && ((ino, offset) => placing(user, ino, offset)) }));
     // The usual single recipient skips the bookkeeping: fewer hops before its 250 goes out.
     const done = users.length === 1 ? one(users[0]!) : this.deliverEach(users, record, one);
     this.kick();
@@ -188,7 +192,16 @@ export class FileMailStore implements MailStore {
           continue;
         }
         try {
-          await this.deliver(d.users, d.record);
+          const users = await this.notYetPlaced(d);
+          const note = (user: string, ino: number, offset: number) => {
+            try {
+              notePlacement(path, user, ino, offset);
+            } catch (e) {
+              // Then a kill right after the write could bring this copy twice; never lose it.
+              this.warn(`cannot note where a deferred copy goes in ${path}: ${(e as Error).message}`);
+            }
+          };
+          if (users.length) await this.deliver(users, d.record, d.notable ? note : undefined);
         } catch {
           continue; // stays for the next pass
         }
@@ -201,6 +214,25 @@ export class FileMailStore implements MailStore {
     }
     this.retryDelay = stored ? RETRY_FIRST_MS : Math.min(this.retryDelay * 2, RETRY_MAX_MS);
     this.scheduleRetry();
+  }
+
+  /**
+   * The users of a deferred file whose copy is not in their mailbox yet. A copy noted as
+   * about to be written (by this process or one killed since) and found at that place is
+   * there: its mailbox is fsync'd, as its journal entry may never have been written. One
+   * whose mailbox was replaced since (a POP3 rewrite) counts as there if the mailbox holds
+   * the message at all.
+   */
+  private async notYetPlaced(d: Deferred): Promise<string[]> {
+    const left: string[] = [];
+    for (const user of d.users) {
+      const at = d.placed.get(user);
+      const box = mailboxPath(this.root, user);
+      const place = at ? atItsPlace(box, at.ino, at.offset, d.record) : "lost";
+      if (place === "there") await syncDir(box);
+      else if (place === "lost" || !(await messageCounts(box)).has(messageHash(d.record.subarray(0, d.record.length - TERMINATOR.length)))) left.push(user);
+    }
+    return left;
   }
 
   unavailable(user: string): string | null {
@@ -415,7 +447,8 @@ export class FileMailStore implements MailStore {
     const placed: Pending[] = [];
     for (const [user, items] of byUser) {
       try {
-        const done = await this.append(user, items.map((p) => p.record));
+        const placing = items.some((p) => p.placing) ? (ino: number, offsets: number[]) => items.forEach((p, i) => p.placing?.(ino, offsets[i]!)) : undefined;
+        const done = await this.append(user, items.map((p) => p.record), placing);
         if (!done) {
           // Locked by a POP3 rewrite: the other mailboxes go on; these wait for a later round.
           const t = now();
@@ -508,7 +541,7 @@ export class FileMailStore implements MailStore {
    * Appends records to a mailbox under its write lock; not yet fsync'd. Returns null,
    * without waiting, when the lock is held by someone else (or was just let go for them).
    */
-  private async append(user: string, records: Buffer[]): Promise<{ ino: number; offsets: number[] } | null> {
+  private async append(user: string, records: Buffer[], placing?: (ino: number, offsets: number[]) => void): Promise<{ ino: number; offsets: number[] } | null> {
     let box: OpenBox | null | undefined = this.boxes.get(user);
     // Holding the lock keeps popserver out, not a person or program that ignores it: the
     // file is still checked, as it is after taking the lock.
@@ -528,16 +561,17 @@ export class FileMailStore implements MailStore {
         if (size > 0) prefix = repairTail(box.fd, size, path, this.warn);
         size = fstatSync(box.fd).size;
       }
-      const parts = prefix ? [Buffer.from(prefix), ...records] : records;
-      // A large append (a big message, or many) goes to the thread pool, not the event loop.
-      if (parts.reduce((n, b) => n + b.length, 0) > INLINE_WRITE_MAX) await writevAll(box.fd, parts);
-      else writevAllSync(box.fd, parts);
       const offsets: number[] = [];
       let at = size + prefix.length;
       for (const r of records) {
         offsets.push(at);
         at += r.length;
       }
+      placing?.(box.ino, offsets);
+      const parts = prefix ? [Buffer.from(prefix), ...records] : records;
+      // A large append (a big message, or many) goes to the thread pool, not the event loop.
+      if (parts.reduce((n, b) => n + b.length, 0) > INLINE_WRITE_MAX) await writevAll(box.fd, parts);
+      else writevAllSync(box.fd, parts);
       box.knownSize = at;
       box.dirty = true;
       box.lastUsed = now();

@@ -1,11 +1,11 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { existsSync, linkSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
+import { appendFileSync, existsSync, linkSync, statSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { acquireLock } from "../lib/lock.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
-import { deferredDir, readDeferred } from "../lib/deferred.ts";
+import { deferredDir, notePlacement, readDeferred } from "../lib/deferred.ts";
 
 const roots: string[] = [];
 // Every store is closed after its test: an open FileHandle collected later is an error in Bun.
@@ -292,7 +292,7 @@ describe("FileMailStore", () => {
         // Written aside durably before the delivery resolved (the 250).
         const files = deferredFiles(r);
         expect(files.length).toBe(1);
-        expect(readDeferred(join(deferredDir(r), files[0]!))).toEqual({ users: ["bob"], record: rec("m1") });
+        expect(readDeferred(join(deferredDir(r), files[0]!))).toEqual({ users: ["bob"], record: rec("m1"), placed: new Map(), notable: true });
         expect(warnings.join("\n")).toContain("delivery to bob deferred");
       } finally {
         sleeper.kill();
@@ -316,6 +316,47 @@ describe("FileMailStore", () => {
       } finally {
         sleeper.kill();
       }
+    });
+
+    /** A deferred copy for bob of message `tag`, left by a smtpmail killed while delivering it: `written` says whether its write was done. */
+    async function killedMidDelivery(r: string, tag: string, written: boolean): Promise<void> {
+      const first = new FileMailStore(r, () => {}, 150);
+      const sleeper = Bun.spawn(["sleep", "30"]);
+      holdLock(r, "bob", sleeper.pid);
+      await first.deliver(["alice", "bob"], rec(tag));
+      await first.close();
+      sleeper.kill();
+      await sleeper.exited;
+      const [name] = deferredFiles(r);
+      const path = join(deferredDir(r), name!);
+      // What the retry does before it is killed: note the place, then (maybe) write the copy there.
+      const bob = join(r, "bob", "mymailbox");
+      writeFileSync(bob, "");
+      notePlacement(path, "bob", statSync(bob).ino, 0);
+      if (written) appendFileSync(bob, readDeferred(path)!.record);
+      const dead = Bun.spawn(["true"]);
+      await dead.exited;
+      renameSync(path, join(deferredDir(r), name!.replace(`-${process.pid}-`, `-${dead.pid}-`)));
+    }
+
+    test("a copy written by a smtpmail killed before it removed the deferred file is not delivered again (helper-34)", async () => {
+      const r = root();
+      await killedMidDelivery(r, "m4", true);
+      const next = track(new FileMailStore(r, () => {}, 150));
+      await next.recover();
+      await waitFor(() => deferredFiles(r).length === 0);
+      expect(deferredFiles(r)).toEqual([]);
+      expect(subjects(box(r, "bob"))).toEqual(["m4"]);
+    });
+
+    test("a copy noted but not yet written when smtpmail was killed is delivered, once", async () => {
+      const r = root();
+      await killedMidDelivery(r, "m5", false);
+      const next = track(new FileMailStore(r, () => {}, 150));
+      await next.recover();
+      await waitFor(() => deferredFiles(r).length === 0);
+      expect(subjects(box(r, "bob"))).toEqual(["m5"]);
+      expect(subjects(box(r, "alice"))).toEqual(["m5"]);
     });
 
     test("left by a smtpmail that was stopped or killed, are delivered by the next one", async () => {
