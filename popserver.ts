@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import { helpText, parseArgs, parseNumber, parsePort, runMain, securityOptions, SECURITY_FLAGS, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
+import { removeInterruptedRewrites } from "./lib/maildrop.ts";
 import { createPopServer, filePopStore } from "./lib/pop3-server.ts";
 import { Users } from "./lib/users.ts";
 
@@ -61,4 +62,5 @@ void runMain("popserver", async () => {
   // Before the line that says it listens: a stop sent as soon as it is read must be graceful.
   installShutdown("popserver", server, async () => {}, log);
   process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.summary()}${tlsNote})\n`);
+  void removeInterruptedRewrites(root, users.names).catch((e) => log(`popserver: cleaning up interrupted rewrites: ${(e as Error).message}`));
 });

@@ -361,6 +361,31 @@ function lockSession(root: string, user: string): Lock | null {
   }
 }
 
+/**
+ * At start-up, in the background: the temp files of rewrites a crash interrupted, each as
+ * large as its mailbox, which a login removes but which otherwise stayed until that user's
+ * next one (helper-34). Under the user's POP3 lock, as a login does: a user whose session is
+ * open keeps them until later. One user at a time, so logins meanwhile are not held up.
+ */
+export async function removeInterruptedRewrites(root: string, users: readonly string[]): Promise<void> {
+  for (const user of users) {
+    const path = mailboxPath(root, user);
+    const prefix = `${basename(path)}.rewrite.`;
+    const names = await readdir(dirname(path)).catch(() => [] as string[]);
+    if (!names.some((n) => n.startsWith(prefix) && n.endsWith(".tmp"))) continue;
+    let lock: Lock | null = null;
+    try {
+      lock = tryLock(popLockPath(root, user), false, root);
+    } catch {}
+    if (!lock) continue;
+    try {
+      await removeLeftovers(path);
+    } finally {
+      lock.release();
+    }
+  }
+}
+
 /** Temp files of a rewrite interrupted by a crash; only a POP3 lock holder may remove them. */
 async function removeLeftovers(path: string): Promise<void> {
   const prefix = `${basename(path)}.rewrite.`;

@@ -133,3 +133,26 @@ test("kill -9 during the rewrite at QUIT, at several delays, while SMTP delivers
   }
   console.log(`pop3-crash outcomes: ${outcomes.join(", ")}`);
 });
+
+test("rewrite temp files left by a killed popserver are removed when popserver starts, not only at that user's next login", async () => {
+  const r = makeRoot({ carol: "c", dave: "d" });
+  try {
+    for (const u of ["carol", "dave"]) writeFileSync(`${mailboxPath(r, u)}.rewrite.999999.tmp`, "x".repeat(100_000));
+    // dave's session is open in another popserver: his temp file waits for his next login.
+    const other = await startPop(r, ["--quiet"]);
+    procs.push(other);
+    const w = await popLogin(other.port, "dave", "d");
+    wires.push(w);
+    const leftovers = (u: string) => readdirSync(join(r, u)).filter((n) => n.includes(".rewrite."));
+    expect(leftovers("dave")).toEqual([]); // his login removed it, as before
+    writeFileSync(`${mailboxPath(r, "dave")}.rewrite.999999.tmp`, "x");
+    writeFileSync(`${mailboxPath(r, "carol")}.rewrite.999998.tmp`, "x");
+    const p = await startPop(r, ["--quiet"]);
+    procs.push(p);
+    for (let i = 0; i < 100 && leftovers("carol").length; i++) await Bun.sleep(20);
+    expect(leftovers("carol")).toEqual([]);
+    expect(leftovers("dave")).toEqual([`mymailbox.rewrite.999999.tmp`]);
+  } finally {
+    removeRoot(r);
+  }
+});
