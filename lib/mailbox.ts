@@ -63,11 +63,16 @@ function normalize(wire: Buffer, out: Buffer | null): number {
   let o = 0;
   let start = 0;
   let afterBareLf = false;
-  for (let i = 0; i <= wire.length; i++) {
-    // The end of the buffer ends an unfinished last line (if any).
-    const last = i === wire.length;
-    if (!last && wire[i] !== LF) continue;
-    if (last && start === i) break;
+  while (start < wire.length) {
+    // Short lines byte by byte, longer ones with indexOf's vector scan: a call per line
+    // cost 800 ms on 10 MB of empty lines, a byte loop 166 ms on 10 MB of 80-character ones.
+    let lf = start;
+    const near = Math.min(wire.length, start + 32);
+    while (lf < near && wire[lf] !== LF) lf++;
+    if (lf === near) lf = near === wire.length ? -1 : wire.indexOf(LF, near);
+    // The end of the buffer ends an unfinished last line.
+    const last = lf < 0;
+    const i = last ? wire.length : lf;
     const crlf = !last && i > start && wire[i - 1] === CR;
     const end = crlf ? i - 1 : i;
     // A lone "." ended by a bare LF ("<CRLF>.<LF>", a smuggling attempt) must not become
