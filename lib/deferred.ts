@@ -3,18 +3,22 @@
 // send the message again, and those recipients got it twice. Instead the missing copies
 // are written here, fsync'd, before the 250, and smtpmail delivers them later, as an MTA
 // defers a local delivery. One file per message: "MD2 <record length> <user> <user>...\n", the
-// record, then a line "at <user> <inode> <offset>\n" for each copy about to be appended (see
-// notePlacement). Files of the first format, "MD1 <user>...\n" and the record, are still read.
-import { appendFileSync, closeSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync } from "node:fs";
+// record, then notes of where its copies went (see notePlacement). Files of the first format,
+// "MD1 <user>...\n" and the record, are still read.
+import { appendFileSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { datasync, openFd, syncDir, writevAll } from "./fsio.ts";
 import { ownedName, ownerGone } from "./journal.ts";
+import { BOOT } from "./lock.ts";
+import { scanBuffer, TERMINATOR } from "./mailbox.ts";
 import { isSafeUserName } from "./users.ts";
 
 const EXT = ".msg";
 const TEMP = ".tmp-";
 const HEAD = /^MD(?:1|2 (\d+)) (\S+(?: \S+)*)$/;
-const PLACED = /^at (\S+) (\d+) (\d+)$/;
+const NOTE = /^(?:at (\S+) (\d+) (\d+)|done (\S+) (\S*))$/;
+// A record is at most one message of --max-size; a larger "deferred file" is not one of ours.
+const MAX_FILE = 1 << 30;
 
 export function deferredDir(root: string): string {
   return join(root, ".smtpmail-deferred");
@@ -23,8 +27,11 @@ export function deferredDir(root: string): string {
 export interface Deferred {
   users: string[];
   record: Buffer;
-  /** Where a copy was last about to be appended, by user: it may be there already. */
-  placed: Map<string, { ino: number; offset: number }>;
+  /**
+   * Where a copy was last about to be appended, by user: it may be there already. `doneIn`:
+   * the boot in which it was then written, when that was noted.
+   */
+  placed: Map<string, { ino: number; offset: number; doneIn?: string }>;
   /** Whether notePlacement may add to the file (not to one of the first format, whose record runs to its end). */
   notable: boolean;
 }
@@ -51,34 +58,52 @@ export async function defer(root: string, users: readonly string[], record: Buff
   return path;
 }
 
-/** The copies a file holds; null when it is not one (never written whole: those are never renamed in). */
+/**
+ * The copies a file holds; null when it is not one: not a regular file (a FIFO would hang
+ * the read), users not all valid names, or a record that is not exactly one whole message
+ * (appended as it was, a tampered one glued the next delivery onto it). Files never written
+ * whole are never renamed in.
+ */
 export function readDeferred(path: string): Deferred | null {
-  const data = readFileSync(path);
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  let data: Buffer;
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.size > MAX_FILE) return null;
+    data = readFileSync(fd);
+  } finally {
+    closeSync(fd);
+  }
   const nl = data.indexOf(0x0a);
   const m = nl > 0 && nl < 64 * 1024 ? HEAD.exec(data.toString("latin1", 0, nl)) : null;
   if (!m) return null;
-  const users = m[2]!.split(" ");
+  const users = [...new Set(m[2]!.split(" "))];
   if (!users.every(isSafeUserName)) return null;
   const end = m[1] === undefined ? data.length : nl + 1 + Number(m[1]);
   if (end > data.length) return null;
+  const record = data.subarray(nl + 1, end);
+  const scan = scanBuffer(record);
+  if (scan.messages.length !== 1 || scan.validEnd !== record.length || !record.subarray(-TERMINATOR.length).equals(TERMINATOR)) return null;
   const placed: Deferred["placed"] = new Map();
   // Whole lines only: a note cut by a crash counts as not made.
   for (const line of data.toString("latin1", end, data.lastIndexOf(0x0a) + 1).split("\n")) {
-    const at = PLACED.exec(line);
-    if (at) placed.set(at[1]!, { ino: Number(at[2]), offset: Number(at[3]) });
+    const note = NOTE.exec(line);
+    if (note?.[1]) placed.set(note[1], { ino: Number(note[2]), offset: Number(note[3]) });
+    else if (note?.[4] && placed.has(note[4])) placed.get(note[4])!.doneIn = note[5];
   }
-  return { users, record: data.subarray(nl + 1, end), placed, notable: m[1] !== undefined };
+  return { users, record, placed, notable: m[1] !== undefined };
 }
 
 /**
- * Notes, right before a deferred copy is appended to a mailbox, where it goes: a smtpmail
- * killed after that write but before the file is removed left the copy in the mailbox, and
- * the next one delivered it again (helper-34: 5 duplicates in 12 kills). Not fsync'd: it
- * guards against a process dying, and after a machine crash a copy may come twice, never
- * not at all. One small append, which a kill cannot cut in two.
+ * Notes where a deferred copy goes, right before it is appended to a mailbox ("at"), then
+ * that it was written, in this boot ("done"): a smtpmail killed after the write but before
+ * the file was removed left the copy in the mailbox, and the next one delivered it again
+ * (helper-34: 5 duplicates in 12 kills). Not fsync'd: they guard against a process dying;
+ * after a machine crash a copy may come twice, never not at all. Small appends, which a kill
+ * cannot cut in two.
  */
-export function notePlacement(path: string, user: string, ino: number, offset: number): void {
-  appendFileSync(path, `at ${user} ${ino} ${offset}\n`);
+export function notePlacement(path: string, user: string, ino: number, offset: number, written: boolean): void {
+  appendFileSync(path, written ? `done ${user} ${BOOT}\n` : `at ${user} ${ino} ${offset}\n`);
 }
 
 /**

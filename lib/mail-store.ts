@@ -53,8 +53,8 @@ interface Pending {
   since: number;
   resolve: () => void;
   reject: (e: Error) => void;
-  /** Told where the record goes, right before it is written there. */
-  placing?: (ino: number, offset: number) => void;
+  /** Told where the record goes, right before it is written there, and again once it is. */
+  placing?: (ino: number, offset: number, written: boolean) => void;
 }
 
 interface OpenBox {
@@ -131,11 +131,11 @@ export class FileMailStore implements MailStore {
     private readonly lockTimeoutMs = 30_000,
   ) {}
 
-  /** `placing`, if given, is told where each copy goes right before it is written there. */
-  deliver(users: readonly string[], record: Buffer, placing?: (user: string, ino: number, offset: number) => void): Promise<void> {
+  /** `placing`, if given, is told where each copy goes right before it is written there, and again once it is. */
+  deliver(users: readonly string[], record: Buffer, placing?: (user: string, ino: number, offset: number, written: boolean) => void): Promise<void> {
     const since = now();
     const one = (user: string) =>
-      new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject, placing: placing && ((ino, offset) => placing(user, ino, offset)) }));
+      new Promise<void>((resolve, reject) => this.queue.push({ user, record, since, resolve, reject, placing: placing && ((ino, offset, written) => placing(user, ino, offset, written)) }));
     // The usual single recipient skips the bookkeeping: fewer hops before its 250 goes out.
     const done = users.length === 1 ? one(users[0]!) : this.deliverEach(users, record, one);
     this.kick();
@@ -193,9 +193,9 @@ export class FileMailStore implements MailStore {
         }
         try {
           const users = await this.notYetPlaced(d);
-          const note = (user: string, ino: number, offset: number) => {
+          const note = (user: string, ino: number, offset: number, written: boolean) => {
             try {
-              notePlacement(path, user, ino, offset);
+              notePlacement(path, user, ino, offset, written);
             } catch (e) {
               // Then a kill right after the write could bring this copy twice; never lose it.
               this.warn(`cannot note where a deferred copy goes in ${path}: ${(e as Error).message}`);
@@ -217,11 +217,13 @@ export class FileMailStore implements MailStore {
   }
 
   /**
-   * The users of a deferred file whose copy is not in their mailbox yet. A copy noted as
-   * about to be written (by this process or one killed since) and found at that place is
-   * there: its mailbox is fsync'd, as its journal entry may never have been written. One
-   * whose mailbox was replaced since (a POP3 rewrite) counts as there if the mailbox holds
-   * the message at all.
+   * The users of a deferred file whose copy is not in their mailbox yet. A copy noted as about
+   * to be written (by this process or one killed since) and found at that place is there:
+   * its mailbox is fsync'd, as its journal entry may never have been written. If the mailbox
+   * was replaced since (a POP3 rewrite, or moved away), a copy noted as written in this boot
+   * went with the old file, carried over or deleted: its filesystem is synced, and it is not
+   * delivered again (mail deleted over POP3 meanwhile came back, helper-35). Otherwise, as
+   * after a machine crash, it counts as there if the mailbox holds the message at all.
    */
   private async notYetPlaced(d: Deferred): Promise<string[]> {
     const left: string[] = [];
@@ -230,9 +232,22 @@ export class FileMailStore implements MailStore {
       const box = mailboxPath(this.root, user);
       const place = at ? atItsPlace(box, at.ino, at.offset, d.record) : "lost";
       if (place === "there") await syncDir(box);
+      else if (place === "replaced" && BOOT && at?.doneIn === BOOT && (await this.syncFileSystem())) continue;
       else if (place === "lost" || !(await messageCounts(box)).has(messageHash(d.record.subarray(0, d.record.length - TERMINATOR.length)))) left.push(user);
     }
     return left;
+  }
+
+  /**
+   * syncfs(2) of the mail root's filesystem, which (unlike sync(2)) reports write errors; Bun
+   * has no call of its own for it. False when it failed or could not be run.
+   */
+  private async syncFileSystem(): Promise<boolean> {
+    try {
+      return (await Bun.spawn(["sync", "-f", this.root], { stdio: ["ignore", "ignore", "ignore"] }).exited) === 0;
+    } catch {
+      return false;
+    }
   }
 
   unavailable(user: string): string | null {
@@ -447,7 +462,7 @@ export class FileMailStore implements MailStore {
     const placed: Pending[] = [];
     for (const [user, items] of byUser) {
       try {
-        const placing = items.some((p) => p.placing) ? (ino: number, offsets: number[]) => items.forEach((p, i) => p.placing?.(ino, offsets[i]!)) : undefined;
+        const placing = items.some((p) => p.placing) ? (ino: number, offsets: number[], written: boolean) => items.forEach((p, i) => p.placing?.(ino, offsets[i]!, written)) : undefined;
         const done = await this.append(user, items.map((p) => p.record), placing);
         if (!done) {
           // Locked by a POP3 rewrite: the other mailboxes go on; these wait for a later round.
@@ -513,12 +528,9 @@ export class FileMailStore implements MailStore {
       if (inos.size > (inos.has(ino) ? 1 : 0)) elsewhere = true;
     }
     try {
+      // A mailbox moved to another filesystem was copied there by whoever moved it.
       if (elsewhere) {
-        // syncfs(2) of the mail root's filesystem, which (unlike sync(2)) reports write errors;
-        // Bun has no call of its own for it. A mailbox moved to another filesystem was copied
-        // there by whoever moved it.
-        const code = await Bun.spawn(["sync", "-f", this.root], { stdio: ["ignore", "ignore", "ignore"] }).exited;
-        if (code !== 0) throw new Error(`sync exited with ${code}`);
+        if (!(await this.syncFileSystem())) throw new Error("sync -f failed");
       } else for (const box of atPlace) await syncDir(box);
       return true;
     } catch (e) {
@@ -541,7 +553,7 @@ export class FileMailStore implements MailStore {
    * Appends records to a mailbox under its write lock; not yet fsync'd. Returns null,
    * without waiting, when the lock is held by someone else (or was just let go for them).
    */
-  private async append(user: string, records: Buffer[], placing?: (ino: number, offsets: number[]) => void): Promise<{ ino: number; offsets: number[] } | null> {
+  private async append(user: string, records: Buffer[], placing?: (ino: number, offsets: number[], written: boolean) => void): Promise<{ ino: number; offsets: number[] } | null> {
     let box: OpenBox | null | undefined = this.boxes.get(user);
     // Holding the lock keeps popserver out, not a person or program that ignores it: the
     // file is still checked, as it is after taking the lock.
@@ -567,11 +579,12 @@ export class FileMailStore implements MailStore {
         offsets.push(at);
         at += r.length;
       }
-      placing?.(box.ino, offsets);
+      placing?.(box.ino, offsets, false);
       const parts = prefix ? [Buffer.from(prefix), ...records] : records;
       // A large append (a big message, or many) goes to the thread pool, not the event loop.
       if (parts.reduce((n, b) => n + b.length, 0) > INLINE_WRITE_MAX) await writevAll(box.fd, parts);
       else writevAllSync(box.fd, parts);
+      placing?.(box.ino, offsets, true);
       box.knownSize = at;
       box.dirty = true;
       box.lastUsed = now();
@@ -628,6 +641,12 @@ export class FileMailStore implements MailStore {
       if (!box) {
         const fd = await openFd(path, "a+");
         const st = fstatSync(fd);
+        // A FIFO opened read-write does not block the open, but writes past its 64 KiB would
+        // block the event loop: only a regular file is a mailbox.
+        if (!st.isFile()) {
+          await closeFd(fd);
+          throw new Error(`${path} is not a regular file`);
+        }
         // Whatever the file holds is looked at before the first append.
         box = { fd, ino: st.ino, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 0, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
         this.boxes.set(user, box);
@@ -789,11 +808,13 @@ async function messageCounts(path: string): Promise<Map<number, number>> {
   const counts = new Map<number, number>();
   let fd: number;
   try {
-    fd = await openFd(path, "r");
+    // Non-blocking: a FIFO in a mailbox's place must not hang recovery or the deferred retries.
+    fd = await openFd(path, (constants.O_RDONLY | constants.O_NONBLOCK) as unknown as string);
   } catch {
     return counts;
   }
   try {
+    if (!fstatSync(fd).isFile()) return counts;
     const index = (await scanFile(fd, 0, fstatSync(fd).size)).finish();
     for (let i = 0; i < index.count; i++) counts.set(index.hash(i), (counts.get(index.hash(i)) ?? 0) + 1);
     return counts;

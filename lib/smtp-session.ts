@@ -220,7 +220,7 @@ export class SmtpSession {
   private hello(verb: string, arg: string): SmtpResult {
     if (!arg || /\s/.test(arg)) return one(Smtp.syntax(`${verb} needs exactly one domain or address literal`));
     // RFC 5321 4.5.3.1.2: a domain name is at most 255 octets.
-    if (arg.length > 255) return one(Smtp.syntax(`${verb} domain too long`));
+    if (Buffer.byteLength(arg) > 255) return one(Smtp.syntax(`${verb} domain too long`));
     this.reset();
     this.helo = arg;
     if (verb === "HELO") return one(Smtp.helo(arg));

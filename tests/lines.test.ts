@@ -320,6 +320,21 @@ describe("DataBudget: memory for unfinished messages, shared by all connections"
     expect(budget.held).toBe(0);
   });
 
+  test("alone in the budget, a message may go past it (dot-stuffing makes the wire larger than --max-size); beside another it may not", () => {
+    const budget = new DataBudget(100);
+    const a = new LineReader();
+    a.push(b("..x\r\n".repeat(30) + ".\r\n")); // 150 bytes on the wire, 120 once unstuffed
+    const m = a.nextMessage(130, budget)!;
+    expect([m.noRoom, m.tooBig, m.charged]).toEqual([false, false, 150]);
+    const other = new LineReader();
+    other.push(b("y".repeat(10)));
+    expect(other.nextMessage(130, budget)).toBeNull();
+    other.push(b("\r\n.\r\n"));
+    expect(other.nextMessage(130, budget)!.noRoom).toBe(true);
+    budget.release(m.charged);
+    expect(budget.held).toBe(0);
+  });
+
   test("charge() counts a copy of a finished message: refused when others hold the rest, granted past the limit when the message is alone", () => {
     const budget = new DataBudget(100);
     const a = new LineReader();

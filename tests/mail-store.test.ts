@@ -332,8 +332,11 @@ describe("FileMailStore", () => {
       // What the retry does before it is killed: note the place, then (maybe) write the copy there.
       const bob = join(r, "bob", "mymailbox");
       writeFileSync(bob, "");
-      notePlacement(path, "bob", statSync(bob).ino, 0);
-      if (written) appendFileSync(bob, readDeferred(path)!.record);
+      notePlacement(path, "bob", statSync(bob).ino, 0, false);
+      if (written) {
+        appendFileSync(bob, readDeferred(path)!.record);
+        notePlacement(path, "bob", statSync(bob).ino, 0, true);
+      }
       const dead = Bun.spawn(["true"]);
       await dead.exited;
       renameSync(path, join(deferredDir(r), name!.replace(`-${process.pid}-`, `-${dead.pid}-`)));
@@ -357,6 +360,50 @@ describe("FileMailStore", () => {
       await waitFor(() => deferredFiles(r).length === 0);
       expect(subjects(box(r, "bob"))).toEqual(["m5"]);
       expect(subjects(box(r, "alice"))).toEqual(["m5"]);
+    });
+
+    test("a copy written before the kill and deleted over POP3 before the restart stays deleted (helper-35)", async () => {
+      const r = root();
+      await killedMidDelivery(r, "m6", true);
+      // A POP3 session deletes it: the rewrite renames a new file (without it) over the mailbox.
+      const bob = join(r, "bob", "mymailbox");
+      writeFileSync(bob + ".new", "");
+      renameSync(bob + ".new", bob);
+      const next = track(new FileMailStore(r, () => {}, 150));
+      await next.recover();
+      await waitFor(() => deferredFiles(r).length === 0);
+      expect(deferredFiles(r)).toEqual([]);
+      expect(subjects(box(r, "bob"))).toEqual([]);
+    });
+
+    test("files that are not whole deferred messages are left alone, never appended, and never hold up the others", async () => {
+      const r = root(["alice", "bob", "carol"]);
+      const dead = Bun.spawn(["true"]);
+      await dead.exited;
+      mkdirSync(deferredDir(r), { recursive: true });
+      const name = (n: number) => join(deferredDir(r), `${hostname()}-${dead.pid}-${n}.msg`);
+      const good = rec("good");
+      const two = Buffer.concat([rec("one"), rec("two")]);
+      writeFileSync(name(1), Buffer.concat([Buffer.from(`MD2 ${good.length - 5} alice\n`), good])); // cut short
+      writeFileSync(name(2), Buffer.concat([Buffer.from(`MD2 ${two.length} alice\n`), two])); // two messages
+      writeFileSync(name(3), Buffer.concat([Buffer.from(`MD1 alice\n`), good, Buffer.from("at alice 1 0\n")])); // notes glued to an MD1 record
+      writeFileSync(name(4), Buffer.concat([Buffer.from(`MD2 0 alice\n`)]));
+      expect(Bun.spawnSync(["mkfifo", name(5)]).exitCode).toBe(0); // would hang a blocking read
+      // carol's mailbox is a FIFO now: a noted copy for her must not hang the retries either.
+      const carolBox = join(r, "carol", "mymailbox");
+      expect(Bun.spawnSync(["mkfifo", carolBox]).exitCode).toBe(0);
+      writeFileSync(name(6), Buffer.concat([Buffer.from(`MD2 ${good.length} carol\n`), good, Buffer.from("at carol 1 0\n")]));
+      writeFileSync(name(7), Buffer.concat([Buffer.from(`MD2 ${good.length} bob bob\n`), good])); // the one real one, bob named twice
+      const warnings: string[] = [];
+      const store = track(new FileMailStore(r, (w) => warnings.push(w), 150));
+      await store.recover();
+      await waitFor(() => existsSync(join(r, "bob", "mymailbox")) && !deferredFiles(r).some((f) => readDeferred(join(deferredDir(r), f))?.users.includes("bob")));
+      expect(subjects(box(r, "bob"))).toEqual(["good"]);
+      expect(existsSync(join(r, "alice", "mymailbox"))).toBe(false);
+      expect(warnings.filter((w) => w.includes("is not a deferred message")).length).toBe(5);
+      // And the store still delivers.
+      await store.deliver(["alice"], rec("after"));
+      expect(subjects(box(r, "alice"))).toEqual(["after"]);
     });
 
     test("left by a smtpmail that was stopped or killed, are delivered by the next one", async () => {

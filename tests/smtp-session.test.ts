@@ -348,6 +348,7 @@ describe("SmtpSession: addresses and reply text as real clients send them", () =
   test("echoed client text is cut so that every reply line stays within 512 octets; a HELO domain over 255 octets is refused", () => {
     const { say } = setup();
     expect(code(say(`HELO ${"h".repeat(256)}`))).toBe(501);
+    expect(code(say(`EHLO ${"\u00e9".repeat(200)}`))).toBe(501); // 400 octets
     const long = "h".repeat(255);
     for (const line of [`HELO ${long}`, `EHLO ${long}`, `MAIL FROM:<a@b> X-${"p".repeat(900)}`, `MAIL FROM:<a@b> ${"K".repeat(900)}=1 ${"K".repeat(900)}=1`, `MAIL FROM:<${"x".repeat(300)}@b(>`]) {
       const reply = say(line);
