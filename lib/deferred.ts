@@ -17,8 +17,7 @@ const EXT = ".msg";
 const TEMP = ".tmp-";
 const HEAD = /^MD(?:1|2 (\d+)) (\S+(?: \S+)*)$/;
 const NOTE = /^(?:at (\S+) (\d+) (\d+)|done (\S+) (\S*))$/;
-// A record is at most one message of --max-size; a larger "deferred file" is not one of ours.
-const MAX_FILE = 1 << 30;
+
 
 export function deferredDir(root: string): string {
   return join(root, ".smtpmail-deferred");
@@ -69,7 +68,7 @@ export function readDeferred(path: string): Deferred | null {
   let data: Buffer;
   try {
     const st = fstatSync(fd);
-    if (!st.isFile() || st.size > MAX_FILE) return null;
+    if (!st.isFile()) return null;
     data = readFileSync(fd);
   } finally {
     closeSync(fd);
@@ -103,7 +102,9 @@ export function readDeferred(path: string): Deferred | null {
  * cannot cut in two.
  */
 export function notePlacement(path: string, user: string, ino: number, offset: number, written: boolean): void {
-  appendFileSync(path, written ? `done ${user} ${BOOT}\n` : `at ${user} ${ino} ${offset}\n`);
+  // Each on a line of its own even after a note a kill cut short (a write across a page
+  // boundary can be): empty lines are skipped.
+  appendFileSync(path, written ? `\ndone ${user} ${BOOT}\n` : `\nat ${user} ${ino} ${offset}\n`);
 }
 
 /**

@@ -219,21 +219,23 @@ export class FileMailStore implements MailStore {
   /**
    * The users of a deferred file whose copy is not in their mailbox yet. A copy noted as about
    * to be written (by this process or one killed since) and found at that place is there:
-   * its mailbox is fsync'd, as its journal entry may never have been written. If the mailbox
-   * was replaced since (a POP3 rewrite, or moved away), a copy noted as written in this boot
-   * went with the old file, carried over or deleted: its filesystem is synced, and it is not
-   * delivered again (mail deleted over POP3 meanwhile came back, helper-35). Otherwise, as
-   * after a machine crash, it counts as there if the mailbox holds the message at all.
+   * its mailbox is fsync'd, as its journal entry may never have been written. A copy noted as
+   * written in this boot and not at its place went with a file replaced since (a POP3
+   * rewrite, or moved away; ext4 may give the new file the old inode number), carried over
+   * or deleted: its filesystem is synced, and it is not delivered again (mail deleted over
+   * POP3 meanwhile came back, helper-35/36). Any other noted copy counts as there if the
+   * mailbox holds the message at all (a kill between the write and its "done" note, then a
+   * rewrite that deleted it, still brings it back). One never noted is delivered.
    */
   private async notYetPlaced(d: Deferred): Promise<string[]> {
     const left: string[] = [];
     for (const user of d.users) {
       const at = d.placed.get(user);
       const box = mailboxPath(this.root, user);
-      const place = at ? atItsPlace(box, at.ino, at.offset, d.record) : "lost";
-      if (place === "there") await syncDir(box);
-      else if (place === "replaced" && BOOT && at?.doneIn === BOOT && (await this.syncFileSystem())) continue;
-      else if (place === "lost" || !(await messageCounts(box)).has(messageHash(d.record.subarray(0, d.record.length - TERMINATOR.length)))) left.push(user);
+      if (!at) left.push(user);
+      else if (atItsPlace(box, at.ino, at.offset, d.record) === "there") await syncDir(box);
+      else if (BOOT && at.doneIn === BOOT && (await this.syncFileSystem())) continue;
+      else if (!(await messageCounts(box)).has(messageHash(d.record.subarray(0, d.record.length - TERMINATOR.length)))) left.push(user);
     }
     return left;
   }

@@ -376,6 +376,24 @@ describe("FileMailStore", () => {
       expect(subjects(box(r, "bob"))).toEqual([]);
     });
 
+    test("written and noted done, then two POP3 rewrites (ext4 may give the second the first file's inode number): deleted stays deleted, kept is not doubled (helper-36)", async () => {
+      for (const keep of [false, true]) {
+        const r = root();
+        await killedMidDelivery(r, "m7", true);
+        const bob = join(r, "bob", "mymailbox");
+        const copy = readFileSync(bob);
+        for (let i = 0; i < 2; i++) {
+          writeFileSync(`${bob}.rewrite.${i}.tmp`, keep ? copy : "");
+          renameSync(`${bob}.rewrite.${i}.tmp`, bob);
+        }
+        const next = track(new FileMailStore(r, () => {}, 150));
+        await next.recover();
+        await waitFor(() => deferredFiles(r).length === 0);
+        expect(deferredFiles(r)).toEqual([]);
+        expect(subjects(box(r, "bob"))).toEqual(keep ? ["m7"] : []);
+      }
+    });
+
     test("files that are not whole deferred messages are left alone, never appended, and never hold up the others", async () => {
       const r = root(["alice", "bob", "carol"]);
       const dead = Bun.spawn(["true"]);
