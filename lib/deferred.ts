@@ -18,7 +18,6 @@ const TEMP = ".tmp-";
 const HEAD = /^MD(?:1|2 (\d+)) (\S+(?: \S+)*)$/;
 const NOTE = /^(?:at (\S+) (\d+) (\d+)|done (\S+) (\S*))$/;
 
-
 export function deferredDir(root: string): string {
   return join(root, ".smtpmail-deferred");
 }
@@ -98,12 +97,11 @@ export function readDeferred(path: string): Deferred | null {
  * that it was written, in this boot ("done"): a smtpmail killed after the write but before
  * the file was removed left the copy in the mailbox, and the next one delivered it again
  * (helper-34: 5 duplicates in 12 kills). Not fsync'd: they guard against a process dying;
- * after a machine crash a copy may come twice, never not at all. Small appends, which a kill
- * cannot cut in two.
+ * after a machine crash a copy may come twice, never not at all.
  */
 export function notePlacement(path: string, user: string, ino: number, offset: number, written: boolean): void {
-  // Each on a line of its own even after a note a kill cut short (a write across a page
-  // boundary can be): empty lines are skipped.
+  // Each on a line of its own, even after one a kill cut short (a small write that crosses a
+  // page boundary can be): empty lines are skipped.
   appendFileSync(path, written ? `\ndone ${user} ${BOOT}\n` : `\nat ${user} ${ino} ${offset}\n`);
 }
 

@@ -508,8 +508,8 @@ export class FileMailStore implements MailStore {
    * goes: the bytes are in the page cache, not yet surely on the disk. A mailbox still at its
    * place as the inode (or inodes: a POP3 rewrite between two rounds) the entries name is
    * fsync'd. One that is not (moved away, replaced, removed) may hold its copies under
-   * another name: the whole filesystem is synced. Returns false
-   * when that could not be done; the caller then replays by content (duplicates, not loss).
+   * another name: the whole filesystem is synced. Returns false when that could not be done;
+   * the caller then replays by content (duplicates, not loss).
    */
   private async syncMailboxesOf(entries: JournalEntry[]): Promise<boolean> {
     const named = new Map<string, Set<number>>();
