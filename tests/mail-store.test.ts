@@ -342,12 +342,16 @@ describe("FileMailStore", () => {
       renameSync(path, join(deferredDir(r), name!.replace(`-${process.pid}-`, `-${dead.pid}-`)));
     }
 
+    /** The next smtpmail: it takes the deferred files over and works through them. */
+    async function restartAndDrain(r: string): Promise<void> {
+      await track(new FileMailStore(r, () => {}, 150)).recover();
+      await waitFor(() => deferredFiles(r).length === 0);
+    }
+
     test("a copy written by a smtpmail killed before it removed the deferred file is not delivered again (helper-34)", async () => {
       const r = root();
       await killedMidDelivery(r, "m4", true);
-      const next = track(new FileMailStore(r, () => {}, 150));
-      await next.recover();
-      await waitFor(() => deferredFiles(r).length === 0);
+      await restartAndDrain(r);
       expect(deferredFiles(r)).toEqual([]);
       expect(subjects(box(r, "bob"))).toEqual(["m4"]);
     });
@@ -355,9 +359,7 @@ describe("FileMailStore", () => {
     test("a copy noted but not yet written when smtpmail was killed is delivered, once", async () => {
       const r = root();
       await killedMidDelivery(r, "m5", false);
-      const next = track(new FileMailStore(r, () => {}, 150));
-      await next.recover();
-      await waitFor(() => deferredFiles(r).length === 0);
+      await restartAndDrain(r);
       expect(subjects(box(r, "bob"))).toEqual(["m5"]);
       expect(subjects(box(r, "alice"))).toEqual(["m5"]);
     });
@@ -369,9 +371,7 @@ describe("FileMailStore", () => {
       const bob = join(r, "bob", "mymailbox");
       writeFileSync(bob + ".new", "");
       renameSync(bob + ".new", bob);
-      const next = track(new FileMailStore(r, () => {}, 150));
-      await next.recover();
-      await waitFor(() => deferredFiles(r).length === 0);
+      await restartAndDrain(r);
       expect(deferredFiles(r)).toEqual([]);
       expect(subjects(box(r, "bob"))).toEqual([]);
     });
@@ -386,9 +386,7 @@ describe("FileMailStore", () => {
           writeFileSync(`${bob}.rewrite.${i}.tmp`, keep ? copy : "");
           renameSync(`${bob}.rewrite.${i}.tmp`, bob);
         }
-        const next = track(new FileMailStore(r, () => {}, 150));
-        await next.recover();
-        await waitFor(() => deferredFiles(r).length === 0);
+        await restartAndDrain(r);
         expect(deferredFiles(r)).toEqual([]);
         expect(subjects(box(r, "bob"))).toEqual(keep ? ["m7"] : []);
       }
