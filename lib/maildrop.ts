@@ -76,6 +76,7 @@ export class FileMaildrop implements Maildrop {
 
   /** With a cache, a login indexes only what was appended since the last one (see index-cache.ts). */
   static async open(root: string, user: string, warn: (m: string) => void = () => {}, cache: IndexCache | null = null): Promise<FileMaildrop> {
+    await cleaning.get(mailboxPath(root, user));
     const lock = lockSession(root, user);
     if (!lock) throw new MaildropBusy("mailbox is already in use by another POP3 session");
     try {
@@ -365,7 +366,8 @@ function lockSession(root: string, user: string): Lock | null {
  * At start-up, in the background: the temp files of rewrites a crash interrupted, each as
  * large as its mailbox, which a login removes but which otherwise stayed until that user's
  * next one (helper-34). Under the user's POP3 lock, as a login does: a user whose session is
- * open keeps them until later. One user at a time, so logins meanwhile are not held up.
+ * open keeps them until later. One user at a time, so logins meanwhile are not held up; one
+ * of this user waits for it rather than find the lock taken.
  */
 export async function removeInterruptedRewrites(root: string, users: readonly string[]): Promise<void> {
   for (const user of users) {
@@ -378,13 +380,17 @@ export async function removeInterruptedRewrites(root: string, users: readonly st
       lock = tryLock(popLockPath(root, user), false, root);
     } catch {}
     if (!lock) continue;
-    try {
-      await removeLeftovers(path);
-    } finally {
+    const removing = removeLeftovers(path).finally(() => {
       lock.release();
-    }
+      cleaning.delete(path);
+    });
+    cleaning.set(path, removing);
+    await removing;
   }
 }
+
+/** Mailboxes whose interrupted rewrites are being removed, by path: a login there waits. */
+const cleaning = new Map<string, Promise<void>>();
 
 /** Temp files of a rewrite interrupted by a crash; only a POP3 lock holder may remove them. */
 async function removeLeftovers(path: string): Promise<void> {

@@ -156,3 +156,21 @@ test("rewrite temp files left by a killed popserver are removed when popserver s
     removeRoot(r);
   }
 });
+
+test("a login as soon as popserver starts is never refused as 'in use' by its own clean-up of that user's leftovers", async () => {
+  const r = makeRoot({ erin: "e" });
+  try {
+    for (let i = 0; i < 3; i++) {
+      // Many leftovers, so that the clean-up holds erin's lock for a while after the start.
+      for (let n = 0; n < 3000; n++) writeFileSync(`${mailboxPath(r, "erin")}.rewrite.${900000 + n}.tmp`, "x");
+      const p = await startPop(r, ["--quiet"]);
+      const w = await popLogin(p.port, "erin", "e"); // throws on -ERR [IN-USE]
+      expect(await w.cmd("QUIT")).toStartWith("+OK");
+      w.destroy();
+      expect(await p.stop()).toBe(0);
+      expect(readdirSync(join(r, "erin")).filter((n) => n.includes(".rewrite."))).toEqual([]);
+    }
+  } finally {
+    removeRoot(r);
+  }
+});
