@@ -3,7 +3,7 @@
 // through a Directory and messages handed to a MailStore, both injected.
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
 import type { MessageEvent } from "./lines.ts";
-import { buildRecord, NoRoomForRecord, receivedLine } from "./mailbox.ts";
+import { buildRecordYielding, NoRoomForRecord, receivedLine } from "./mailbox.ts";
 import { isSafeUserName } from "./users.ts";
 import type { MailStore } from "./mail-store.ts";
 import { Smtp, type SmtpReply } from "./reply.ts";
@@ -406,7 +406,7 @@ export class SmtpSession {
     if (msg.noRoom) return { replies: [Smtp.storageFull()], log: `message from <${from}> refused: DATA memory budget full, peer=${this.peer}` };
     let record: Buffer;
     try {
-      record = buildRecord(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()), msg.room ?? 0, msg.charge);
+      record = await buildRecordYielding(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()), msg.room ?? 0, msg.charge);
     } catch (e) {
       if (!(e instanceof NoRoomForRecord)) throw e;
       return { replies: [Smtp.storageFull()], log: `message from <${from}> refused: DATA memory budget full for its stored copy, peer=${this.peer}` };

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { seeded } from "./helpers/random.ts";
-import { buildRecord, lfPieceToWire, MailboxScanner, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
+import { buildRecord, buildRecordYielding, lfPieceToWire, MailboxScanner, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
 
 const b = (s: string) => Buffer.from(s, "utf8");
 const RCV = "Received: 2024-03-05 : 09 : 07";
@@ -89,6 +89,25 @@ describe("buildRecord", () => {
       const s = scanBuffer(Buffer.concat([rec, rec]));
       expect(s.messages.length).toBe(2);
       expect(s.validEnd).toBe(rec.length * 2);
+    }
+  });
+
+  test("buildRecordYielding gives the same bytes as buildRecord, letting other work run while it converts a large message", async () => {
+    const big = (line: string, n: number) => Buffer.from("Subject: big\n\n" + line.repeat(n) + ".x\n..y\r\n\n.\n");
+    const inputs = [big("\n", 2_000_000), big("z".repeat(79) + "\n", 30_000), big("w".repeat(40) + "\r\n", 60_000), b("Subject: small\n\nhi\n")];
+    for (const wire of inputs) {
+      for (const room of [0, 64]) {
+        const padded = Buffer.alloc(wire.length + room);
+        wire.copy(padded);
+        const want = buildRecord(Buffer.from(wire), RCV, 0);
+        let turns = 0;
+        const ticking = setInterval(() => turns++, 0);
+        const got = await buildRecordYielding(padded.subarray(0, wire.length), RCV, room);
+        clearInterval(ticking);
+        expect(got.equals(want)).toBe(true);
+        // Timers ran meanwhile for every large message: the event loop was not held throughout.
+        if (wire.length > 256 * 1024) expect(turns).toBeGreaterThan(0);
+      }
     }
   });
 });
