@@ -164,6 +164,7 @@ test("a login as soon as popserver starts is never refused as 'in use' by its ow
       // Many leftovers, so that the clean-up holds erin's lock for a while after the start.
       for (let n = 0; n < 3000; n++) writeFileSync(`${mailboxPath(r, "erin")}.rewrite.${900000 + n}.tmp`, "x");
       const p = await startPop(r, ["--quiet"]);
+      procs.push(p); // stopped by afterAll too, should the login fail
       const w = await popLogin(p.port, "erin", "e"); // throws on -ERR [IN-USE]
       expect(await w.cmd("QUIT")).toStartWith("+OK");
       w.destroy();
