@@ -54,7 +54,7 @@ const subjectOf = (rec: string) => /^Subject: (.*)\r?$/m.exec(rec)?.[1] ?? null;
 const RECEIVED = /^Received: \d{4}-\d\d-\d\d : \d\d : \d\d\r$/m;
 
 // Each test that checks a whole mailbox has its own user.
-const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h", dotlf: "d" };
+const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h", dotlf: "d", biglf: "b" };
 for (let i = 0; i < 100; i++) USERS[`u${i}`] = "p";
 
 let main: Running;
@@ -396,6 +396,29 @@ describe("message content", () => {
     const stored = records(mainRoot, "dotlf");
     expect(stored.map(subjectOf)).toEqual(["dots-lf", "after-dots"]);
     expect(stored[0]).toContain("\r\n..\r\n..\r\nLAST LINE OF ONE\r\n.\r\n");
+  });
+
+  test("a large bare-LF message (converted a slice at a time) is stored whole and exact, and the next one stays apart", async () => {
+    const c = await session(main.port);
+    // ~1.2 MB: past the 256 KiB slices, with lone dots and '.' line starts across them.
+    const big = "Subject: big-lf\n\n" + Array.from({ length: 40_000 }, (_, i) => (i % 97 === 0 ? "." : i % 89 === 0 ? ".dot" : `line ${i} ${"q".repeat(i % 40)}`)).join("\n") + "\nEND OF BIG\r\n";
+    for (const body of [big, "Subject: after-big\r\n\r\nsecond\r\n"]) {
+      expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+      expect(await c.cmd("RCPT TO:<biglf@x>")).toStartWith("250 ");
+      expect(await c.cmd("DATA")).toStartWith("354 ");
+      c.send(body + ".\r\n");
+      expect(await c.reply()).toBe("250 OK Message accepted for delivery\r\n");
+    }
+    c.close();
+    const stored = records(mainRoot, "biglf");
+    expect(stored.map(subjectOf)).toEqual(["big-lf", "after-big"]);
+    // Every line with CRLF; a '.' line start after a bare LF stuffed (its dot kept).
+    const lines = stored[0]!.split("\r\n");
+    expect(lines.length).toBe(3 + 40_000 + 3); // Subject, Received, blank; the lines; END, "." and ""
+    expect(lines.filter((l) => l === "..").length).toBe(Math.ceil(40_000 / 97));
+    expect(lines).toContain("..dot");
+    expect(stored[0]).not.toMatch(/[^\r]\n/);
+    expect(stored[0]!.endsWith("END OF BIG\r\n.\r\n")).toBe(true);
   });
 
   test("a client vanishing mid-DATA stores nothing; the server keeps serving", async () => {
