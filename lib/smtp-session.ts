@@ -63,7 +63,7 @@ const MAX_ADDRESS = 320;
 // A domain without spaces, brackets or control characters, or an address literal
 // (RFC 5321 4.1.3: [10.0.0.1], [IPv6:::1]; no "@" in it, which would split the address).
 const DOMAIN = String.raw`(?:[^\s<>()\[\]\\,;:@\x00-\x1f\x7f]+|\[[\x21-\x3f\x41-\x5a\x5e-\x7e]+\])`;
-// A local part likewise.
+// A local part without spaces, brackets or control characters, "@", a domain.
 const ADDRESS = new RegExp(String.raw`^[^\s<>()\[\]\\,;:@\x00-\x1f\x7f]+@${DOMAIN}$`);
 // RFC 5321 4.1.2: a local part may be a quoted string ("john smith"@example.org).
 const QUOTED_ADDRESS = new RegExp(String.raw`^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*)"(@${DOMAIN})$`);
