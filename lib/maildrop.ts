@@ -9,7 +9,7 @@ import { constants, existsSync, fchmodSync, fchownSync, fstatSync, mkdirSync, re
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
-import { lfPieceToWire, MessageIndex, scanHeader, toWire, type MessageEntry } from "./mailbox.ts";
+import { lfPieceToWire, MessageIndex, scanHeader, TERMINATOR, toWire, type MessageEntry } from "./mailbox.ts";
 import { scanFile, type IndexCache } from "./index-cache.ts";
 import type { FileRange } from "./server.ts";
 import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll } from "./fsio.ts";
@@ -178,7 +178,7 @@ export class FileMaildrop implements Maildrop {
     if (m.length > SYNC_READ_MAX) return this.topStream(this.fd!, m, lines);
     const stored = this.readWhole(m.offset, m.length);
     const msg = stored.subarray(0, stored.length - terminatorLength(stored));
-    const part = Buffer.concat([msg.subarray(0, countLines(msg, afterSeparator(msg, scanHeader(msg).end), lines).pos), DOT_LINE]);
+    const part = Buffer.concat([msg.subarray(0, countLines(msg, afterSeparator(msg, scanHeader(msg).end), lines).pos), TERMINATOR]);
     return m.lf ? toWire(part, true) : part;
   }
 
@@ -218,7 +218,7 @@ export class FileMaildrop implements Maildrop {
       n += counted.n;
     }
     yield wire(chunk.subarray(0, counted.pos), true);
-    yield DOT_LINE;
+    yield TERMINATOR;
   }
 
   async commit(deleted: ReadonlySet<number>): Promise<void> {
@@ -372,9 +372,8 @@ function lockSession(root: string, user: string): Lock | null {
 export async function removeInterruptedRewrites(root: string, users: readonly string[]): Promise<void> {
   for (const user of users) {
     const path = mailboxPath(root, user);
-    const prefix = `${basename(path)}.rewrite.`;
     const names = await readdir(dirname(path)).catch(() => [] as string[]);
-    if (!names.some((n) => n.startsWith(prefix) && n.endsWith(".tmp"))) continue;
+    if (!names.some(isRewriteTemp(path))) continue;
     let lock: Lock | null = null;
     try {
       lock = tryLock(popLockPath(root, user), false, root);
@@ -394,17 +393,21 @@ const cleaning = new Map<string, Promise<void>>();
 
 /** Temp files of a rewrite interrupted by a crash; only a POP3 lock holder may remove them. */
 async function removeLeftovers(path: string): Promise<void> {
-  const prefix = `${basename(path)}.rewrite.`;
   let names: string[];
   try {
     names = await readdir(dirname(path));
   } catch {
     return;
   }
-  for (const n of names) if (n.startsWith(prefix) && n.endsWith(".tmp")) await unlink(join(dirname(path), n)).catch(() => {});
+  for (const n of names.filter(isRewriteTemp(path))) await unlink(join(dirname(path), n)).catch(() => {});
 }
 
-const DOT_LINE = Buffer.from(".\r\n");
+/** Whether a name in the mailbox's directory is one of its rewrite temp files (rewrite() names them). */
+const isRewriteTemp = (path: string) => {
+  const prefix = `${basename(path)}.rewrite.`;
+  return (name: string) => name.startsWith(prefix) && name.endsWith(".tmp");
+};
+
 const HEAD_READ = 512 * 1024;
 
 /** Length of a stored message's "." line, judged from its last bytes: ".\r\n", ".\n", or a bare "." ending a hand-written file. */

@@ -50,6 +50,14 @@ function records(r: string, user: string, whole = true): string[] {
   if (whole) expect(s.validEnd).toBe(file.length);
   return s.messages.map((m) => file.subarray(m.offset, m.offset + m.length).toString("utf8"));
 }
+/** One transaction whose text goes out as it is (no dot-stuffing, bare LFs kept), then "." CRLF; the final reply. */
+async function sendRaw(c: SmtpConn, to: string, text: string): Promise<string> {
+  expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
+  expect(await c.cmd(`RCPT TO:<${to}>`)).toStartWith("250 ");
+  expect(await c.cmd("DATA")).toStartWith("354 ");
+  c.send(text + ".\r\n");
+  return c.reply();
+}
 const subjectOf = (rec: string) => /^Subject: (.*)\r?$/m.exec(rec)?.[1] ?? null;
 const RECEIVED = /^Received: \d{4}-\d\d-\d\d : \d\d : \d\d\r$/m;
 
@@ -385,13 +393,7 @@ describe("message content", () => {
     // (helper-21).
     const c = await session(main.port);
     const first = "Subject: dots-lf\r\n\r\nhello\r\n" + ".\n.\r\n".repeat(8) + "LAST LINE OF ONE\r\n";
-    for (const body of [first, "Subject: after-dots\r\n\r\nsecond\r\n"]) {
-      expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
-      expect(await c.cmd("RCPT TO:<dotlf@x>")).toStartWith("250 ");
-      expect(await c.cmd("DATA")).toStartWith("354 ");
-      c.send(body + ".\r\n");
-      expect(await c.reply()).toBe("250 OK Message accepted for delivery\r\n");
-    }
+    for (const body of [first, "Subject: after-dots\r\n\r\nsecond\r\n"]) expect(await sendRaw(c, "dotlf@x", body)).toBe("250 OK Message accepted for delivery\r\n");
     c.close();
     const stored = records(mainRoot, "dotlf");
     expect(stored.map(subjectOf)).toEqual(["dots-lf", "after-dots"]);
@@ -402,13 +404,7 @@ describe("message content", () => {
     const c = await session(main.port);
     // ~1.2 MB: past the 256 KiB slices, with lone dots and '.' line starts across them.
     const big = "Subject: big-lf\n\n" + Array.from({ length: 40_000 }, (_, i) => (i % 97 === 0 ? "." : i % 89 === 0 ? ".dot" : `line ${i} ${"q".repeat(i % 40)}`)).join("\n") + "\nEND OF BIG\r\n";
-    for (const body of [big, "Subject: after-big\r\n\r\nsecond\r\n"]) {
-      expect(await c.cmd("MAIL FROM:<a@b>")).toStartWith("250 ");
-      expect(await c.cmd("RCPT TO:<biglf@x>")).toStartWith("250 ");
-      expect(await c.cmd("DATA")).toStartWith("354 ");
-      c.send(body + ".\r\n");
-      expect(await c.reply()).toBe("250 OK Message accepted for delivery\r\n");
-    }
+    for (const body of [big, "Subject: after-big\r\n\r\nsecond\r\n"]) expect(await sendRaw(c, "biglf@x", body)).toBe("250 OK Message accepted for delivery\r\n");
     c.close();
     const stored = records(mainRoot, "biglf");
     expect(stored.map(subjectOf)).toEqual(["big-lf", "after-big"]);
