@@ -81,7 +81,7 @@ export function parseHeaders(message: string): MailHeaders {
       (current as { value: string }).value += " " + line.trim();
       continue;
     }
-    const m = /^([!-9;-~]+):(.*)$/.exec(line);
+    const m = /^([!-9;-~]+)[ \t]*:(.*)$/.exec(line);
     if (!m) break;
     commit();
     current = { name: m[1]!.toLowerCase(), value: m[2]! };

@@ -128,7 +128,8 @@ async function normalizeYielding(wire: Buffer, out: Buffer | null): Promise<numb
   }
 }
 
-const HEADER_LINE = /^[\x21-\x39\x3b-\x7e]+:/;
+// Whitespace before the colon is RFC 5322's obsolete syntax (4.5.8), still sent and accepted.
+const HEADER_LINE = /^[\x21-\x39\x3b-\x7e]+[ \t]*:/;
 const MAX_HEADER_SCAN = 256 * 1024;
 
 /**
@@ -151,7 +152,7 @@ export function scanHeader(msg: Buffer): { end: number; afterSubject: number } {
     // A first line that starts with a space continues no header: the message has none.
     if (folded && pos === 0) break;
     if (!folded && !HEADER_LINE.test(line)) break;
-    if (!folded) inSubject = /^subject:/i.test(line);
+    if (!folded) inSubject = /^subject[ \t]*:/i.test(line);
     pos = nl + 1;
     if (inSubject) afterSubject = pos;
   }

@@ -121,6 +121,12 @@ describe("parseHeaders and receivedWhen", () => {
     expect(h.subject).toBe("one");
   });
 
+  test("whitespace before a header's colon (obsolete syntax) still names the header", () => {
+    const h = parseHeaders("Subject : spaced\r\nFrom\t: a@b\r\n\r\nbody: x\r\n");
+    expect(h.subject).toBe("spaced");
+    expect(h.from).toBe("a@b");
+  });
+
   test("an empty message has empty headers", () => {
     expect(parseHeaders("")).toEqual({ from: "", to: "", subject: "", date: "", received: "" });
   });

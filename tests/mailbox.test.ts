@@ -34,6 +34,14 @@ describe("buildRecord", () => {
     );
   });
 
+  test("a header with whitespace before its colon (RFC 5322's obsolete syntax) is a header, Subject included", () => {
+    expect(buildRecord(b("Subject : spaced\r\nFrom\t: a@x\r\n\r\nb\r\n"), RCV).toString()).toBe(
+      "Subject : spaced\r\n" + RCV + "\r\nFrom\t: a@x\r\n\r\nb\r\n.\r\n",
+    );
+    // A space inside the name still ends the header block.
+    expect(buildRecord(b("Sub ject: x\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\nSub ject: x\r\n.\r\n");
+  });
+
   test("without Subject: at the end of the header block; without headers: first, then a blank line before the body", () => {
     expect(buildRecord(b("From: a@b\r\n\r\nhi\r\n"), RCV).toString()).toBe("From: a@b\r\n" + RCV + "\r\n\r\nhi\r\n.\r\n");
     expect(buildRecord(b("just text\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\njust text\r\n.\r\n");
