@@ -28,7 +28,7 @@ export interface PopServerOptions extends ListenOptions {
 export function filePopStore(root: string, users: Users, warn: (m: string) => void): PopStore {
   const cache = new IndexCache();
   return {
-    findUser: (name) => (users.has(name) ? name : null),
+    findUser: (name) => users.account(name),
     checkPassword: async (user, password) => (await users.check(user, password)) !== null,
     open: (user) => FileMaildrop.open(root, user, warn, cache),
   };

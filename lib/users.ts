@@ -141,13 +141,11 @@ export class Users {
   resolve(localPart: string): string | null {
     this.refresh();
     const { passwords, names } = this.table;
-    if (passwords.has(localPart)) return localPart;
-    const lower = localPart.toLowerCase();
-    if (lower === "postmaster") {
+    if (localPart.toLowerCase() === "postmaster" && !passwords.has(localPart)) {
       if (this.postmasterUser && passwords.has(this.postmasterUser)) return this.postmasterUser;
       return names[0] ?? null;
     }
-    return this.table.byLowerCase?.get(lower) ?? null;
+    return this.account(localPart);
   }
 
   /** The names for a log line: all of a short list, the first ones and a count of a long one. */
@@ -156,10 +154,15 @@ export class Users {
     return names.length <= shown ? names.join(" ") : `${names.slice(0, shown).join(" ")} ... (${names.length} in all)`;
   }
 
-  /** Whether the exact name is listed (POP3 USER): a map lookup, not a scan of the names. */
-  has(name: string): boolean {
+  /**
+   * The listed user a login name means: the exact name, else a unique case-insensitive match,
+   * as RCPT TO finds the same user (Dovecot lower-cases login names too). A map lookup, not a
+   * scan of the names.
+   */
+  account(name: string): string | null {
     this.refresh();
-    return this.table.passwords.has(name);
+    if (this.table.passwords.has(name)) return name;
+    return this.table.byLowerCase?.get(name.toLowerCase()) ?? null;
   }
 
   /**
@@ -173,9 +176,9 @@ export class Users {
   }
 
   /** The user name if name and password match (plain text compared in constant time, or a Bun.password hash). */
-  async check(name: string, password: string): Promise<string | null> {
-    this.refresh();
-    const stored = this.table.passwords.get(name);
+  async check(login: string, password: string): Promise<string | null> {
+    const name = this.account(login);
+    const stored = name === null ? undefined : this.table.passwords.get(name);
     // Every refusal costs the same (a hash check when the file has hashes, else a compare),
     // so the time taken tells neither which names exist nor how their password is stored.
     const refuse = async () => {

@@ -110,6 +110,24 @@ describe("popserver over TCP", () => {
     expect(await w.cmd("QUIT")).toStartWith("+OK");
   });
 
+  test("a login name in another case opens that user's maildrop (as RCPT TO finds the user), under the same lock", async () => {
+    seed("bob", rec(1), rec(2));
+    const w = await open();
+    await w.line();
+    expect(await w.cmd("USER BOB")).toStartWith("+OK");
+    expect(await w.cmd("PASS BOBPW")).toStartWith("-ERR"); // the password stays exact
+    expect(await w.cmd("USER BOB")).toStartWith("+OK");
+    expect(await w.cmd("PASS bobpw")).toBe(`+OK maildrop locked and ready, 2 messages (${plain(1).length + plain(2).length} octets)`);
+    const other = await open();
+    await other.line();
+    expect(await other.cmd("USER bob")).toStartWith("+OK");
+    expect(await other.cmd("PASS bobpw")).toStartWith("-ERR [IN-USE]");
+    expect(await w.cmd("DELE 1")).toStartWith("+OK");
+    expect(await w.cmd("QUIT")).toStartWith("+OK");
+    expect(await w.waitClosed()).toBe(true);
+    expect(readFileSync(mailboxPath(root, "bob")).equals(rec(2))).toBe(true);
+  });
+
   test("pipelined commands in one write get their replies in order", async () => {
     seed("carol", rec(1), rec(2));
     const w = await open();

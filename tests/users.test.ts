@@ -57,13 +57,14 @@ describe("Users", () => {
     for (const bad of ["nobody", "../alice", "alice/", "", "alice\x00"]) expect(u.resolve(bad)).toBeNull();
   });
 
-  test("has (POP3 USER) is exact and follows edits; the case-insensitive map is rebuilt with the file", () => {
+  test("account (POP3 USER) follows edits; the case-insensitive map is rebuilt with the file", () => {
     const p = file("alice a\nBob b\n");
     const u = new Users(p);
     u.load();
-    expect([u.has("alice"), u.has("Bob"), u.has("bob"), u.has("ALICE"), u.has("carol")]).toEqual([true, true, false, false, false]);
+    expect(["alice", "Bob", "bob", "ALICE", "carol"].map((n) => u.account(n))).toEqual(["alice", "Bob", "Bob", "alice", null]);
     writeFileSync(p, "alice a\nBob b\nbob b2\nCarol c\n");
-    expect(u.has("bob")).toBe(true);
+    expect(u.account("bob")).toBe("bob");
+    expect(u.account("BOB")).toBeNull();
     expect(u.resolve("BOB")).toBeNull(); // now ambiguous
     expect(u.resolve("carol")).toBe("Carol");
   });
@@ -96,10 +97,23 @@ describe("Users", () => {
     expect(await u.check("alice", "pw")).toBe("alice");
     expect(await u.check("alice", "pw ")).toBeNull();
     expect(await u.check("alice", "")).toBeNull();
-    expect(await u.check("ALICE", "pw")).toBeNull();
     expect(await u.check("nobody", "pw")).toBeNull();
     expect(await u.check("bob", "s3cret")).toBe("bob");
     expect(await u.check("bob", hash)).toBeNull();
+  });
+
+  test("a login name finds its user as RCPT TO does: exact, else a unique case-insensitive match; the password stays exact", async () => {
+    const u = new Users(file("alice pw\nBob pb\nCarol c\ncarol c2\n"));
+    u.load();
+    expect(await u.check("ALICE", "pw")).toBe("alice");
+    expect(await u.check("ALICE", "PW")).toBeNull();
+    expect(await u.check("bob", "pb")).toBe("Bob");
+    expect(await u.check("carol", "c2")).toBe("carol");
+    expect(await u.check("Carol", "c")).toBe("Carol");
+    expect(await u.check("CAROL", "c")).toBeNull(); // two users match: neither
+    expect(u.account("BOB")).toBe("Bob");
+    expect(u.account("CAROL")).toBeNull();
+    expect(u.account("postmaster")).toBeNull(); // an address alias, not a login
   });
 
   test("every refusal costs a hash check when the file has hashes (unknown name, wrong plain-text password), so timing tells nothing", async () => {
