@@ -31,21 +31,26 @@ function putLine(src: Buffer, from: number, to: number, out: Buffer, o: number):
 }
 
 /**
- * Bare LF line ends become CRLF, as Postfix's "normalize" mode does; a line that starts
- * with "." after a bare LF was never stuffed by the client, so it is stuffed here.
+ * Bare LF line ends become CRLF, as Postfix's "normalize" mode does. Whether the client
+ * dot-stuffed the lines after a bare LF, the bytes do not say for sure: Python's smtplib
+ * (given bytes) stuffs after every LF, curl only after CRLF. A message with a line after a bare
+ * LF that starts with a single "." (".x", ".") was not stuffed there, so every such line is
+ * stuffed here; when all of them start with "..", the client stuffed them and they are kept
+ * as sent (an unstuffing client whose only such lines start with ".." loses a dot on them,
+ * where Postfix would take the dot off every one).
  * Byte loops into one buffer of the exact size, counted first: with a call and two buffers
  * per line, a 10 MB message of empty bare-LF lines held the event loop for 17 s; sized by
  * the worst case it took twice the memory it needed.
  */
 export function normalizeLineEnds(wire: Buffer): Buffer {
-  const size = normalizedLength(wire);
-  return size === wire.length ? wire : normalizedCopy(wire, size, 0);
+  const m = measure(wire);
+  return m.size === wire.length ? wire : normalizedCopy(wire, m, 0);
 }
 
-/** wire normalized into a new buffer of size bytes with room spare bytes after them. */
-function normalizedCopy(wire: Buffer, size: number, room: number): Buffer {
-  const out = Buffer.allocUnsafe(size + room);
-  return checkedCopy(out, size === wire.length ? wire.copy(out) : normalize(wire, out), size);
+/** wire normalized into a new buffer of m.size bytes with room spare bytes after them. */
+function normalizedCopy(wire: Buffer, m: Measured, room: number): Buffer {
+  const out = Buffer.allocUnsafe(m.size + room);
+  return checkedCopy(out, m.size === wire.length ? wire.copy(out) : normalize(wire, out, m.stuff), m.size);
 }
 
 function checkedCopy(out: Buffer, written: number, size: number): Buffer {
@@ -54,9 +59,22 @@ function checkedCopy(out: Buffer, written: number, size: number): Buffer {
   return out.subarray(0, size);
 }
 
-/** The length of normalizeLineEnds(wire): wire.length when it has no bare LF. */
-function normalizedLength(wire: Buffer): number {
-  return hasBareLf(wire) ? normalize(wire, null) : wire.length;
+/** The length of normalizeLineEnds(wire) (wire.length when it has no bare LF), and whether it stuffs dots after bare LFs. */
+interface Measured {
+  size: number;
+  stuff: boolean;
+}
+
+function measure(wire: Buffer): Measured {
+  if (!hasBareLf(wire)) return { size: wire.length, stuff: false };
+  const state = normalizing();
+  normalizeLines(wire, null, state, wire.length, false);
+  return measured(state);
+}
+
+/** The count of a pass that did not stuff after bare LFs, and whether it should have. */
+function measured(state: Normalizing): Measured {
+  return { size: state.o + (state.unstuffed ? state.lfDots : 0), stuff: state.unstuffed };
 }
 
 /** Whether an LF in wire[from, to) has no CR before it. */
@@ -81,18 +99,26 @@ interface Normalizing {
   start: number;
   o: number;
   afterBareLf: boolean;
+  /** Lines after a bare LF that start with ".", and whether one of them starts with a single ".". */
+  lfDots: number;
+  unstuffed: boolean;
 }
 
-/** Writes wire with CRLF line ends into out (only counts, without out); returns the length. */
-function normalize(wire: Buffer, out: Buffer | null): number {
-  const state: Normalizing = { start: 0, o: 0, afterBareLf: false };
-  normalizeLines(wire, out, state, wire.length);
+const normalizing = (): Normalizing => ({ start: 0, o: 0, afterBareLf: false, lfDots: 0, unstuffed: false });
+
+/** Writes wire with CRLF line ends into out; returns the length. */
+function normalize(wire: Buffer, out: Buffer, stuff: boolean): number {
+  const state = normalizing();
+  normalizeLines(wire, out, state, wire.length, stuff);
   return state.o;
 }
 
-/** normalize() of the lines that start before `until`, from where `state` says; resumable. */
-function normalizeLines(wire: Buffer, out: Buffer | null, state: Normalizing, until: number): void {
-  let { start, o, afterBareLf } = state;
+/**
+ * normalize() of the lines that start before `until`, from where `state` says; resumable.
+ * `stuff`: add a dot to the lines after a bare LF that start with "." (see normalizeLineEnds).
+ */
+function normalizeLines(wire: Buffer, out: Buffer | null, state: Normalizing, until: number, stuff: boolean): void {
+  let { start, o, afterBareLf, lfDots, unstuffed } = state;
   while (start < wire.length && start < until) {
     const lf = nextLf(wire, start);
     // The end of the buffer ends an unfinished last line.
@@ -103,7 +129,11 @@ function normalizeLines(wire: Buffer, out: Buffer | null, state: Normalizing, un
     // A lone "." ended by a bare LF ("<CRLF>.<LF>", a smuggling attempt) must not become
     // a "." line in the file, where it would end the message: stuff it as well.
     const loneDot = !last && !crlf && end - start === 1;
-    if ((afterBareLf || loneDot) && wire[start] === DOT) {
+    if (wire[start] === DOT && afterBareLf) {
+      lfDots++;
+      if (end - start < 2 || wire[start + 1] !== DOT) unstuffed = true;
+    }
+    if (wire[start] === DOT && ((afterBareLf && stuff) || (loneDot && !afterBareLf))) {
       if (out) out[o] = DOT;
       o++;
     }
@@ -111,19 +141,22 @@ function normalizeLines(wire: Buffer, out: Buffer | null, state: Normalizing, un
     afterBareLf = !crlf;
     start = i + 1;
   }
-  Object.assign(state, { start, o, afterBareLf });
+  Object.assign(state, { start, o, afterBareLf, lfDots, unstuffed });
 }
 
 /** Bytes of a message converted between two turns of the event loop (buildRecordYielding). */
 const YIELD_EVERY = 256 * 1024;
 const aTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-/** normalize() of a large message, a slice at a time with a turn of the event loop after each. */
-async function normalizeYielding(wire: Buffer, out: Buffer | null): Promise<number> {
-  const state: Normalizing = { start: 0, o: 0, afterBareLf: false };
+/**
+ * measure() (without out) or normalize() of a large message, a slice at a time with a turn of
+ * the event loop after each; returns the state at the end.
+ */
+async function normalizeYielding(wire: Buffer, out: Buffer | null, stuff: boolean): Promise<Normalizing> {
+  const state = normalizing();
   for (let until = YIELD_EVERY; ; until += YIELD_EVERY) {
-    normalizeLines(wire, out, state, until);
-    if (state.start >= wire.length) return state.o;
+    normalizeLines(wire, out, state, until, stuff);
+    if (state.start >= wire.length) return state;
     await aTurn();
   }
 }
@@ -170,9 +203,9 @@ export class NoRoomForRecord extends Error {
  * (the DATA memory budget), and NoRoomForRecord thrown if it refuses.
  */
 export function buildRecord(wire: Buffer, received: string, room = 0, charge: (bytes: number) => boolean = () => true): Buffer {
-  const size = normalizedLength(wire);
-  const extra = copyRoom(wire, size, received, room, charge);
-  return withReceived(extra < 0 ? wire : normalizedCopy(wire, size, extra), received);
+  const m = measure(wire);
+  const extra = copyRoom(wire, m.size, received, room, charge);
+  return withReceived(extra < 0 ? wire : normalizedCopy(wire, m, extra), received);
 }
 
 /**
@@ -186,11 +219,11 @@ export async function buildRecordYielding(wire: Buffer, received: string, room =
     bare = hasBareLf(wire, from, from + YIELD_EVERY);
     if (!bare) await aTurn();
   }
-  const size = bare ? await normalizeYielding(wire, null) : wire.length;
+  const { size, stuff } = bare ? measured(await normalizeYielding(wire, null, false)) : { size: wire.length, stuff: false };
   const extra = copyRoom(wire, size, received, room, charge);
   if (extra < 0) return withReceived(wire, received);
   const out = Buffer.allocUnsafe(size + extra);
-  const written = size === wire.length ? wire.copy(out) : await normalizeYielding(wire, out);
+  const written = size === wire.length ? wire.copy(out) : (await normalizeYielding(wire, out, stuff)).o;
   return withReceived(checkedCopy(out, written, size), received);
 }
 

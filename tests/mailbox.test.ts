@@ -102,7 +102,10 @@ describe("buildRecord", () => {
 
   test("buildRecordYielding gives the same bytes as buildRecord, letting other work run while it converts a large message", async () => {
     const big = (line: string, n: number) => Buffer.from("Subject: big\n\n" + line.repeat(n) + ".x\n..y\r\n\n.\n");
-    const inputs = [big("\n", 2_000_000), big("z".repeat(79) + "\n", 30_000), big("w".repeat(40) + "\r\n", 60_000), b("Subject: small\n\nhi\n")];
+    // The last large one is stuffed after bare LFs, as Python's smtplib sends bytes: kept as sent.
+    const stuffed = Buffer.from("Subject: big\n\n" + ("..x\n" + "q".repeat(70) + "\n...\n").repeat(40_000) + "\n..\n");
+    const inputs = [big("\n", 2_000_000), big("z".repeat(79) + "\n", 30_000), big("w".repeat(40) + "\r\n", 60_000), stuffed, b("Subject: small\n\nhi\n")];
+    expect(buildRecord(stuffed, RCV).includes("\r\n...\r\n..x\r\n")).toBe(true);
     for (const wire of inputs) {
       for (const room of [0, 64]) {
         const padded = Buffer.alloc(wire.length + room);
@@ -130,6 +133,15 @@ describe("normalizeLineEnds", () => {
     expect(normalizeLineEnds(b("a\n.x\n.\n")).toString()).toBe("a\r\n..x\r\n..\r\n");
     expect(normalizeLineEnds(b("a\r\n.\nb\r\n")).toString()).toBe("a\r\n..\r\nb\r\n");
   });
+  test("after bare LFs: stuffed as curl sends them when one such line starts with a single '.'; kept when every one starts with '..' (Python's smtplib stuffed them)", () => {
+    // curl stuffs only after CRLF: its lines ".x", "..", "." arrive as they are.
+    expect(normalizeLineEnds(b("a\n.x\n..\n.\n")).toString()).toBe("a\r\n..x\r\n...\r\n..\r\n");
+    // smtplib.sendmail(..., bytes) stuffs after every LF: ".x", "..", "." arrive as "..x", "...", "..".
+    expect(normalizeLineEnds(b("a\n..x\n...\n..\n")).toString()).toBe("a\r\n..x\r\n...\r\n..\r\n");
+    // Lines after CRLF are stuffed by every client and never touched.
+    expect(normalizeLineEnds(b("a\n..x\r\n.y\r\n")).toString()).toBe("a\r\n..x\r\n.y\r\n");
+    expect(normalizeLineEnds(b("a\n..x\r\n.y\n.")).toString()).toBe("a\r\n...x\r\n.y\r\n..\r\n");
+  });
   test("a final line without line end gets CRLF", () => {
     expect(normalizeLineEnds(b("a\nb")).toString()).toBe("a\r\nb\r\n");
   });
@@ -137,19 +149,22 @@ describe("normalizeLineEnds", () => {
     // The rule, line by line, as it was first written (one buffer per line: slow on huge
     // inputs, plain to read): the oracle for the byte-loop version.
     const oracle = (w: Buffer): string => {
-      if (!/(^|[^\r])\n/.test(w.toString("latin1"))) return w.toString("latin1");
+      const text = w.toString("latin1");
+      if (!/(^|[^\r])\n/.test(text)) return text;
+      // Lines after a bare LF are stuffed here when one of them starts with a single ".".
+      const stuff = /(^|[^\r])\n\.([^.]|$)/.test(text);
       let out = "";
       let start = 0;
       let afterBareLf = false;
       for (let i = w.indexOf(10); i >= 0; i = w.indexOf(10, start)) {
         const end = i > start && w[i - 1] === 13 ? i - 1 : i;
         const loneDot = end === i && end - start === 1 && w[start] === 46;
-        if ((afterBareLf || loneDot) && w[start] === 46) out += ".";
+        if (((afterBareLf && stuff) || (loneDot && !afterBareLf)) && w[start] === 46) out += ".";
         out += w.toString("latin1", start, end) + "\r\n";
         afterBareLf = end === i;
         start = i + 1;
       }
-      if (start < w.length) out += (afterBareLf && w[start] === 46 ? "." : "") + w.toString("latin1", start) + "\r\n";
+      if (start < w.length) out += (afterBareLf && stuff && w[start] === 46 ? "." : "") + w.toString("latin1", start) + "\r\n";
       return out;
     };
     const rand = seeded(1);

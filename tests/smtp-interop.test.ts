@@ -94,6 +94,20 @@ print(json.dumps({"ehlo": code, "exts": exts, "size": size, "refused": refused})
     }
   });
 
+  test("sendmail() given bytes with bare LF line ends (as msg.as_bytes() makes): its dot-stuffing after each LF is taken off once", async () => {
+    await python(`
+import smtplib, sys, json
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]))
+s.sendmail("py@x.test", ["bob@mx.interop"], b"From: py@x.test\\nTo: bob@mx.interop\\nSubject: py-lf-bytes\\n\\nfirst\\n.single dot line\\n...\\n.\\nlast\\n")
+s.quit()
+print(json.dumps({}))
+`);
+    const [rec, ...more] = withSubject("bob", "py-lf-bytes");
+    expect(more).toEqual([]);
+    // Stored stuffed with CRLF: the body lines ".single dot line", "...", "." come back as sent.
+    expect(rec).toContain("\r\nfirst\r\n..single dot line\r\n....\r\n..\r\nlast\r\n");
+  });
+
   test("a refused recipient: partly refused is reported per address, all refused raises", async () => {
     const r = await python(`
 import smtplib, sys, json
@@ -126,6 +140,18 @@ describe.skipIf(!hasCurl)("curl smtp:// (skipped when curl is not installed)", (
       expect(recs.length).toBe(1);
       expect(recs[0]).toContain("\r\nsent by curl\r\n..\r\nafter a dot line\r\n.\r\n");
     }
+  });
+
+  test("a file with bare LF line ends: curl does not stuff after a bare LF, and its dot lines are kept", async () => {
+    const file = join(root, "curl-lf.txt");
+    writeFileSync(file, "From: curl@x.test\nTo: alice@mx.interop\nSubject: curl-lf\n\n.single\n..\n.\nend\n");
+    const { code, err } = await run(["curl", "-sS", `smtp://127.0.0.1:${srv.port}/curl.client`, "--mail-from", "curl@x.test", "--mail-rcpt", "alice@mx.interop", "--upload-file", file]);
+    expect(err).toBe("");
+    expect(code).toBe(0);
+    const [rec, ...more] = withSubject("alice", "curl-lf");
+    expect(more).toEqual([]);
+    // curl ends the unended-by-CRLF text with a CRLF of its own: an empty last line.
+    expect(rec).toContain("\r\n..single\r\n...\r\n..\r\nend\r\n");
   });
 
   test("a refused recipient makes curl fail", async () => {
