@@ -12,6 +12,7 @@ import {
   parseHeaders,
   receivedWhen,
   sanitizeForTerminal,
+  decodeEncodedWords,
   senderAddress,
 } from "./lib/mail-format.ts";
 import { readKey, readLine, readPassword } from "./lib/terminal.ts";
@@ -202,7 +203,9 @@ async function sendMailOption(s: Session): Promise<void> {
   }
   const mail = parseComposedMail(lines);
   if (!mail.ok) {
+    // The assignment's words on a line of their own; why, on the next.
     say("Incorrect format");
+    say(`(${mail.reason})`);
     return;
   }
   try {
@@ -260,7 +263,7 @@ async function loadList(pop: Pop3Client): Promise<Entry[]> {
     const heads = await Promise.all(batch.map(({ n }) => head(n)));
     batch.forEach(({ n }, j) => {
       const h = parseHeaders(heads[j]!);
-      entries.push({ msgNo: n, uid: uids?.get(n) ?? null, from: senderAddress(h.from), when: receivedWhen(h), subject: h.subject });
+      entries.push({ msgNo: n, uid: uids?.get(n) ?? null, from: senderAddress(h.from), when: receivedWhen(h), subject: decodeEncodedWords(h.subject) });
     });
   }
   return entries;

@@ -129,6 +129,33 @@ export function senderAddress(from: string): string {
   return m ? m[1]!.trim() : from.trim();
 }
 
+const ENCODED_WORD = /=\?([^?\s*]+)(?:\*[^?\s]*)?\?([BbQq])\?([^?\s]*)\?=/g;
+
+/**
+ * A header value with its RFC 2047 encoded-words ("=?utf-8?B?...?=", as mail readers send a
+ * non-ASCII Subject) decoded; whitespace between two encoded-words goes (6.2). A word in a
+ * charset the runtime does not know, or not well formed, stays as it is.
+ */
+export function decodeEncodedWords(value: string): string {
+  if (!value.includes("=?")) return value;
+  const decoded = value.replace(ENCODED_WORD, (word, charset: string, encoding: string, text: string) => {
+    let decoder: TextDecoder;
+    try {
+      decoder = new TextDecoder(charset.toLowerCase() as ConstructorParameters<typeof TextDecoder>[0]);
+    } catch {
+      return word;
+    }
+    if (encoding.toUpperCase() === "B") {
+      if (!/^[A-Za-z0-9+/]*={0,2}$/.test(text)) return word;
+      return "\x00" + decoder.decode(Buffer.from(text, "base64")) + "\x00";
+    }
+    const bytes = text.replace(/_/g, " ").replace(/=([0-9A-Fa-f]{2})|=/g, (m, hex?: string) => (hex ? String.fromCharCode(parseInt(hex, 16)) : m));
+    return "\x00" + decoder.decode(Buffer.from(bytes, "latin1")) + "\x00";
+  });
+  // \x00 marks where a decoded word starts and ends (a NUL cannot be in a header line).
+  return decoded.replace(/\x00[ \t]+\x00/g, "").replace(/\x00/g, "");
+}
+
 /** When the mail was received, for the list: our Received line, else the Date header, else "". */
 export function receivedWhen(headers: MailHeaders): string {
   return (headers.received && assignmentReceived(headers.received)) || (headers.date && formatDateHeader(headers.date)) || "";

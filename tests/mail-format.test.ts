@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import {
   composeMessage,
+  decodeEncodedWords,
   formatDateHeader,
   formatMailList,
   isAddress,
@@ -175,5 +176,18 @@ describe("formatMailList", () => {
 
   test("an empty list is just the heading", () => {
     expect(formatMailList([])).toEqual(["Sl. No.  Sender  Received  Subject"]);
+  });
+});
+
+describe("decodeEncodedWords (RFC 2047)", () => {
+  test("B and Q words in any charset the runtime knows; the space between two words goes, others stay", () => {
+    expect(decodeEncodedWords("=?utf-8?B?w6lsw6h2ZQ==?=")).toBe("élève");
+    expect(decodeEncodedWords("=?ISO-8859-1?Q?Andr=E9_Pirard?=")).toBe("André Pirard");
+    expect(decodeEncodedWords("a =?utf-8?q?x?= =?utf-8?q?y?=\t=?utf-8?q?z?= b")).toBe("a xyz b");
+    expect(decodeEncodedWords("Re: =?koi8-r?B?8NLJ18XU?=!")).toBe("Re: Привет!");
+    expect(decodeEncodedWords("=?UTF-8*en?Q?hi?=")).toBe("hi");
+  });
+  test("text without words, unknown charsets and malformed words stay as they are", () => {
+    for (const t of ["plain", "=?bogus-charset?B?eA==?=", "=?utf-8?B?not base64!?=", "=?utf-8?X?x?=", "a =? b ?= c"]) expect(decodeEncodedWords(t)).toBe(t);
   });
 });

@@ -213,6 +213,10 @@ describe("Send Mail", () => {
     expect(count(r.stdout, "Incorrect format")).toBe(bad.length);
     expect(count(r.stdout, "1. Manage Mail")).toBe(bad.length + 1);
     expect(f.delivered).toEqual([]);
+    // Each on a line of its own, followed by the reason.
+    expect(r.stdout).toContain("Incorrect format\n(the first line must be From: <user>@<domain>)\n");
+    expect(r.stdout).toContain("Incorrect format\n(To must be of the form X@Y)\n");
+    expect(r.stdout).toContain("Incorrect format\n(the subject must be at most 50 characters)\n");
     expect(f.smtp.conns.length).toBe(0);
   });
 
@@ -344,6 +348,13 @@ describe("Manage Mail", () => {
     expect(r.code).toBe(0);
     expectInOrder(r.stdout, [`Cannot reach the POP3 server: cannot connect to 127.0.0.1:${dead}: connection refused`, "1. Manage Mail"]);
     expect(r.stderr).toBe("");
+  });
+
+  test("an RFC 2047 encoded Subject is shown decoded in the list, and the mail as it is", async () => {
+    const f = fakes({ mailbox: [{ text: "From: x@y\r\nTo: bob@z\r\nSubject: =?UTF-8?B?w6lsw6h2ZSDinJM=?= =?ISO-8859-1?Q?_Andr=E9?=\r\nReceived: 2026-12-01 : 04 : 27\r\n\r\nhi\r\n" }] });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "1", "", "-1", "3"));
+    expect(r.stdout).toMatch(/1 +x@y +2026-12-01 : 04 : 27 +élève ✓ André\n/);
+    expect(r.stdout).toContain("Subject: =?UTF-8?B?w6lsw6h2ZSDinJM=?= =?ISO-8859-1?Q?_Andr=E9?=\n");
   });
 
   test("escape sequences in a mail are shown harmlessly", async () => {
