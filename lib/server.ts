@@ -410,6 +410,9 @@ export class MailServer {
           }
         }
       } catch (e) {
+        // The connection went first (a client that stopped reading): its maildrop was closed
+        // under the read, which is what failed. Nothing to report.
+        if (s.data.closed) return;
         // Half a body is out: an error reply now would read as part of it (helper-25).
         this.opt.log(`${this.opt.name}: [${s.data.id}] reply cut short: ${(e as Error).message}; closing`);
         this.end(s);
