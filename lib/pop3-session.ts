@@ -303,7 +303,9 @@ export class Pop3Session {
     try {
       await drop.commit(this.deleted);
     } catch (e) {
-      return { reply: Pop.updateFailed((e as Error).message), close: true, log: `update of ${this.user} failed: ${(e as Error).message}` };
+      // As at login: the client learns the error code, the log the server's paths.
+      const why = (e as NodeJS.ErrnoException).code ?? "internal error";
+      return { reply: Pop.updateFailed(why), close: true, log: `update of ${this.user} failed: ${(e as Error).message}` };
     }
     return { reply: Pop.goodbye(this.user), close: true, log: count ? `${this.user} deleted ${count} messages` : undefined };
   }

@@ -113,7 +113,8 @@ export const Pop = {
   lineTooLong: () => err("line too long"),
   syntax: (detail: string) => err(`syntax error: ${echo(detail)}`),
   goodbye: (user: string | null) => ok(user ? `goodbye ${user}, POP3 server signing off` : "goodbye, POP3 server signing off"),
-  updateFailed: (why: string) => err(`some deleted messages not removed: ${why}`),
+  // RFC 1939 QUIT: -ERR when not every marked message was removed, and still a goodbye.
+  updateFailed: (why: string) => err(`[SYS/TEMP] some deleted messages not removed (${why}); goodbye, POP3 server signing off`),
   shuttingDown: () => err("server shutting down"),
   timeout: () => err("autologout: idle for too long"),
   tooManyConnections: () => err("[SYS/TEMP] too many connections, try again later"),

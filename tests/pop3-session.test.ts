@@ -450,17 +450,18 @@ describe("TRANSACTION state", () => {
     expect(e.drop.commits.length).toBe(1);
   });
 
-  test("QUIT when the update fails: -ERR and close", async () => {
+  test("QUIT when the update fails: -ERR with the error code and a goodbye, then close; the path only in the log", async () => {
     const e = env();
     e.drop.commit = async () => {
       e.drop.release();
-      throw new Error("disk full");
+      throw Object.assign(new Error("ENOSPC: no space left on device, write '/srv/mail/alice/mymailbox.rewrite.1.tmp'"), { code: "ENOSPC" });
     };
     const [s] = await loggedIn(e);
     await run(s, "DELE 1");
     const r = await run(s, "QUIT");
-    expect(status(r)).toStartWith("-ERR");
+    expect(status(r)).toBe("-ERR [SYS/TEMP] some deleted messages not removed (ENOSPC); goodbye, POP3 server signing off");
     expect(r.close).toBe(true);
+    expect(r.log).toContain("/srv/mail/alice/mymailbox.rewrite.1.tmp");
   });
 
   test("connection drop (closed()) commits nothing and releases the maildrop", async () => {
