@@ -172,10 +172,12 @@ const MAX_HEADER_SCAN = 256 * 1024;
  * Subject header (and its folded lines), as the assignment's layout has it; without a
  * Subject, at the end of the header block.
  */
-export function scanHeader(msg: Buffer): { end: number; afterSubject: number } {
+export function scanHeader(msg: Buffer): { end: number; afterSubject: number; from: boolean; rcpt: boolean } {
   let pos = 0;
   let afterSubject = -1;
   let inSubject = false;
+  let from = false;
+  let rcpt = false;
   while (pos < msg.length && pos < MAX_HEADER_SCAN) {
     const nl = msg.indexOf(LF, pos);
     if (nl < 0) break;
@@ -185,11 +187,35 @@ export function scanHeader(msg: Buffer): { end: number; afterSubject: number } {
     // A first line that starts with a space continues no header: the message has none.
     if (folded && pos === 0) break;
     if (!folded && !HEADER_LINE.test(line)) break;
-    if (!folded) inSubject = /^subject[ \t]*:/i.test(line);
+    if (!folded) {
+      inSubject = /^subject[ \t]*:/i.test(line);
+      from ||= /^from[ \t]*:/i.test(line);
+      rcpt ||= /^(to|cc|bcc)[ \t]*:/i.test(line);
+    }
     pos = nl + 1;
     if (inSubject) afterSubject = pos;
   }
-  return { end: pos, afterSubject };
+  return { end: pos, afterSubject, from, rcpt };
+}
+
+/** Who a message came from and went to, as MAIL FROM and RCPT TO gave them. */
+export interface Envelope {
+  /** "" for the null sender (<>). */
+  sender: string;
+  recipients: string[];
+}
+
+/**
+ * The From: and To: lines a message without them is given from its envelope, as Postfix's
+ * cleanup adds them, so every stored mail has the assignment's From and To: the sender (or
+ * MAILER-DAEMON for <>), the one recipient, or "undisclosed-recipients:;" for several (the
+ * record is shared by all, and naming them would show Bcc recipients to each other).
+ */
+function envelopeLines(wire: Buffer, envelope: Envelope | undefined): string {
+  if (!envelope) return "";
+  const { from, rcpt } = scanHeader(wire);
+  const to = envelope.recipients.length === 1 ? envelope.recipients[0]! : "undisclosed-recipients:;";
+  return (from ? "" : `From: ${envelope.sender || "MAILER-DAEMON"}\r\n`) + (rcpt ? "" : `To: ${to}\r\n`);
 }
 
 /** Thrown by buildRecord when the memory budget refuses the copy it has to make. */
@@ -202,53 +228,68 @@ export class NoRoomForRecord extends Error {
  * be built in the `room` after wire, it is a copy: `charge` is asked for its bytes first
  * (the DATA memory budget), and NoRoomForRecord thrown if it refuses.
  */
-export function buildRecord(wire: Buffer, received: string, room = 0, charge: (bytes: number) => boolean = () => true): Buffer {
+export function buildRecord(wire: Buffer, received: string, room = 0, charge: (bytes: number) => boolean = () => true, envelope?: Envelope): Buffer {
   const m = measure(wire);
-  const extra = copyRoom(wire, m.size, received, room, charge);
-  return withReceived(extra < 0 ? wire : normalizedCopy(wire, m, extra), received);
+  const top = envelopeLines(wire, envelope);
+  const extra = copyRoom(wire, m.size, received, top, room, charge);
+  return withReceived(extra < 0 ? wire : normalizedCopy(wire, m, extra), received, top);
 }
 
 /**
  * buildRecord() that gives the event loop a turn every 256 KiB of a message over 256 KiB: the
  * line ends of 10 MB of bare-LF lines took 100-190 ms to convert, other sessions waiting.
  */
-export async function buildRecordYielding(wire: Buffer, received: string, room = 0, charge: (bytes: number) => boolean = () => true): Promise<Buffer> {
-  if (wire.length <= YIELD_EVERY) return buildRecord(wire, received, room, charge);
+export async function buildRecordYielding(
+  wire: Buffer,
+  received: string,
+  room = 0,
+  charge: (bytes: number) => boolean = () => true,
+  envelope?: Envelope,
+): Promise<Buffer> {
+  if (wire.length <= YIELD_EVERY) return buildRecord(wire, received, room, charge, envelope);
+  const top = envelopeLines(wire, envelope);
   let bare = false;
   for (let from = 0; from < wire.length && !bare; from += YIELD_EVERY) {
     bare = hasBareLf(wire, from, from + YIELD_EVERY);
     if (!bare) await aTurn();
   }
   const { size, stuff } = bare ? measured(await normalizeYielding(wire, null, false)) : { size: wire.length, stuff: false };
-  const extra = copyRoom(wire, size, received, room, charge);
-  if (extra < 0) return withReceived(wire, received);
+  const extra = copyRoom(wire, size, received, top, room, charge);
+  if (extra < 0) return withReceived(wire, received, top);
   const out = Buffer.allocUnsafe(size + extra);
   const written = size === wire.length ? wire.copy(out) : (await normalizeYielding(wire, out, stuff)).o;
-  return withReceived(checkedCopy(out, written, size), received);
+  return withReceived(checkedCopy(out, written, size), received, top);
 }
 
 /** -1 when the record can be built where wire is; otherwise the spare bytes its copy needs, charged first. */
-function copyRoom(wire: Buffer, size: number, received: string, room: number, charge: (bytes: number) => boolean): number {
-  // Room for the Received line (with a blank line after it when there is no header) and the "." line.
-  const extra = Buffer.byteLength(received) + 4 + TERMINATOR.length;
+function copyRoom(wire: Buffer, size: number, received: string, top: string, room: number, charge: (bytes: number) => boolean): number {
+  // Room for the added lines, the Received line (with a blank line after it when there is no header) and the "." line.
+  const extra = Buffer.byteLength(top) + Buffer.byteLength(received) + 4 + TERMINATOR.length;
   if (size === wire.length && room >= extra) return -1;
   if (!charge(size + extra)) throw new NoRoomForRecord("no memory left for the record");
   return extra;
 }
 
-/** The record: msg (with room after it) with the Received line inserted in place and the "." line. */
-function withReceived(msg: Buffer, received: string): Buffer {
+/**
+ * The record: msg (with room after it) with `top` (header lines) inserted at its start, the
+ * Received line in place, and the "." line.
+ */
+function withReceived(msg: Buffer, received: string, top = ""): Buffer {
   const { end, afterSubject } = scanHeader(msg);
   const at = afterSubject >= 0 ? afterSubject : end;
   // A message with no header lines at all: the Received line becomes its header, and a
   // blank line keeps the first body line from reading as a header too.
   const bare = end === 0 && msg[0] !== CR && msg[0] !== LF && msg.length > 0;
   const line = Buffer.from(received + (bare ? "\r\n\r\n" : "\r\n"));
+  const head = Buffer.from(top);
+  const added = head.length + line.length;
   // Not copied whole once more: a large message is moved along in its own memory.
-  const out = Buffer.from(msg.buffer, msg.byteOffset, msg.length + line.length + TERMINATOR.length);
-  out.copyWithin(at + line.length, at, msg.length);
-  line.copy(out, at);
-  TERMINATOR.copy(out, msg.length + line.length);
+  const out = Buffer.from(msg.buffer, msg.byteOffset, msg.length + added + TERMINATOR.length);
+  out.copyWithin(at + added, at, msg.length);
+  if (head.length) out.copyWithin(head.length, 0, at);
+  head.copy(out, 0);
+  line.copy(out, at + head.length);
+  TERMINATOR.copy(out, msg.length + added);
   return out;
 }
 

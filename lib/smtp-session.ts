@@ -118,6 +118,7 @@ export class SmtpSession {
   private helo: string | null = null;
   private from: string | null = null;
   private recipients: string[] = []; // user names, each once
+  private rcptAddresses: string[] = []; // as RCPT TO gave them, one per user
   private rcptCount = 0;
   private rcptAttempted = false;
   private authUser: string | null = null;
@@ -382,7 +383,10 @@ export class SmtpSession {
     const why = this.recipients.includes(user) ? null : this.store.unavailable?.(user);
     if (why) return { replies: [Smtp.mailboxUnavailable(user)], log: `recipient ${user} deferred (450): ${why}` };
     this.rcptCount++;
-    if (!this.recipients.includes(user)) this.recipients.push(user);
+    if (!this.recipients.includes(user)) {
+      this.recipients.push(user);
+      this.rcptAddresses.push(path.addr);
+    }
     return one(Smtp.recipientOk(user));
   }
 
@@ -399,14 +403,15 @@ export class SmtpSession {
   /** The message text after 354, up to the final "."; resolves once it is stored. */
   async handleMessage(msg: MessageEvent): Promise<SmtpResult> {
     if (this.state !== "data") throw new Error("handleMessage outside DATA");
-    const from = this.from;
+    const from = this.from!;
     const users = this.recipients;
+    const envelope = { sender: from, recipients: this.rcptAddresses };
     this.reset();
     if (msg.tooBig) return one(Smtp.tooBig());
     if (msg.noRoom) return { replies: [Smtp.storageFull()], log: `message from <${from}> refused: DATA memory budget full, peer=${this.peer}` };
     let record: Buffer;
     try {
-      record = await buildRecordYielding(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()), msg.room ?? 0, msg.charge);
+      record = await buildRecordYielding(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()), msg.room ?? 0, msg.charge, envelope);
     } catch (e) {
       if (!(e instanceof NoRoomForRecord)) throw e;
       return { replies: [Smtp.storageFull()], log: `message from <${from}> refused: DATA memory budget full for its stored copy, peer=${this.peer}` };
@@ -427,6 +432,7 @@ export class SmtpSession {
     this.state = this.state === "closed" ? "closed" : "command";
     this.from = null;
     this.recipients = [];
+    this.rcptAddresses = [];
     this.rcptCount = 0;
     this.rcptAttempted = false;
   }

@@ -4,6 +4,7 @@ import { buildRecord, buildRecordYielding, lfPieceToWire, MailboxScanner, Messag
 
 const b = (s: string) => Buffer.from(s, "utf8");
 const RCV = "Received: 2024-03-05 : 09 : 07";
+const ENVELOPE = { sender: "a@b", recipients: ["c@d", "e@f"] };
 
 /** What a POP3 client gets for one entry: wire form without the final ".", unstuffed. */
 function delivered(file: Buffer, m: MessageEntry): Buffer {
@@ -107,13 +108,15 @@ describe("buildRecord", () => {
     const inputs = [big("\n", 2_000_000), big("z".repeat(79) + "\n", 30_000), big("w".repeat(40) + "\r\n", 60_000), stuffed, b("Subject: small\n\nhi\n")];
     expect(buildRecord(stuffed, RCV).includes("\r\n...\r\n..x\r\n")).toBe(true);
     for (const wire of inputs) {
-      for (const room of [0, 64]) {
+      // 64 spare bytes hold the Received and "." lines, not the From and To added from an envelope.
+      for (const [room, envelope] of [[0, undefined], [64, undefined], [64, ENVELOPE], [256, ENVELOPE]] as const) {
         const padded = Buffer.alloc(wire.length + room);
         wire.copy(padded);
-        const want = buildRecord(Buffer.from(wire), RCV, 0);
+        const want = buildRecord(Buffer.from(wire), RCV, 0, undefined, envelope);
+        if (envelope) expect(want.subarray(0, 44).toString()).toBe("From: a@b\r\nTo: undisclosed-recipients:;\r\nSub");
         let turns = 0;
         const ticking = setInterval(() => turns++, 0);
-        const got = await buildRecordYielding(padded.subarray(0, wire.length), RCV, room);
+        const got = await buildRecordYielding(padded.subarray(0, wire.length), RCV, room, undefined, envelope);
         clearInterval(ticking);
         expect(got.equals(want)).toBe(true);
         // Timers ran meanwhile for every large message: the event loop was not held throughout.

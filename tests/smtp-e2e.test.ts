@@ -357,7 +357,8 @@ describe("message content", () => {
     expect(rt.replace(RECEIVED, "RCV\r")).toBe(headers + "RCV\r\n" + stuffed + ".\r\n");
     const empty = recs.find((r) => subjectOf(r) === "empty-body")!;
     expect(empty.replace(RECEIVED, "RCV\r")).toBe("From: a@b\r\nTo: bob@x\r\nSubject: empty-body\r\nRCV\r\n.\r\n");
-    expect(recs.at(-1)!.replace(RECEIVED, "RCV\r")).toBe("RCV\r\n.\r\n");
+    // An empty message gets From and To from the envelope.
+    expect(recs.at(-1)!.replace(RECEIVED, "RCV\r")).toBe("From: a@b\r\nTo: bob@x\r\nRCV\r\n.\r\n");
   });
 
   test("SMTP smuggling: <LF>.<CR><LF> and <CR><LF>.<LF> never end DATA; bytes after the real end are the next command", async () => {
@@ -410,7 +411,7 @@ describe("message content", () => {
     expect(stored.map(subjectOf)).toEqual(["big-lf", "after-big"]);
     // Every line with CRLF; a '.' line start after a bare LF stuffed (its dot kept).
     const lines = stored[0]!.split("\r\n");
-    expect(lines.length).toBe(3 + 40_000 + 3); // Subject, Received, blank; the lines; END, "." and ""
+    expect(lines.length).toBe(5 + 40_000 + 3); // From and To (from the envelope), Subject, Received, blank; the lines; END, "." and ""
     expect(lines.filter((l) => l === "..").length).toBe(Math.ceil(40_000 / 97));
     expect(lines).toContain("..dot");
     expect(stored[0]).not.toMatch(/[^\r]\n/);

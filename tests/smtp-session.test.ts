@@ -358,13 +358,34 @@ describe("SmtpSession: addresses and reply text as real clients send them", () =
     }
   });
 
-  test("a message without any header line gets a blank line after the Received line", async () => {
+  test("a message without any header line gets From and To from the envelope, the Received line, then a blank line", async () => {
     const { s, store, say } = setup();
     say("HELO c");
     say("MAIL FROM:<a@b>");
     say("RCPT TO:<alice@x>");
     say("DATA");
     await s.handleMessage(msg("just a body line\r\n"));
-    expect(store.boxes.get("alice")![0]!.toString()).toBe("Received: 2024-01-02 : 03 : 04\r\n\r\njust a body line\r\n.\r\n");
+    expect(store.boxes.get("alice")![0]!.toString()).toBe("From: a@b\r\nTo: alice@x\r\nReceived: 2024-01-02 : 03 : 04\r\n\r\njust a body line\r\n.\r\n");
+  });
+
+  test("From and To are added only when missing (Cc or Bcc count as recipients); several recipients are not named, the null sender is MAILER-DAEMON", async () => {
+    const { s, store, say } = setup();
+    const send = async (from: string, rcpts: string[], text: string) => {
+      say(`MAIL FROM:<${from}>`);
+      for (const r of rcpts) say(`RCPT TO:<${r}>`);
+      say("DATA");
+      await s.handleMessage(msg(text));
+    };
+    say("EHLO c");
+    await send("a@b", ["alice@x"], "From: Al <al@c>\r\nSubject: s\r\n\r\nbody\r\n");
+    await send("a@b", ["alice@x"], "Subject: s\r\nBcc: hidden@x\r\n\r\nbody\r\n");
+    await send("", ["alice@x", "bob@x", "ALICE@y"], "Subject: s\r\n\r\nbody\r\n");
+    await send("a@b", ["alice@x"], "");
+    expect(store.boxes.get("alice")!.map(String)).toEqual([
+      "To: alice@x\r\nFrom: Al <al@c>\r\nSubject: s\r\nReceived: 2024-01-02 : 03 : 04\r\n\r\nbody\r\n.\r\n",
+      "From: a@b\r\nSubject: s\r\nReceived: 2024-01-02 : 03 : 04\r\nBcc: hidden@x\r\n\r\nbody\r\n.\r\n",
+      "From: MAILER-DAEMON\r\nTo: undisclosed-recipients:;\r\nSubject: s\r\nReceived: 2024-01-02 : 03 : 04\r\n\r\nbody\r\n.\r\n",
+      "From: a@b\r\nTo: alice@x\r\nReceived: 2024-01-02 : 03 : 04\r\n.\r\n",
+    ]);
   });
 });
