@@ -3,7 +3,8 @@
 // command. The reader is pull-based so the session decides, line by line, whether the
 // bytes that follow are commands or message text.
 
-export type LineEvent = { kind: "line"; text: string } | { kind: "too-long" };
+/** A command line; `bareLf` when it ended with LF alone (a person at `nc`, not an MTA). */
+export type LineEvent = { kind: "line"; text: string; bareLf: boolean } | { kind: "too-long" };
 
 /** The message text of DATA, in wire form (dot-stuffed, CRLF line ends), without the final ".". */
 export interface MessageEvent {
@@ -55,6 +56,15 @@ export class DataBudget {
 }
 
 const END_OF_DATA = Buffer.from("\r\n.\r\n");
+const LF_END_OF_DATA = Buffer.from("\n.\n");
+
+/** Where the first end of DATA in buf starts, its length, and how many of its bytes (the line end) belong to the message. */
+function endOfData(buf: Buffer, lfEnd: boolean): { at: number; length: number; keep: number } | null {
+  const crlf = buf.indexOf(END_OF_DATA);
+  const lf = lfEnd ? buf.indexOf(LF_END_OF_DATA) : -1;
+  if (lf >= 0 && (crlf < 0 || lf < crlf)) return { at: lf, length: 3, keep: 1 };
+  return crlf >= 0 ? { at: crlf, length: 5, keep: 2 } : null;
+}
 // Shared, never written to: an idle connection's reader allocates nothing of its own.
 const EMPTY = Buffer.alloc(0);
 /** Message parts smaller than this are copied into BLOCK-sized blocks rather than kept as views. */
@@ -197,15 +207,17 @@ export class LineReader {
       }
       const text = this.pending.toString("utf8", 0, end);
       this.pending = this.pending.subarray(nl + 1);
-      return { kind: "line", text };
+      return { kind: "line", text, bareLf: end === nl };
     }
   }
 
   /**
    * Message text after DATA, up to CRLF "." CRLF only: a bare LF before or after the dot
    * never ends it (SMTP smuggling). Bytes after the end stay for nextLine().
+   * `lfEnd`: LF "." LF ends it too, for a client whose DATA command itself ended with a bare
+   * LF (plain `nc`): an MTA relaying smuggled text sends its commands with CRLF.
    */
-  nextMessage(maxSize: number, budget: DataBudget | null = null, reserve = 0): MessageEvent | null {
+  nextMessage(maxSize: number, budget: DataBudget | null = null, reserve = 0, lfEnd = false): MessageEvent | null {
     this.join();
     this.maxDataSize = maxSize;
     this.budget = budget;
@@ -214,15 +226,15 @@ export class LineReader {
     let contentEnd = -1; // in p; may be negative: the end lies inside kept chunks
     let after = -1;
     const head = Buffer.concat([this.dataTail, p.subarray(0, 4)]);
-    const h = head.indexOf(END_OF_DATA);
-    if (h >= 0 && h < this.dataTail.length) {
-      contentEnd = h + 2 - this.dataTail.length;
-      after = h + 5 - this.dataTail.length;
+    const h = endOfData(head, lfEnd);
+    if (h && h.at < this.dataTail.length) {
+      contentEnd = h.at + h.keep - this.dataTail.length;
+      after = h.at + h.length - this.dataTail.length;
     } else {
-      const i = p.indexOf(END_OF_DATA);
-      if (i >= 0) {
-        contentEnd = i + 2;
-        after = i + 5;
+      const i = endOfData(p, lfEnd);
+      if (i) {
+        contentEnd = i.at + i.keep;
+        after = i.at + i.length;
       }
     }
     if (after < 0) {

@@ -37,6 +37,8 @@ interface Shared {
 class SmtpHandler implements Handler {
   /** The reader, once a message has been started: a client gone mid-DATA gives its budget back. */
   private reading: LineReader | null = null;
+  /** Whether the last command line ended with a bare LF (see LineReader.nextMessage). */
+  private lfClient = false;
 
   constructor(
     private readonly shared: Shared,
@@ -53,7 +55,7 @@ class SmtpHandler implements Handler {
     const { opt, budget } = this.shared;
     if (session.expectingData) {
       this.reading = reader;
-      const msg = reader.nextMessage(opt.maxMessageSize, budget, RECORD_ROOM);
+      const msg = reader.nextMessage(opt.maxMessageSize, budget, RECORD_ROOM, this.lfClient);
       if (!msg) return null;
       if (trace) {
         const lines = msg.bytes.toString("utf8").split("\r\n").slice(0, -1);
@@ -74,6 +76,7 @@ class SmtpHandler implements Handler {
     }
     const ev = reader.nextLine(session.expectingAuthResponse ? MAX_SASL_LINE : MAX_COMMAND_LINE);
     if (!ev) return null;
+    this.lfClient = ev.kind === "line" && ev.bareLf;
     if (ev.kind === "too-long") {
       trace?.("<line too long>");
       return { text: text(session.lineTooLong().replies) };

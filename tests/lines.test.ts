@@ -17,10 +17,10 @@ describe("LineReader.nextLine", () => {
     const r = new LineReader();
     r.push(b("HELO a\r\nMAIL FROM:<x@y>\r\nRCPT TO:<z@w>\r\nDATA\r\n"));
     expect(lines(r)).toEqual([
-      { kind: "line", text: "HELO a" },
-      { kind: "line", text: "MAIL FROM:<x@y>" },
-      { kind: "line", text: "RCPT TO:<z@w>" },
-      { kind: "line", text: "DATA" },
+      { kind: "line", text: "HELO a", bareLf: false },
+      { kind: "line", text: "MAIL FROM:<x@y>", bareLf: false },
+      { kind: "line", text: "RCPT TO:<z@w>", bareLf: false },
+      { kind: "line", text: "DATA", bareLf: false },
     ]);
     expect(r.buffered).toBe(0);
   });
@@ -34,8 +34,8 @@ describe("LineReader.nextLine", () => {
       r.push(b(wire.slice(cut)));
       const all = [...first, ...lines(r)];
       expect(all).toEqual([
-        { kind: "line", text: "MAIL FROM:<a@b>" },
-        { kind: "line", text: "NOOP" },
+        { kind: "line", text: "MAIL FROM:<a@b>", bareLf: false },
+        { kind: "line", text: "NOOP", bareLf: false },
       ]);
     }
   });
@@ -44,9 +44,9 @@ describe("LineReader.nextLine", () => {
     const r = new LineReader();
     r.push(b("NOOP\nRSET\r\nA\rB\r\n"));
     expect(lines(r)).toEqual([
-      { kind: "line", text: "NOOP" },
-      { kind: "line", text: "RSET" },
-      { kind: "line", text: "A\rB" },
+      { kind: "line", text: "NOOP", bareLf: true },
+      { kind: "line", text: "RSET", bareLf: false },
+      { kind: "line", text: "A\rB", bareLf: false },
     ]);
   });
 
@@ -58,7 +58,7 @@ describe("LineReader.nextLine", () => {
     r.push(b("P\r"));
     expect(r.nextLine(512)).toBeNull();
     r.push(b("\n"));
-    expect(r.nextLine(512)).toEqual({ kind: "line", text: "NOOP" });
+    expect(r.nextLine(512)).toEqual({ kind: "line", text: "NOOP", bareLf: false });
   });
 
   test("segments that arrive while nothing is read are kept in shared blocks, not one buffer each, and read back in order", () => {
@@ -76,8 +76,8 @@ describe("LineReader.nextLine", () => {
     expect(r.buffered).toBe(6 + text.length);
     // 64 KiB blocks around the large segment: a handful, not 200,000.
     expect((r as unknown as { later: { seal(): Buffer[] } }).later.seal().length).toBeLessThanOrEqual(Math.ceil(text.length / 65536) + 3);
-    expect(r.nextLine(512)).toEqual({ kind: "line", text: "HELP" });
-    for (let i = 0; i < 20_000; i++) expect(r.nextLine(512)).toEqual({ kind: "line", text: `NOOP ${i}` });
+    expect(r.nextLine(512)).toEqual({ kind: "line", text: "HELP", bareLf: false });
+    for (let i = 0; i < 20_000; i++) expect(r.nextLine(512)).toEqual({ kind: "line", text: `NOOP ${i}`, bareLf: false });
     expect(r.nextLine(512)).toBeNull();
   });
 
@@ -85,9 +85,9 @@ describe("LineReader.nextLine", () => {
     const r = new LineReader();
     r.push(b("x".repeat(10) + "\r\n" + "y".repeat(11) + "\r\nNOOP\r\n"));
     expect(lines(r, 12)).toEqual([
-      { kind: "line", text: "x".repeat(10) },
+      { kind: "line", text: "x".repeat(10), bareLf: false },
       { kind: "too-long" },
-      { kind: "line", text: "NOOP" },
+      { kind: "line", text: "NOOP", bareLf: false },
     ]);
   });
 
@@ -102,7 +102,7 @@ describe("LineReader.nextLine", () => {
       expect(r.buffered).toBe(0); // memory stays bounded
     }
     r.push(b("zz\r\nNOOP\r\n"));
-    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: false }]);
   });
 });
 
@@ -118,7 +118,7 @@ describe("LineReader.nextMessage", () => {
     expect(m.kind).toBe("message");
     expect(m.tooBig).toBe(false);
     expect(m.bytes.toString()).toBe("Subject: x\r\n\r\nhello\r\n");
-    expect(lines(r)).toEqual([{ kind: "line", text: "QUIT" }]);
+    expect(lines(r)).toEqual([{ kind: "line", text: "QUIT", bareLf: false }]);
   });
 
   test("empty message: the terminator right after DATA's CRLF", () => {
@@ -126,7 +126,7 @@ describe("LineReader.nextMessage", () => {
     r.push(b(".\r\nNOOP\r\n"));
     const m = drainMessage(r)!;
     expect(m.bytes.length).toBe(0);
-    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: false }]);
   });
 
   test("the end split at every byte position, in two and in one-byte chunks", () => {
@@ -144,7 +144,7 @@ describe("LineReader.nextMessage", () => {
       // what follows the first end is handled again as text of a second message
       const m2 = r.nextMessage(1000)!;
       expect(m2.bytes.toString()).toBe("\r\nc\r\n");
-      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: false }]);
     }
     const r = new LineReader();
     let m: MessageEvent | null = null;
@@ -164,7 +164,26 @@ describe("LineReader.nextMessage", () => {
       r.push(b(".\r\nNOOP\r\n"));
       const m = r.nextMessage(1000)!;
       expect(m.bytes.toString("latin1")).toBe(text);
-      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: false }]);
+    }
+  });
+
+  test("lfEnd (a client whose DATA command ended with a bare LF, as plain nc sends): <LF>.<LF> ends DATA too, split anywhere", () => {
+    const wire = "a\n..b\n.x\n.\nNOOP\n";
+    for (let cut = 0; cut <= wire.length; cut++) {
+      const r = new LineReader();
+      r.push(b(wire.slice(0, cut)));
+      let m = r.nextMessage(1000, null, 0, true);
+      r.push(b(wire.slice(cut)));
+      m ??= r.nextMessage(1000, null, 0, true);
+      expect(m?.bytes.toString()).toBe("a\n..b\n.x\n");
+      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: true }]);
+    }
+    // An empty message, and CRLF.CRLF still ending one, whichever comes first.
+    for (const [text, body] of [[".\nNOOP\n", ""], ["a\r\n.\r\nb\n.\nNOOP\n", "a\r\n"]] as const) {
+      const r = new LineReader();
+      r.push(b(text));
+      expect(r.nextMessage(1000, null, 0, true)!.bytes.toString()).toBe(body);
     }
   });
 
@@ -181,7 +200,7 @@ describe("LineReader.nextMessage", () => {
       expect(m!.bytes.toString()).toBe(body);
       expect(m!.room).toBe(64);
       expect(m!.bytes.buffer.byteLength - m!.bytes.byteOffset).toBeGreaterThanOrEqual(body.length + 64);
-      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+      expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: false }]);
     }
     const r = new LineReader();
     r.push(b(wire));
@@ -238,7 +257,7 @@ describe("LineReader.nextMessage", () => {
     const m = r.nextMessage(500)!;
     expect(m.tooBig).toBe(true);
     expect(m.bytes.length).toBe(0);
-    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP" }]);
+    expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: false }]);
   });
 
   test("exactly at the limit is accepted, one byte over is not", () => {
@@ -300,7 +319,7 @@ describe("DataBudget: memory for unfinished messages, shared by all connections"
     c.push(b("\r\n.\r\nNOOP\r\n"));
     const refused = c.nextMessage(1 << 20, budget)!;
     expect([refused.noRoom, refused.tooBig, refused.bytes.length]).toEqual([true, false, 0]);
-    expect(lines(c)).toEqual([{ kind: "line", text: "NOOP" }]);
+    expect(lines(c)).toEqual([{ kind: "line", text: "NOOP", bareLf: false }]);
     expect(budget.held).toBe(70);
     // a finishes: its share stays counted until the message is stored, then comes back,
     // and c's next message fits.

@@ -62,7 +62,7 @@ const subjectOf = (rec: string) => /^Subject: (.*)\r?$/m.exec(rec)?.[1] ?? null;
 const RECEIVED = /^Received: \d{4}-\d\d-\d\d : \d\d : \d\d\r$/m;
 
 // Each test that checks a whole mailbox has its own user.
-const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h", dotlf: "d", biglf: "b" };
+const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h", dotlf: "d", biglf: "b", lfonly: "l" };
 for (let i = 0; i < 100; i++) USERS[`u${i}`] = "p";
 
 let main: Running;
@@ -386,6 +386,27 @@ describe("message content", () => {
     expect(smug.length).toBe(1);
     expect(smug[0]).toContain("evil-2");
     expect(records(mainRoot, "smug2").map(subjectOf)).toEqual(["legit"]);
+  });
+
+  test("a client sending bare LF everywhere (plain nc): <LF>.<LF> ends its DATA, stored with CRLF and its dot lines kept; not after a CRLF DATA", async () => {
+    const c = await session(main.port);
+    c.send("MAIL FROM:<nc@x>\nRCPT TO:<lfonly@x>\nDATA\nSubject: typed in nc\n\nhi\n.x\n.\nNOOP\n");
+    expect(await c.code()).toBe(250);
+    expect(await c.code()).toBe(250);
+    expect(await c.code()).toBe(354);
+    expect(await c.reply()).toBe("250 OK Message accepted for delivery\r\n");
+    expect(await c.reply()).toBe("250 OK\r\n");
+    // The same text after a DATA sent with CRLF (as any MTA sends it): not an end.
+    c.send("MAIL FROM:<nc@x>\r\nRCPT TO:<lfonly@x>\r\nDATA\r\nSubject: relayed\n\nhi\n.\nNOOP\n\r\n.\r\n");
+    expect(await c.code()).toBe(250);
+    expect(await c.code()).toBe(250);
+    expect(await c.code()).toBe(354);
+    expect(await c.reply()).toBe("250 OK Message accepted for delivery\r\n");
+    c.close();
+    const stored = records(mainRoot, "lfonly");
+    expect(stored.map(subjectOf)).toEqual(["typed in nc", "relayed"]);
+    expect(stored[0]).toEndWith("\r\n\r\nhi\r\n..x\r\n.\r\n");
+    expect(stored[1]).toEndWith("\r\n\r\nhi\r\n..\r\nNOOP\r\n\r\n.\r\n");
   });
 
   test("bare-LF lines of lone dots are stored whole: the message keeps its end and the next one stays apart", async () => {
