@@ -42,8 +42,10 @@ await runMain("start", async () => {
   const smtp = spawn("smtpmail.ts", smtpPort);
   const pop = spawn("popserver.ts", popPort);
   // Port 0 lets each server pick one: the ports are in their own "listening" lines then.
-  if (smtpPort && popPort) console.log(`SMTP on port ${smtpPort}, POP3 on port ${popPort}. Try: bun mailclient.ts 127.0.0.1 ${smtpPort} ${popPort}`);
-  else console.log("Each server prints the port it picked in its \"listening\" line below; then: bun mailclient.ts 127.0.0.1 <smtp port> <pop3 port>");
+  // Bun comes from npm and is not on PATH: the hint names the copy that is there.
+  const client = here === PROJECT ? "node_modules/.bin/bun mailclient.ts" : `${join(PROJECT, "node_modules/.bin/bun")} ${join(PROJECT, "mailclient.ts")}`;
+  if (smtpPort && popPort) console.log(`SMTP on port ${smtpPort}, POP3 on port ${popPort}. Try: ${client} 127.0.0.1 ${smtpPort} ${popPort}`);
+  else console.log(`Each server prints the port it picked in its "listening" line below; then: ${client} 127.0.0.1 <smtp port> <pop3 port>`);
   console.log("Press Ctrl-C to stop both servers.");
 
   let stopping = false;
