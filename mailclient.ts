@@ -168,10 +168,13 @@ async function login(config: Config): Promise<Session> {
         say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}). Please try again.`);
         continue;
       }
+      const why = errorText(err);
       say(
         err instanceof Pop3Error
           ? `Cannot check the password: the POP3 server said -ERR ${err.text}; continuing.`
-          : `Cannot check the password: POP3 server unreachable (${errorText(err)}); continuing.`,
+          : /\bTLS\b|certificate/i.test(why)
+            ? `Cannot check the password: no trusted TLS connection to the POP3 server (${why}); continuing.`
+            : `Cannot check the password: POP3 server unreachable (${why}); continuing.`,
       );
       return session;
     }

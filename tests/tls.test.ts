@@ -279,6 +279,10 @@ describe.skipIf(!cert)("our own clients over TLS", () => {
     const i = await run(command("mailclient", ["--tls", "--insecure", "127.0.0.1", String(strict.tlsPort), String(strictPop.tlsPort)]), ["carol", "carolpw", "1", "-1", "3", ""].join("\n"));
     expect(i.out).toContain("Logged in as carol.");
     expect(i.out).toContain("mailclient-tls");
+    // Without --cafile the self-signed certificate is not trusted: said as a TLS failure, not as a server that is down.
+    const bad = await run(command("mailclient", ["--starttls", "localhost", String(smtp.port), String(pop.port)]), ["bob", "bobpw", "3", ""].join("\n"));
+    expect(bad.out).toContain("Cannot check the password: no trusted TLS connection to the POP3 server (");
+    expect(bad.out).not.toContain("unreachable");
   });
 
   test("mailclient without TLS against servers that require it: told to use TLS, and the password never goes out in the clear", async () => {
