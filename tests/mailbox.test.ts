@@ -381,8 +381,9 @@ describe("toWire and unstuff", () => {
 describe("UIDs written without strings", () => {
   test("writeNumber writes what Number#toString writes, in bases 10 and 36, up to 2^53 - 1", () => {
     const buf = Buffer.alloc(64);
-    const values = [0, 1, 9, 10, 35, 36, 1295, 1296, 2 ** 32, 2 ** 53 - 1];
-    for (let k = 0; k < 2000; k++) values.push(Math.floor(Math.random() * 2 ** 53));
+    // Around int32's end and the two halves' split (1e9 and 36^5 multiples: zero-padded low halves).
+    const values = [0, 1, 9, 10, 35, 36, 1295, 1296, 2 ** 31 - 1, 2 ** 31, 2 ** 31 + 1, 2 ** 32, 2 ** 53 - 1, 3e9 + 7, 5e9, 36 ** 5 * 100 + 1, 36 ** 6, 36 ** 10 - 1];
+    for (let k = 0; k < 2000; k++) values.push(Math.floor(Math.random() * 2 ** 53), Math.floor(Math.random() * 2 ** 31));
     for (const v of values) {
       for (const radix of [10, 36]) {
         const end = writeNumber(buf, 3, v, radix);
