@@ -18,7 +18,9 @@ import { fstatSync, readSync } from "node:fs";
 import { readAt, readAtSync } from "./fsio.ts";
 import { MailboxScanner, MessageIndex } from "./mailbox.ts";
 
-const CHUNK = 1 << 20;
+// 512 KiB rather than 1 MiB: the first login on 1 GiB peaked ~2 MiB lower (60.4 against
+// 62.2-62.9 MiB), and took no longer (354-377 ms).
+const CHUNK = 512 << 10;
 const GC_EVERY = 128 << 20;
 const EMPTY = Buffer.alloc(0);
 const LF = 0x0a;
