@@ -547,7 +547,7 @@ export class MailServer {
     while (c.out.length) {
       const buf = c.out[0]!;
       const n = s.write(buf);
-      if (n < 0) return;
+      if (n <= 0) return;
       c.lastActive = Date.now();
       if (n < buf.length) {
         c.out[0] = buf.subarray(n);
@@ -591,9 +591,13 @@ export class MailServer {
         if (now - c.lastActive > Math.min(this.opt.idleTimeoutMs, GOODBYE_GRACE_MS)) s.terminate();
         continue;
       }
+      // Output waiting for the client (a big RETR): the drain event comes only once the
+      // kernel's send buffer is about half empty, megabytes for a slow reader, so a reader
+      // that is slow but steady shows its progress only to a write attempt.
+      if (c.outBytes > 0 && now - c.lastActive > this.opt.idleTimeoutMs / 2) this.flush(s);
       if (c.busy) {
-        // Stuck behind a client that stopped reading (a big RETR): idle as well, and
-        // nothing more can be said to it.
+        // Stuck behind a client that stopped reading: idle as well, and nothing more can be
+        // said to it.
         if (c.drained && now - c.lastActive > this.opt.idleTimeoutMs) {
           if (!this.opt.quiet) this.opt.log(`${this.opt.name}: [${c.id}] client stopped reading, closing`);
           s.terminate();

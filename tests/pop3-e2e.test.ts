@@ -391,6 +391,41 @@ print(len(data), b"-ERR" in data, data.endswith(b"\\r\\n.\\r\\n"))
     expect(await again.cmd("QUIT")).toStartWith("+OK");
   });
 
+  test.skipIf(!Bun.which("python3"))("a client reading a large RETR slowly but steadily is not taken for one that stopped reading (--timeout 2)", async () => {
+    // helper-38: progress showed only through drain events, which come after megabytes.
+    const slow = await startPop(root, ["--timeout", "2"]);
+    extra.push(slow);
+    const big = rec(1, Array.from({ length: 100_000 }, (_, i) => `line ${i} ${"s".repeat(70)}`)); // ~8 MB, streamed
+    seed("gina", big);
+    const script = `
+import socket, time
+s = socket.create_connection(("127.0.0.1", ${slow.port}))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+def line():
+    out = b""
+    while not out.endswith(b"\\n"): out += s.recv(1)
+    return out
+line(); s.sendall(b"USER gina\\r\\n"); line(); s.sendall(b"PASS ginapw\\r\\n"); line()
+s.sendall(b"RETR 1\\r\\n")
+data = b""
+started = time.time()
+while b"\\r\\n.\\r\\n" not in data[-(1 << 16):]:
+    chunk = s.recv(8192 if time.time() - started < 4 else 1 << 20)
+    if not chunk: break
+    data += chunk
+    if time.time() - started < 4: time.sleep(0.05)  # 160 KB/s for 4 s, then as fast as it comes
+print(len(data), data.find(b"\\r\\n.\\r\\n") + 5)
+`;
+    const proc = Bun.spawn(["python3", "-c", script], { stdout: "pipe", stderr: "pipe" });
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    expect(err).toBe("");
+    const [, end] = out.trim().split(" ").map(Number);
+    // The whole message came, after its +OK line.
+    expect(end! - big.length).toBeGreaterThan(0);
+    expect(end! - big.length).toBeLessThan(100);
+    expect(slow.log()).not.toContain("stopped reading");
+  });
+
   test("a multi-megabyte message is sent whole (write backpressure)", async () => {
     const body = Array.from({ length: 60_000 }, (_, i) => (i % 10 === 0 ? "." : "") + `line ${i} ${"z".repeat(70)}`);
     const p = seed("bob", rec(1), rec(2, body), rec(3));
