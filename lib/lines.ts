@@ -225,11 +225,15 @@ export class LineReader {
     if (p.length === 0) return null;
     let contentEnd = -1; // in p; may be negative: the end lies inside kept chunks
     let after = -1;
+    // Whether the end's "." was counted as a stuffing dot when it was kept (see below):
+    // dotLines counts a dot after CRLF (or at the start), not after a bare LF.
+    let endDotCounted = true;
     const head = Buffer.concat([this.dataTail, p.subarray(0, 4)]);
     const h = endOfData(head, lfEnd);
     if (h && h.at < this.dataTail.length) {
       contentEnd = h.at + h.keep - this.dataTail.length;
       after = h.at + h.length - this.dataTail.length;
+      endDotCounted = h.length === END_OF_DATA.length || (h.at > 0 && head[h.at - 1] === CR);
     } else {
       const i = endOfData(p, lfEnd);
       if (i) {
@@ -270,7 +274,7 @@ export class LineReader {
     // The size RFC 1870 means: without stuffing dots, which were counted as the parts came
     // (not counted again here: 10 MB of ".." lines took 53 ms). When the end's "." came in a
     // part before its CRLF (contentEnd < 0), that "." was counted too.
-    const size = this.dataSize - this.dataDots + (contentEnd < 0 ? 1 : 0);
+    const size = this.dataSize - this.dataDots + (contentEnd < 0 && endDotCounted ? 1 : 0);
     const tooBig = this.dataTooBig || size > maxSize;
     const noRoom = this.dataNoRoom && !tooBig;
     this.pending = p.subarray(after);

@@ -178,7 +178,9 @@ export interface ListRow {
 }
 
 function fit(text: string, width: number): string {
-  const chars = [...sanitizeForTerminal(text)];
+  // One line per mail: a decoded Subject (RFC 2047) can hold a line break or a tab, and
+  // could otherwise draw a made-up row into the list.
+  const chars = [...sanitizeForTerminal(text.replace(/[\t\r\n\u2028\u2029]/g, " "))];
   return chars.length > width ? chars.slice(0, width - 3).join("") + "..." : chars.join("");
 }
 

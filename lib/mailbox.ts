@@ -161,8 +161,11 @@ async function normalizeYielding(wire: Buffer, out: Buffer | null, stuff: boolea
   }
 }
 
-// Whitespace before the colon is RFC 5322's obsolete syntax (4.5.8), still sent and accepted.
-const HEADER_LINE = /^[\x21-\x39\x3b-\x7e]+[ \t]*:/;
+const HEADER_LINE = /^[\x21-\x39\x3b-\x7e]+:/;
+// Whitespace before the colon is RFC 5322's obsolete syntax (4.5.8), still sent: such a line is
+// a header in a block that has a strict one too, or that ends at a blank line ("Hi :)" opening
+// a message without a header is text).
+const OBS_HEADER_LINE = /^[\x21-\x39\x3b-\x7e]+[ \t]+:/;
 const MAX_HEADER_SCAN = 256 * 1024;
 
 /**
@@ -170,24 +173,35 @@ const MAX_HEADER_SCAN = 256 * 1024;
  * that is neither a header field nor a folded continuation (the assignment's own layout has
  * no empty line before the body). Also where the Received line goes: right after the
  * Subject header (and its folded lines), as the assignment's layout has it; without a
- * Subject, at the end of the header block.
+ * Subject, at the end of the header block. `cut`: the block goes on past the 256 KiB looked at.
  */
-export function scanHeader(msg: Buffer): { end: number; afterSubject: number; from: boolean; rcpt: boolean } {
+export function scanHeader(msg: Buffer): { end: number; afterSubject: number; from: boolean; rcpt: boolean; cut: boolean } {
   let pos = 0;
   let afterSubject = -1;
   let inSubject = false;
   let from = false;
   let rcpt = false;
-  while (pos < msg.length && pos < MAX_HEADER_SCAN) {
+  let strict = false;
+  let blank = false;
+  let cut = false;
+  while (pos < msg.length) {
+    if (pos >= MAX_HEADER_SCAN) {
+      cut = true;
+      break;
+    }
     const nl = msg.indexOf(LF, pos);
     if (nl < 0) break;
     const line = msg.toString("latin1", pos, Math.min(nl, pos + 200));
-    if (line === "\r" || line === "") break;
+    if (line === "\r" || line === "") {
+      blank = true;
+      break;
+    }
     const folded = line[0] === " " || line[0] === "\t";
     // A first line that starts with a space continues no header: the message has none.
     if (folded && pos === 0) break;
-    if (!folded && !HEADER_LINE.test(line)) break;
     if (!folded) {
+      if (HEADER_LINE.test(line)) strict = true;
+      else if (!OBS_HEADER_LINE.test(line)) break;
       inSubject = /^subject[ \t]*:/i.test(line);
       from ||= /^from[ \t]*:/i.test(line);
       rcpt ||= /^(to|cc|bcc)[ \t]*:/i.test(line);
@@ -195,7 +209,8 @@ export function scanHeader(msg: Buffer): { end: number; afterSubject: number; fr
     pos = nl + 1;
     if (inSubject) afterSubject = pos;
   }
-  return { end: pos, afterSubject, from, rcpt };
+  if (!strict && !blank) return { end: 0, afterSubject: -1, from: false, rcpt: false, cut };
+  return { end: pos, afterSubject, from, rcpt, cut };
 }
 
 /** Who a message came from and went to, as MAIL FROM and RCPT TO gave them. */
@@ -213,7 +228,9 @@ export interface Envelope {
  */
 function envelopeLines(wire: Buffer, envelope: Envelope | undefined): string {
   if (!envelope) return "";
-  const { from, rcpt } = scanHeader(wire);
+  const { from, rcpt, cut } = scanHeader(wire);
+  // A header block longer than we look at may have them further down.
+  if (cut) return "";
   const to = envelope.recipients.length === 1 ? envelope.recipients[0]! : "undisclosed-recipients:;";
   return (from ? "" : `From: ${envelope.sender || "MAILER-DAEMON"}\r\n`) + (rcpt ? "" : `To: ${to}\r\n`);
 }

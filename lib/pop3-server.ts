@@ -29,7 +29,9 @@ export function filePopStore(root: string, users: Users, warn: (m: string) => vo
   const cache = new IndexCache();
   return {
     findUser: (name) => users.account(name),
-    checkPassword: async (user, password) => (await users.check(user, password)) !== null,
+    // The same user USER found: user.txt may have changed in between, and a name found
+    // ignoring case could now mean someone else.
+    checkPassword: async (user, password) => (await users.check(user, password)) === user,
     open: (user) => FileMaildrop.open(root, user, warn, cache),
   };
 }
@@ -72,7 +74,7 @@ class PopHandler implements Handler {
     // 1 GiB mailbox: peak RSS 64-66 MiB with a full one every 4000 commands, 60 with one
     // every 1000 and after long listings. But a full collection costs 3-4 ms even on a
     // small heap (14 % of popserver's CPU in a NOOP loop, 30 % of a pipelined RETR run),
-    // so a session's every 1000 commands ask for an asynchronous one (Bun.gc(false): the
+    // so a session's every GC_EVERY_COMMANDS commands ask for an asynchronous one (Bun.gc(false): the
     // call takes 0.57-0.59 ms median inside popserver, against 2.8-3.5), and every 10,000
     // commands of all sessions together get a synchronous one: pipelined RETR went from
     // 93-124k to 153-198k msg/s on 10,000 messages, peak RSS 56 MiB as before and

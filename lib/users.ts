@@ -162,6 +162,8 @@ export class Users {
   account(name: string): string | null {
     this.refresh();
     if (this.table.passwords.has(name)) return name;
+    // ASCII only: Unicode folding maps the Kelvin sign to "k", a name no one listed.
+    if (!/^[\x21-\x7e]+$/.test(name)) return null;
     return this.table.byLowerCase?.get(name.toLowerCase()) ?? null;
   }
 

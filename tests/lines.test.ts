@@ -179,6 +179,17 @@ describe("LineReader.nextMessage", () => {
       expect(m?.bytes.toString()).toBe("a\n..b\n.x\n");
       expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: true }]);
     }
+    // Sized as RFC 1870 says however it is split: "xy" plus its line end is 3 octets.
+    for (let cut = 0; cut <= 5; cut++) {
+      for (const [max, tooBig] of [[3, false], [2, true]] as const) {
+        const r = new LineReader();
+        r.push(b("xy\n.\n".slice(0, cut)));
+        let m = r.nextMessage(max, null, 0, true);
+        r.push(b("xy\n.\n".slice(cut)));
+        m ??= r.nextMessage(max, null, 0, true);
+        expect([cut, max, m!.tooBig]).toEqual([cut, max, tooBig]);
+      }
+    }
     // An empty message, and CRLF.CRLF still ending one, whichever comes first.
     for (const [text, body] of [[".\nNOOP\n", ""], ["a\r\n.\r\nb\n.\nNOOP\n", "a\r\n"]] as const) {
       const r = new LineReader();

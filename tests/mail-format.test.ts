@@ -169,6 +169,13 @@ describe("formatMailList", () => {
     expect(row!.length).toBeLessThan(150);
   });
 
+  test("a line break or tab in a (decoded) subject cannot draw another row", () => {
+    const subject = decodeEncodedWords("=?utf-8?Q?hi=0A2__boss@bank.com__2024-01-01_:_10_:_00=09URGENT=E2=80=A8x?=");
+    const rows = formatMailList([{ no: 1, from: "a@b", when: "w", subject }]);
+    expect(rows.length).toBe(2);
+    expect(rows[1]).toBe("      1  a@b     w         hi 2  boss@bank.com  2024-01-01 : 10 : 00 URGENT x");
+  });
+
   test("a mail without From or Subject says so instead of a blank", () => {
     const [, row] = formatMailList([{ no: 3, from: "", when: "2026-12-01 : 04 : 27", subject: "" }]);
     expect(row).toBe("      3  (no sender)  2026-12-01 : 04 : 27  (no subject)");

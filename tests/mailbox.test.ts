@@ -41,6 +41,17 @@ describe("buildRecord", () => {
     );
     // A space inside the name still ends the header block.
     expect(buildRecord(b("Sub ject: x\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\nSub ject: x\r\n.\r\n");
+    // Only in a block with a strict header line or ending at a blank line: "Hi :)" opening a message is text.
+    expect(buildRecord(b("Hi :)\r\nsee you\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\nHi :)\r\nsee you\r\n.\r\n");
+    expect(buildRecord(b("Subject : x\r\n\r\nb\r\n"), RCV).toString()).toBe("Subject : x\r\n" + RCV + "\r\n\r\nb\r\n.\r\n");
+  });
+
+  test("From and To from the envelope: not for a header block longer than the 256 KiB looked at (they may be further down)", () => {
+    const pad = Array.from({ length: 3000 }, (_, i) => `X-Pad-${i}: ${"p".repeat(80)}\r\n`).join("");
+    const rec = buildRecord(b(pad + "From: real@sender\r\nTo: bob@x\r\nSubject: hi\r\n\r\nbody\r\n"), RCV, 0, undefined, ENVELOPE).toString();
+    expect(rec.startsWith("X-Pad-0: ")).toBe(true);
+    expect(rec.match(/^From:/gm)).toEqual(["From:"]);
+    expect(rec.match(/^To:/gm)).toEqual(["To:"]);
   });
 
   test("without Subject: at the end of the header block; without headers: first, then a blank line before the body", () => {

@@ -128,6 +128,26 @@ describe("popserver over TCP", () => {
     expect(readFileSync(mailboxPath(root, "bob")).equals(rec(2))).toBe(true);
   });
 
+  test("user.txt changed between USER and PASS: a name found ignoring case is not taken for someone else", async () => {
+    const r = makeRoot({ Alice: "alicepw" });
+    try {
+      const s = await startPop(r, ["--quiet"]);
+      extra.push(s);
+      const w = await Wire.open(s.port);
+      wires.push(w);
+      await w.line();
+      expect(await w.cmd("USER alice")).toStartWith("+OK"); // means Alice
+      writeFileSync(join(r, "user.txt"), "alice otherpw\n"); // Alice gone, a different alice listed
+      await Bun.sleep(20);
+      expect(await w.cmd("PASS otherpw")).toStartWith("-ERR");
+      expect(await w.cmd("USER alice")).toStartWith("+OK");
+      expect(await w.cmd("PASS otherpw")).toStartWith("+OK"); // the new alice, found afresh
+      expect(await w.cmd("QUIT")).toStartWith("+OK");
+    } finally {
+      removeRoot(r);
+    }
+  });
+
   test("pipelined commands in one write get their replies in order", async () => {
     seed("carol", rec(1), rec(2));
     const w = await open();

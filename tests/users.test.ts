@@ -114,6 +114,11 @@ describe("Users", () => {
     expect(u.account("BOB")).toBe("Bob");
     expect(u.account("CAROL")).toBeNull();
     expect(u.account("postmaster")).toBeNull(); // an address alias, not a login
+    // Only ASCII is folded: the Kelvin sign lower-cases to "k".
+    const k = new Users(file("kate pk\n"));
+    k.load();
+    expect([k.account("KATE"), k.account("\u212Aate")]).toEqual(["kate", null]);
+    expect(await k.check("\u212Aate", "pk")).toBeNull();
   });
 
   test("every refusal costs a hash check when the file has hashes (unknown name, wrong plain-text password), so timing tells nothing", async () => {
