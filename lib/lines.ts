@@ -56,14 +56,19 @@ export class DataBudget {
 }
 
 const END_OF_DATA = Buffer.from("\r\n.\r\n");
-const LF_END_OF_DATA = Buffer.from("\n.\n");
+// For a bare-LF client (lfEnd): a "." line after a bare LF, ended by LF or by CRLF (pasted text).
+const LF_ENDS_OF_DATA = [Buffer.from("\n.\n"), Buffer.from("\n.\r\n")];
 
 /** Where the first end of DATA in buf starts, its length, and how many of its bytes (the line end) belong to the message. */
 function endOfData(buf: Buffer, lfEnd: boolean): { at: number; length: number; keep: number } | null {
   const crlf = buf.indexOf(END_OF_DATA);
-  const lf = lfEnd ? buf.indexOf(LF_END_OF_DATA) : -1;
-  if (lf >= 0 && (crlf < 0 || lf < crlf)) return { at: lf, length: 3, keep: 1 };
-  return crlf >= 0 ? { at: crlf, length: 5, keep: 2 } : null;
+  let found = crlf >= 0 ? { at: crlf, length: END_OF_DATA.length, keep: 2 } : null;
+  if (!lfEnd) return found;
+  for (const end of LF_ENDS_OF_DATA) {
+    const at = buf.indexOf(end);
+    if (at >= 0 && (!found || at < found.at)) found = { at, length: end.length, keep: 1 };
+  }
+  return found;
 }
 // Shared, never written to: an idle connection's reader allocates nothing of its own.
 const EMPTY = Buffer.alloc(0);

@@ -180,18 +180,20 @@ describe("LineReader.nextMessage", () => {
       expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: true }]);
     }
     // Sized as RFC 1870 says however it is split: "xy" plus its line end is 3 octets.
-    for (let cut = 0; cut <= 5; cut++) {
-      for (const [max, tooBig] of [[3, false], [2, true]] as const) {
-        const r = new LineReader();
-        r.push(b("xy\n.\n".slice(0, cut)));
-        let m = r.nextMessage(max, null, 0, true);
-        r.push(b("xy\n.\n".slice(cut)));
-        m ??= r.nextMessage(max, null, 0, true);
-        expect([cut, max, m!.tooBig]).toEqual([cut, max, tooBig]);
+    for (const text of ["xy\n.\n", "xy\n.\r\n"]) {
+      for (let cut = 0; cut <= text.length; cut++) {
+        for (const [max, tooBig] of [[3, false], [2, true]] as const) {
+          const r = new LineReader();
+          r.push(b(text.slice(0, cut)));
+          let m = r.nextMessage(max, null, 0, true);
+          r.push(b(text.slice(cut)));
+          m ??= r.nextMessage(max, null, 0, true);
+          expect([text, cut, max, m!.tooBig, m!.bytes.toString()]).toEqual([text, cut, max, tooBig, tooBig ? "" : "xy\n"]);
+        }
       }
     }
-    // An empty message, and CRLF.CRLF still ending one, whichever comes first.
-    for (const [text, body] of [[".\nNOOP\n", ""], ["a\r\n.\r\nb\n.\nNOOP\n", "a\r\n"]] as const) {
+    // An empty message, CRLF.CRLF still ending one, and a "." line ended by CRLF after a bare LF (pasted text), whichever comes first.
+    for (const [text, body] of [[".\nNOOP\n", ""], ["a\r\n.\r\nb\n.\nNOOP\n", "a\r\n"], ["a\n.\r\nb\n.\nNOOP\n", "a\n"], ["a\r\n.\nb\n.\r\n", "a\r\n"]] as const) {
       const r = new LineReader();
       r.push(b(text));
       expect(r.nextMessage(1000, null, 0, true)!.bytes.toString()).toBe(body);
