@@ -219,8 +219,9 @@ export class LineReader {
   /**
    * Message text after DATA, up to CRLF "." CRLF only: a bare LF before or after the dot
    * never ends it (SMTP smuggling). Bytes after the end stay for nextLine().
-   * `lfEnd`: LF "." LF ends it too, for a client whose DATA command itself ended with a bare
-   * LF (plain `nc`): an MTA relaying smuggled text sends its commands with CRLF.
+   * `lfEnd`: a "." line after a bare LF ends it too (LF "." LF or LF "." CRLF), for a client
+   * whose DATA command itself ended with a bare LF (plain `nc`): an MTA relaying smuggled
+   * text sends its commands with CRLF.
    */
   nextMessage(maxSize: number, budget: DataBudget | null = null, reserve = 0, lfEnd = false): MessageEvent | null {
     this.join();
