@@ -4,8 +4,24 @@
 // Reads and writes of a few KiB go through the page cache in microseconds and are done
 // synchronously; fsync and large reads go to the thread pool, so the event loop never waits
 // on the disk.
-import { close, closeSync, fdatasync, fsync, fsyncSync, open, openSync, read, readSync, unlinkSync, writeSync, writev, writevSync, write } from "node:fs";
+import { close, closeSync, constants, fdatasync, fstatSync, fsync, fsyncSync, open, openSync, read, readSync, unlinkSync, writeSync, writev, writevSync, write } from "node:fs";
 import { promisify } from "node:util";
+
+/**
+ * A small file's text, read without ever blocking: a FIFO (or device) put in the place of a
+ * lock file or user.txt made readFileSync wait for a writer, and the whole server with it.
+ * Anything but a regular file is an error (code EFTYPE).
+ */
+export function readRegularFile(path: string, encoding: BufferEncoding): string {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "EFTYPE" });
+    return readAtSync(fd, 0, st.size).toString(encoding);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 export const openFd = promisify(open) as (path: string, flags: string) => Promise<number>;
 export const closeFd = promisify(close);

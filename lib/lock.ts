@@ -5,6 +5,7 @@
 import { closeSync, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
+import { readRegularFile } from "./fsio.ts";
 
 const HOST = hostname();
 
@@ -55,7 +56,7 @@ export function alive(pid: number): boolean {
 export function foreignHolder(path: string): string | null {
   let content: string;
   try {
-    content = readFileSync(path, "latin1");
+    content = readRegularFile(path, "latin1");
   } catch {
     return null;
   }
@@ -229,8 +230,10 @@ export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock 
       }
       let existing: string;
       try {
-        existing = readFileSync(path, "utf8");
-      } catch {
+        existing = readRegularFile(path, "utf8");
+      } catch (e) {
+        // Not a file (a FIFO put there): nobody's lock we could break; held, as far as we know.
+        if ((e as NodeJS.ErrnoException).code === "EFTYPE") return null;
         continue; // vanished between link and read: try again
       }
       if (!isStale(existing)) return null;
@@ -263,7 +266,7 @@ function breakStale(path: string, stale: string): void {
   }
   try {
     closeSync(fd);
-    if (readFileSync(path, "utf8") === stale) unlinkSync(path);
+    if (readRegularFile(path, "utf8") === stale) unlinkSync(path);
   } catch {
     // Gone already: the caller simply tries again.
   } finally {
@@ -287,7 +290,7 @@ export function isWanted(path: string): boolean {
   try {
     if (Date.now() - statSync(marker).mtimeMs >= WANTED_STALE_MS) return false;
     // Its waiter was killed: without this, the holder would keep yielding to nobody.
-    const [pidText, host] = readFileSync(marker, "utf8").trim().split(/\s+/);
+    const [pidText, host] = readRegularFile(marker, "utf8").trim().split(/\s+/);
     const pid = Number(pidText);
     if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
       unlinkSync(marker);

@@ -257,12 +257,16 @@ export class FileMailStore implements MailStore {
     if (this.boxes.has(user)) return null;
     const path = mailboxPath(this.root, user);
     try {
+      // A link in the mailbox's place (frank's pointing at bob's) would put mail in a file
+      // locked under another name than its own: appends raced bob's POP3 rewrites and mail was
+      // lost (helper-42). Postfix's local delivery refuses one as well.
+      if (lstatSync(path, { throwIfNoEntry: false })?.isSymbolicLink()) return `${path} is a symbolic link`;
       const box = statSync(path, { throwIfNoEntry: false });
-      // Only a link: a file that another smtpmail made between the two calls is fine (helper-26).
-      if (!box && lstatSync(path, { throwIfNoEntry: false })?.isSymbolicLink()) return `${path} is a symbolic link to nothing`;
       if (box) {
         if (!box.isFile()) return `${path} is not a file`;
         accessSync(path, constants.W_OK);
+        const lockFile = lstatSync(writeLockPath(this.root, user), { throwIfNoEntry: false });
+        if (lockFile && !lockFile.isFile()) return `${writeLockPath(this.root, user)} is not a lock file`;
         // Refused here, alone, rather than after the others got their copy (DATA would
         // wait for the lock, then fail the whole message with 451, and every retry would
         // give them another).
@@ -641,7 +645,8 @@ export class FileMailStore implements MailStore {
       let box = this.boxes.get(user);
       if (box && !this.sameFile(user, box)) box = undefined;
       if (!box) {
-        const fd = await openFd(path, "a+");
+        // O_NOFOLLOW: never through a link, whatever was there at RCPT (see unavailable()).
+        const fd = await openFd(path, (constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW) as unknown as string);
         const st = fstatSync(fd);
         // A FIFO opened read-write does not block the open, but writes past its 64 KiB would
         // block the event loop: only a regular file is a mailbox.

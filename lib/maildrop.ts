@@ -86,7 +86,8 @@ export class FileMaildrop implements Maildrop {
       try {
         // Non-blocking: a FIFO in the mailbox's place must not hold a pool thread in open()
         // until a writer comes (two of them stalled every login). Refused just below.
-        fd = await openFd(path, (constants.O_RDONLY | constants.O_NONBLOCK) as unknown as string);
+        // Nor through a link: its file would be locked under another user's name (helper-42).
+        fd = await openFd(path, (constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW) as unknown as string);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === "ENOENT") return new FileMaildrop(root, user, null, 0, new MessageIndex(), 0, lock, warn, cache);
         throw e;

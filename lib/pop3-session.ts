@@ -42,6 +42,9 @@ type State = "authorization" | "transaction" | "closed";
 export const SASL_MECHANISMS = ["PLAIN", "LOGIN"];
 export const CAPABILITIES = ["TOP", "UIDL", "USER", `SASL ${SASL_MECHANISMS.join(" ")}`, "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
 const MAX_ARG = 40; // RFC 1939 section 3
+// user.txt allows names of up to 64 characters (as a mailbox's local part, RFC 5321) and SMTP
+// delivers to them: a 40-character cap here left such a user's mail unreadable (helper-42).
+const MAX_NAME = 64;
 const LISTING_CHUNK = 1000;
 
 /** Digits of a non-negative integer, written without making a string. */
@@ -187,7 +190,7 @@ export class Pop3Session {
 
   private userCmd(args: string[]): PopResult {
     if (args.length !== 1) return { reply: Pop.syntax("USER needs exactly one name") };
-    if (args[0]!.length > MAX_ARG) return { reply: Pop.syntax("name too long") };
+    if (args[0]!.length > MAX_NAME) return { reply: Pop.syntax("name too long") };
     const name = args[0]!;
     this.pendingUser = { name, user: this.store.findUser(name) };
     // The same reply for every name, as Dovecot: whether an account exists shows only as a
@@ -240,10 +243,10 @@ export class Pop3Session {
     }
     this.sasl = null;
     const creds: Credentials | null = sasl.mech === "PLAIN" ? parsePlain(text) : { user: sasl.user!, password: text };
-    const user = creds && creds.user.length <= MAX_ARG ? this.store.findUser(creds.user) : null;
+    const user = creds && creds.user.length <= MAX_NAME ? this.store.findUser(creds.user) : null;
     // An unknown name or a malformed response gets a wrong password's reply and throttling.
     if (!creds) return this.loginFailed('""');
-    return this.login(user, creds.password, creds.user.slice(0, MAX_ARG));
+    return this.login(user, creds.password, creds.user.slice(0, MAX_NAME));
   }
 
   /**

@@ -1,7 +1,8 @@
 // user.txt: "name password" per line, separated by spaces or tabs. The file is re-read
 // whenever it changes on disk, so adding a user needs no restart. Only names listed here
 // ever become a path, which is why names are restricted to safe path components.
-import { statSync, readFileSync } from "node:fs";
+import { statSync } from "node:fs";
+import { readRegularFile } from "./fsio.ts";
 import { timingSafeEqual, createHash } from "node:crypto";
 
 const VALID_NAME = /^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$/;
@@ -91,7 +92,7 @@ export class Users {
     if (this.unsettled?.stamp === stamp && Date.now() < this.unsettled.until) return;
     let text: string;
     try {
-      text = readFileSync(this.path, "utf8");
+      text = readRegularFile(this.path, "utf8");
     } catch (e) {
       throw new UserFileError(`cannot read ${this.path}: ${(e as Error).message}`);
     }
@@ -173,8 +174,10 @@ export class Users {
    * temporary 450, not a 550 that bounces the mail for good. A real removal is a 550 after.
    */
   recentlyRemoved(localPart: string): boolean {
-    const at = this.removed.get(localPart);
-    return at !== undefined && Date.now() - at < REMOVED_GRACE_MS;
+    const lower = localPart.toLowerCase();
+    // In any case, as the name would have been found (a handful of entries at most).
+    for (const [name, at] of this.removed) if (name.toLowerCase() === lower && Date.now() - at < REMOVED_GRACE_MS) return true;
+    return false;
   }
 
   /** The user name if name and password match (plain text compared in constant time, or a Bun.password hash). */

@@ -97,6 +97,17 @@ describe("tryLock", () => {
   });
 });
 
+describe("a FIFO in a lock's place", () => {
+  test("is taken as held and never read (reading it blocked the event loop); a waiter's marker as a FIFO is ignored", () => {
+    const path = lockPath();
+    expect(Bun.spawnSync(["mkfifo", path]).exitCode).toBe(0);
+    expect(tryLock(path)).toBeNull();
+    expect(tryLock(path, true, dir)).toBeNull();
+    expect(Bun.spawnSync(["mkfifo", wantedPath(path)]).exitCode).toBe(0);
+    expect(isWanted(path)).toBe(false);
+  });
+});
+
 describe("acquireLock", () => {
   test("waits for the holder to release", async () => {
     const p = lockPath();

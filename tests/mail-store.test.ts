@@ -46,8 +46,22 @@ describe("FileMailStore", () => {
     writeFileSync(join(r, "carol"), "");
     expect(store.unavailable("carol")).toBe("ENOTDIR");
     symlinkSync(join(r, "nowhere", "box"), join(r, "alice", "mymailbox"));
-    expect(store.unavailable("alice")).toContain("symbolic link to nothing");
+    expect(store.unavailable("alice")).toContain("is a symbolic link");
     rmSync(join(r, "alice", "mymailbox"));
+    // A link to another user's mailbox: refused, and never written through (helper-42: appends
+    // under alice's lock raced bob's POP3 rewrites, and mail was lost).
+    writeFileSync(join(r, "bob", "real"), "");
+    symlinkSync(join(r, "bob", "real"), join(r, "alice", "mymailbox"));
+    expect(store.unavailable("alice")).toContain("is a symbolic link");
+    await expect(store.deliver(["alice"], rec("through a link"))).rejects.toThrow();
+    expect(readFileSync(join(r, "bob", "real")).length).toBe(0);
+    rmSync(join(r, "alice", "mymailbox"));
+    // A FIFO in the lock's place: refused at once, without reading it (that read blocked the server).
+    writeFileSync(join(r, "carol2"), "");
+    mkdirSync(join(r, "frank"));
+    writeFileSync(join(r, "frank", "mymailbox"), "");
+    expect(Bun.spawnSync(["mkfifo", join(r, "frank", "mymailbox.lock")]).exitCode).toBe(0);
+    expect(store.unavailable("frank")).toContain("is not a lock file");
     await store.deliver(["alice"], rec("one"));
     expect(store.unavailable("alice")).toBeNull();
     // A write lock held from another host is never broken here: refused at RCPT, alone

@@ -439,9 +439,16 @@ describe("FileMaildrop", () => {
     }
     expect(existsSync(popLockPath(r, "alice"))).toBe(false);
     removeRoot(p);
+    // A link is not followed at all (helper-42: frank's link to bob's mailbox let frank read it).
     symlinkSync("/dev/zero", p);
     const e = await FileMaildrop.open(r, "alice").then(() => null, (err: NodeJS.ErrnoException) => err);
-    expect(e?.code).toBe("EFTYPE");
+    expect(e?.code).toBe("ELOOP");
+    removeRoot(p);
+    writeFileSync(join(r, "other"), record(1));
+    symlinkSync(join(r, "other"), p);
+    const e2 = await FileMaildrop.open(r, "alice").then(() => null, (err: NodeJS.ErrnoException) => err);
+    expect(e2?.code).toBe("ELOOP");
+    expect(existsSync(popLockPath(r, "alice"))).toBe(false);
   });
 
   test("a listed user whose directory does not exist yet logs in to an empty maildrop (the directory is made)", async () => {

@@ -128,6 +128,28 @@ describe("popserver over TCP", () => {
     expect(readFileSync(mailboxPath(root, "bob")).equals(rec(2))).toBe(true);
   });
 
+  test("a user name of 64 characters (as user.txt and SMTP allow) logs in with USER/PASS and AUTH PLAIN", async () => {
+    const long = "l".repeat(64);
+    const r = makeRoot({ [long]: "longpw" });
+    try {
+      const s = await startPop(r, ["--quiet"]);
+      extra.push(s);
+      const w = await Wire.open(s.port);
+      wires.push(w);
+      await w.line();
+      expect(await w.cmd(`USER ${long}`)).toStartWith("+OK");
+      expect(await w.cmd("PASS longpw")).toStartWith("+OK maildrop locked");
+      expect(await w.cmd("QUIT")).toStartWith("+OK");
+      const a = await Wire.open(s.port);
+      wires.push(a);
+      await a.line();
+      expect(await a.cmd(`AUTH PLAIN ${Buffer.from(`\0${long}\0longpw`).toString("base64")}`)).toStartWith("+OK");
+      expect(await a.cmd("QUIT")).toStartWith("+OK");
+    } finally {
+      removeRoot(r);
+    }
+  });
+
   test("user.txt changed between USER and PASS: a name found ignoring case is not taken for someone else", async () => {
     const r = makeRoot({ Alice: "alicepw" });
     try {

@@ -127,7 +127,7 @@ describe("AUTHORIZATION state", () => {
 
   test("USER argument errors (missing, extra, too long) get -ERR; an unknown or path-like name is refused only at PASS, like a wrong password", async () => {
     const s = new Pop3Session(env().store);
-    for (const c of ["USER", "USER alice bob", "USER " + "a".repeat(41)]) {
+    for (const c of ["USER", "USER alice bob", "USER " + "a".repeat(65)]) {
       const r = await run(s, c);
       expect(status(r)).toStartWith("-ERR");
       expect(r.close).toBeFalsy();

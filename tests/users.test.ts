@@ -149,6 +149,7 @@ describe("Users", () => {
     utimesSync(f, new Date(), new Date(Date.now() + 5000));
     expect(u.resolve("bob")).toBeNull();
     expect(u.recentlyRemoved("bob")).toBe(true);
+    expect(u.recentlyRemoved("BOB")).toBe(true); // as RCPT TO:<BOB@x> would have found bob
     expect(u.recentlyRemoved("carol")).toBe(false);
     writeFileSync(f, "alice a\nbob b\n");
     utimesSync(f, new Date(), new Date(Date.now() + 10000));
@@ -217,5 +218,10 @@ describe("Users", () => {
     writeFileSync(p, "dave d\n");
     expect(u.resolve("dave")).toBe("dave");
     expect(u.names).toEqual(["dave"]);
+    // A FIFO in its place is not read (reading it blocked the whole server): the last good list stays.
+    unlinkSync(p);
+    expect(Bun.spawnSync(["mkfifo", p]).exitCode).toBe(0);
+    expect(u.resolve("dave")).toBe("dave");
+    expect(warnings.join("\n")).toContain("not a regular file");
   });
 });
