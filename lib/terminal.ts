@@ -60,6 +60,10 @@ function write(text: string): void {
 /** Print the prompt and read one line (without its line end); null at end of input. */
 export async function readLine(prompt = ""): Promise<string | null> {
   write(prompt);
+  // Part of a line typed ahead in raw mode, its Enter not yet pressed: the terminal's own line
+  // editor never saw it, so it could neither show it nor erase it (helper-43). This line is
+  // edited here instead, starting from what was typed.
+  if (isTTY && typedAhead > pos && !buffer.slice(pos, typedAhead).includes("\n")) return withRawMode(() => rawLine(true));
   for (;;) {
     const nl = buffer.indexOf("\n", pos);
     if (nl >= 0) {
@@ -117,27 +121,47 @@ function interrupted(): never {
 export async function readPassword(prompt = ""): Promise<string | null> {
   if (!isTTY) return readLine(prompt);
   write(prompt);
-  return withRawMode(async () => {
-    let password = "";
-    for (;;) {
-      const ch = await nextChar();
-      if (ch === null) return password === "" ? null : password;
-      if (ch === "\r" || ch === "\n") break;
-      if (ch === "\x03") interrupted();
-      if (ch === "\x04") {
-        if (password === "") {
-          write("\n");
-          return null;
-        }
-        continue;
+  return withRawMode(() => rawLine(false));
+}
+
+/** Swallows the rest of an escape sequence (arrow keys...), which arrives in one chunk. */
+function skipEscape(): void {
+  pos += /^(?:\[[0-9;]*[A-Za-z~]|O[A-Za-z])?/.exec(buffer.slice(pos))![0].length;
+}
+
+/** A line read in raw mode and edited here (Backspace, Ctrl-U, Ctrl-C, Ctrl-D), echoed or not. */
+async function rawLine(echo: boolean): Promise<string | null> {
+  let text = "";
+  const erase = (chars: number) => {
+    if (echo) write("\b \b".repeat(chars));
+  };
+  for (;;) {
+    const ch = await nextChar();
+    if (ch === null) return text === "" ? null : text;
+    if (ch === "\r" || ch === "\n") break;
+    if (ch === "\x03") interrupted();
+    if (ch === "\x04") {
+      if (text === "") {
+        write("\n");
+        return null;
       }
-      if (ch === "\x7f" || ch === "\b") password = [...password].slice(0, -1).join("");
-      else if (ch === "\x15") password = ""; // Ctrl-U, as in a cooked terminal
-      else if (ch >= " ") password += ch;
+      continue;
     }
-    write("\n");
-    return password;
-  });
+    if (ch === "\x1b") skipEscape();
+    else if (ch === "\x7f" || ch === "\b") {
+      const chars = [...text];
+      if (chars.length) erase(1);
+      text = chars.slice(0, -1).join("");
+    } else if (ch === "\x15") {
+      erase([...text].length); // Ctrl-U, as in a cooked terminal
+      text = "";
+    } else if (ch >= " ") {
+      text += ch;
+      if (echo) write(ch);
+    }
+  }
+  write("\n");
+  return text;
 }
 
 /**
@@ -158,8 +182,7 @@ export async function readKey(prompt = ""): Promise<string | null> {
       write("\n");
       return null;
     }
-    // An escape sequence (arrow keys...) arrives in one chunk: swallow its tail.
-    if (ch === "\x1b") pos += /^(?:\[[0-9;]*[A-Za-z~]|O[A-Za-z])?/.exec(buffer.slice(pos))![0].length;
+    if (ch === "\x1b") skipEscape();
     const key = ch === "\r" ? "\n" : ch;
     write(key === "\n" || key < " " ? "\n" : key + "\n");
     return key;
