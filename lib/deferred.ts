@@ -5,9 +5,9 @@
 // defers a local delivery. One file per message: "MD2 <record length> <user> <user>...\n", the
 // record, then notes of where its copies went (see notePlacement). Files of the first format,
 // "MD1 <user>...\n" and the record, are still read.
-import { appendFileSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync } from "node:fs";
+import { appendFileSync, closeSync, existsSync, mkdirSync, readdirSync, renameSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { datasync, openFd, syncDir, writevAll } from "./fsio.ts";
+import { datasync, openFd, readRegularFile, syncDir, writevAll } from "./fsio.ts";
 import { ownedName, ownerGone } from "./journal.ts";
 import { BOOT } from "./lock.ts";
 import { scanBuffer, TERMINATOR } from "./mailbox.ts";
@@ -63,14 +63,12 @@ export async function defer(root: string, users: readonly string[], record: Buff
  * whole are never renamed in.
  */
 export function readDeferred(path: string): Deferred | null {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   let data: Buffer;
   try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) return null;
-    data = readFileSync(fd);
-  } finally {
-    closeSync(fd);
+    data = readRegularFile(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EFTYPE") return null;
+    throw e;
   }
   const nl = data.indexOf(0x0a);
   const m = nl > 0 && nl < 64 * 1024 ? HEAD.exec(data.toString("latin1", 0, nl)) : null;

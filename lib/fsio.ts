@@ -8,16 +8,16 @@ import { close, closeSync, constants, fdatasync, fstatSync, fsync, fsyncSync, op
 import { promisify } from "node:util";
 
 /**
- * A small file's text, read without ever blocking: a FIFO (or device) put in the place of a
- * lock file or user.txt made readFileSync wait for a writer, and the whole server with it.
- * Anything but a regular file is an error (code EFTYPE).
+ * A small file's bytes, read without ever blocking: a FIFO (or device) put in the place of a
+ * lock file, user.txt or a deferred copy made readFileSync wait for a writer, and the whole
+ * server with it. Anything but a regular file is an error (code EFTYPE).
  */
-export function readRegularFile(path: string, encoding: BufferEncoding): string {
+export function readRegularFile(path: string): Buffer {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "EFTYPE" });
-    return readAtSync(fd, 0, st.size).toString(encoding);
+    return readAtSync(fd, 0, st.size);
   } finally {
     closeSync(fd);
   }

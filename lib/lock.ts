@@ -56,7 +56,7 @@ export function alive(pid: number): boolean {
 export function foreignHolder(path: string): string | null {
   let content: string;
   try {
-    content = readRegularFile(path, "latin1");
+    content = readRegularFile(path).toString("latin1");
   } catch {
     return null;
   }
@@ -230,7 +230,7 @@ export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock 
       }
       let existing: string;
       try {
-        existing = readRegularFile(path, "utf8");
+        existing = readRegularFile(path).toString("utf8");
       } catch (e) {
         // Not a file (a FIFO put there): nobody's lock we could break; held, as far as we know.
         if ((e as NodeJS.ErrnoException).code === "EFTYPE") return null;
@@ -266,7 +266,7 @@ function breakStale(path: string, stale: string): void {
   }
   try {
     closeSync(fd);
-    if (readRegularFile(path, "utf8") === stale) unlinkSync(path);
+    if (readRegularFile(path).toString("utf8") === stale) unlinkSync(path);
   } catch {
     // Gone already: the caller simply tries again.
   } finally {
@@ -290,7 +290,7 @@ export function isWanted(path: string): boolean {
   try {
     if (Date.now() - statSync(marker).mtimeMs >= WANTED_STALE_MS) return false;
     // Its waiter was killed: without this, the holder would keep yielding to nobody.
-    const [pidText, host] = readRegularFile(marker, "utf8").trim().split(/\s+/);
+    const [pidText, host] = readRegularFile(marker).toString("utf8").trim().split(/\s+/);
     const pid = Number(pidText);
     if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
       unlinkSync(marker);

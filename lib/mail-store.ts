@@ -265,12 +265,12 @@ export class FileMailStore implements MailStore {
       if (box) {
         if (!box.isFile()) return `${path} is not a file`;
         accessSync(path, constants.W_OK);
-        const lockFile = lstatSync(writeLockPath(this.root, user), { throwIfNoEntry: false });
-        if (lockFile && !lockFile.isFile()) return `${writeLockPath(this.root, user)} is not a lock file`;
+        const lockPath = writeLockPath(this.root, user);
+        if (lstatSync(lockPath, { throwIfNoEntry: false })?.isFile() === false) return `${lockPath} is not a lock file`;
         // Refused here, alone, rather than after the others got their copy (DATA would
         // wait for the lock, then fail the whole message with 451, and every retry would
         // give them another).
-        const host = foreignHolder(writeLockPath(this.root, user));
+        const host = foreignHolder(lockPath);
         return host ? `${path} is locked from another host (${host})` : null;
       }
       // No mailbox yet: it is made in the user's directory, itself made in the root if

@@ -5,6 +5,7 @@ import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThr
 import type { Body, Maildrop } from "./maildrop.ts";
 import { writeNumber } from "./mailbox.ts";
 import { Pop, type PopReply } from "./reply.ts";
+import { MAX_NAME_LENGTH } from "./users.ts";
 
 export interface PopStore {
   /** The listed user of that exact name, or null. */
@@ -42,9 +43,9 @@ type State = "authorization" | "transaction" | "closed";
 export const SASL_MECHANISMS = ["PLAIN", "LOGIN"];
 export const CAPABILITIES = ["TOP", "UIDL", "USER", `SASL ${SASL_MECHANISMS.join(" ")}`, "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
 const MAX_ARG = 40; // RFC 1939 section 3
-// user.txt allows names of up to 64 characters (as a mailbox's local part, RFC 5321) and SMTP
-// delivers to them: a 40-character cap here left such a user's mail unreadable (helper-42).
-const MAX_NAME = 64;
+// User names may be longer than that, as long as user.txt allows and SMTP delivers to: a
+// 40-character cap left such a user's mail unreadable (helper-42).
+const MAX_NAME = MAX_NAME_LENGTH;
 const LISTING_CHUNK = 1000;
 
 /** Digits of a non-negative integer, written without making a string. */

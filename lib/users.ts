@@ -5,7 +5,9 @@ import { statSync } from "node:fs";
 import { readRegularFile } from "./fsio.ts";
 import { timingSafeEqual, createHash } from "node:crypto";
 
-const VALID_NAME = /^[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}$/;
+/** The longest user name (a mailbox's local part, RFC 5321 4.5.3.1.1). */
+export const MAX_NAME_LENGTH = 64;
+const VALID_NAME = new RegExp(`^[A-Za-z0-9_][A-Za-z0-9._+-]{0,${MAX_NAME_LENGTH - 1}}$`);
 const HASH_PREFIXES = ["$argon2", "$2a$", "$2b$", "$2y$"];
 const REMOVED_GRACE_MS = 2000;
 /** How long a user.txt whose last line has no newline yet is taken as still being written. */
@@ -92,7 +94,7 @@ export class Users {
     if (this.unsettled?.stamp === stamp && Date.now() < this.unsettled.until) return;
     let text: string;
     try {
-      text = readRegularFile(this.path, "utf8");
+      text = readRegularFile(this.path).toString("utf8");
     } catch (e) {
       throw new UserFileError(`cannot read ${this.path}: ${(e as Error).message}`);
     }

@@ -134,14 +134,12 @@ describe("popserver over TCP", () => {
     try {
       const s = await startPop(r, ["--quiet"]);
       extra.push(s);
-      const w = await Wire.open(s.port);
-      wires.push(w);
+      const w = await open(s.port);
       await w.line();
       expect(await w.cmd(`USER ${long}`)).toStartWith("+OK");
       expect(await w.cmd("PASS longpw")).toStartWith("+OK maildrop locked");
       expect(await w.cmd("QUIT")).toStartWith("+OK");
-      const a = await Wire.open(s.port);
-      wires.push(a);
+      const a = await open(s.port);
       await a.line();
       expect(await a.cmd(`AUTH PLAIN ${Buffer.from(`\0${long}\0longpw`).toString("base64")}`)).toStartWith("+OK");
       expect(await a.cmd("QUIT")).toStartWith("+OK");
@@ -155,8 +153,7 @@ describe("popserver over TCP", () => {
     try {
       const s = await startPop(r, ["--quiet"]);
       extra.push(s);
-      const w = await Wire.open(s.port);
-      wires.push(w);
+      const w = await open(s.port);
       await w.line();
       expect(await w.cmd("USER alice")).toStartWith("+OK"); // means Alice
       writeFileSync(join(r, "user.txt"), "alice otherpw\n"); // Alice gone, a different alice listed
