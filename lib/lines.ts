@@ -14,6 +14,8 @@ export interface MessageEvent {
   tooBig: boolean;
   /** True when all connections' unfinished messages together filled the shared budget. */
   noRoom: boolean;
+  /** The text follows a bare LF: the DATA command ended with one (nextMessage's lfEnd). */
+  lfStart?: boolean;
   /** Bytes still counted in the budget: give them back (DataBudget.release) once stored or refused. */
   charged: number;
   /**
@@ -295,7 +297,7 @@ export class LineReader {
     this.dataTooBig = false;
     this.dataNoRoom = false;
     if (tooBig || noRoom) return { kind: "message", bytes: Buffer.alloc(0), tooBig, noRoom, charged, room: 0 };
-    const event: MessageEvent = { kind: "message", bytes, tooBig, noRoom, charged, room };
+    const event: MessageEvent = { kind: "message", bytes, tooBig, noRoom, charged, room, lfStart: lfEnd };
     if (budget) event.charge = (n) => budget.take(n, event.charged) && ((event.charged += n), true);
     return event;
   }

@@ -42,15 +42,15 @@ function putLine(src: Buffer, from: number, to: number, out: Buffer, o: number):
  * per line, a 10 MB message of empty bare-LF lines held the event loop for 17 s; sized by
  * the worst case it took twice the memory it needed.
  */
-export function normalizeLineEnds(wire: Buffer): Buffer {
-  const m = measure(wire);
+export function normalizeLineEnds(wire: Buffer, lfStart = false): Buffer {
+  const m = measure(wire, lfStart);
   return m.size === wire.length ? wire : normalizedCopy(wire, m, 0);
 }
 
 /** wire normalized into a new buffer of m.size bytes with room spare bytes after them. */
 function normalizedCopy(wire: Buffer, m: Measured, room: number): Buffer {
   const out = Buffer.allocUnsafe(m.size + room);
-  return checkedCopy(out, m.size === wire.length ? wire.copy(out) : normalize(wire, out, m.stuff), m.size);
+  return checkedCopy(out, m.size === wire.length ? wire.copy(out) : normalize(wire, out, m), m.size);
 }
 
 function checkedCopy(out: Buffer, written: number, size: number): Buffer {
@@ -59,22 +59,34 @@ function checkedCopy(out: Buffer, written: number, size: number): Buffer {
   return out.subarray(0, size);
 }
 
-/** The length of normalizeLineEnds(wire) (wire.length when it has no bare LF), and whether it stuffs dots after bare LFs. */
+/**
+ * The length of normalizeLineEnds(wire) (wire.length when it has no bare LF), whether it
+ * stuffs dots after bare LFs, and whether the first line comes after one.
+ */
 interface Measured {
   size: number;
   stuff: boolean;
+  lfStart: boolean;
 }
 
-function measure(wire: Buffer): Measured {
-  if (!hasBareLf(wire)) return { size: wire.length, stuff: false };
-  const state = normalizing();
+/**
+ * `lfStart`: the text's first line follows a bare LF, the one that ended the DATA command
+ * (a person at `nc`); its dot is judged as those of the other lines after a bare LF.
+ */
+function measure(wire: Buffer, lfStart: boolean): Measured {
+  if (!needsPass(wire, lfStart)) return { size: wire.length, stuff: false, lfStart };
+  const state = normalizing(lfStart);
   normalizeLines(wire, null, state, wire.length, false);
-  return measured(state);
+  return measured(state, lfStart);
+}
+
+function needsPass(wire: Buffer, lfStart: boolean, from = 0, to = wire.length): boolean {
+  return (lfStart && from === 0 && wire[0] === DOT) || hasBareLf(wire, from, to);
 }
 
 /** The count of a pass that did not stuff after bare LFs, and whether it should have. */
-function measured(state: Normalizing): Measured {
-  return { size: state.o + (state.unstuffed ? state.lfDots : 0), stuff: state.unstuffed };
+function measured(state: Normalizing, lfStart: boolean): Measured {
+  return { size: state.o + (state.unstuffed ? state.lfDots : 0), stuff: state.unstuffed, lfStart };
 }
 
 /** Whether an LF in wire[from, to) has no CR before it. */
@@ -104,12 +116,12 @@ interface Normalizing {
   unstuffed: boolean;
 }
 
-const normalizing = (): Normalizing => ({ start: 0, o: 0, afterBareLf: false, lfDots: 0, unstuffed: false });
+const normalizing = (lfStart: boolean): Normalizing => ({ start: 0, o: 0, afterBareLf: lfStart, lfDots: 0, unstuffed: false });
 
-/** Writes wire with CRLF line ends into out; returns the length. */
-function normalize(wire: Buffer, out: Buffer, stuff: boolean): number {
-  const state = normalizing();
-  normalizeLines(wire, out, state, wire.length, stuff);
+/** Writes wire with CRLF line ends into out, as measured; returns the length. */
+function normalize(wire: Buffer, out: Buffer, m: Measured): number {
+  const state = normalizing(m.lfStart);
+  normalizeLines(wire, out, state, wire.length, m.stuff);
   return state.o;
 }
 
@@ -152,8 +164,8 @@ const aTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
  * measure() (without out) or normalize() of a large message, a slice at a time with a turn of
  * the event loop after each; returns the state at the end.
  */
-async function normalizeYielding(wire: Buffer, out: Buffer | null, stuff: boolean): Promise<Normalizing> {
-  const state = normalizing();
+async function normalizeYielding(wire: Buffer, out: Buffer | null, stuff: boolean, lfStart: boolean): Promise<Normalizing> {
+  const state = normalizing(lfStart);
   for (let until = YIELD_EVERY; ; until += YIELD_EVERY) {
     normalizeLines(wire, out, state, until, stuff);
     if (state.start >= wire.length) return state;
@@ -243,10 +255,18 @@ export class NoRoomForRecord extends Error {
 /**
  * The bytes appended to mymailbox for one message received by SMTP. When the record cannot
  * be built in the `room` after wire, it is a copy: `charge` is asked for its bytes first
- * (the DATA memory budget), and NoRoomForRecord thrown if it refuses.
+ * (the DATA memory budget), and NoRoomForRecord thrown if it refuses. `lfStart`: the DATA
+ * command ended with a bare LF (see measure).
  */
-export function buildRecord(wire: Buffer, received: string, room = 0, charge: (bytes: number) => boolean = () => true, envelope?: Envelope): Buffer {
-  const m = measure(wire);
+export function buildRecord(
+  wire: Buffer,
+  received: string,
+  room = 0,
+  charge: (bytes: number) => boolean = () => true,
+  envelope?: Envelope,
+  lfStart = false,
+): Buffer {
+  const m = measure(wire, lfStart);
   const top = envelopeLines(wire, envelope);
   const extra = copyRoom(wire, m.size, received, top, room, charge);
   return withReceived(extra < 0 ? wire : normalizedCopy(wire, m, extra), received, top);
@@ -262,19 +282,20 @@ export async function buildRecordYielding(
   room = 0,
   charge: (bytes: number) => boolean = () => true,
   envelope?: Envelope,
+  lfStart = false,
 ): Promise<Buffer> {
-  if (wire.length <= YIELD_EVERY) return buildRecord(wire, received, room, charge, envelope);
+  if (wire.length <= YIELD_EVERY) return buildRecord(wire, received, room, charge, envelope, lfStart);
   const top = envelopeLines(wire, envelope);
   let bare = false;
   for (let from = 0; from < wire.length && !bare; from += YIELD_EVERY) {
-    bare = hasBareLf(wire, from, from + YIELD_EVERY);
+    bare = needsPass(wire, lfStart, from, from + YIELD_EVERY);
     if (!bare) await aTurn();
   }
-  const { size, stuff } = bare ? measured(await normalizeYielding(wire, null, false)) : { size: wire.length, stuff: false };
+  const { size, stuff } = bare ? measured(await normalizeYielding(wire, null, false, lfStart), lfStart) : { size: wire.length, stuff: false };
   const extra = copyRoom(wire, size, received, top, room, charge);
   if (extra < 0) return withReceived(wire, received, top);
   const out = Buffer.allocUnsafe(size + extra);
-  const written = size === wire.length ? wire.copy(out) : (await normalizeYielding(wire, out, stuff)).o;
+  const written = size === wire.length ? wire.copy(out) : (await normalizeYielding(wire, out, stuff, lfStart)).o;
   return withReceived(checkedCopy(out, written, size), received, top);
 }
 

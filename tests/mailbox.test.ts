@@ -134,6 +134,12 @@ describe("buildRecord", () => {
         if (wire.length > 256 * 1024) expect(turns).toBeGreaterThan(0);
       }
     }
+    // The first line after an nc user's DATA: its dot is kept the same way on either path.
+    for (const wire of [Buffer.from(".top\n" + "z".repeat(79) + "\n".repeat(300_000)), Buffer.from(".top\r\n" + "z".repeat(79) + "\r\n".repeat(300_000))]) {
+      const want = buildRecord(wire, RCV, 0, undefined, undefined, true);
+      expect(want.includes("\r\n\r\n..top\r\n")).toBe(true);
+      expect((await buildRecordYielding(wire, RCV, 0, undefined, undefined, true)).equals(want)).toBe(true);
+    }
   });
 });
 
@@ -155,6 +161,15 @@ describe("normalizeLineEnds", () => {
     // Lines after CRLF are stuffed by every client and never touched.
     expect(normalizeLineEnds(b("a\n..x\r\n.y\r\n")).toString()).toBe("a\r\n..x\r\n.y\r\n");
     expect(normalizeLineEnds(b("a\n..x\r\n.y\n.")).toString()).toBe("a\r\n...x\r\n.y\r\n..\r\n");
+  });
+  test("after a DATA command ended by a bare LF (nc), the first line's dot is judged like the other lines after a bare LF", () => {
+    expect(normalizeLineEnds(b(".first\nnext\n"), true).toString()).toBe("..first\r\nnext\r\n");
+    expect(normalizeLineEnds(b(".first\r\nnext\r\n"), true).toString()).toBe("..first\r\nnext\r\n");
+    expect(normalizeLineEnds(b("..first\n..x\n"), true).toString()).toBe("..first\r\n..x\r\n");
+    expect(normalizeLineEnds(b("..first\n.x\n"), true).toString()).toBe("...first\r\n..x\r\n");
+    // After a CRLF DATA the first line is stuffed as every other line after a CRLF.
+    expect(normalizeLineEnds(b(".first\nnext\n")).toString()).toBe(".first\r\nnext\r\n");
+    expect(buildRecord(b(".first\n"), RCV, 0, undefined, undefined, true).toString()).toBe(RCV + "\r\n\r\n..first\r\n.\r\n");
   });
   test("a final line without line end gets CRLF", () => {
     expect(normalizeLineEnds(b("a\nb")).toString()).toBe("a\r\nb\r\n");

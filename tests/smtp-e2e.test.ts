@@ -4,7 +4,7 @@ import { seeded } from "./helpers/random.ts";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import { scanBuffer } from "../lib/mailbox.ts";
+import { scanBuffer, unstuff } from "../lib/mailbox.ts";
 import { command, makeRoot, removeRoot, startSmtp, type Running } from "./helpers/servers.ts";
 import { dataOf, sendOne, SmtpConn } from "./helpers/smtp-conn.ts";
 import { halfClose } from "./helpers/wire.ts";
@@ -62,7 +62,7 @@ const subjectOf = (rec: string) => /^Subject: (.*)\r?$/m.exec(rec)?.[1] ?? null;
 const RECEIVED = /^Received: \d{4}-\d\d-\d\d : \d\d : \d\d\r$/m;
 
 // Each test that checks a whole mailbox has its own user.
-const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h", dotlf: "d", biglf: "b", lfonly: "l" };
+const USERS: Record<string, string> = { alice: "a", bob: "b", gb: "g", rand: "r", pipe: "p", smug: "s", smug2: "s", gone: "g", halfclose: "h", halfclose2: "h", dotlf: "d", biglf: "b", lfonly: "l", lfdot: "l" };
 for (let i = 0; i < 100; i++) USERS[`u${i}`] = "p";
 
 let main: Running;
@@ -407,6 +407,16 @@ describe("message content", () => {
     expect(stored.map(subjectOf)).toEqual(["typed in nc", "relayed"]);
     expect(stored[0]).toEndWith("\r\n\r\nhi\r\n..x\r\n.\r\n");
     expect(stored[1]).toEndWith("\r\n\r\nhi\r\n..\r\nNOOP\r\n\r\n.\r\n");
+  });
+
+  test("plain nc: a first body line starting with '.' keeps its dot, as a POP3 client reads it back", async () => {
+    const c = await session(main.port);
+    c.send("MAIL FROM:<nc@x>\nRCPT TO:<lfdot@x>\nDATA\n.first line typed\nsecond\n.\n");
+    for (const code of [250, 250, 354, 250]) expect(await c.code()).toBe(code);
+    c.close();
+    const stored = records(mainRoot, "lfdot");
+    expect(stored.length).toBe(1);
+    expect(unstuff(Buffer.from(stored[0]!.slice(0, -3))).toString()).toEndWith("\r\n\r\n.first line typed\r\nsecond\r\n");
   });
 
   test("bare-LF lines of lone dots are stored whole: the message keeps its end and the next one stays apart", async () => {
