@@ -30,6 +30,9 @@ export interface UserTable {
   readonly byLowerCase?: Map<string, string | null>;
 }
 
+/** What a byte that is not UTF-8 decodes to, in user.txt and in command lines. */
+const UNDECODABLE = "\uFFFD";
+
 export function parseUserTable(text: string, fileName = "user.txt"): UserTable {
   const names: string[] = [];
   const passwords = new Map<string, string>();
@@ -46,6 +49,7 @@ export function parseUserTable(text: string, fileName = "user.txt"): UserTable {
     } else if (passwords.has(fields[0]!)) {
       problems.push(`${where}: duplicate user "${fields[0]}", skipped`);
     } else {
+      if (fields[1]!.includes(UNDECODABLE)) problems.push(`${where}: the password of "${fields[0]}" is not valid UTF-8: that user gets mail but cannot log in`);
       names.push(fields[0]!);
       passwords.set(fields[0]!, fields[1]!);
     }
@@ -182,7 +186,11 @@ export class Users {
     return false;
   }
 
-  /** The user name if name and password match (plain text compared in constant time, or a Bun.password hash). */
+  /**
+   * The user name if name and password match (plain text compared in constant time, or a
+   * Bun.password hash). A password with bytes that are not UTF-8 (decoded as U+FFFD) matches
+   * nothing: decoded, any such byte would match any other.
+   */
   async check(login: string, password: string): Promise<string | null> {
     const name = this.account(login);
     const stored = name === null ? undefined : this.table.passwords.get(name);
@@ -198,12 +206,12 @@ export class Users {
     }
     if (isHash(stored)) {
       try {
-        return (await Bun.password.verify(password, stored)) ? name : null;
+        return (await Bun.password.verify(password, stored)) && !password.includes(UNDECODABLE) ? name : null;
       } catch {
         return null;
       }
     }
-    return equalConstantTime(password, stored) ? name : refuse();
+    return equalConstantTime(password, stored) && !password.includes(UNDECODABLE) ? name : refuse();
   }
 }
 

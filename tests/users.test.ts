@@ -13,6 +13,25 @@ function file(text: string): string {
   return p;
 }
 
+describe("passwords that are not UTF-8", () => {
+  test("never match, whatever bytes are sent; the line is reported and the user still exists", async () => {
+    const p = join(dir, `user${++n}.txt`);
+    writeFileSync(p, Buffer.concat([Buffer.from("alice caf"), Buffer.from([0xe9]), Buffer.from("\nbob b\n")]));
+    const warnings: string[] = [];
+    const u = new Users(p, (w) => warnings.push(w));
+    u.load();
+    expect(warnings.join("\n")).toContain('password of "alice" is not valid UTF-8');
+    expect(u.resolve("alice")).toBe("alice");
+    // What a POP3 PASS line with another invalid byte (or the same one) decodes to.
+    for (const bytes of [[0xe9], [0xff], [0xc3]]) expect(await u.check("alice", Buffer.concat([Buffer.from("caf"), Buffer.from(bytes)]).toString("utf8"))).toBe(null);
+    expect(await u.check("alice", "café")).toBe(null);
+    expect(await u.check("bob", "b")).toBe("bob");
+    // A valid password is not matched by a line with an invalid byte in it either.
+    const v = new Users(file("carol x\uFFFDy\n"));
+    expect(await v.check("carol", Buffer.from([0x78, 0x80, 0x79]).toString("utf8"))).toBe(null);
+  });
+});
+
 describe("parseUserTable", () => {
   test("spaces and tabs, blank lines, comments, CRLF", () => {
     const t = parseUserTable("alice  pw1\r\n\n\tbob\t \tpw2\n# comment\n   \ncarol pw3");
