@@ -279,7 +279,8 @@ function showList(entries: Entry[]): void {
     return;
   }
   const rows = entries.map((e, i) => ({ no: i + 1, from: e.from, when: e.when, subject: e.subject }));
-  for (const line of formatMailList(rows)) say(line);
+  // A terminal's width (a pipe has none): rows wrapped past it would break the columns.
+  for (const line of formatMailList(rows, process.stdout.isTTY ? process.stdout.columns : undefined)) say(line);
 }
 
 /** Ask until the answer is -1 or a listed number; returns the index into entries, or -1. */

@@ -177,25 +177,62 @@ export interface ListRow {
   subject: string;
 }
 
+/** Terminal columns a string takes: CJK and emoji take two, combining marks none. */
+const columnsOf = (s: string): number => Bun.stringWidth(s);
+
+/** text on one line, in at most `width` columns: cut between graphemes, with "..." when cut. */
 function fit(text: string, width: number): string {
   // One line per mail: a decoded Subject (RFC 2047) can hold a line break or a tab, and
   // could otherwise draw a made-up row into the list.
-  const chars = [...sanitizeForTerminal(text.replace(/[\t\r\n\u2028\u2029]/g, " "))];
-  return chars.length > width ? chars.slice(0, width - 3).join("") + "..." : chars.join("");
+  const line = sanitizeForTerminal(text.replace(/[\t\r\n\u2028\u2029]/g, " "));
+  if (columnsOf(line) <= width) return line;
+  let out = "";
+  let used = 0;
+  for (const { segment } of graphemes.segment(line)) {
+    const w = columnsOf(segment);
+    if (used + w > width - 3) break;
+    out += segment;
+    used += w;
+  }
+  return out + "...";
 }
 
-/** The mail list: a heading, then one aligned line per mail. */
-export function formatMailList(rows: ListRow[]): string[] {
-  const table = [["Sl. No.", "Sender", "Received", "Subject"]].concat(
-    // A mail without a From or a Subject header says so, as mail readers do, rather than
-    // leaving a blank the user has to guess at.
-    rows.map((r) => [String(r.no), fit(r.from || "(no sender)", 40), fit(r.when, 24), fit(r.subject || "(no subject)", 60)]),
-  );
-  const len = (s: string) => [...s].length;
-  const widths = [0, 1, 2].map((c) => Math.max(...table.map((row) => len(row[c]!))));
+/** The columns of the widest cell (a loop: Math.max(...cells) overflows the stack past ~500,000). */
+function widest(title: string, cells: string[]): number {
+  let w = columnsOf(title);
+  for (const c of cells) w = Math.max(w, columnsOf(c));
+  return w;
+}
+
+/** Column caps without a terminal width (a pipe), and the least a subject gets in a narrow one. */
+const SENDER_MAX = 40;
+const WHEN_MAX = 24;
+const SUBJECT_MAX = 60;
+const SUBJECT_MIN = 12;
+
+/**
+ * The mail list: a heading, then one aligned line per mail. `columns`: the terminal's width;
+ * the subject then takes the room left (the sender gives some up in a narrow terminal), and
+ * no line reaches the last column, where terminals wrap.
+ */
+export function formatMailList(rows: ListRow[], columns?: number): string[] {
+  const heading = ["Sl. No.", "Sender", "Received", "Subject"];
+  const noWidth = widest(heading[0]!, rows.map((r) => String(r.no)));
+  const whens = rows.map((r) => fit(r.when, WHEN_MAX));
+  const whenWidth = widest(heading[2]!, whens);
+  // Columns before the subject other than the sender's: the number, the date and three gaps.
+  const fixed = noWidth + whenWidth + 3 * 2;
+  const senderCap = columns === undefined ? SENDER_MAX : Math.max(heading[1]!.length, Math.min(SENDER_MAX, columns - 1 - fixed - 2 - SUBJECT_MIN));
+  // A mail without a From or a Subject header says so, as mail readers do, rather than
+  // leaving a blank the user has to guess at.
+  const senders = rows.map((r) => fit(r.from || "(no sender)", senderCap));
+  const senderWidth = widest(heading[1]!, senders);
+  const subjectCap = columns === undefined ? SUBJECT_MAX : Math.max(SUBJECT_MIN, columns - 1 - fixed - senderWidth - 2);
+  const table = [heading].concat(rows.map((r, i) => [String(r.no), senders[i]!, whens[i]!, fit(r.subject || "(no subject)", subjectCap)]));
+  const widths = [noWidth, senderWidth, whenWidth];
   const pad = (cell: string, c: number) => {
     if (c === 3) return cell;
-    const spaces = " ".repeat(widths[c]! - len(cell));
+    const spaces = " ".repeat(widths[c]! - columnsOf(cell));
     return c === 0 ? spaces + cell : cell + spaces;
   };
   return table.map((row) => row.map(pad).join("  ").trimEnd());

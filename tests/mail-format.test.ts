@@ -184,6 +184,45 @@ describe("formatMailList", () => {
   test("an empty list is just the heading", () => {
     expect(formatMailList([])).toEqual(["Sl. No.  Sender  Received  Subject"]);
   });
+
+  test("columns are aligned on screen columns: wide (CJK, emoji) and combining characters", () => {
+    const when = "2026-12-01 : 04 : 27";
+    const lines = formatMailList([
+      { no: 1, from: "日本語@例え.jp", when, subject: "a" },
+      { no: 2, from: "e\u0301e\u0301@x", when, subject: "b" },
+      { no: 3, from: "👍@x", when, subject: "c" },
+    ]);
+    const at = lines.slice(1).map((l) => Bun.stringWidth(l.slice(0, l.indexOf(when))));
+    expect(new Set(at).size).toBe(1);
+  });
+
+  test("a long subject is cut between graphemes, by screen columns", () => {
+    const family = "👨‍👩‍👧";
+    const [heading, row] = formatMailList([{ no: 1, from: "a@b", when: "w", subject: family.repeat(50) }]);
+    const subject = row!.slice(heading!.indexOf("Subject"));
+    expect(subject).toEndWith("...");
+    expect(subject.slice(0, -3).split(family).join("")).toBe("");
+    expect(Bun.stringWidth(subject)).toBeLessThanOrEqual(60);
+    const [, accented] = formatMailList([{ no: 1, from: "a@b", when: "w", subject: "e\u0301".repeat(100) }]);
+    expect(accented!.slice(heading!.indexOf("Subject"))).toBe("e\u0301".repeat(57) + "...");
+  });
+
+  test("with a terminal width, no line reaches the last column and the subject takes the room left", () => {
+    const rows = [
+      { no: 1, from: "someone.with.a.long.name@example.org", when: "2026-12-01 : 04 : 27", subject: "s".repeat(150) },
+      { no: 10, from: "b@c", when: "2026-12-01 : 04 : 28", subject: "短い件名です。".repeat(20) },
+    ];
+    for (const columns of [60, 64, 80, 132, 200]) {
+      const lines = formatMailList(rows, columns);
+      for (const l of lines) expect(Bun.stringWidth(l)).toBeLessThan(columns);
+      // The room is used: a wide terminal shows more of the subject than a pipe's 60 columns.
+      if (columns >= 132) expect(Bun.stringWidth(lines[1]!)).toBeGreaterThan(columns - 4);
+    }
+    expect(formatMailList(rows, 200)[1]).toContain("s".repeat(100));
+    expect(formatMailList(rows)[1]).not.toContain("s".repeat(61));
+    // Narrower than the fixed columns need: the subject keeps its least room, and the line wraps.
+    expect(formatMailList(rows, 30)[1]).toContain("s".repeat(9) + "...");
+  });
 });
 
 describe("decodeEncodedWords (RFC 2047)", () => {

@@ -433,6 +433,32 @@ describe("in a real terminal (tmux), fake servers", () => {
     expect(f.delivered.map((d) => d.to)).toEqual(["alice@mail.test"]);
   });
 
+  test.skipIf(!tmuxPath)("the mail list fits a narrow terminal: one screen line per mail", async () => {
+    const long = { text: `From: ${"x".repeat(50)}@mail.test\r\nTo: bob@mail.test\r\nSubject: ${"A long subject ".repeat(8)}\r\nReceived: 2026-12-01 : 04 : 27\r\nbody\r\n` };
+    const f = fakes({ mailbox: [long, ...mails()] });
+    const term = new TmuxSession();
+    try {
+      await term.start(clientCommand(f.args), ROOT, 60);
+      await term.waitFor("Username: ");
+      await term.line("bob");
+      await term.waitFor("Password: ");
+      await term.line("secret");
+      await term.waitFor("Enter option: ");
+      await term.line("1");
+      const screen = await term.waitFor("Enter mail no. to see: ");
+      const list = screen.slice(screen.indexOf("Sl. No."), screen.indexOf("Enter mail no.")).trimEnd().split("\n");
+      expect(list.length).toBe(5);
+      list.slice(1).forEach((l, i) => expect(l).toMatch(new RegExp(`^ +${i + 1}  \\S`)));
+      expect(list[1]).toEndWith("  xxxxxxxxx...  2026-12-01 : 04 : 27  A long su...");
+      await term.line("-1");
+      await term.waitFor("Enter option: ", 2);
+      await term.line("3");
+      await term.waitFor("EXIT=0");
+    } finally {
+      await term.stop();
+    }
+  });
+
   test.skipIf(!tmuxPath)("keys typed ahead after a password or a one-key answer are shown and acted on at once", async () => {
     const f = fakes();
     const term = new TmuxSession();

@@ -19,10 +19,10 @@ export class TmuxSession {
     return out;
   }
 
-  /** Start `command` (argv) in a detached 120x50 pane; the pane stays after it exits. */
-  async start(command: string[], cwd: string): Promise<void> {
+  /** Start `command` (argv) in a detached pane (120x50 unless told); the pane stays after it exits. */
+  async start(command: string[], cwd: string, columns = 120): Promise<void> {
     const quoted = command.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(" ");
-    await this.tmux("new-session", "-d", "-x", "120", "-y", "50", "-c", cwd, `${quoted}; echo "EXIT=$?"; sleep 600`);
+    await this.tmux("new-session", "-d", "-x", String(columns), "-y", "50", "-c", cwd, `${quoted}; echo "EXIT=$?"; sleep 600`);
     this.panePid = Number((await this.tmux("display-message", "-p", "#{pane_pid}")).trim());
   }
 
