@@ -3,6 +3,14 @@
 // command. The reader is pull-based so the session decides, line by line, whether the
 // bytes that follow are commands or message text.
 
+/**
+ * A command line without the spaces around it. Commands are ASCII words separated by SP
+ * (RFC 5321 2.4 and 4.1.1, RFC 1939 3; a tab tolerated): JavaScript's \s and trim() would also
+ * take a no-break space, an em space or a byte order mark for one ("MAIL FROM:<a@b>\u00a0SIZE=1"
+ * had a SIZE parameter, "PASS pw\u00a0" matched "pw").
+ */
+export const trimSp = (s: string): string => s.replace(/^[ \t]+|[ \t]+$/g, "");
+
 /** A command line; `bareLf` when it ended with LF alone (a person at `nc`, not an MTA). */
 export type LineEvent = { kind: "line"; text: string; bareLf: boolean } | { kind: "too-long" };
 

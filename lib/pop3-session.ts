@@ -2,6 +2,7 @@
 // status lines (and message bodies to stream) come out. Users and mailboxes are reached
 // through the injected PopStore, so the session is tested with an in-memory one.
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
+import { trimSp } from "./lines.ts";
 import type { Body, Maildrop } from "./maildrop.ts";
 import { writeNumber } from "./mailbox.ts";
 import { Pop, type PopReply } from "./reply.ts";
@@ -114,12 +115,12 @@ export class Pop3Session {
 
   handleLine(line: string): PopResult | Promise<PopResult> {
     if (this.sasl) return this.saslResponse(line);
-    const trimmed = line.trim();
+    const trimmed = trimSp(line);
     const sp = trimmed.indexOf(" ");
     const verb = (sp < 0 ? trimmed : trimmed.slice(0, sp)).toUpperCase();
     const rest = sp < 0 ? "" : trimmed.slice(sp + 1);
     // PASS keeps spaces inside the password; everything else splits into arguments.
-    const args = rest.trim() ? rest.trim().split(/\s+/) : [];
+    const args = trimSp(rest) ? trimSp(rest).split(/[ \t]+/) : [];
     if (verb === "CAPA") return { reply: Pop.ok("Capability list follows"), body: lines(this.capabilities()) };
     if (verb === "QUIT") return this.quit();
     // After a failed login or QUIT there is no maildrop: refuse instead of throwing.
@@ -229,7 +230,7 @@ export class Pop3Session {
 
   private saslResponse(line: string): PopResult | Promise<PopResult> {
     const sasl = this.sasl!;
-    if (line.trim() === "*") {
+    if (trimSp(line) === "*") {
       this.sasl = null;
       return { reply: Pop.authCancelled() };
     }

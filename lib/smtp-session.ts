@@ -2,7 +2,7 @@
 // in, replies come out. It knows nothing of sockets or files: recipients are resolved
 // through a Directory and messages handed to a MailStore, both injected.
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
-import type { MessageEvent } from "./lines.ts";
+import { trimSp, type MessageEvent } from "./lines.ts";
 import { buildRecordYielding, NoRoomForRecord, receivedLine } from "./mailbox.ts";
 import { isSafeUserName } from "./users.ts";
 import type { MailStore } from "./mail-store.ts";
@@ -62,9 +62,9 @@ type State = "command" | "data" | "closed";
 const MAX_ADDRESS = 320;
 // A domain without spaces, brackets or control characters, or an address literal
 // (RFC 5321 4.1.3: [10.0.0.1], [IPv6:::1]; no "@" in it, which would split the address).
-const DOMAIN = String.raw`(?:[^\s<>()\[\]\\,;:@\x00-\x1f\x7f]+|\[[\x21-\x3f\x41-\x5a\x5e-\x7e]+\])`;
+const DOMAIN = String.raw`(?:[^ \t<>()\[\]\\,;:@\x00-\x1f\x7f]+|\[[\x21-\x3f\x41-\x5a\x5e-\x7e]+\])`;
 // A local part without spaces, brackets or control characters, "@", a domain.
-const ADDRESS = new RegExp(String.raw`^[^\s<>()\[\]\\,;:@\x00-\x1f\x7f]+@${DOMAIN}$`);
+const ADDRESS = new RegExp(String.raw`^[^ \t<>()\[\]\\,;:@\x00-\x1f\x7f]+@${DOMAIN}$`);
 // RFC 5321 4.1.2: a local part may be a quoted string ("john smith"@example.org).
 const QUOTED_ADDRESS = new RegExp(String.raw`^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*)"(@${DOMAIN})$`);
 
@@ -89,7 +89,7 @@ function closingBracket(s: string): number {
 }
 
 export function parsePath(arg: string): { addr: string; params: string[] } | { error: string } {
-  let s = arg.trim();
+  let s = trimSp(arg);
   let addr: string;
   let rest: string;
   if (s.startsWith("<")) {
@@ -98,9 +98,9 @@ export function parsePath(arg: string): { addr: string; params: string[] } | { e
     addr = s.slice(1, close);
     rest = s.slice(close + 1);
     // Parameters are separated from the path by a space: "<a@b>junk" is no parameter.
-    if (rest && !/^\s/.test(rest)) return { error: "unexpected text after '>'" };
+    if (rest && !/^[ \t]/.test(rest)) return { error: "unexpected text after '>'" };
   } else {
-    const sp = s.search(/\s/);
+    const sp = s.search(/[ \t]/);
     addr = sp < 0 ? s : s.slice(0, sp);
     rest = sp < 0 ? "" : s.slice(sp);
   }
@@ -110,7 +110,8 @@ export function parsePath(arg: string): { addr: string; params: string[] } | { e
   // Without SMTPUTF8 (not offered) an address is ASCII (RFC 6531); a byte that was not
   // UTF-8 at all arrives here as U+FFFD. In RCPT, case folding took the Kelvin sign for a k.
   if (/[^\x00-\x7f]/.test(addr)) return { error: "address with non-ASCII characters (SMTPUTF8 is not offered)" };
-  return { addr, params: rest.trim() ? rest.trim().split(/\s+/) : [] };
+  rest = trimSp(rest);
+  return { addr, params: rest ? rest.split(/[ \t]+/) : [] };
 }
 
 export class SmtpSession {
@@ -180,9 +181,9 @@ export class SmtpSession {
 
   handleLine(line: string): SmtpResult {
     if (this.sasl) return this.saslResponse(line);
-    const m = /^\s*([A-Za-z]+)(?:\s+(.*))?$/.exec(line);
+    const m = /^[ \t]*([A-Za-z]+)(?:[ \t]+(.*))?$/.exec(line);
     const verb = m?.[1]?.toUpperCase() ?? "";
-    const arg = (m?.[2] ?? "").trim();
+    const arg = trimSp(m?.[2] ?? "");
     switch (verb) {
       case "HELO":
       case "EHLO":
@@ -219,7 +220,7 @@ export class SmtpSession {
   }
 
   private hello(verb: string, arg: string): SmtpResult {
-    if (!arg || /\s/.test(arg)) return one(Smtp.syntax(`${verb} needs exactly one domain or address literal`));
+    if (!arg || /[ \t]/.test(arg)) return one(Smtp.syntax(`${verb} needs exactly one domain or address literal`));
     // RFC 5321 4.5.3.1.2: a domain name is at most 255 octets.
     if (Buffer.byteLength(arg) > 255) return one(Smtp.syntax(`${verb} domain too long`));
     this.reset();
@@ -249,7 +250,7 @@ export class SmtpSession {
     if (!this.helo) return one(Smtp.badSequence("send EHLO first"));
     if (this.authUser !== null) return one(Smtp.badSequence("already authenticated"));
     if (this.from !== null) return one(Smtp.badSequence("AUTH not permitted during a mail transaction"));
-    const [mech = "", initial, extra] = arg.split(/\s+/);
+    const [mech = "", initial, extra] = arg.split(/[ \t]+/);
     if (!mech || extra !== undefined) return one(Smtp.syntax("expected AUTH mechanism [initial-response]"));
     switch (mech.toUpperCase()) {
       case "PLAIN":
@@ -265,7 +266,7 @@ export class SmtpSession {
 
   private saslResponse(line: string): SmtpResult {
     const sasl = this.sasl!;
-    if (line.trim() === "*") {
+    if (trimSp(line) === "*") {
       this.sasl = null;
       return one(Smtp.authCancelled());
     }
@@ -317,7 +318,8 @@ export class SmtpSession {
       return { replies: [Smtp.tooManyMessages(this.config.domain)], close: true };
     }
     const m = /^FROM:(.*)$/i.exec(arg);
-    if (!m) return one(Smtp.syntax('expected "MAIL FROM:<address>"'));
+    // Nothing after the colon is no path at all (RFC 5321 4.1.2); the null sender is "<>".
+    if (!m || trimSp(m[1]!) === "") return one(Smtp.syntax('expected "MAIL FROM:<address>" (<> for none)'));
     const path = parsePath(m[1]!);
     if ("error" in path) return one(Smtp.syntax(path.error));
     if (path.addr !== "" && !ADDRESS.test(path.addr) && !QUOTED_ADDRESS.test(path.addr)) return one(Smtp.syntax(`bad sender address "${path.addr}"`));
@@ -340,7 +342,8 @@ export class SmtpSession {
           break;
         case "AUTH":
           // RFC 4954 section 5: the original submitter, as a relay passes it on. Nothing to
-          // relay here, so it is accepted and not used.
+          // relay here, so it is accepted and not used (also where AUTH is not offered: refusing
+          // a harmless parameter would only fail a relay's mail).
           break;
         default:
           return one(Smtp.paramNotImplemented(p));

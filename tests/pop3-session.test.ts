@@ -116,6 +116,17 @@ describe("AUTHORIZATION state", () => {
     expect(s.state).toBe("authorization");
   });
 
+  test("only ASCII space and tab are trimmed or separate: a no-break space is part of the word (RFC 1939 3)", async () => {
+    const s = new Pop3Session(env().store);
+    expect(status(await run(s, "USER\u00a0alice"))).toStartWith("-ERR");
+    expect(status(await run(s, "USER alice"))).toStartWith("+OK");
+    expect(status(await run(s, "PASS secret pw\u00a0"))).toStartWith("-ERR");
+    expect(status(await run(s, "USER alice"))).toStartWith("+OK");
+    expect(status(await run(s, "PASS secret pw "))).toStartWith("+OK");
+    expect(status(await run(s, "STAT\u3000"))).toStartWith("-ERR");
+    expect(status(await run(s, "\tLIST  1\t"))).toBe(`+OK 1 ${S1}`);
+  });
+
   test("login reply counts messages and octets; commands are case-insensitive", async () => {
     const e = env();
     const s = new Pop3Session(e.store);

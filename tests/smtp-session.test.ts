@@ -262,6 +262,23 @@ describe("parsePath", () => {
   });
 });
 
+test("an empty MAIL FROM: is a syntax error, not the null sender (RFC 5321 4.1.2)", () => {
+  const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10 }, { resolve: () => "alice" }, { deliver: async () => {} });
+  s.handleLine("EHLO c");
+  for (const line of ["MAIL FROM:", "MAIL FROM:   ", "MAIL FROM:\t"]) expect(s.handleLine(line).replies[0]!.code).toBe(501);
+  expect(s.handleLine("MAIL FROM:<>").replies[0]!.code).toBe(250);
+});
+
+test("only ASCII space and tab separate words: Unicode spaces and a byte order mark are no separators (RFC 5321 2.4)", () => {
+  const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10 }, { resolve: () => "alice" }, { deliver: async () => {} });
+  for (const line of ["EHLO\u00a0x", "NOOP\u3000", "RSET\ufeff", "MAIL\u2003FROM:<a@b>"]) expect(s.handleLine(line).replies[0]!.code).toBe(500);
+  expect(s.handleLine("EHLO x").replies[0]!.code).toBe(250);
+  expect(s.handleLine("MAIL FROM:<a@b>\u00a0SIZE=10").replies[0]!.code).toBe(501);
+  expect(s.handleLine("MAIL FROM:<a@b>\tSIZE=10").replies[0]!.code).toBe(250);
+  expect(s.handleLine("RCPT TO:<alice@d>\u00a0").replies[0]!.code).toBe(501);
+  expect(s.handleLine(" RCPT  TO:<alice@d>  ").replies[0]!.code).toBe(250);
+});
+
 test("MAIL FROM with RFC 4954's AUTH= parameter is accepted", () => {
   const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10 }, { resolve: () => "alice" }, { deliver: async () => {} });
   s.handleLine("EHLO c");
