@@ -174,13 +174,19 @@ export class FileMaildrop implements Maildrop {
     })();
   }
 
+  /**
+   * The header and `lines` lines of the body. Lines are counted to any LF, and every bare LF
+   * goes out as CRLF, also in a message sent as stored by RETR (a hand-written CRLF mail with
+   * a stray bare LF, which the index does not look for): cut after one, "\n.\r\n" was no end
+   * of the response and curl waited for ever (helper-45).
+   */
   top(i: number, lines: number): Body {
     const m = this.present(i);
     if (m.length > SYNC_READ_MAX) return this.topStream(this.fd!, m, lines);
     const stored = this.readWhole(m.offset, m.length);
     const msg = stored.subarray(0, stored.length - terminatorLength(stored));
     const part = Buffer.concat([msg.subarray(0, countLines(msg, afterSeparator(msg, scanHeader(msg).end), lines).pos), TERMINATOR]);
-    return m.lf ? toWire(part, true) : part;
+    return lfPieceToWire(part, -1, true);
   }
 
   /**
@@ -197,7 +203,6 @@ export class FileMaildrop implements Maildrop {
     const end = m.offset + m.length - terminatorLength(await whole(m.offset + m.length - 3, 3));
     let prev = -1;
     const wire = (piece: Buffer, last: boolean): Uint8Array => {
-      if (!m.lf) return piece;
       const out = lfPieceToWire(piece, prev, last);
       if (piece.length) prev = piece[piece.length - 1]!;
       return out;

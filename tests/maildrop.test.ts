@@ -150,6 +150,31 @@ describe("FileMaildrop", () => {
     }
   });
 
+  test("top of a hand-written CRLF mail with stray bare LFs: every line ends CRLF and the response ends CRLF.CRLF, small or streamed", async () => {
+    const r = root();
+    const big = "x".repeat(70) + "\r\n";
+    const small = Buffer.from("From: c@d\r\nSubject: two\r\n\r\nmixed\nends\r\nlast\r\n.\r\n");
+    const large = Buffer.from("From: c@d\r\nSubject: big\r\n\r\nmixed\nends\r\n" + big.repeat(20_000) + "a\nb\r\n.\r\n");
+    writeBox(r, small, large);
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      // RETR sends them as stored (LIST counts that), ending CRLF.CRLF.
+      expect((await bytes(await d.read(0))).toString()).toBe(small.toString());
+      const head = "From: c@d\r\nSubject: ";
+      expect((await bytes(await d.top(0, 1))).toString()).toBe(head + "two\r\n\r\nmixed\r\n.\r\n");
+      expect((await bytes(await d.top(0, 2))).toString()).toBe(head + "two\r\n\r\nmixed\r\nends\r\n.\r\n");
+      expect((await bytes(await d.top(0, 9))).toString()).toBe(head + "two\r\n\r\nmixed\r\nends\r\nlast\r\n.\r\n");
+      const top = await d.top(1, 1);
+      expect(Symbol.asyncIterator in top).toBe(true);
+      expect((await bytes(top)).toString()).toBe(head + "big\r\n\r\nmixed\r\n.\r\n");
+      const all = (await bytes(await d.top(1, 1_000_000))).toString();
+      expect(all).toEndWith("\r\na\r\nb\r\n.\r\n");
+      expect(all.split("\n").length).toBe(all.split("\r\n").length);
+    } finally {
+      d.release();
+    }
+  });
+
   test("streamed top: a header line that starts within the header scan and ends past the first read is header, not body", async () => {
     const r = root();
     // (The Subject first: the Received line goes after it, not after the long line.)
