@@ -42,6 +42,9 @@ export interface PopTlsOptions {
 type State = "authorization" | "transaction" | "closed";
 
 export const SASL_MECHANISMS = ["PLAIN", "LOGIN"];
+/** Errors opening a mailbox that retrying will not cure: what is in the mailbox's place, or its permissions. */
+const PERMANENT = new Set(["EISDIR", "ENOTDIR", "EFTYPE", "ELOOP", "EACCES", "EPERM"]);
+
 export const CAPABILITIES = ["TOP", "UIDL", "USER", `SASL ${SASL_MECHANISMS.join(" ")}`, "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
 const MAX_ARG = 40; // RFC 1939 section 3
 // User names may be longer than that, as long as user.txt allows and SMTP delivers to: a
@@ -274,8 +277,9 @@ export class Pop3Session {
       const busy = (e as Error).name === "MaildropBusy";
       this.state = "closed";
       // The reason goes to the log; the client learns the error code, not the server's paths.
-      const why = (e as NodeJS.ErrnoException).code ?? "internal error";
-      return { reply: busy ? Pop.locked() : Pop.cannotOpen(why), close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === "EFTYPE" ? "not a regular file" : (code ?? "internal error");
+      return { reply: busy ? Pop.locked() : Pop.cannotOpen(why, PERMANENT.has(code ?? "")), close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
     }
     this.user = user;
     this.state = "transaction";

@@ -103,7 +103,8 @@ export const Pop = {
   badLogin: () => err("[AUTH] invalid user name or password"),
   needUser: () => err("send USER first"),
   locked: () => err("[IN-USE] mailbox is already in use by another POP3 session"),
-  cannotOpen: (why: string) => err(`[SYS/TEMP] cannot open mailbox: ${why}`),
+  /** RFC 3206: SYS/PERM when it takes an administrator (a directory or a link where the file goes), else SYS/TEMP. */
+  cannotOpen: (why: string, permanent: boolean) => err(`[SYS/${permanent ? "PERM" : "TEMP"}] cannot open mailbox: ${why}`),
   stat: (count: number, octets: number) => ok(`${count} ${octets}`),
   noSuchMessage: () => err("no such message"),
   mailboxChanged: () => err("[SYS/TEMP] the mailbox was changed by another program; log in again"),

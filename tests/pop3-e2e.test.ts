@@ -1,6 +1,6 @@
 // End-to-end: the real popserver (and smtpmail) as child processes, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildRecord } from "../lib/mailbox.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
@@ -237,15 +237,18 @@ describe("popserver over TCP", () => {
   });
 
   test("a mailbox that cannot be opened: -ERR with the error code, never the server's paths; a new user's first login works", async () => {
-    const r = makeRoot({ ivan: "ivanpw", judy: "judypw" });
+    const r = makeRoot({ ivan: "ivanpw", judy: "judypw", kim: "kimpw" });
     const p = await startPop(r);
     extra.push(p);
     try {
       removeRoot(join(r, "ivan"));
       writeFileSync(join(r, "ivan"), "a file where the directory should be");
       const w = await popLogin(p.port, "ivan", "ivanpw").catch((e: Error) => e);
-      expect(String(w)).toContain("-ERR [SYS/TEMP] cannot open mailbox: ENOTDIR");
+      // Permanent (RFC 3206): retrying will not help until an administrator steps in.
+      expect(String(w)).toContain("-ERR [SYS/PERM] cannot open mailbox: ENOTDIR");
       expect(String(w)).not.toContain(r);
+      mkdirSync(join(r, "kim", "mymailbox"), { recursive: true });
+      expect(String(await popLogin(p.port, "kim", "kimpw").catch((e: Error) => e))).toContain("-ERR [SYS/PERM] cannot open mailbox: not a regular file");
       removeRoot(join(r, "judy")); // listed, no mail yet, so no directory
       const j = await popLogin(p.port, "judy", "judypw");
       wires.push(j);
