@@ -265,6 +265,8 @@ export class FileMailStore implements MailStore {
       if (box) {
         if (!box.isFile()) return `${path} is not a file`;
         accessSync(path, constants.W_OK);
+        // The lock file is made beside the mailbox: a directory we cannot write fails there.
+        accessSync(dirname(path), constants.W_OK);
         const lockPath = writeLockPath(this.root, user);
         if (lstatSync(lockPath, { throwIfNoEntry: false })?.isFile() === false) return `${lockPath} is not a lock file`;
         // Refused here, alone, rather than after the others got their copy (DATA would

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { appendFileSync, existsSync, linkSync, statSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, linkSync, statSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
@@ -35,6 +35,19 @@ function subjects(file: Buffer): string[] {
 }
 
 describe("FileMailStore", () => {
+  // Root may write anywhere: only an ordinary user sees the directory's mode.
+  test.skipIf(process.getuid?.() === 0)("unavailable(): a writable mailbox in a directory we cannot write (the lock goes there) is refused at RCPT", () => {
+    const r = root(["alice"]);
+    const store = track(new FileMailStore(r));
+    writeFileSync(join(r, "alice", "mymailbox"), "");
+    chmodSync(join(r, "alice"), 0o555);
+    try {
+      expect(store.unavailable("alice")).toBe("EACCES");
+    } finally {
+      chmodSync(join(r, "alice"), 0o755);
+    }
+  });
+
   test("unavailable(): why a recipient's mailbox cannot take mail, asked before DATA", async () => {
     const r = root(["alice", "bob", "carol"]);
     const store = track(new FileMailStore(r));
