@@ -2,6 +2,7 @@
 // hold many pipelined commands, half a command, or the end of DATA followed by the next
 // command. The reader is pull-based so the session decides, line by line, whether the
 // bytes that follow are commands or message text.
+import { isUtf8 } from "node:buffer";
 
 /**
  * A command line without the spaces around it. Commands are ASCII words separated by SP
@@ -10,6 +11,19 @@
  * had a SIZE parameter, "PASS pw\u00a0" matched "pw").
  */
 export const trimSp = (s: string): string => s.replace(/^[ \t]+|[ \t]+$/g, "");
+
+/** Stands for bytes that are not UTF-8 in decoded text: no UTF-8 decodes to it (a lone surrogate). */
+export const UNDECODABLE = "\udfff";
+
+/**
+ * bytes[start, end) as UTF-8, where bytes that are not UTF-8 become UNDECODABLE rather than
+ * U+FFFD: decoded as U+FFFD, a password with one such byte matched any other such byte, and
+ * a real U+FFFD could not be told from one.
+ */
+export function decodeUtf8(bytes: Buffer, start = 0, end = bytes.length): string {
+  const text = bytes.toString("utf8", start, end);
+  return text.includes("\ufffd") && !isUtf8(bytes.subarray(start, end)) ? text.replaceAll("\ufffd", UNDECODABLE) : text;
+}
 
 /** A command line; `bareLf` when it ended with LF alone (a person at `nc`, not an MTA). */
 export type LineEvent = { kind: "line"; text: string; bareLf: boolean } | { kind: "too-long" };
@@ -220,7 +234,7 @@ export class LineReader {
         this.pending = this.pending.subarray(nl + 1);
         return { kind: "too-long" };
       }
-      const text = this.pending.toString("utf8", 0, end);
+      const text = decodeUtf8(this.pending, 0, end);
       this.pending = this.pending.subarray(nl + 1);
       return { kind: "line", text, bareLf: end === nl };
     }
@@ -239,6 +253,12 @@ export class LineReader {
     this.budget = budget;
     const p = this.pending;
     if (p.length === 0) return null;
+    // After an LF-ended DATA the text starts after a bare LF, where a dot is not counted as
+    // stuffing (mailbox.ts's measure() decides those per message; the limit takes them as content).
+    if (lfEnd && this.dataSize === 0 && this.dataB2 === -1) {
+      this.dataB1 = 0;
+      this.dataB2 = LF;
+    }
     let contentEnd = -1; // in p; may be negative: the end lies inside kept chunks
     let after = -1;
     // Whether the end's "." was counted as a stuffing dot when it was kept (see below):

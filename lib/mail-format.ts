@@ -161,9 +161,12 @@ export function receivedWhen(headers: MailHeaders): string {
   return (headers.received && assignmentReceived(headers.received)) || (headers.date && formatDateHeader(headers.date)) || "";
 }
 
-/** Control characters in mail must not drive the user's terminal (escape sequences). */
+/**
+ * Control characters in mail must not drive the user's terminal (escape sequences), nor may
+ * bidirectional overrides and isolates reorder the rest of a list row.
+ */
 export function sanitizeForTerminal(text: string): string {
-  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => {
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g, (c) => {
     const code = c.charCodeAt(0);
     if (c === "\r") return "";
     return code < 0x80 ? `^${String.fromCharCode(code ^ 0x40)}` : "?";
@@ -185,6 +188,8 @@ function fit(text: string, width: number): string {
   // One line per mail: a decoded Subject (RFC 2047) can hold a line break or a tab, and
   // could otherwise draw a made-up row into the list.
   const line = sanitizeForTerminal(text.replace(/[\t\r\n\u2028\u2029]/g, " "));
+  // Printable ASCII is a column a character: no need to look for graphemes.
+  if (/^[\x20-\x7e]*$/.test(line)) return line.length <= width ? line : line.slice(0, width - 3) + "...";
   if (columnsOf(line) <= width) return line;
   let out = "";
   let used = 0;
@@ -216,6 +221,8 @@ const SUBJECT_MIN = 12;
  * no line reaches the last column, where terminals wrap.
  */
 export function formatMailList(rows: ListRow[], columns?: number): string[] {
+  // A terminal that does not know its size says 0 (a pty nobody sized yet).
+  if (!columns || columns < 0) columns = undefined;
   const heading = ["Sl. No.", "Sender", "Received", "Subject"];
   const noWidth = widest(heading[0]!, rows.map((r) => String(r.no)));
   const whens = rows.map((r) => fit(r.when, WHEN_MAX));

@@ -119,7 +119,7 @@ export class Pop3Session {
   handleLine(line: string): PopResult | Promise<PopResult> {
     if (this.sasl) return this.saslResponse(line);
     const trimmed = trimSp(line);
-    const sp = trimmed.indexOf(" ");
+    const sp = trimmed.search(/[ \t]/);
     const verb = (sp < 0 ? trimmed : trimmed.slice(0, sp)).toUpperCase();
     const rest = sp < 0 ? "" : trimmed.slice(sp + 1);
     // PASS keeps spaces inside the password; everything else splits into arguments.

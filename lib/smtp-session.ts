@@ -220,7 +220,8 @@ export class SmtpSession {
   }
 
   private hello(verb: string, arg: string): SmtpResult {
-    if (!arg || /[ \t]/.test(arg)) return one(Smtp.syntax(`${verb} needs exactly one domain or address literal`));
+    // One word of printable ASCII (RFC 5321 4.1.1.1; no SMTPUTF8 here).
+    if (!arg || /[^\x21-\x7e]/.test(arg)) return one(Smtp.syntax(`${verb} needs exactly one domain or address literal`));
     // RFC 5321 4.5.3.1.2: a domain name is at most 255 octets.
     if (Buffer.byteLength(arg) > 255) return one(Smtp.syntax(`${verb} domain too long`));
     this.reset();

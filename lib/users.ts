@@ -1,6 +1,8 @@
 // user.txt: "name password" per line, separated by spaces or tabs. The file is re-read
 // whenever it changes on disk, so adding a user needs no restart. Only names listed here
 // ever become a path, which is why names are restricted to safe path components.
+import { isUtf8 } from "node:buffer";
+import { decodeUtf8, UNDECODABLE } from "./lines.ts";
 import { statSync } from "node:fs";
 import { readRegularFile } from "./fsio.ts";
 import { timingSafeEqual, createHash } from "node:crypto";
@@ -29,9 +31,6 @@ export interface UserTable {
   /** Lower-cased name to the one listed name it matches, or null when several do. */
   readonly byLowerCase?: Map<string, string | null>;
 }
-
-/** What a byte that is not UTF-8 decodes to, in user.txt and in command lines. */
-const UNDECODABLE = "\uFFFD";
 
 export function parseUserTable(text: string, fileName = "user.txt"): UserTable {
   const names: string[] = [];
@@ -66,6 +65,19 @@ export function parseUserTable(text: string, fileName = "user.txt"): UserTable {
 
 export class UserFileError extends Error {}
 
+/** user.txt as text, each line decoded on its own (decodeUtf8): a line that is not UTF-8 taints only itself. */
+function decodeUserFile(bytes: Buffer): string {
+  if (isUtf8(bytes)) return bytes.toString("utf8");
+  const lines: string[] = [];
+  for (let start = 0; start <= bytes.length; ) {
+    const nl = bytes.indexOf(0x0a, start);
+    const end = nl < 0 ? bytes.length : nl;
+    lines.push(decodeUtf8(bytes, start, end));
+    start = end + 1;
+  }
+  return lines.join("\n");
+}
+
 /** The user.txt of a mail root, reloaded when its size, mtime or inode change. */
 export class Users {
   private table: UserTable = { names: [], passwords: new Map(), problems: [] };
@@ -98,7 +110,7 @@ export class Users {
     if (this.unsettled?.stamp === stamp && Date.now() < this.unsettled.until) return;
     let text: string;
     try {
-      text = readRegularFile(this.path).toString("utf8");
+      text = decodeUserFile(readRegularFile(this.path));
     } catch (e) {
       throw new UserFileError(`cannot read ${this.path}: ${(e as Error).message}`);
     }
@@ -188,8 +200,8 @@ export class Users {
 
   /**
    * The user name if name and password match (plain text compared in constant time, or a
-   * Bun.password hash). A password with bytes that are not UTF-8 (decoded as U+FFFD) matches
-   * nothing: decoded, any such byte would match any other.
+   * Bun.password hash). A password with bytes that are not UTF-8 (UNDECODABLE once decoded)
+   * matches nothing: decoded, any such byte would match any other.
    */
   async check(login: string, password: string): Promise<string | null> {
     const name = this.account(login);
@@ -211,7 +223,8 @@ export class Users {
         return null;
       }
     }
-    return equalConstantTime(password, stored) && !password.includes(UNDECODABLE) ? name : refuse();
+    // Both sides: a lone surrogate hashes as U+FFFD would.
+    return equalConstantTime(password, stored) && !password.includes(UNDECODABLE) && !stored.includes(UNDECODABLE) ? name : refuse();
   }
 }
 

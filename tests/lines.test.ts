@@ -179,8 +179,9 @@ describe("LineReader.nextMessage", () => {
       expect(m?.bytes.toString()).toBe("a\n..b\n.x\n");
       expect(lines(r)).toEqual([{ kind: "line", text: "NOOP", bareLf: true }]);
     }
-    // Sized as RFC 1870 says however it is split: "xy" plus its line end is 3 octets.
-    for (const text of ["xy\n.\n", "xy\n.\r\n"]) {
+    // Sized as RFC 1870 says however it is split: "xy" plus its line end is 3 octets; ".y" too,
+    // its dot kept after the bare LF that ended DATA (mailbox.ts's measure()).
+    for (const text of ["xy\n.\n", "xy\n.\r\n", ".y\n.\n"]) {
       for (let cut = 0; cut <= text.length; cut++) {
         for (const [max, tooBig] of [[3, false], [2, true]] as const) {
           const r = new LineReader();
@@ -188,7 +189,7 @@ describe("LineReader.nextMessage", () => {
           let m = r.nextMessage(max, null, 0, true);
           r.push(b(text.slice(cut)));
           m ??= r.nextMessage(max, null, 0, true);
-          expect([text, cut, max, m!.tooBig, m!.bytes.toString()]).toEqual([text, cut, max, tooBig, tooBig ? "" : "xy\n"]);
+          expect([text, cut, max, m!.tooBig, m!.bytes.toString()]).toEqual([text, cut, max, tooBig, tooBig ? "" : text.slice(0, 3)]);
         }
       }
     }

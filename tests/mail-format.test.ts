@@ -196,6 +196,12 @@ describe("formatMailList", () => {
     expect(new Set(at).size).toBe(1);
   });
 
+  test("bidirectional overrides and isolates are neutralised: they could reorder the rest of a row", () => {
+    const [, row] = formatMailList([{ no: 1, from: "a\u202eb@x", when: "w", subject: "s\u2066t\u2069" }]);
+    expect(row).not.toMatch(/[\u202a-\u202e\u2066-\u2069]/);
+    expect(row).toContain("a?b@x");
+  });
+
   test("a long subject is cut between graphemes, by screen columns", () => {
     const family = "👨‍👩‍👧";
     const [heading, row] = formatMailList([{ no: 1, from: "a@b", when: "w", subject: family.repeat(50) }]);
@@ -220,6 +226,8 @@ describe("formatMailList", () => {
     }
     expect(formatMailList(rows, 200)[1]).toContain("s".repeat(100));
     expect(formatMailList(rows)[1]).not.toContain("s".repeat(61));
+    // A terminal that does not know its size (0): as a pipe.
+    expect(formatMailList(rows, 0)).toEqual(formatMailList(rows));
     // Narrower than the fixed columns need: the subject keeps its least room, and the line wraps.
     expect(formatMailList(rows, 30)[1]).toContain("s".repeat(9) + "...");
   });

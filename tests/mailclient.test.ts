@@ -720,7 +720,7 @@ describe.skipIf(!haveServers)("a session the server logged out while the user re
   });
 });
 
-describe.skipIf(!haveServers)("a mailbox popserver cannot open ([SYS/TEMP] after a right password)", () => {
+describe.skipIf(!haveServers)("a mailbox popserver cannot open ([SYS/PERM] after a right password)", () => {
   test("is not taken for a wrong password: no 'Login failed', no second password prompt", async () => {
     const root = makeRoot({ bob: "secret" });
     mkdirSync(join(root, "bob", "mymailbox")); // a directory where the file should be
@@ -728,7 +728,7 @@ describe.skipIf(!haveServers)("a mailbox popserver cannot open ([SYS/TEMP] after
     try {
       const r = await runClient(["127.0.0.1", String(closedPort()), String(pop.port)], typed("bob", "secret", "1", "3"));
       expect(r.code).toBe(0);
-      expectInOrder(r.stdout, ["Cannot check the password: the POP3 server said -ERR [SYS/TEMP]", "Cannot open the mailbox: [SYS/TEMP]", "Bye."]);
+      expectInOrder(r.stdout, ["Cannot check the password: the POP3 server said -ERR [SYS/PERM]", "Cannot open the mailbox: [SYS/PERM]", "Bye."]);
       expect(r.stdout).not.toContain("Login failed");
       expect(r.stdout).not.toContain("Password for bob");
     } finally {

@@ -122,7 +122,7 @@ describe("AUTHORIZATION state", () => {
     expect(status(await run(s, "USER alice"))).toStartWith("+OK");
     expect(status(await run(s, "PASS secret pw\u00a0"))).toStartWith("-ERR");
     expect(status(await run(s, "USER alice"))).toStartWith("+OK");
-    expect(status(await run(s, "PASS secret pw "))).toStartWith("+OK");
+    expect(status(await run(s, "PASS\tsecret pw "))).toStartWith("+OK");
     expect(status(await run(s, "STAT\u3000"))).toStartWith("-ERR");
     expect(status(await run(s, "\tLIST  1\t"))).toBe(`+OK 1 ${S1}`);
   });

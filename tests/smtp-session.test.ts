@@ -272,6 +272,8 @@ test("an empty MAIL FROM: is a syntax error, not the null sender (RFC 5321 4.1.2
 test("only ASCII space and tab separate words: Unicode spaces and a byte order mark are no separators (RFC 5321 2.4)", () => {
   const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10 }, { resolve: () => "alice" }, { deliver: async () => {} });
   for (const line of ["EHLO\u00a0x", "NOOP\u3000", "RSET\ufeff", "MAIL\u2003FROM:<a@b>"]) expect(s.handleLine(line).replies[0]!.code).toBe(500);
+  expect(s.handleLine("EHLO x\u00a0y").replies[0]!.code).toBe(501);
+  expect(s.handleLine("EHLO \u00e9t\u00e9.example").replies[0]!.code).toBe(501);
   expect(s.handleLine("EHLO x").replies[0]!.code).toBe(250);
   expect(s.handleLine("MAIL FROM:<a@b>\u00a0SIZE=10").replies[0]!.code).toBe(501);
   expect(s.handleLine("MAIL FROM:<a@b>\tSIZE=10").replies[0]!.code).toBe(250);
@@ -324,7 +326,10 @@ describe("SmtpSession: addresses and reply text as real clients send them", () =
 
   test("a non-ASCII sender is refused without SMTPUTF8 (not altered); control bytes never reach a reply", () => {
     const { say } = setup();
-    expect(say("HELO a\x00b")).toBe("250 OK Hello a?b\r\n");
+    const helo = say("HELO a\x00b");
+    expect(code(helo)).toBe(501);
+    expect(helo).not.toMatch(/[^\x20-\x7e\r\n]/);
+    expect(code(say("HELO a"))).toBe(250);
     expect(code(say("MAIL FROM:<j\u00f6rg@b>"))).toBe(501);
     expect(code(say("MAIL FROM:<j\ufffdrg@b>"))).toBe(501);
     const bad = say("MAIL FROM:<a\x01b@c>");

@@ -3,11 +3,12 @@ import { mkdtempSync, rmSync, writeFileSync, renameSync, unlinkSync, utimesSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isSafeUserName, parseUserTable, UserFileError, Users } from "../lib/users.ts";
+import { decodeUtf8 } from "../lib/lines.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "users-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
-function file(text: string): string {
+function file(text: string | Buffer): string {
   const p = join(dir, `user${++n}.txt`);
   writeFileSync(p, text);
   return p;
@@ -22,13 +23,19 @@ describe("passwords that are not UTF-8", () => {
     u.load();
     expect(warnings.join("\n")).toContain('password of "alice" is not valid UTF-8');
     expect(u.resolve("alice")).toBe("alice");
-    // What a POP3 PASS line with another invalid byte (or the same one) decodes to.
-    for (const bytes of [[0xe9], [0xff], [0xc3]]) expect(await u.check("alice", Buffer.concat([Buffer.from("caf"), Buffer.from(bytes)]).toString("utf8"))).toBe(null);
+    // What a POP3 PASS line with another invalid byte (or the same one) decodes to, as LineReader decodes it.
+    for (const bytes of [[0xe9], [0xff], [0xc3]]) expect(await u.check("alice", decodeUtf8(Buffer.concat([Buffer.from("caf"), Buffer.from(bytes)])))).toBe(null);
     expect(await u.check("alice", "café")).toBe(null);
+    expect(await u.check("alice", "caf\uFFFD")).toBe(null);
     expect(await u.check("bob", "b")).toBe("bob");
-    // A valid password is not matched by a line with an invalid byte in it either.
-    const v = new Users(file("carol x\uFFFDy\n"));
-    expect(await v.check("carol", Buffer.from([0x78, 0x80, 0x79]).toString("utf8"))).toBe(null);
+    // A password that really holds U+FFFD (valid UTF-8) works, and only sent as those bytes;
+    // a bad line elsewhere in the file does not taint it.
+    const v = new Users(file(Buffer.concat([Buffer.from("carol x\uFFFDy\ndave d"), Buffer.from([0xff]), Buffer.from("\n")])));
+    v.load();
+    expect(await v.check("carol", decodeUtf8(Buffer.from("x\uFFFDy")))).toBe("carol");
+    expect(await v.check("carol", decodeUtf8(Buffer.from([0x78, 0x80, 0x79])))).toBe(null);
+    expect(await v.check("dave", decodeUtf8(Buffer.from([0x64, 0xff])))).toBe(null);
+    expect(await v.check("dave", "d\uFFFD")).toBe(null);
   });
 });
 
