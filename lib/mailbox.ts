@@ -252,20 +252,24 @@ export class NoRoomForRecord extends Error {
   override name = "NoRoomForRecord";
 }
 
+/** How a message came, for buildRecord. */
+export interface RecordOptions {
+  /** Spare bytes after wire, its own: the record is built there when they are enough. */
+  room?: number;
+  /** Asked for the bytes of a copy first (the DATA memory budget); false: NoRoomForRecord. */
+  charge?: (bytes: number) => boolean;
+  /** MAIL FROM and RCPT TO: From and To for a message without them. */
+  envelope?: Envelope;
+  /** The DATA command ended with a bare LF (see measure). */
+  lfStart?: boolean;
+}
+
 /**
- * The bytes appended to mymailbox for one message received by SMTP. When the record cannot
- * be built in the `room` after wire, it is a copy: `charge` is asked for its bytes first
- * (the DATA memory budget), and NoRoomForRecord thrown if it refuses. `lfStart`: the DATA
- * command ended with a bare LF (see measure).
+ * The bytes appended to mymailbox for one message received by SMTP: in place after wire
+ * when the room allows, else a copy.
  */
-export function buildRecord(
-  wire: Buffer,
-  received: string,
-  room = 0,
-  charge: (bytes: number) => boolean = () => true,
-  envelope?: Envelope,
-  lfStart = false,
-): Buffer {
+export function buildRecord(wire: Buffer, received: string, opt: RecordOptions = {}): Buffer {
+  const { room = 0, charge = () => true, envelope, lfStart = false } = opt;
   const m = measure(wire, lfStart);
   const top = envelopeLines(wire, envelope);
   const extra = copyRoom(wire, m.size, received, top, room, charge);
@@ -276,15 +280,9 @@ export function buildRecord(
  * buildRecord() that gives the event loop a turn every 256 KiB of a message over 256 KiB: the
  * line ends of 10 MB of bare-LF lines took 100-190 ms to convert, other sessions waiting.
  */
-export async function buildRecordYielding(
-  wire: Buffer,
-  received: string,
-  room = 0,
-  charge: (bytes: number) => boolean = () => true,
-  envelope?: Envelope,
-  lfStart = false,
-): Promise<Buffer> {
-  if (wire.length <= YIELD_EVERY) return buildRecord(wire, received, room, charge, envelope, lfStart);
+export async function buildRecordYielding(wire: Buffer, received: string, opt: RecordOptions = {}): Promise<Buffer> {
+  if (wire.length <= YIELD_EVERY) return buildRecord(wire, received, opt);
+  const { room = 0, charge = () => true, envelope, lfStart = false } = opt;
   const top = envelopeLines(wire, envelope);
   let bare = false;
   for (let from = 0; from < wire.length && !bare; from += YIELD_EVERY) {

@@ -415,7 +415,7 @@ export class SmtpSession {
     if (msg.noRoom) return { replies: [Smtp.storageFull()], log: `message from <${from}> refused: DATA memory budget full, peer=${this.peer}` };
     let record: Buffer;
     try {
-      record = await buildRecordYielding(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()), msg.room ?? 0, msg.charge, envelope, msg.lfStart);
+      record = await buildRecordYielding(msg.bytes, receivedLine((this.config.now ?? (() => new Date()))()), { room: msg.room, charge: msg.charge, envelope, lfStart: msg.lfStart });
     } catch (e) {
       if (!(e instanceof NoRoomForRecord)) throw e;
       return { replies: [Smtp.storageFull()], log: `message from <${from}> refused: DATA memory budget full for its stored copy, peer=${this.peer}` };

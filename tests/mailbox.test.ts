@@ -48,7 +48,7 @@ describe("buildRecord", () => {
 
   test("From and To from the envelope: not for a header block longer than the 256 KiB looked at (they may be further down)", () => {
     const pad = Array.from({ length: 3000 }, (_, i) => `X-Pad-${i}: ${"p".repeat(80)}\r\n`).join("");
-    const rec = buildRecord(b(pad + "From: real@sender\r\nTo: bob@x\r\nSubject: hi\r\n\r\nbody\r\n"), RCV, 0, undefined, ENVELOPE).toString();
+    const rec = buildRecord(b(pad + "From: real@sender\r\nTo: bob@x\r\nSubject: hi\r\n\r\nbody\r\n"), RCV, { envelope: ENVELOPE }).toString();
     expect(rec.startsWith("X-Pad-0: ")).toBe(true);
     expect(rec.match(/^From:/gm)).toEqual(["From:"]);
     expect(rec.match(/^To:/gm)).toEqual(["To:"]);
@@ -77,14 +77,14 @@ describe("buildRecord", () => {
       const gathered = Buffer.alloc(Buffer.byteLength(text) + RECORD_ROOM, 0x7e);
       gathered.write(text);
       const wire = gathered.subarray(0, Buffer.byteLength(text));
-      const rec = buildRecord(wire, RCV, RECORD_ROOM);
+      const rec = buildRecord(wire, RCV, { room: RECORD_ROOM });
       expect(rec.equals(expected)).toBe(true);
       expect(rec.buffer === gathered.buffer && rec.byteOffset === gathered.byteOffset).toBe(true);
     }
     // Bare LF line ends need a converted copy: the room is not used, the result is the same.
     const lf = Buffer.alloc(40 + RECORD_ROOM);
     lf.write("Subject: s\n\nline\n");
-    const rec = buildRecord(lf.subarray(0, Buffer.byteLength("Subject: s\n\nline\n")), RCV, RECORD_ROOM);
+    const rec = buildRecord(lf.subarray(0, Buffer.byteLength("Subject: s\n\nline\n")), RCV, { room: RECORD_ROOM });
     expect(rec.toString()).toBe("Subject: s\r\n" + RCV + "\r\n\r\nline\r\n.\r\n");
     expect(rec.buffer === lf.buffer).toBe(false);
   });
@@ -123,11 +123,11 @@ describe("buildRecord", () => {
       for (const [room, envelope] of [[0, undefined], [64, undefined], [64, ENVELOPE], [256, ENVELOPE]] as const) {
         const padded = Buffer.alloc(wire.length + room);
         wire.copy(padded);
-        const want = buildRecord(Buffer.from(wire), RCV, 0, undefined, envelope);
+        const want = buildRecord(Buffer.from(wire), RCV, { envelope });
         if (envelope) expect(want.subarray(0, 44).toString()).toBe("From: a@b\r\nTo: undisclosed-recipients:;\r\nSub");
         let turns = 0;
         const ticking = setInterval(() => turns++, 0);
-        const got = await buildRecordYielding(padded.subarray(0, wire.length), RCV, room, undefined, envelope);
+        const got = await buildRecordYielding(padded.subarray(0, wire.length), RCV, { room, envelope });
         clearInterval(ticking);
         expect(got.equals(want)).toBe(true);
         // Timers ran meanwhile for every large message: the event loop was not held throughout.
@@ -136,9 +136,9 @@ describe("buildRecord", () => {
     }
     // The first line after an nc user's DATA: its dot is kept the same way on either path.
     for (const wire of [Buffer.from(".top\n" + "z".repeat(79) + "\n".repeat(300_000)), Buffer.from(".top\r\n" + "z".repeat(79) + "\r\n".repeat(300_000))]) {
-      const want = buildRecord(wire, RCV, 0, undefined, undefined, true);
+      const want = buildRecord(wire, RCV, { lfStart: true });
       expect(want.includes("\r\n\r\n..top\r\n")).toBe(true);
-      expect((await buildRecordYielding(wire, RCV, 0, undefined, undefined, true)).equals(want)).toBe(true);
+      expect((await buildRecordYielding(wire, RCV, { lfStart: true })).equals(want)).toBe(true);
     }
   });
 });
@@ -169,7 +169,7 @@ describe("normalizeLineEnds", () => {
     expect(normalizeLineEnds(b("..first\n.x\n"), true).toString()).toBe("...first\r\n..x\r\n");
     // After a CRLF DATA the first line is stuffed as every other line after a CRLF.
     expect(normalizeLineEnds(b(".first\nnext\n")).toString()).toBe(".first\r\nnext\r\n");
-    expect(buildRecord(b(".first\n"), RCV, 0, undefined, undefined, true).toString()).toBe(RCV + "\r\n\r\n..first\r\n.\r\n");
+    expect(buildRecord(b(".first\n"), RCV, { lfStart: true }).toString()).toBe(RCV + "\r\n\r\n..first\r\n.\r\n");
   });
   test("a final line without line end gets CRLF", () => {
     expect(normalizeLineEnds(b("a\nb")).toString()).toBe("a\r\nb\r\n");
