@@ -86,6 +86,8 @@ const CHECKPOINT_MS = 300;
 /** A checkpoint starts early once a journal is this full: past its zero-filled size, writes grow the file (slower). */
 const CHECKPOINT_BYTES = PREALLOCATED / 2;
 const CLOSE_IDLE_MS = 30_000;
+/** Mailbox descriptors kept open between deliveries, at most (each is one of the process's descriptors). */
+export const MAX_OPEN_BOXES = 64;
 /** How long a kept lock goes without checking for a waiting popserver. */
 const HOLD_MS = 5;
 /** How long a lock let go for a waiter stays untouched, so the waiter can take it. */
@@ -116,6 +118,7 @@ export class FileMailStore implements MailStore {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private checkpointing: Promise<void> | null = null;
   private lingerTimer: ReturnType<typeof setTimeout> | null = null;
+  private idleTimer: ReturnType<typeof setTimeout> | null = null;
   /** Boxes retired with appends not yet fsync'd: the next checkpoint fsyncs them. */
   private retiredDirty: OpenBox[] = [];
   /** Files of copies deferred by this process (deferred.ts), still to be delivered. */
@@ -301,6 +304,7 @@ export class FileMailStore implements MailStore {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
+    if (this.idleTimer) clearTimeout(this.idleTimer);
     this.releaseLocks();
     for (const [user, b] of this.boxes) {
       this.retire(user, b);
@@ -778,12 +782,32 @@ export class FileMailStore implements MailStore {
       if (this.retiring === retired) this.retiring = null;
     }
     this.stats.checkpoints++;
+    this.closeIdleBoxes();
+  }
+
+  /**
+   * Closes the mailboxes not written for CLOSE_IDLE_MS, and past MAX_OPEN_BOXES the least
+   * recently written, of those fsync'd and not in use. Again after CLOSE_IDLE_MS while any
+   * stay open: closed only at a checkpoint, 120 mailboxes delivered to once stayed open
+   * until the next delivery, and under a low descriptor limit new recipients got 451 for
+   * good (helper-47).
+   */
+  private closeIdleBoxes(): void {
     const t = now();
-    for (const [user, b] of this.boxes) {
-      if (!b.dirty && b.users === 0 && t - b.lastUsed > CLOSE_IDLE_MS) {
-        this.retire(user, b);
-        dropLockTemp(writeLockPath(this.root, user));
-      }
+    const idle = [...this.boxes].filter(([, b]) => !b.dirty && b.users === 0).sort((x, y) => x[1].lastUsed - y[1].lastUsed);
+    let over = this.boxes.size - MAX_OPEN_BOXES;
+    for (const [user, b] of idle) {
+      if (over <= 0 && t - b.lastUsed <= CLOSE_IDLE_MS) break;
+      this.retire(user, b);
+      dropLockTemp(writeLockPath(this.root, user));
+      over--;
+    }
+    if (this.boxes.size && !this.idleTimer && !this.closed) {
+      this.idleTimer = setTimeout(() => {
+        this.idleTimer = null;
+        if (!this.closed) this.closeIdleBoxes();
+      }, CLOSE_IDLE_MS);
+      this.idleTimer.unref?.();
     }
   }
 }

@@ -2,7 +2,7 @@
 // file owns the Bun.listen details: framing, write backpressure (Bun's write() does not
 // buffer), idle timeouts, connection limits, logging and graceful shutdown.
 import type { Socket, TCPSocketListener } from "bun";
-import { readSync } from "node:fs";
+import { readFileSync, readSync } from "node:fs";
 import { LineReader } from "./lines.ts";
 import type { ServerTls } from "./tls.ts";
 
@@ -64,6 +64,8 @@ export interface ListenOptions {
 
 export interface ServerOptions extends ListenOptions {
   name: string;
+  /** Descriptors a session may hold besides its socket (popserver: the mailbox it reads). */
+  fdsPerSession?: number;
   tooManyText: string;
   tooManyFromAddressText?: string;
   /** trace is set in verbose mode: handlers report client lines through it. */
@@ -104,7 +106,14 @@ function newConn(peer: string, now: number, id = ++nextId): Conn {
   return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null, awaitingTls: false };
 }
 
-const HIGH_WATER = 1 << 20;
+/**
+ * Unanswered commands a connection may have waiting, and replies the client has not taken:
+ * past these it is paused (TCP backpressure) or waited for. At 1 MiB each, clients that
+ * pipeline commands and never read held about 3 MiB of the server's memory apiece: 200
+ * of them from one address, over 500 MiB (helper-47).
+ */
+const IN_HIGH_WATER = 64 << 10;
+const OUT_HIGH_WATER = 256 << 10;
 /**
  * Longest a connection works through its pipelined commands (or a streamed listing) before
  * letting the event loop serve others. Without it, 120 KB of pipelined RSET on a
@@ -129,6 +138,30 @@ function readFully(fd: number, buf: Buffer, at: number, length: number, position
 }
 let nextId = 0;
 
+/** The open-file limit in force (Bun raises the soft limit to the hard one at start), or null where unknown. */
+export function openFileLimit(): number | null {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Descriptors kept for everything but sessions: mailboxes kept open (MAX_OPEN_BOXES), journals,
+ * lock files, listeners, the runtime's own; REFUSAL_ROOM more are sockets being told "too
+ * many connections".
+ */
+const FD_RESERVE = 128;
+const REFUSAL_ROOM = 32;
+
+/** Sockets, then sessions, that an open-file limit leaves room for. */
+export function connectionRoom(limit: number, fdsPerSession = 0): { sockets: number; sessions: number } {
+  const sockets = Math.max(1, limit - FD_RESERVE);
+  return { sockets, sessions: Math.max(1, Math.floor((sockets - REFUSAL_ROOM) / (1 + fdsPerSession))) };
+}
+
 function isLoopback(address: string): boolean {
   return address.startsWith("127.") || address === "::1" || address.startsWith("::ffff:127.");
 }
@@ -138,6 +171,14 @@ export class MailServer {
   private tlsListener: TCPSocketListener<Conn> | null = null;
   private readonly perAddress = new Map<string, number>();
   private readonly conns = new Set<Socket<Conn>>();
+  /**
+   * Sessions and sockets at most, within the open-file limit: at the limit accept() fails, and
+   * Bun retried it at 100 % CPU while new clients hung without a word (helper-47).
+   */
+  private readonly maxSessions: number;
+  private readonly maxSockets: number;
+  private readonly fileLimit: number | null;
+  private fullLoggedAt = 0;
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private stopping = false;
   // Replies gathered while one connection handles a batch of pipelined commands, written
@@ -148,7 +189,12 @@ export class MailServer {
   private stageLen = 0;
   private stageOwner: Socket<Conn> | null = null;
 
-  constructor(private readonly opt: ServerOptions) {}
+  constructor(private readonly opt: ServerOptions) {
+    this.fileLimit = openFileLimit();
+    const room = this.fileLimit === null ? null : connectionRoom(this.fileLimit, opt.fdsPerSession);
+    this.maxSockets = room?.sockets ?? Infinity;
+    this.maxSessions = Math.min(opt.maxConnections, room?.sessions ?? Infinity);
+  }
 
   get port(): number {
     return this.listener?.port ?? 0;
@@ -216,18 +262,27 @@ export class MailServer {
 
   private onOpen(s: Socket<Conn>, secure: boolean): void {
     const peer = `${s.remoteAddress}`;
+    // Past the sockets the descriptors allow, not even a reply: its descriptor goes at once.
+    if (this.conns.size >= this.maxSockets) {
+      s.terminate();
+      return;
+    }
     s.data = newConn(peer, Date.now());
     this.conns.add(s);
     const fromPeer = (this.perAddress.get(peer) ?? 0) + 1;
     const limited = this.opt.maxPerAddress !== undefined && !(this.opt.perAddressExemptsLoopback && isLoopback(peer));
     // Refused at once, without a session: a flood from one address costs others nothing.
     const refusal =
-      this.stopping || this.conns.size > this.opt.maxConnections
+      this.stopping || this.conns.size > this.maxSessions
         ? this.opt.tooManyText
         : limited && fromPeer > this.opt.maxPerAddress!
           ? (this.opt.tooManyFromAddressText ?? this.opt.tooManyText)
           : null;
     if (refusal !== null) {
+      if (this.conns.size > this.maxSessions && this.maxSessions < this.opt.maxConnections && Date.now() - this.fullLoggedAt > 60_000) {
+        this.fullLoggedAt = Date.now();
+        this.opt.log(`${this.opt.name}: refusing connections: ${this.maxSessions} at once is what the open-file limit (${this.fileLimit}, ulimit -n) allows`);
+      }
       // Before a TLS handshake there is no way to say why.
       if (secure) s.terminate();
       else {
@@ -265,11 +320,11 @@ export class MailServer {
 
   private onData(s: Socket<Conn>, chunk: Buffer): void {
     const c = s.data;
-    if (c.ending || !c.handler) return;
+    if (!c || c.ending || !c.handler) return;
     c.lastActive = Date.now();
     c.reader.push(chunk);
     // A client that sends faster than we answer is paused (TCP backpressure), not buffered.
-    if (c.busy && c.reader.buffered > HIGH_WATER) s.pause();
+    if (c.busy && c.reader.buffered > IN_HIGH_WATER) s.pause();
     void this.pump(s);
   }
 
@@ -329,7 +384,7 @@ export class MailServer {
           c.upgradedTo = null;
         }
         this.cork(s);
-        if (c.outBytes > HIGH_WATER) {
+        if (c.outBytes > OUT_HIGH_WATER) {
           this.uncork(s);
           await this.waitDrain(s);
           this.cork(s);
@@ -402,7 +457,7 @@ export class MailServer {
           // Producers may reuse a chunk's buffer once we return, so what the kernel does not
           // take now is copied.
           this.writeOut(s, Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), true);
-          if (s.data.outBytes > HIGH_WATER) await this.waitDrain(s);
+          if (s.data.outBytes > OUT_HIGH_WATER) await this.waitDrain(s);
           // A listing made faster than the client reads it never fills the socket: take turns.
           if (performance.now() - slice > SLICE_MS) {
             await yieldToLoop();
@@ -544,7 +599,7 @@ export class MailServer {
 
   private flush(s: Socket<Conn>): void {
     const c = s.data;
-    while (c.out.length) {
+    while (c?.out.length) {
       const buf = c.out[0]!;
       const n = s.write(buf);
       if (n <= 0) return;

@@ -2,10 +2,12 @@
 // messages-per-connection limits, AUTH without TLS (--allow-plain-auth), --hash-password.
 // The point throughout: a hostile client never slows down a well-behaved one.
 import { afterAll, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { command, makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { SmtpConn, sendOne } from "./helpers/smtp-conn.ts";
+import { connectionRoom } from "../lib/server.ts";
 import { popLogin, Wire } from "./helpers/wire.ts";
 
 const running: Running[] = [];
@@ -123,6 +125,61 @@ describe("connection limits", () => {
       ok = (await again.reply()).startsWith("220");
     }
     expect(ok).toBe(true);
+  });
+
+  // Under a low open-file limit: sessions up to what the descriptors allow, then 421, then
+  // sockets closed at once; never accept() failing, which Bun retried at 100 % CPU while new
+  // clients hung without a word (helper-47).
+  test.skipIf(!Bun.which("prlimit"))("a low open-file limit bounds the connections: 220, then 421, then closed; no spinning; served again after", async () => {
+    const r = root();
+    const smtp = await track(startSmtp(r, [], ["prlimit", "--nofile=256:256", "--"]));
+    const open: import("node:net").Socket[] = [];
+    const first = (): Promise<string> =>
+      new Promise((resolve) => {
+        const s = connect(smtp.port, "127.0.0.1");
+        open.push(s);
+        const done = (what: string) => {
+          clearTimeout(timer);
+          resolve(what);
+        };
+        const timer = setTimeout(() => done("silent"), 1500);
+        s.once("data", (d) => done(d.toString().slice(0, 3)));
+        s.once("close", () => done("closed"));
+        s.on("error", () => {});
+      });
+    const seen: string[] = [];
+    try {
+      for (let i = 0; i < 300; i++) {
+        const what = await first();
+        seen.push(what);
+        if (what === "silent") break;
+      }
+      const count = (w: string) => seen.filter((x) => x === w).length;
+      const max = connectionRoom(256).sessions;
+      expect(count("220")).toBe(max);
+      expect(smtp.log()).toContain(`refusing connections: ${max} at once is what the open-file limit (256, ulimit -n) allows`);
+      expect(count("silent")).toBe(0);
+      expect(count("421") + count("closed")).toBe(300 - max);
+      // Holding them all: the server is idle, not retrying accept().
+      const cpu = () => readFileSync(`/proc/${smtp.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13).reduce((a, b) => a + Number(b), 0);
+      const before = cpu();
+      await Bun.sleep(1000);
+      expect(cpu() - before).toBeLessThan(30); // clock ticks (1/100 s)
+    } finally {
+      for (const s of open) s.destroy();
+    }
+    let greeted = false;
+    for (let i = 0; i < 50 && !greeted; i++) {
+      await Bun.sleep(50);
+      greeted = (await first()) === "220";
+    }
+    expect(greeted).toBe(true);
+    for (const s of open) s.destroy();
+    const c = await SmtpConn.open(smtp.port);
+    wires.push(c);
+    expect(await c.code()).toBe(220);
+    await c.cmd("HELO x");
+    expect(await sendOne(c, "a@x", ["alice@x"], "Subject: after\r\n\r\nhi\r\n")).toStartWith("250 ");
   });
 
   test("POP3 --max-per-address: -ERR [SYS/TEMP] for the extra connection", async () => {

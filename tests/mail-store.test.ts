@@ -1,8 +1,8 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { appendFileSync, chmodSync, existsSync, linkSync, statSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
+import { appendFileSync, chmodSync, readlinkSync, existsSync, linkSync, statSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileMailStore } from "../lib/mail-store.ts";
+import { FileMailStore, MAX_OPEN_BOXES } from "../lib/mail-store.ts";
 import { acquireLock } from "../lib/lock.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
 import { deferredDir, notePlacement, readDeferred } from "../lib/deferred.ts";
@@ -35,6 +35,28 @@ function subjects(file: Buffer): string[] {
 }
 
 describe("FileMailStore", () => {
+  test("after deliveries to many mailboxes, at most MAX_OPEN_BOXES stay open (each holds a descriptor)", async () => {
+    const users = Array.from({ length: MAX_OPEN_BOXES + 30 }, (_, i) => `u${i}`);
+    const r = root(users);
+    const store = track(new FileMailStore(r));
+    for (const u of users) await store.deliver([u], rec(u));
+    await store.idle();
+    const openBoxes = () =>
+      readdirSync("/proc/self/fd").filter((fd) => {
+        try {
+          const target = readlinkSync(`/proc/self/fd/${fd}`);
+          return target.startsWith(r) && target.endsWith("/mymailbox");
+        } catch {
+          return false;
+        }
+      }).length;
+    // Descriptors are closed asynchronously.
+    for (let i = 0; i < 100 && openBoxes() > MAX_OPEN_BOXES; i++) await Bun.sleep(20);
+    expect(openBoxes()).toBeLessThanOrEqual(MAX_OPEN_BOXES);
+    expect(openBoxes()).toBeGreaterThan(0); // the ones written last are kept for the next delivery
+    for (const u of users) expect(subjects(box(r, u))).toEqual([u]);
+  });
+
   // Root may write anywhere: only an ordinary user sees the directory's mode.
   test.skipIf(process.getuid?.() === 0)("unavailable(): a writable mailbox in a directory we cannot write (the lock goes there) is refused at RCPT", () => {
     const r = root(["alice"]);

@@ -37,8 +37,9 @@ export interface Running {
   stop(signal?: NodeJS.Signals): Promise<number>;
 }
 
-async function start(program: "smtpmail" | "popserver", root: string, args: string[]): Promise<Running> {
-  const proc = Bun.spawn(command(program, ["0", "--root", root, "--host", "127.0.0.1", ...args]), {
+/** `prefix`: a command the server runs under, such as prlimit. */
+async function start(program: "smtpmail" | "popserver", root: string, args: string[], prefix: string[] = []): Promise<Running> {
+  const proc = Bun.spawn([...prefix, ...command(program, ["0", "--root", root, "--host", "127.0.0.1", ...args])], {
     cwd: root,
     stdin: "ignore",
     stdout: "pipe",
@@ -79,5 +80,5 @@ async function start(program: "smtpmail" | "popserver", root: string, args: stri
   };
 }
 
-export const startSmtp = (root: string, args: string[] = []) => start("smtpmail", root, args);
-export const startPop = (root: string, args: string[] = []) => start("popserver", root, args);
+export const startSmtp = (root: string, args: string[] = [], prefix: string[] = []) => start("smtpmail", root, args, prefix);
+export const startPop = (root: string, args: string[] = [], prefix: string[] = []) => start("popserver", root, args, prefix);
