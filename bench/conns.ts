@@ -7,6 +7,7 @@ interface C {
   lines: number;
   want: number;
   done: (() => void) | null;
+  closed: boolean;
 }
 
 export interface ConnsResult {
@@ -18,8 +19,9 @@ export interface ConnsResult {
   noopAllMs: number;
 }
 
+/** Resolves once n lines have come, or the server closed the connection. */
 function waitLines(s: Socket<C>, n: number): Promise<void> {
-  if (s.data.lines >= n) return Promise.resolve();
+  if (s.data.lines >= n || s.data.closed) return Promise.resolve();
   s.data.want = n;
   return new Promise((r) => (s.data.done = r));
 }
@@ -28,7 +30,7 @@ async function open(port: number): Promise<Socket<C>> {
   const s = await Bun.connect<C>({
     hostname: "127.0.0.1",
     port,
-    data: { lines: 0, want: 0, done: null },
+    data: { lines: 0, want: 0, done: null, closed: false },
     socket: {
       data(sock, chunk) {
         for (const b of chunk) if (b === 10) sock.data.lines++;
@@ -38,10 +40,16 @@ async function open(port: number): Promise<Socket<C>> {
           d();
         }
       },
+      close(sock) {
+        sock.data.closed = true;
+        sock.data.done?.();
+      },
       error() {},
     },
   });
   await waitLines(s, 1);
+  // Refused (closed without a greeting, or with a refusal, then closed): not counted as open.
+  if (s.data.closed) throw new Error("closed by the server");
   return s;
 }
 
@@ -76,7 +84,7 @@ export async function idleConnections(port: number, pid: number, count: number, 
         const before = s.data.lines;
         s.write("NOOP\r\n");
         await waitLines(s, before + 1);
-        answered++;
+        if (s.data.lines > before) answered++;
       }),
     ),
   ]);

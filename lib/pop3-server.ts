@@ -125,7 +125,6 @@ export function createPopServer(opt: PopServerOptions, store: PopStore): MailSer
   return new MailServer({
     ...opt,
     name: "popserver",
-    fdsPerSession: 1,
     tooManyFromAddressText: formatPopReply(Pop.tooManyFromAddress()),
     tooManyText: formatPopReply(Pop.tooManyConnections()),
     create: (peer, trace, secure): Handler =>

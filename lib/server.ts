@@ -64,8 +64,6 @@ export interface ListenOptions {
 
 export interface ServerOptions extends ListenOptions {
   name: string;
-  /** Descriptors a session may hold besides its socket (popserver: the mailbox it reads). */
-  fdsPerSession?: number;
   tooManyText: string;
   tooManyFromAddressText?: string;
   /** trace is set in verbose mode: handlers report client lines through it. */
@@ -149,17 +147,19 @@ export function openFileLimit(): number | null {
 }
 
 /**
- * Descriptors kept for everything but sessions: mailboxes kept open (MAX_OPEN_BOXES), journals,
- * lock files, listeners, the runtime's own; REFUSAL_ROOM more are sockets being told "too
- * many connections".
+ * Descriptors kept for everything but sockets: smtpmail's mailboxes kept open (MAX_OPEN_BOXES)
+ * and journals, popserver's mailboxes of logged-in sessions (beyond these, a login gets -ERR
+ * [SYS/TEMP] ... EMFILE and the server goes on), lock files, listeners, the runtime's own.
+ * REFUSAL_ROOM of the sockets are for telling clients "too many connections". A POP3 session
+ * is not counted as two: 10,000 idle connections must fit in a limit of 20,000.
  */
 const FD_RESERVE = 128;
 const REFUSAL_ROOM = 32;
 
 /** Sockets, then sessions, that an open-file limit leaves room for. */
-export function connectionRoom(limit: number, fdsPerSession = 0): { sockets: number; sessions: number } {
+export function connectionRoom(limit: number): { sockets: number; sessions: number } {
   const sockets = Math.max(1, limit - FD_RESERVE);
-  return { sockets, sessions: Math.max(1, Math.floor((sockets - REFUSAL_ROOM) / (1 + fdsPerSession))) };
+  return { sockets, sessions: Math.max(1, sockets - REFUSAL_ROOM) };
 }
 
 function isLoopback(address: string): boolean {
@@ -191,7 +191,7 @@ export class MailServer {
 
   constructor(private readonly opt: ServerOptions) {
     this.fileLimit = openFileLimit();
-    const room = this.fileLimit === null ? null : connectionRoom(this.fileLimit, opt.fdsPerSession);
+    const room = this.fileLimit === null ? null : connectionRoom(this.fileLimit);
     this.maxSockets = room?.sockets ?? Infinity;
     this.maxSessions = Math.min(opt.maxConnections, room?.sessions ?? Infinity);
   }
