@@ -661,11 +661,17 @@ export class FileMailStore implements MailStore {
           throw new Error(`${path} is not a regular file`);
         }
         // Whatever the file holds is looked at before the first append.
-        box = { fd, ino: st.ino, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 0, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
+        // In use from the start: closeIdleBoxes() may run while the directory is synced, and
+        // must not close a descriptor about to be written.
+        box = { fd, ino: st.ino, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 1, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
         this.boxes.set(user, box);
-        if (st.size === 0) await syncDir(dirname(path));
-      }
-      box.users++;
+        try {
+          if (st.size === 0) await syncDir(dirname(path));
+        } catch (e) {
+          this.unuse(box);
+          throw e;
+        }
+      } else box.users++;
       box.lock = lock;
       box.lockCheckedAt = now();
       return box;

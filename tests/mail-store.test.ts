@@ -35,6 +35,19 @@ function subjects(file: Buffer): string[] {
 }
 
 describe("FileMailStore", () => {
+  test("many new mailboxes at once, past MAX_OPEN_BOXES: every message lands in its own mailbox, once", async () => {
+    const users = Array.from({ length: 6 * MAX_OPEN_BOXES }, (_, i) => `n${i}`);
+    const r = root(users);
+    const store = track(new FileMailStore(r));
+    // Waves of concurrent deliveries to mailboxes that do not exist yet, while checkpoints
+    // close the least recently used: none may be closed while a delivery is opening it.
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < users.length; i += 48) await Promise.all(users.slice(i, i + 48).map((u) => store.deliver([u], rec(`${u}-${round}`))));
+    }
+    await store.idle();
+    for (const u of users) expect(subjects(box(r, u))).toEqual([0, 1, 2].map((n) => `${u}-${n}`));
+  });
+
   test("after deliveries to many mailboxes, at most MAX_OPEN_BOXES stay open (each holds a descriptor)", async () => {
     const users = Array.from({ length: MAX_OPEN_BOXES + 30 }, (_, i) => `u${i}`);
     const r = root(users);
