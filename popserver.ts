@@ -6,6 +6,7 @@ import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
 import { removeInterruptedRewrites } from "./lib/maildrop.ts";
 import { createPopServer, filePopStore } from "./lib/pop3-server.ts";
+import { HeldFiles } from "./lib/server.ts";
 import { Users } from "./lib/users.ts";
 
 const FLAGS: FlagSpec = {
@@ -39,8 +40,10 @@ void runMain("popserver", async () => {
   users.load();
   const host = String(flags.get("--host") ?? "0.0.0.0");
   const sec = securityOptions(flags);
+  const held = new HeldFiles();
   const server = createPopServer(
     {
+      heldFiles: held,
       host,
       port,
       maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
@@ -55,7 +58,7 @@ void runMain("popserver", async () => {
       quiet: flags.has("--quiet"),
       log,
     },
-    filePopStore(root, users, log),
+    filePopStore(root, users, log, held),
   );
   listenOrExplain(server, host, port);
   const tlsNote = sec.tlsFiles ? `, STLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";

@@ -8,6 +8,8 @@ interface C {
   want: number;
   done: (() => void) | null;
   closed: boolean;
+  /** The start of the first line: a greeting, or a refusal. */
+  first: string;
 }
 
 export interface ConnsResult {
@@ -30,9 +32,10 @@ async function open(port: number): Promise<Socket<C>> {
   const s = await Bun.connect<C>({
     hostname: "127.0.0.1",
     port,
-    data: { lines: 0, want: 0, done: null, closed: false },
+    data: { lines: 0, want: 0, done: null, closed: false, first: "" },
     socket: {
       data(sock, chunk) {
+        if (sock.data.lines === 0) sock.data.first += chunk.toString("latin1", 0, 4);
         for (const b of chunk) if (b === 10) sock.data.lines++;
         if (sock.data.done && sock.data.lines >= sock.data.want) {
           const d = sock.data.done;
@@ -48,8 +51,11 @@ async function open(port: number): Promise<Socket<C>> {
     },
   });
   await waitLines(s, 1);
-  // Refused (closed without a greeting, or with a refusal, then closed): not counted as open.
-  if (s.data.closed) throw new Error("closed by the server");
+  // Refused (a 421 / -ERR line, or closed without a word): not counted as open.
+  if (s.data.closed || !/^(220|\+OK)/.test(s.data.first)) {
+    s.end();
+    throw new Error(`refused: ${s.data.first}`);
+  }
   return s;
 }
 

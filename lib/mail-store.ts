@@ -668,6 +668,8 @@ export class FileMailStore implements MailStore {
         try {
           if (st.size === 0) await syncDir(dirname(path));
         } catch (e) {
+          // Not kept: the next open syncs the directory again (only a new file's open does).
+          this.retire(user, box);
           this.unuse(box);
           throw e;
         }

@@ -4,7 +4,7 @@ import type { LineReader } from "./lines.ts";
 import { FileMaildrop } from "./maildrop.ts";
 import { IndexCache } from "./index-cache.ts";
 import { formatPopReply, Pop } from "./reply.ts";
-import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
+import { HeldFiles, MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
 import { MAX_SASL_LINE, maskAuth, type LoginThrottle } from "./auth.ts";
 import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
 import type { Users } from "./users.ts";
@@ -21,18 +21,34 @@ let lastListingGc = -Infinity;
 export const MAX_POP_LINE = 512; // RFC 2449 allows 255 octets; be generous, never unbounded
 
 export interface PopServerOptions extends ListenOptions {
+  heldFiles?: HeldFiles;
   requireTls?: boolean;
   throttle?: LoginThrottle;
 }
 
-export function filePopStore(root: string, users: Users, warn: (m: string) => void): PopStore {
+/** `held`: counts the open maildrops (a descriptor each) against the server's open-file bound. */
+export function filePopStore(root: string, users: Users, warn: (m: string) => void, held = new HeldFiles()): PopStore {
   const cache = new IndexCache();
   return {
     findUser: (name) => users.account(name),
     // The same user USER found: user.txt may have changed in between, and a name found
     // ignoring case could now mean someone else.
     checkPassword: async (user, password) => (await users.check(user, password)) === user,
-    open: (user) => FileMaildrop.open(root, user, warn, cache),
+    open: async (user) => {
+      if (!held.room()) throw Object.assign(new Error("no descriptor left for another mailbox"), { code: "EMFILE" });
+      const drop = await FileMaildrop.open(root, user, warn, cache);
+      held.count++;
+      const release = drop.release.bind(drop);
+      let holding = true;
+      drop.release = () => {
+        if (holding) {
+          holding = false;
+          held.count--;
+        }
+        release();
+      };
+      return drop;
+    },
   };
 }
 

@@ -64,6 +64,7 @@ export interface ListenOptions {
 
 export interface ServerOptions extends ListenOptions {
   name: string;
+  heldFiles?: HeldFiles;
   tooManyText: string;
   tooManyFromAddressText?: string;
   /** trace is set in verbose mode: handlers report client lines through it. */
@@ -156,6 +157,17 @@ export function openFileLimit(): number | null {
 const FD_RESERVE = 128;
 const REFUSAL_ROOM = 32;
 
+/**
+ * Descriptors sessions hold besides their sockets (popserver's open mailboxes). The
+ * open-file bound counts them with the sockets: with logged-in sessions' mailboxes filling the
+ * limit, accept() failed again and the server spun (helper-49).
+ */
+export class HeldFiles {
+  count = 0;
+  /** Set by the server: whether one more fits within the open-file bound. */
+  room: () => boolean = () => true;
+}
+
 /** Sockets, then sessions, that an open-file limit leaves room for. */
 export function connectionRoom(limit: number): { sockets: number; sessions: number } {
   const sockets = Math.max(1, limit - FD_RESERVE);
@@ -194,6 +206,8 @@ export class MailServer {
     const room = this.fileLimit === null ? null : connectionRoom(this.fileLimit);
     this.maxSockets = room?.sockets ?? Infinity;
     this.maxSessions = Math.min(opt.maxConnections, room?.sessions ?? Infinity);
+    const held = opt.heldFiles;
+    if (held) held.room = () => this.conns.size + held.count < this.maxSockets;
   }
 
   get port(): number {
@@ -263,7 +277,7 @@ export class MailServer {
   private onOpen(s: Socket<Conn>, secure: boolean): void {
     const peer = `${s.remoteAddress}`;
     // Past the sockets the descriptors allow, not even a reply: its descriptor goes at once.
-    if (this.conns.size >= this.maxSockets) {
+    if (this.conns.size + (this.opt.heldFiles?.count ?? 0) >= this.maxSockets) {
       s.terminate();
       return;
     }
@@ -599,7 +613,8 @@ export class MailServer {
 
   private flush(s: Socket<Conn>): void {
     const c = s.data;
-    while (c?.out.length) {
+    if (!c) return;
+    while (c.out.length) {
       const buf = c.out[0]!;
       const n = s.write(buf);
       if (n <= 0) return;

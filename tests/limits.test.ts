@@ -130,7 +130,7 @@ describe("connection limits", () => {
   // Under a low open-file limit: sessions up to what the descriptors allow, then 421, then
   // sockets closed at once; never accept() failing, which Bun retried at 100 % CPU while new
   // clients hung without a word (helper-47).
-  test.skipIf(!Bun.which("prlimit"))("a low open-file limit bounds the connections: 220, then 421, then closed; no spinning; served again after", async () => {
+  test.skipIf(!Bun.which("prlimit"))("a low open-file limit bounds the connections: 220, then 421 (or closed); no silent hang, no spinning; served again after", async () => {
     const r = root();
     const smtp = await track(startSmtp(r, [], ["prlimit", "--nofile=256:256", "--"]));
     const open: import("node:net").Socket[] = [];
@@ -180,6 +180,60 @@ describe("connection limits", () => {
     expect(await c.code()).toBe(220);
     await c.cmd("HELO x");
     expect(await sendOne(c, "a@x", ["alice@x"], "Subject: after\r\n\r\nhi\r\n")).toStartWith("250 ");
+  });
+
+  test.skipIf(!Bun.which("prlimit"))("POP3 under a low open-file limit: logged-in sessions' mailboxes count too; no client is left without an answer", async () => {
+    const users = Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`p${i}`, `pw${i}`]));
+    const r = root(users);
+    for (const u of Object.keys(users)) writeFileSync(join(r, u, "mymailbox"), "Subject: s\r\n\r\nhi\r\n.\r\n");
+    const pop = await track(startPop(r, [], ["prlimit", "--nofile=512:512", "--"]));
+    const open: import("node:net").Socket[] = [];
+    // Greeting, USER, PASS: the last line seen ("+OK", "-ERR...", "closed" or "silent").
+    const login = (i: number): Promise<string> =>
+      new Promise((resolve) => {
+        const s = connect(pop.port, "127.0.0.1");
+        open.push(s);
+        let buf = "";
+        let step = 0;
+        const done = (what: string) => {
+          clearTimeout(timer);
+          resolve(what);
+        };
+        const timer = setTimeout(() => done("silent"), 1500);
+        s.on("data", (d) => {
+          buf += d.toString();
+          while (buf.includes("\r\n")) {
+            const line = buf.slice(0, buf.indexOf("\r\n"));
+            buf = buf.slice(buf.indexOf("\r\n") + 2);
+            if (!line.startsWith("+OK") || step === 2) return done(line.slice(0, 40));
+            s.write(step++ === 0 ? `USER p${i}\r\n` : `PASS pw${i}\r\n`);
+          }
+        });
+        s.once("close", () => done("closed"));
+        s.on("error", () => {});
+      });
+    const seen: string[] = [];
+    try {
+      for (let i = 0; i < 260; i++) seen.push(await login(i));
+      expect(seen.filter((w) => w === "silent").length).toBe(0);
+      const loggedIn = seen.filter((w) => w.startsWith("+OK")).length;
+      expect(loggedIn).toBeGreaterThan(100);
+      expect(loggedIn).toBeLessThan(260);
+      expect(seen.filter((w) => !w.startsWith("+OK") && w !== "closed" && !w.startsWith("-ERR [SYS/TEMP]"))).toEqual([]);
+      const cpu = () => readFileSync(`/proc/${pop.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13).reduce((a, b) => a + Number(b), 0);
+      const before = cpu();
+      await Bun.sleep(1000);
+      expect(cpu() - before).toBeLessThan(30); // clock ticks (1/100 s): not retrying accept()
+    } finally {
+      for (const s of open) s.destroy();
+    }
+    let again = "";
+    for (let i = 0; i < 50 && !again.startsWith("+OK"); i++) {
+      await Bun.sleep(50);
+      again = await login(0);
+    }
+    for (const s of open) s.destroy();
+    expect(again).toStartWith("+OK");
   });
 
   test("POP3 --max-per-address: -ERR [SYS/TEMP] for the extra connection", async () => {
