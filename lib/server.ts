@@ -148,11 +148,10 @@ export function openFileLimit(): number | null {
 }
 
 /**
- * Descriptors kept for everything but sockets: smtpmail's mailboxes kept open (MAX_OPEN_BOXES)
- * and journals, popserver's mailboxes of logged-in sessions (beyond these, a login gets -ERR
- * [SYS/TEMP] ... EMFILE and the server goes on), lock files, listeners, the runtime's own.
- * REFUSAL_ROOM of the sockets are for telling clients "too many connections". A POP3 session
- * is not counted as two: 10,000 idle connections must fit in a limit of 20,000.
+ * Descriptors kept for everything but sockets and HeldFiles: smtpmail's mailboxes kept open
+ * (MAX_OPEN_BOXES) and journals, lock files, listeners, the runtime's own. REFUSAL_ROOM of the
+ * sockets are for telling clients "too many connections". A POP3 session's mailbox counts
+ * (HeldFiles) only while open: 10,000 idle connections must fit in a limit of 20,000.
  */
 const FD_RESERVE = 128;
 const REFUSAL_ROOM = 32;
