@@ -1,8 +1,9 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import pkg from "../package.json" with { type: "json" };
 import { closedPort, fakePop3, fakeSmtp, startFake, stopFakes, type FakeMail } from "./helpers/client-fake-server.ts";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { sendMail } from "../lib/smtp-client.ts";
 import { Pop3Client } from "../lib/pop3-client.ts";
 import { clientCommand, ROOT, runClient, typed } from "./helpers/client-run.ts";
@@ -72,8 +73,14 @@ describe("command line", () => {
     const client = clientCommand(["127.0.0.1", String(closedPort()), String(closedPort())])
       .map((a) => `'${a.replace(/'/g, "'\\''")}'`)
       .join(" ");
-    const proc = Bun.spawn(["bash", "-c", `printf 'bob\\nsecret\\n3\\n' | ${client} | head -c 5 >/dev/null; echo "\${PIPESTATUS[1]}"`], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+    // The rest of the input is held back until the reader has gone: a client fast enough to
+    // write everything into the pipe before head exits would rightly end with 0.
+    const gone = join(mkdtempSync(join(tmpdir(), "mailclient-pipe-")), "reader-gone");
+    const input = `{ printf 'bob\\n'; while [ ! -e '${gone}' ]; do sleep 0.01; done; printf 'secret\\n3\\n'; }`;
+    const reader = `{ head -c 5 >/dev/null; exec 0<&-; touch '${gone}'; }`;
+    const proc = Bun.spawn(["bash", "-c", `${input} | ${client} | ${reader}; echo "\${PIPESTATUS[1]}"`], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
     const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    rmSync(dirname(gone), { recursive: true, force: true });
     expect(err).toBe("");
     expect(out.trim()).toBe("141");
   });
