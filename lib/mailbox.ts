@@ -389,79 +389,84 @@ const SPLITS = Array.from({ length: 37 }, (_, radix) => {
  * The offsets, lengths and sizes of a mailbox's messages in typed arrays: 29 bytes a
  * message, so a POP3 session on 100,000 messages keeps an index of 3 MB, not objects.
  */
+const BLOCK_SHIFT = 12;
+const BLOCK = 1 << BLOCK_SHIFT;
+const BLOCK_MASK = BLOCK - 1;
+/** A first block's first size: most mailboxes are small, and popserver keeps their indexes. */
+const SMALLEST = 256;
+
 export class MessageIndex {
   count = 0;
-  private offsets = new Float64Array(256);
+  // In blocks of BLOCK entries: growing never copies what is there, and a finished index
+  // holds at most one block of spare room. One array per field grown by doubling, then
+  // trimmed by a copy, left up to 7 MB of freed arrays behind while 100,000 messages were
+  // indexed, most of it still resident at the end (the 64 MiB target on a 1 GiB mailbox).
+  private offsets: Float64Array[] = [];
   // Under 4 GiB: the scanner holds a message whole in a Buffer, which is at most that long.
-  private lengths = new Uint32Array(256);
-  private sizes = new Float64Array(256);
-  private hashes = new Float64Array(256);
-  private lfs = new Uint8Array(256);
+  private lengths: Uint32Array[] = [];
+  private sizes: Float64Array[] = [];
+  private hashes: Float64Array[] = [];
+  private lfs: Uint8Array[] = [];
   /** Occurrence number of each hash (only when some hash repeats). */
   private dups: Uint32Array | null = null;
 
   add(offset: number, length: number, size: number, lf: boolean, hash: number): void {
     if (length >= 2 ** 32) throw new Error("a message of 4 GiB or more");
-    if (this.count === this.offsets.length) this.resize(this.offsets.length * 2);
-    const i = this.count++;
-    this.offsets[i] = offset;
-    this.lengths[i] = length;
-    this.sizes[i] = size;
-    this.hashes[i] = hash;
-    this.lfs[i] = lf ? 1 : 0;
+    const i = this.count;
+    const b = i >>> BLOCK_SHIFT;
+    const j = i & BLOCK_MASK;
+    if (b === this.offsets.length || j === this.offsets[b]!.length) this.resizeBlock(b, b > 0 ? BLOCK : Math.min(BLOCK, Math.max(SMALLEST, 2 * j)));
+    this.offsets[b]![j] = offset;
+    this.lengths[b]![j] = length;
+    this.sizes[b]![j] = size;
+    this.hashes[b]![j] = hash;
+    this.lfs[b]![j] = lf ? 1 : 0;
+    this.count = i + 1;
   }
 
   /** Memory held by the arrays. */
   get bytes(): number {
-    return this.offsets.length * 29 + (this.dups?.byteLength ?? 0);
+    let n = this.dups?.byteLength ?? 0;
+    for (const o of this.offsets) n += o.length * 29;
+    return n;
   }
 
   /** A new index of a's messages then b's, as they are (b's offsets already count from the file's start). */
   static joined(a: MessageIndex, b: MessageIndex): MessageIndex {
     const j = new MessageIndex();
-    const n = a.count + b.count;
-    const both = <T extends Float64Array | Uint32Array | Uint8Array>(x: T, y: T): T => {
-      const out = new (x.constructor as new (n: number) => T)(Math.max(256, n));
-      out.set(x.subarray(0, a.count));
-      out.set(y.subarray(0, b.count), a.count);
-      return out;
-    };
-    j.offsets = both(a.offsets, b.offsets);
-    j.lengths = both(a.lengths, b.lengths);
-    j.sizes = both(a.sizes, b.sizes);
-    j.hashes = both(a.hashes, b.hashes);
-    j.lfs = both(a.lfs, b.lfs);
-    j.count = n;
-    return j.finish();
+    for (let i = 0; i < a.count; i++) j.addFrom(a, i, a.offset(i));
+    for (let i = 0; i < b.count; i++) j.addFrom(b, i, b.offset(i));
+    return j.trim().finish();
   }
 
-  private resize(capacity: number): void {
-    const to = <T extends Float64Array | Uint32Array | Uint8Array>(a: T): T => {
-      const b = new (a.constructor as new (n: number) => T)(Math.max(256, capacity));
-      b.set(a.subarray(0, this.count));
-      return b;
+  /** Block b at `capacity` entries, new or keeping what it holds. */
+  private resizeBlock(b: number, capacity: number): void {
+    const to = <T extends Float64Array | Uint32Array | Uint8Array>(blocks: T[], make: new (n: number) => T): void => {
+      const old = blocks[b];
+      const fresh = new make(capacity);
+      if (old) fresh.set(old.subarray(0, Math.min(old.length, capacity)));
+      blocks[b] = fresh;
     };
-    this.offsets = to(this.offsets);
-    this.lengths = to(this.lengths);
-    this.sizes = to(this.sizes);
-    this.hashes = to(this.hashes);
-    this.lfs = to(this.lfs);
+    to(this.offsets, Float64Array);
+    to(this.lengths, Uint32Array);
+    to(this.sizes, Float64Array);
+    to(this.hashes, Float64Array);
+    to(this.lfs, Uint8Array);
   }
 
-  /** Lets go of spare room the arrays grew (a quarter of them, on average). */
+  /** Lets go of the last block's spare room, when that is worth a copy. */
   trim(): this {
-    if (this.offsets.length - this.count >= 1024) this.resize(this.count);
+    const b = this.offsets.length - 1;
+    const used = this.count - b * BLOCK;
+    if (b >= 0 && this.offsets[b]!.length - used >= 1024) this.resizeBlock(b, Math.max(SMALLEST, used));
     return this;
   }
 
   /** Adds b's messages after these (b's offsets already count from the file's start). */
   extend(b: MessageIndex): this {
-    // Room for these and a little more: doubling a kept 100,000-message index for a few
-    // new messages would hold 3 MB it never uses.
-    const need = this.count + b.count;
-    if (need > this.offsets.length) this.resize(need + (need >> 5));
     for (let i = 0; i < b.count; i++) this.addFrom(b, i, b.offset(i));
-    return this.finish();
+    // A few new messages must not leave a kept index with a block of room it never uses.
+    return this.trim().finish();
   }
 
   /** Adds another index's message i, placed at `offset`. */
@@ -471,7 +476,9 @@ export class MessageIndex {
 
   /** Numbers repeated hashes in file order, so UIDs stay unique within the mailbox. */
   finish(): this {
-    const sorted = this.hashes.slice(0, this.count).sort();
+    const sorted = new Float64Array(this.count);
+    for (let b = 0; b < this.hashes.length; b++) sorted.set(this.hashes[b]!.subarray(0, Math.min(BLOCK, this.count - b * BLOCK)), b * BLOCK);
+    sorted.sort();
     const repeated = new Set<number>();
     for (let i = 1; i < sorted.length; i++) if (sorted[i] === sorted[i - 1]) repeated.add(sorted[i]!);
     this.dups = null;
@@ -479,7 +486,7 @@ export class MessageIndex {
     this.dups = new Uint32Array(this.count);
     const seen = new Map<number, number>();
     for (let i = 0; i < this.count; i++) {
-      const h = this.hashes[i]!;
+      const h = this.hash(i);
       if (!repeated.has(h)) continue;
       const n = (seen.get(h) ?? 0) + 1;
       seen.set(h, n);
@@ -489,22 +496,22 @@ export class MessageIndex {
   }
 
   offset(i: number): number {
-    return this.offsets[i]!;
+    return this.offsets[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]!;
   }
   length(i: number): number {
-    return this.lengths[i]!;
+    return this.lengths[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]!;
   }
   size(i: number): number {
-    return this.sizes[i]!;
+    return this.sizes[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]!;
   }
   lf(i: number): boolean {
-    return this.lfs[i] === 1;
+    return this.lfs[i >>> BLOCK_SHIFT]![i & BLOCK_MASK] === 1;
   }
   hash(i: number): number {
-    return this.hashes[i]!;
+    return this.hashes[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]!;
   }
   uid(i: number): string {
-    const base = this.hashes[i]!.toString(36);
+    const base = this.hash(i).toString(36);
     const n = this.dups?.[i] ?? 0;
     return n > 1 ? `${base}-${n}` : base;
   }
@@ -513,7 +520,7 @@ export class MessageIndex {
    * otherwise leave 100,000 strings (5 MB) for the collector.
    */
   writeUid(i: number, buf: Buffer, pos: number): number {
-    pos = writeNumber(buf, pos, this.hashes[i]!, 36);
+    pos = writeNumber(buf, pos, this.hash(i), 36);
     const n = this.dups?.[i] ?? 0;
     if (n > 1) {
       buf[pos++] = 0x2d;

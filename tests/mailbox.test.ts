@@ -429,4 +429,42 @@ describe("UIDs written without strings", () => {
     expect(uids[3]).toBe(`${uids[2]}-2`);
     expect(uids[5]).toBe(`${uids[2]}-3`);
   });
+
+  test("MessageIndex over many blocks: every field kept, grown in place, trimmed, extended and joined", () => {
+    // Fields derived from i, each in its own range (offsets past 4 GiB, lengths to 2^32 - 1).
+    const entry = (i: number) => ({ offset: i * 5e6 + 7, length: (i * 2654435761) % 2 ** 32, size: i * 3 + 1, lf: i % 3 === 0, hash: i % 1000 === 999 ? 77 : i * 1e9 + 5 });
+    const fill = (from: number, to: number) => {
+      const index = new MessageIndex();
+      for (let i = from; i < to; i++) {
+        const e = entry(i);
+        index.add(e.offset, e.length, e.size, e.lf, e.hash);
+      }
+      return index;
+    };
+    const check = (index: MessageIndex, n: number) => {
+      expect(index.count).toBe(n);
+      let repeats = 0;
+      for (let i = 0; i < n; i++) {
+        const e = entry(i);
+        expect([index.offset(i), index.length(i), index.size(i), index.lf(i), index.hash(i)]).toEqual([e.offset, e.length, e.size, e.lf, e.hash]);
+        // Hash 77 repeats every 1000 messages, across block ends: numbered in file order.
+        if (e.hash === 77) expect(index.uid(i)).toBe(++repeats > 1 ? `${(77).toString(36)}-${repeats}` : (77).toString(36));
+      }
+    };
+    const big = fill(0, 10_000).trim().finish();
+    check(big, 10_000);
+    // Two full blocks and the last one cut to what it holds (10,000 - 8,192 entries), and
+    // the occurrence numbers of the repeated hash.
+    expect(big.bytes).toBe((2 * 4096 + 1808) * 29 + 10_000 * 4);
+    const tail = fill(10_000, 13_000).finish();
+    const joined = MessageIndex.joined(big, tail);
+    check(joined, 13_000);
+    check(big, 10_000); // left as it was: a session may still be using it
+    big.extend(tail);
+    check(big, 13_000);
+    // A small index holds little: its one block grows from 256 entries.
+    const small = fill(0, 300).trim().finish();
+    check(small, 300);
+    expect(small.bytes).toBe(512 * 29);
+  });
 });

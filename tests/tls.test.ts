@@ -377,3 +377,20 @@ describe.skipIf(!cert)("--require-tls and --require-auth", () => {
     c.destroy();
   });
 });
+
+describe.skipIf(!cert)("certificate files checked at start-up", () => {
+  test("a key that is not the certificate's: each server stops with one line naming both files, exit 1", async () => {
+    const other = makeCert()!;
+    try {
+      for (const program of ["smtpmail", "popserver"] as const) {
+        const r = await run(command(program, ["0", "--root", root, "--host", "127.0.0.1", "--tls-cert", cert!.cert, "--tls-key", other.key]));
+        expect(r.code).toBe(1);
+        expect(r.err.trim().split("\n")).toHaveLength(1);
+        expect(r.err).toContain(`unusable certificate or key (${cert!.cert}, ${other.key})`);
+        expect(r.out).not.toContain("listening");
+      }
+    } finally {
+      other.remove();
+    }
+  });
+});
