@@ -385,16 +385,16 @@ const SPLITS = Array.from({ length: 37 }, (_, radix) => {
   return [split, width] as const;
 });
 
-/**
- * The offsets, lengths and sizes of a mailbox's messages in typed arrays: 29 bytes a
- * message, so a POP3 session on 100,000 messages keeps an index of 3 MB, not objects.
- */
 const BLOCK_SHIFT = 12;
 const BLOCK = 1 << BLOCK_SHIFT;
 const BLOCK_MASK = BLOCK - 1;
 /** A first block's first size: most mailboxes are small, and popserver keeps their indexes. */
 const SMALLEST = 256;
 
+/**
+ * The offsets, lengths and sizes of a mailbox's messages in typed arrays: 29 bytes a
+ * message, so a POP3 session on 100,000 messages keeps an index of 3 MB, not objects.
+ */
 export class MessageIndex {
   count = 0;
   // In blocks of BLOCK entries: growing never copies what is there, and a finished index
