@@ -344,6 +344,9 @@ async function manageMail(s: Session): Promise<void> {
       try {
         return { entry, result: await op(entry.msgNo) };
       } catch (err) {
+        // An -ERR may be the server's autologout that crossed the command on the wire, its
+        // close not seen yet: a NOOP tells a session that is over (no +OK, only the close).
+        if (!retried && !pop.closed && err instanceof Pop3Error) await pop.noop().catch(() => {});
         // Closed under the command (a DELE there was never committed): once more, anew.
         if (retried || !pop.closed) throw err;
       }

@@ -36,11 +36,11 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean } = {}) {
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE" } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered });
-  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -295,6 +295,27 @@ describe("Manage Mail", () => {
     const deleting = f.pop.conns.filter((c) => c.received.some((x) => x.startsWith("DELE")));
     expect(deleting.map((c) => c.received.filter((x) => /^(DELE|QUIT)/.test(x)))).toEqual([["DELE 1", "QUIT"], ["DELE 1", "QUIT"]]);
     expect(f.mailbox.map((m) => m.text)).toEqual([mails()[2]!.text]);
+  });
+
+  // The race behind a flaky "reading a mail after the logout works in a new session" (CI under
+  // load): the user's command went out before the client had seen the autologout's close.
+  test("an autologout crossing RETR on the wire (its -ERR taken for the reply, the close seen after): read in a new session", async () => {
+    const f = fakes({ logoutOn: "RETR" });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "2", "x", "-1", "3"));
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain("Manage Mail stopped");
+    expectInOrder(r.stdout, ["Subject: Second one", "..dots", "Press d", "Bye."]);
+    expect(f.pop.conns.filter((c) => c.received.some((l) => l.startsWith("RETR"))).length).toBe(2); // the cut one, then anew
+    expect(f.mailbox.length).toBe(3);
+  });
+
+  test("an autologout crossing DELE on the wire: the mail is deleted in a new session, and only that one", async () => {
+    const f = fakes({ logoutOn: "DELE" });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "2", "d", "-1", "3"));
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain("Manage Mail stopped");
+    expectInOrder(r.stdout, ["Subject: Second one", "Mail 2 deleted.", "Bye."]);
+    expect(f.mailbox.map((m) => m.text)).toEqual([mails()[0]!.text, mails()[2]!.text]);
   });
 
   test("a QUIT that fails after d: 'may not have been deleted', never 'deleted'; back to the menu", async () => {

@@ -131,9 +131,13 @@ export interface FakeMail {
 /**
  * A minimal in-memory POP3 server good enough for mailclient: USER/PASS, CAPA (TOP optional),
  * STAT, LIST, UIDL, TOP, RETR, DELE, RSET, NOOP, QUIT (commits deletions into `mailbox`).
+ * `logoutOn`: the first such command (in any session) is answered with popserver's
+ * autologout (-ERR), the connection closed only 300 ms later, nothing more answered: an
+ * autologout that crossed the command on the wire, its close not seen yet by the client.
  */
-export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean }): FakeServer {
+export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE" }): FakeServer {
   let connections = 0;
+  let loggedOut = false;
   return startFake(async (c) => {
     if (opts.downFirst && connections++ === 0) {
       // Unavailable for the first connection only (as a server still starting up).
@@ -158,6 +162,13 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
       const n = Number(args[0]);
       const mail = opts.mailbox[n - 1];
       const valid = authed && mail !== undefined && !marked.has(n);
+      if (!loggedOut && cmd.toUpperCase() === opts.logoutOn) {
+        loggedOut = true;
+        c.send("-ERR autologout: idle for too long\r\n");
+        await Bun.sleep(300);
+        c.end();
+        return;
+      }
       switch (cmd.toUpperCase()) {
         case "USER":
           user = args[0] ?? "";
