@@ -10,6 +10,9 @@ import { SmtpConn, sendOne } from "./helpers/smtp-conn.ts";
 import { connectionRoom } from "../lib/server.ts";
 import { popLogin, Wire } from "./helpers/wire.ts";
 
+/** No answer for this long is a client left silent (generous: CI machines are loaded). */
+const SILENT_MS = 4000;
+
 const running: Running[] = [];
 const roots: string[] = [];
 const wires: { destroy(): void }[] = [];
@@ -149,7 +152,7 @@ describe("connection limits", () => {
           clearTimeout(timer);
           resolve(what);
         };
-        const timer = setTimeout(() => done("silent"), 1500);
+        const timer = setTimeout(() => done("silent"), SILENT_MS);
         s.once("data", (d) => done(d.toString().slice(0, 3)));
         s.once("close", () => done("closed"));
         s.on("error", () => {});
@@ -203,7 +206,7 @@ describe("connection limits", () => {
           clearTimeout(timer);
           resolve(what);
         };
-        const timer = setTimeout(() => done("silent"), 1500);
+        const timer = setTimeout(() => done("silent"), SILENT_MS);
         s.on("data", (d) => {
           buf += d.toString();
           while (buf.includes("\r\n")) {
