@@ -67,7 +67,9 @@ async function ask(read: Promise<string | null>): Promise<string> {
 }
 
 function say(text = ""): void {
-  process.stdout.write(text + "\n");
+  // Made harmless here, once: messages quote server replies and error texts, which may hold
+  // escape sequences as a mail can.
+  process.stdout.write(sanitizeForTerminal(text) + "\n");
 }
 
 function errorText(err: unknown): string {

@@ -45,9 +45,15 @@ function characters(text: string): number {
   return n;
 }
 
-/** The text handed to SMTP DATA: the lines as typed, each ended by CRLF. */
+/**
+ * The text handed to SMTP DATA: the lines as typed, each ended by CRLF. The assignment's layout
+ * has no empty line after Subject, so a first body line starting with a space or tab would be
+ * read as the Subject folded onto it (RFC 5322), the Received line stored after it: only then
+ * an empty line goes between them.
+ */
 export function composeMessage(lines: string[]): string {
-  return lines.map((l) => l + "\r\n").join("");
+  const typed = lines.length > 3 && /^[ \t]/.test(lines[3]!) ? [...lines.slice(0, 3), "", ...lines.slice(3)] : lines;
+  return typed.map((l) => l + "\r\n").join("");
 }
 
 export interface MailHeaders {

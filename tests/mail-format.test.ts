@@ -91,6 +91,10 @@ test("isAddress", () => {
 test("composeMessage ends every typed line with CRLF", () => {
   expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "hi"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\nhi\r\n");
   expect(composeMessage([])).toBe("");
+  // An indented first body line is not the Subject folded onto it: an empty line between.
+  expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "  hi", "there"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\n  hi\r\nthere\r\n");
+  expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "\thi"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\n\thi\r\n");
+  expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "hi ", " there"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\nhi \r\n there\r\n");
 });
 
 describe("parseHeaders and receivedWhen", () => {

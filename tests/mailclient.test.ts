@@ -36,10 +36,10 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE" } = {}) {
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
-  const smtp = fakeSmtp({ users: ["bob", "alice"], delivered });
+  const smtp = fakeSmtp({ users: ["bob", "alice"], delivered, refusal: opts.refusal });
   const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
@@ -232,6 +232,14 @@ describe("Send Mail", () => {
     const r = await runClient(f.args, typed("bob", "secret", "2", "From: alice@x", "To: nobody@y", "Subject: hi", "body", ".", "3"));
     expect(r.stdout).toContain("Error in sending mail: 550 No such user");
     expect(r.stdout).not.toContain("Mail sent successfully");
+  });
+
+  test("escape sequences in a server's reply are shown harmlessly", async () => {
+    const f = fakes({ refusal: "550 No such \x1b[31muser\x1b]0;owned\x07" });
+    const r = await runClient(f.args, typed("bob", "secret", "2", "From: alice@x", "To: nobody@y", "Subject: hi", "body", ".", "3"));
+    expect(r.stdout).toContain("Error in sending mail: 550 No such ^[[31muser^[]0;owned^G");
+    expect(r.stdout).not.toContain("\x1b");
+    expect(r.stdout).not.toContain("\x07");
   });
 
   test("an unreachable SMTP server is one clear line, then the menu", async () => {
@@ -628,6 +636,15 @@ describe.skipIf(!haveServers)("end to end with smtpmail and popserver", () => {
   test("an empty mailbox, then a mail from another user's session", async () => {
     const first = await runClient(args, typed("alice", "alicepw", "1", "1", "-1", "2", "From: bob@x", "To: alice@y", "Subject: hi alice", "yo", ".", "1", "1", "", "-1", "3"));
     expectInOrder(first.stdout, ["No mails.", "Mail no. out of range, give again", "Mail sent successfully", "      1  bob@x", "hi alice", "yo\n"]);
+  });
+
+  test("a body whose first line is indented stays the body: Received right after Subject, the list shows the Subject alone", async () => {
+    const r = await runClient(args, typed("bob", "secret", "2", "From: bob@x", "To: alice@y", "Subject: Weekly report", "    Hi Alice,", "\tall tests pass.", "Regards", ".", "3"));
+    expect(r.stdout).toContain("Mail sent successfully");
+    const stored = mailbox("alice");
+    expect(stored).toMatch(/Subject: Weekly report\r\nReceived: \d{4}-\d\d-\d\d : \d\d : \d\d\r\n\r\n    Hi Alice,\r\n\tall tests pass\.\r\nRegards\r\n/);
+    const list = await runClient(args, typed("alice", "alicepw", "1", "1", "", "-1", "3"));
+    expect(list.stdout).toMatch(/ {6}1 {2}bob@x +\d{4}-\d\d-\d\d : \d\d : \d\d {2}Weekly report\n/);
   });
 
   test.skipIf(!tmuxPath)("in a real terminal (tmux)", async () => {

@@ -248,7 +248,8 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
 }
 
 /** A minimal SMTP receiver: knows `users`, stores accepted messages (un-dot-stuffed) in `delivered`. */
-export function fakeSmtp(opts: { users: string[]; delivered: Array<{ from: string; to: string; data: string }> }): FakeServer {
+/** `refusal`: the reply to RCPT TO for someone not in `users`. */
+export function fakeSmtp(opts: { users: string[]; delivered: Array<{ from: string; to: string; data: string }>; refusal?: string }): FakeServer {
   return startFake(async (c) => {
     c.send("220 fake.test Service ready\r\n");
     let from = "";
@@ -264,7 +265,7 @@ export function fakeSmtp(opts: { users: string[]; delivered: Array<{ from: strin
       } else if (upper.startsWith("RCPT TO:")) {
         to = line.slice(8).trim().replace(/^<|>$/g, "");
         if (opts.users.includes(to.split("@")[0]!)) c.send("250 Recipient ok\r\n");
-        else c.send("550 No such user\r\n");
+        else c.send(`${opts.refusal ?? "550 No such user"}\r\n`);
       } else if (upper === "DATA") {
         c.send('354 Start mail input; end with <CRLF>.<CRLF>\r\n');
         const body: string[] = [];
