@@ -215,7 +215,13 @@ function widest(title: string, cells: string[]): number {
   return w;
 }
 
-/** Column caps without a terminal width (a pipe), and the least a subject gets in a narrow one. */
+/**
+ * Column caps without a terminal width (a pipe), and the least a subject gets in a narrow one.
+ * A sender is cut only where it must be: the longest an address can be, or the room a terminal
+ * leaves; a narrow terminal gives it up to SENDER_MAX columns before the subject goes under its
+ * least.
+ */
+const SENDER_LONGEST = 254;
 const SENDER_MAX = 40;
 const WHEN_MAX = 24;
 const SUBJECT_MAX = 60;
@@ -235,10 +241,16 @@ export function formatMailList(rows: ListRow[], columns?: number): string[] {
   const whenWidth = widest(heading[2]!, whens);
   // Columns before the subject other than the sender's: the number, the date and three gaps.
   const fixed = noWidth + whenWidth + 3 * 2;
-  const senderCap = columns === undefined ? SENDER_MAX : Math.max(heading[1]!.length, Math.min(SENDER_MAX, columns - 1 - fixed - 2 - SUBJECT_MIN));
   // A mail without a From or a Subject header says so, as mail readers do, rather than
   // leaving a blank the user has to guess at.
-  const senders = rows.map((r) => fit(r.from || "(no sender)", senderCap));
+  let senders = rows.map((r) => fit(r.from || "(no sender)", SENDER_LONGEST));
+  if (columns !== undefined) {
+    // Room for the sender and the subject together.
+    const room = columns - 1 - fixed - 2;
+    const subjectNeed = widest(heading[3]!, rows.map((r) => fit(r.subject || "(no subject)", Math.max(SUBJECT_MIN, room))));
+    const senderCap = Math.max(heading[1]!.length, Math.max(Math.min(SENDER_MAX, room - SUBJECT_MIN), room - subjectNeed));
+    if (widest(heading[1]!, senders) > senderCap) senders = rows.map((r) => fit(r.from || "(no sender)", senderCap));
+  }
   const senderWidth = widest(heading[1]!, senders);
   const subjectCap = columns === undefined ? SUBJECT_MAX : Math.max(SUBJECT_MIN, columns - 1 - fixed - senderWidth - 2);
   const table = [heading].concat(rows.map((r, i) => [String(r.no), senders[i]!, whens[i]!, fit(r.subject || "(no subject)", subjectCap)]));

@@ -167,10 +167,10 @@ describe("formatMailList", () => {
   });
 
   test("long fields are cut and control characters neutralised", () => {
-    const [, row] = formatMailList([{ no: 1, from: "x".repeat(100) + "@y", when: "w", subject: "\x1b[2J" + "s".repeat(100) }]);
-    expect(row).toContain("x".repeat(37) + "...");
+    const [, row] = formatMailList([{ no: 1, from: "x".repeat(300) + "@y", when: "w", subject: "\x1b[2J" + "s".repeat(100) }]);
+    expect(row).toContain("x".repeat(251) + "...");
     expect(row).not.toContain("\x1b");
-    expect(row!.length).toBeLessThan(150);
+    expect(row!.length).toBeLessThan(350);
   });
 
   test("a line break or tab in a (decoded) subject cannot draw another row", () => {
@@ -232,6 +232,13 @@ describe("formatMailList", () => {
     expect(formatMailList(rows)[1]).not.toContain("s".repeat(61));
     // A terminal that does not know its size (0): as a pipe.
     expect(formatMailList(rows, 0)).toEqual(formatMailList(rows));
+    // The sender is whole wherever it fits: in a pipe, and beside the subject in a wide terminal.
+    const long = [{ no: 1, from: "firstname.middlename.lastname@cse.department.example.edu", when: "2026-12-01 : 04 : 27", subject: "Weekly report" }];
+    for (const columns of [undefined, 120, 200]) expect(formatMailList(long, columns)[1]).toContain(`${long[0]!.from}  2026-12-01`);
+    // Not in an 80-column one beside a long subject, which keeps its least room (12 columns).
+    const cut = formatMailList([{ ...long[0]!, subject: "s".repeat(60) }], 80)[1]!;
+    expect(cut).toContain("firstname.middlename.lastname...  2026");
+    expect(cut).toEndWith("  sssssssss...");
     // Narrower than the fixed columns need: the subject keeps its least room, and the line wraps.
     expect(formatMailList(rows, 30)[1]).toContain("s".repeat(9) + "...");
   });
