@@ -23,14 +23,19 @@ function field(line: string | undefined, name: string): string | null {
  * addresses of the form X@Y, a subject of at most 50 characters, then any number of body lines.
  */
 export function parseComposedMail(lines: string[]): ComposedMail {
+  // "From:alice@x" reads as From but lacks the space the format shows: said so, not just "must be From:".
+  const missing = (line: string | undefined, name: string, which: string, rest: string) => {
+    const spaced = new RegExp(`^${name}:\\S`, "i").test(line ?? "") ? ` (one or more spaces after "${name}:")` : "";
+    return { ok: false as const, reason: `the ${which} line must be ${name}: ${rest}${spaced}` };
+  };
   const from = field(lines[0], "From");
-  if (from === null) return { ok: false, reason: "the first line must be From: <user>@<domain>" };
+  if (from === null) return missing(lines[0], "From", "first", "<user>@<domain>");
   if (!isAddress(from)) return { ok: false, reason: "From must be of the form X@Y" };
   const to = field(lines[1], "To");
-  if (to === null) return { ok: false, reason: "the second line must be To: <user>@<domain>" };
+  if (to === null) return missing(lines[1], "To", "second", "<user>@<domain>");
   if (!isAddress(to)) return { ok: false, reason: "To must be of the form X@Y" };
   const subject = field(lines[2], "Subject");
-  if (subject === null) return { ok: false, reason: "the third line must be Subject: <subject>" };
+  if (subject === null) return missing(lines[2], "Subject", "third", "<subject>");
   if (characters(subject) > MAX_SUBJECT_LENGTH) {
     return { ok: false, reason: `the subject must be at most ${MAX_SUBJECT_LENGTH} characters` };
   }
