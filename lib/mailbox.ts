@@ -396,7 +396,11 @@ const SMALLEST = 256;
  * message, so a POP3 session on 100,000 messages keeps an index of 3 MB, not objects.
  */
 export class MessageIndex {
-  count = 0;
+  private n = 0;
+  /** Never goes down: blocks are found from it. */
+  get count(): number {
+    return this.n;
+  }
   // In blocks of BLOCK entries: growing never copies what is there, and a finished index
   // holds at most one block of spare room. One array per field grown by doubling, then
   // trimmed by a copy, left up to 7 MB of freed arrays behind while 100,000 messages were
@@ -412,7 +416,7 @@ export class MessageIndex {
 
   add(offset: number, length: number, size: number, lf: boolean, hash: number): void {
     if (length >= 2 ** 32) throw new Error("a message of 4 GiB or more");
-    const i = this.count;
+    const i = this.n;
     const b = i >>> BLOCK_SHIFT;
     const j = i & BLOCK_MASK;
     if (b === this.offsets.length || j === this.offsets[b]!.length) this.resizeBlock(b, b > 0 ? BLOCK : Math.min(BLOCK, Math.max(SMALLEST, 2 * j)));
@@ -421,7 +425,7 @@ export class MessageIndex {
     this.sizes[b]![j] = size;
     this.hashes[b]![j] = hash;
     this.lfs[b]![j] = lf ? 1 : 0;
-    this.count = i + 1;
+    this.n = i + 1;
   }
 
   /** Memory held by the arrays. */

@@ -76,7 +76,8 @@ describe("command line", () => {
     // The rest of the input is held back until the reader has gone: a client fast enough to
     // write everything into the pipe before head exits would rightly end with 0.
     const gone = join(mkdtempSync(join(tmpdir(), "mailclient-pipe-")), "reader-gone");
-    const input = `{ printf 'bob\\n'; while [ ! -e '${gone}' ]; do sleep 0.01; done; printf 'secret\\n3\\n'; }`;
+    // Bounded: at most 20 s, should the reader never go.
+    const input = `{ printf 'bob\\n'; for i in $(seq 2000); do [ -e '${gone}' ] && break; sleep 0.01; done; printf 'secret\\n3\\n'; }`;
     const reader = `{ head -c 5 >/dev/null; exec 0<&-; touch '${gone}'; }`;
     const proc = Bun.spawn(["bash", "-c", `${input} | ${client} | ${reader}; echo "\${PIPESTATUS[1]}"`], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
     const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
