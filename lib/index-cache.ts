@@ -160,7 +160,7 @@ export class IndexCache {
     this.drop(path);
     const bytes = found.index.bytes;
     // Without a birth time a reused inode number could pass for the same file.
-    if (found.index.count === 0 || bytes > this.maxBytes || !st.birthtimeMs) return;
+    if ((found.index.count === 0 && !found.index.hasFixed) || bytes > this.maxBytes || !st.birthtimeMs) return;
     // The least recently used go first: a Map iterates in insertion order.
     for (const p of this.entries.keys()) {
       if (this.held + bytes <= this.maxBytes) break;
@@ -193,6 +193,8 @@ export class IndexCache {
  * "." without one would change meaning once appended to.
  */
 async function stillThere(fd: number, e: Entry): Promise<boolean> {
+  // Kept empty for its fixed numbers: nothing to check but that nothing was before the appends.
+  if (e.index.count === 0) return e.validEnd === 0;
   let reads = 0;
   const last = e.index.count - 1;
   const at = e.index.offset(last);

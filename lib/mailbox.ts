@@ -390,6 +390,20 @@ const BLOCK = 1 << BLOCK_SHIFT;
 const BLOCK_MASK = BLOCK - 1;
 /** A first block's first size: most mailboxes are small, and popserver keeps their indexes. */
 const SMALLEST = 256;
+/** Deleted messages without a copy left whose UIDs stay taken, per rewrite (the newest). */
+const MAX_RETIRED = 1000;
+/** How long the numbers of copies all deleted stay taken. */
+const RETIRED_MS = 120_000;
+
+/**
+ * The numbers a repeated message's copies carry, in file order; copies after them count on
+ * from next. `at`: when they were worked out.
+ */
+export interface FixedNumbers {
+  kept: number[];
+  next: number;
+  at: number;
+}
 
 /**
  * The offsets, lengths and sizes of a mailbox's messages in typed arrays: 29 bytes a
@@ -411,8 +425,10 @@ export class MessageIndex {
   private sizes: Float64Array[] = [];
   private hashes: Float64Array[] = [];
   private lfs: Uint8Array[] = [];
-  /** Occurrence number of each hash (only when some hash repeats). */
+  /** Occurrence number of each hash (only when some hash repeats, or numbers are fixed). */
   private dups: Uint32Array | null = null;
+  /** Numbers of repeated messages carried over a rewrite (see renumbered()). */
+  private fixed: ReadonlyMap<number, FixedNumbers> | null = null;
 
   add(offset: number, length: number, size: number, lf: boolean, hash: number): void {
     if (length >= 2 ** 32) throw new Error("a message of 4 GiB or more");
@@ -440,6 +456,7 @@ export class MessageIndex {
     const j = new MessageIndex();
     for (let i = 0; i < a.count; i++) j.addFrom(a, i, a.offset(i));
     for (let i = 0; i < b.count; i++) j.addFrom(b, i, b.offset(i));
+    j.fixed = a.fixed;
     return j.trim().finish();
   }
 
@@ -478,7 +495,11 @@ export class MessageIndex {
     this.add(offset, other.length(i), other.size(i), other.lf(i), other.hash(i));
   }
 
-  /** Numbers repeated hashes in file order, so UIDs stay unique within the mailbox. */
+  /**
+   * Numbers repeated hashes in file order, so UIDs stay unique within the mailbox; a hash
+   * with fixed numbers takes them instead (its k-th copy the k-th kept number, the copies
+   * after those next, next + 1, ...).
+   */
   finish(): this {
     const sorted = new Float64Array(this.count);
     for (let b = 0; b < this.hashes.length; b++) sorted.set(this.hashes[b]!.subarray(0, Math.min(BLOCK, this.count - b * BLOCK)), b * BLOCK);
@@ -486,17 +507,66 @@ export class MessageIndex {
     const repeated = new Set<number>();
     for (let i = 1; i < sorted.length; i++) if (sorted[i] === sorted[i - 1]) repeated.add(sorted[i]!);
     this.dups = null;
-    if (!repeated.size) return this;
+    if (!repeated.size && !this.fixed?.size) return this;
     this.dups = new Uint32Array(this.count);
     const seen = new Map<number, number>();
     for (let i = 0; i < this.count; i++) {
       const h = this.hash(i);
-      if (!repeated.has(h)) continue;
-      const n = (seen.get(h) ?? 0) + 1;
-      seen.set(h, n);
-      this.dups[i] = n;
+      const f = this.fixed?.get(h);
+      if (!f && !repeated.has(h)) continue;
+      const k = seen.get(h) ?? 0;
+      seen.set(h, k + 1);
+      this.dups[i] = !f ? k + 1 : k < f.kept.length ? f.kept[k]! : f.next + k - f.kept.length;
     }
     return this;
+  }
+
+  /**
+   * This index (of a mailbox's snapshot) less the `deleted` messages: the numbers the repeated
+   * ones must keep in the rewritten file, where counting copies afresh would shift them (the
+   * second of two identical messages would take the first's UID once that is deleted) and
+   * give a deleted copy's UID to the next identical one (RFC 1939 7: a client that keeps mail
+   * on the server skips it as seen). Also a message deleted without a copy left, among the
+   * last MAX_RETIRED deleted: mail delivered again byte for byte comes within the minute of
+   * its Received line. Null when nothing needs fixing.
+   */
+  renumbered(deleted: ReadonlySet<number>, now = Date.now()): Map<number, FixedNumbers> | null {
+    const number = (i: number) => this.dups?.[i] ?? 0;
+    // Deleted messages without a copy count from this one on (the newest MAX_RETIRED).
+    let singlesFrom = 0;
+    for (let i = this.count - 1, seen = 0; i >= 0; i--) {
+      if (deleted.has(i) && number(i) === 0 && ++seen > MAX_RETIRED) {
+        singlesFrom = i + 1;
+        break;
+      }
+    }
+    const out = new Map<number, FixedNumbers>();
+    for (let i = 0; i < this.count; i++) {
+      const n = Math.max(1, number(i));
+      if (number(i) === 0 && !(deleted.has(i) && i >= singlesFrom)) continue;
+      const h = this.hash(i);
+      let f = out.get(h);
+      if (!f) out.set(h, (f = { kept: [], next: this.fixed?.get(h)?.next ?? 1, at: now }));
+      if (!deleted.has(i)) f.kept.push(n);
+      f.next = Math.max(f.next, n + 1);
+    }
+    // Numbers of copies all gone stay taken while an identical copy can still come: within the
+    // minute of its Received line, so for RETIRED_MS.
+    for (const [h, f] of this.fixed ?? []) if (!out.has(h) && now - f.at < RETIRED_MS) out.set(h, f);
+    // What counting afresh would give anyway needs no fixing.
+    for (const [h, f] of out) if (f.next === f.kept.length + 1 && f.kept.every((n, k) => n === k + 1)) out.delete(h);
+    return out.size ? out : null;
+  }
+
+  /** Whether some numbers are fixed (an empty index can hold them: the UIDs of deleted copies). */
+  get hasFixed(): boolean {
+    return !!this.fixed?.size;
+  }
+
+  /** Takes the numbers renumbered() gave for this, the rewritten file's index. */
+  renumber(fixed: ReadonlyMap<number, FixedNumbers> | null): this {
+    this.fixed = fixed;
+    return this.finish();
   }
 
   offset(i: number): number {

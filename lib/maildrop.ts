@@ -341,7 +341,9 @@ export class FileMaildrop implements Maildrop {
         this.cache?.drop(path);
         await rename(temp, path);
         renamed = true;
-        this.cache?.remember(path, newFile, { index: next.finish(), validEnd: written });
+        // Repeated messages keep their UIDs in the new file as long as popserver keeps its
+        // index (not across a restart, nor once the cache lets it go).
+        this.cache?.remember(path, newFile, { index: next.renumber(this.messages.renumbered(deleted)), validEnd: written });
         await syncDir(dirname(path));
       } finally {
         lock.release();

@@ -430,6 +430,36 @@ describe("UIDs written without strings", () => {
     expect(uids[5]).toBe(`${uids[2]}-3`);
   });
 
+  test("MessageIndex.renumbered: repeated messages keep their numbers over a rewrite; a deleted copy's stays taken for two minutes", () => {
+    const make = (hashes: number[], fixed: ReturnType<MessageIndex["renumbered"]> = null) => {
+      const x = new MessageIndex();
+      hashes.forEach((h, i) => x.add(i * 10, 10, 8, false, h));
+      return x.renumber(fixed);
+    };
+    const uids = (x: MessageIndex) => Array.from({ length: x.count }, (_, i) => x.uid(i));
+    const old = make([7, 7, 5, 7]);
+    expect(uids(old)).toEqual(["7", "7-2", "5", "7-3"]);
+    // Nothing deleted, nothing repeated: nothing to fix.
+    expect(make([1, 2]).renumbered(new Set())).toBeNull();
+    expect(old.renumbered(new Set())).toBeNull();
+    // The first copy deleted; the rewritten file holds the rest, then a copy appended since.
+    const fixed = old.renumbered(new Set([0]), 1000);
+    const next = make([7, 5, 7, 7], fixed);
+    expect(uids(next)).toEqual(["7-2", "5", "7-3", "7-4"]);
+    // Growing the index (appends seen at a later login) keeps the numbers.
+    expect(uids(next.extend(make([7])))).toEqual(["7-2", "5", "7-3", "7-4", "7-5"]);
+    expect(uids(MessageIndex.joined(make([7, 5], fixed), make([7])))).toEqual(["7-2", "5", "7-3"]);
+    // Every copy and the single message deleted: their numbers stay taken...
+    const none = next.renumbered(new Set([0, 1, 2, 3, 4]), 2000);
+    expect(uids(make([7, 5], none))).toEqual(["7-6", "5-2"]);
+    expect(make([], none).hasFixed).toBe(true);
+    // ...for two minutes, carried over rewrites that do not touch them.
+    const later = make([9], none).renumbered(new Set([0]), 2000 + 119_000);
+    expect(uids(make([7, 9], later))).toEqual(["7-6", "9-2"]);
+    const after = make([9], later).renumbered(new Set(), 2000 + 121_000);
+    expect(uids(make([7, 9, 5], after))).toEqual(["7", "9-2", "5"]);
+  });
+
   test("MessageIndex over many blocks: every field kept, grown in place, trimmed, extended and joined", () => {
     // Fields derived from i, each in its own range (offsets past 4 GiB, lengths to 2^32 - 1).
     const entry = (i: number) => ({ offset: i * 5e6 + 7, length: (i * 2654435761) % 2 ** 32, size: i * 3 + 1, lf: i % 3 === 0, hash: i % 1000 === 999 ? 77 : i * 1e9 + 5 });

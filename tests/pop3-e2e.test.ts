@@ -1,13 +1,13 @@
 // End-to-end: the real popserver (and smtpmail) as child processes, spoken to over TCP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildRecord } from "../lib/mailbox.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
 import { command, makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { halfClose, popLogin, smtpSend, unstuffBody, Wire } from "./helpers/wire.ts";
 
-const USERS = { alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erinpw", frank: "frankpw", gina: "ginapw", hank: "hankpw" };
+const USERS = { alice: "alicepw", bob: "bobpw", carol: "carolpw", dave: "davepw", erin: "erinpw", frank: "frankpw", gina: "ginapw", hank: "hankpw", ivy: "ivypw" };
 let root: string;
 let pop: Running;
 let smtp: Running;
@@ -322,6 +322,43 @@ describe("popserver over TCP", () => {
       expect((await flood.multi()).toString()).toBe(".\r\n");
     }
     expect(await flood.cmd("RSET")).toStartWith(`+OK maildrop has ${count} messages`);
+  });
+
+  test("UIDs of identical messages persist across a deletion, and a deleted one's UID is not given to the next identical one (RFC 1939 7)", async () => {
+    const p = seed("ivy", rec(1), rec(1), rec(2), rec(1));
+    const uidl = async (dele: number[] = []) => {
+      const w = await login("ivy");
+      expect(await w.cmd("UIDL")).toStartWith("+OK");
+      const uids = (await w.multi()).toString().split("\r\n").slice(0, -2).map((l) => l.split(" ")[1]!);
+      for (const n of dele) expect(await w.cmd(`DELE ${n}`)).toStartWith("+OK");
+      expect(await w.cmd("QUIT")).toStartWith("+OK");
+      expect(await waitGone(popLockPath(root, "ivy"))).toBe(true);
+      return uids;
+    };
+    const [a1, a2, b, a3] = (await uidl([1])) as [string, string, string, string];
+    expect(new Set([a1, a2, b, a3]).size).toBe(4);
+    // Counted afresh, the second copy would now take the first's UID.
+    expect(await uidl()).toEqual([a2, b, a3]);
+    // Another copy arrives (as smtpmail appends it): a UID none of them ever had.
+    appendFileSync(p, rec(1));
+    const a4 = (await uidl([1, 3, 4]))[3]!;
+    expect([a1, a2, a3, b]).not.toContain(a4);
+    expect(await uidl()).toEqual([b]);
+    // The copies are all gone; a new one still gets a new UID, and so does a copy of a
+    // message deleted without another copy.
+    appendFileSync(p, rec(1));
+    const a5 = (await uidl([1]))[1]!;
+    expect([a1, a2, a3, a4, b]).not.toContain(a5);
+    appendFileSync(p, rec(2));
+    const b2 = (await uidl())[1]!;
+    expect([a1, a2, a3, a4, a5, b]).not.toContain(b2);
+    expect(await uidl()).toEqual([a5, b2]);
+    // Even when the mailbox is left empty.
+    expect(await uidl([1, 2])).toEqual([a5, b2]);
+    expect(readFileSync(p).length).toBe(0);
+    appendFileSync(p, rec(1));
+    const a6 = (await uidl())[0]!;
+    expect([a1, a2, a3, a4, a5]).not.toContain(a6);
   });
 
   test("a message sent with SMTP reads back byte for byte (lines '.', '..', '.x', UTF-8, empty body)", async () => {
