@@ -114,7 +114,7 @@ export class IndexCache {
     const hit = this.entries.get(path);
     this.drop(path);
     let found: Indexed | null = null;
-    if (hit && hit.dev === st.dev && hit.ino === st.ino && hit.birth === st.birthtimeMs) {
+    if (hit && hit.dev === st.dev && !hit.index.lapsed() && hit.ino === st.ino && hit.birth === st.birthtimeMs) {
       if (hit.settled && st.size === hit.size && st.mtimeMs === hit.mtime) found = hit;
       else if (st.size >= hit.validEnd && (await stillThere(fd, hit))) {
         const tail = await scanFile(fd, hit.validEnd, st.size);

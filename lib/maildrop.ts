@@ -307,6 +307,8 @@ export class FileMaildrop implements Maildrop {
       }
       if (runEnd > runStart) await copyRun(runStart, runEnd);
       await flushGathered();
+      // Worked out before the lock too (tens of ms with 100,000 messages, half of them deleted).
+      const numbers = this.messages.renumbered(deleted);
       // The bulk goes to disk before the lock, so SMTP waits only for the tail's fsync.
       await datasync(out);
       // 2. Under the write lock: whatever was appended since login, then the swap.
@@ -343,7 +345,7 @@ export class FileMaildrop implements Maildrop {
         renamed = true;
         // Repeated messages keep their UIDs in the new file as long as popserver keeps its
         // index (not across a restart, nor once the cache lets it go).
-        this.cache?.remember(path, newFile, { index: next.renumber(this.messages.renumbered(deleted)), validEnd: written });
+        this.cache?.remember(path, newFile, { index: next.renumber(numbers), validEnd: written });
         await syncDir(dirname(path));
       } finally {
         lock.release();

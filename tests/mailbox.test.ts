@@ -458,6 +458,13 @@ describe("UIDs written without strings", () => {
     expect(uids(make([7, 9], later))).toEqual(["7-6", "9-2"]);
     const after = make([9], later).renumbered(new Set(), 2000 + 121_000);
     expect(uids(make([7, 9, 5], after))).toEqual(["7", "9-2", "5"]);
+    // An empty index kept only for such numbers counts their memory (popserver's cache budget),
+    // and is of no use once they may be given out again.
+    const empty = make([], none);
+    expect(empty.bytes).toBeGreaterThan(0);
+    expect(empty.lapsed(2000 + 119_000)).toBe(false);
+    expect(empty.lapsed(2000 + 120_000)).toBe(true);
+    expect(make([7], none).lapsed(2000 + 120_000)).toBe(false);
   });
 
   test("MessageIndex over many blocks: every field kept, grown in place, trimmed, extended and joined", () => {
