@@ -98,6 +98,8 @@ interface Entry extends Indexed {
   settled: boolean;
   /** Handed to a session that has not given it back: it must not change under that session. */
   leased: boolean;
+  /** Only the index's fixed numbers hold (see index()): the file is indexed again, and they go onto that. */
+  numbersOnly: boolean;
 }
 
 export class IndexCache {
@@ -113,8 +115,10 @@ export class IndexCache {
   async index(path: string, fd: number, st: Stats): Promise<Indexed> {
     const hit = this.entries.get(path);
     this.drop(path);
+    const same = hit && hit.dev === st.dev && !hit.index.lapsed() && hit.ino === st.ino && hit.birth === st.birthtimeMs ? hit : null;
     let found: Indexed | null = null;
-    if (hit && hit.dev === st.dev && !hit.index.lapsed() && hit.ino === st.ino && hit.birth === st.birthtimeMs) {
+    if (same && !same.numbersOnly) {
+      const hit = same;
       if (hit.settled && st.size === hit.size && st.mtimeMs === hit.mtime) found = hit;
       else if (st.size >= hit.validEnd && (await stillThere(fd, hit))) {
         const tail = await scanFile(fd, hit.validEnd, st.size);
@@ -134,7 +138,12 @@ export class IndexCache {
       this.stats.misses++;
       const scanner = await scanFile(fd, 0, st.size);
       // Kept from session to session: without the room it grew into.
-      found = { index: scanner.finish().trim(), validEnd: scanner.validEnd };
+      const index = scanner.finish().trim();
+      // The same file, changed by hand or last indexed by a login that was not kept: its
+      // copies keep the numbers the last rewrite gave them (counted afresh, a deleted copy's
+      // UID would come back).
+      if (same?.index.hasFixed) index.renumber(same.index.numbers);
+      found = { index, validEnd: scanner.validEnd };
     }
     // A torn tail that smtpmail set aside while we read it, appending new records in its
     // place, may have been indexed from a mix of old and new bytes: good enough for this
@@ -145,6 +154,10 @@ export class IndexCache {
       this.remember(path, st, found);
       const kept = this.entries.get(path);
       if (kept) kept.leased = true;
+    } else if (found.index.hasFixed) {
+      // Only the index is in doubt, not the numbers: nothing else would carry them to the
+      // next login when this session deletes nothing (under steady SMTP load, most logins).
+      this.remember(path, st, { index: new MessageIndex().renumber(found.index.numbers), validEnd: 0 }, true);
     }
     return { index: found.index, validEnd: found.validEnd };
   }
@@ -156,7 +169,7 @@ export class IndexCache {
   }
 
   /** Records what a file holds (popserver's rewrite knows that without reading it back). */
-  remember(path: string, st: Stats, found: Indexed): void {
+  remember(path: string, st: Stats, found: Indexed, numbersOnly = false): void {
     this.drop(path);
     const bytes = found.index.bytes;
     // Without a birth time a reused inode number could pass for the same file.
@@ -167,7 +180,7 @@ export class IndexCache {
       this.drop(p);
     }
     const settled = Date.now() - st.mtimeMs > 1000;
-    this.entries.set(path, { index: found.index, validEnd: found.validEnd, dev: st.dev, ino: st.ino, birth: st.birthtimeMs, size: st.size, mtime: st.mtimeMs, settled, leased: false });
+    this.entries.set(path, { index: found.index, validEnd: found.validEnd, dev: st.dev, ino: st.ino, birth: st.birthtimeMs, size: st.size, mtime: st.mtimeMs, settled, leased: false, numbersOnly });
     this.held += bytes;
   }
 

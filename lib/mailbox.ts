@@ -561,6 +561,11 @@ export class MessageIndex {
     return out.size ? out : null;
   }
 
+  /** The numbers renumber() gave, for another index of the same file. */
+  get numbers(): ReadonlyMap<number, FixedNumbers> | null {
+    return this.fixed;
+  }
+
   /** Whether some numbers are fixed (an empty index can hold them: the UIDs of deleted copies). */
   get hasFixed(): boolean {
     return !!this.fixed?.size;

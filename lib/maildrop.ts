@@ -102,7 +102,7 @@ export class FileMaildrop implements Maildrop {
           found = { index: scanner.finish(), validEnd: scanner.validEnd };
         }
         if (found.validEnd < st.size)
-          warn(`${path}: ignoring ${st.size - found.validEnd} bytes of unterminated tail (interrupted write)`);
+          warn(`${path}: ignoring ${st.size - found.validEnd} bytes of unterminated tail (a message still being written, or an interrupted write)`);
         return new FileMaildrop(root, user, fd, st.ino, found.index, found.validEnd, lock, warn, cache);
       } catch (e) {
         void closeFd(fd).catch(() => {});

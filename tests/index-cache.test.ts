@@ -306,6 +306,38 @@ describe("IndexCache", () => {
       closeSync(fd);
     }
   });
+
+  test("the UIDs of identical copies outlive a login that overlaps an append and is not kept", async () => {
+    const r = root();
+    const path = mailboxPath(r, "alice");
+    const cache = new IndexCache();
+    writeFileSync(path, Buffer.concat([record(7), record(7), record(7), record(8)]));
+    const uids = (v: string[]) => v.map((m) => m.split(" ")[1]);
+    const first = uids(await view(r, cache));
+    const d = await FileMaildrop.open(r, "alice", () => {}, cache);
+    await d.commit(new Set([0])); // the survivors keep the 2nd and 3rd copies' UIDs
+    expect(uids(await view(r, cache))).toEqual(first.slice(1));
+    // A login without deletions while smtpmail appends: its stat sees half a message, its
+    // scan sees more, and the file's mtime moves meanwhile, so its index is not kept.
+    appendFileSync(path, record(9).subarray(0, 40));
+    const fd = openSync(path, "r");
+    try {
+      const st = fstatSync(fd);
+      appendFileSync(path, record(9).subarray(40));
+      utimesSync(path, new Date(), new Date(Date.now() + 5000));
+      const raced = await cache.index(path, fd, st);
+      expect(raced.index.count).toBe(3);
+      cache.giveBack(path, raced.index);
+    } finally {
+      closeSync(fd);
+    }
+    // The next login counts the copies as the rewrite left them, not afresh (which gave the
+    // survivors the first two UIDs: the deleted one came back, and a client skipped it as seen).
+    appendFileSync(path, record(7)); // a new copy, with a number nobody has seen
+    const after = uids(await view(r, cache));
+    expect(after.slice(0, 3)).toEqual(first.slice(1));
+    expect(new Set([...first, ...after]).size).toBe(first.length + 2);
+  });
 });
 
 describe("scanFile", () => {
