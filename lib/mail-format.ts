@@ -1,4 +1,5 @@
 // Pure functions for the mail the user types and the mail the client lists and shows.
+import { trimSp } from "./lines.ts";
 
 export type ComposedMail =
   | { ok: true; from: string; to: string; subject: string; body: string[] }
@@ -15,7 +16,7 @@ function field(line: string | undefined, name: string): string | null {
   if (line === undefined) return null;
   // "Wherever a space character is shown, one or more spaces can be there."
   const m = new RegExp(`^${name}:(?:[ \\t]+(.*))?$`, "i").exec(line);
-  return m ? (m[1] ?? "").replace(/[ \t]+$/, "") : null;
+  return m ? trimSp(m[1] ?? "") : null;
 }
 
 /**

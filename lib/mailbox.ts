@@ -185,10 +185,12 @@ const MAX_HEADER_SCAN = 256 * 1024;
  * that is neither a header field nor a folded continuation (the assignment's own layout has
  * no empty line before the body). Also where the Received line goes: right after the
  * Subject header (and its folded lines), as the assignment's layout has it; without a
- * Subject, at the end of the header block. `cut`: the block goes on past the 256 KiB looked at.
+ * Subject, at the end of the header block. `cut`: the block goes on past the 256 KiB looked at;
+ * then `end` may fall inside a folded field, and `receivedAt` is the start of that field.
  */
-export function scanHeader(msg: Buffer): { end: number; afterSubject: number; from: boolean; rcpt: boolean; cut: boolean } {
+export function scanHeader(msg: Buffer): { end: number; receivedAt: number; from: boolean; rcpt: boolean; cut: boolean } {
   let pos = 0;
+  let field = 0; // where the last unfolded header line starts
   let afterSubject = -1;
   let inSubject = false;
   let from = false;
@@ -212,6 +214,7 @@ export function scanHeader(msg: Buffer): { end: number; afterSubject: number; fr
     // A first line that starts with a space continues no header: the message has none.
     if (folded && pos === 0) break;
     if (!folded) {
+      field = pos;
       if (HEADER_LINE.test(line)) strict = true;
       else if (!OBS_HEADER_LINE.test(line)) break;
       inSubject = /^subject[ \t]*:/i.test(line);
@@ -221,8 +224,11 @@ export function scanHeader(msg: Buffer): { end: number; afterSubject: number; fr
     pos = nl + 1;
     if (inSubject) afterSubject = pos;
   }
-  if (!strict && !blank) return { end: 0, afterSubject: -1, from: false, rcpt: false, cut };
-  return { end: pos, afterSubject, from, rcpt, cut };
+  if (!strict && !blank) return { end: 0, receivedAt: 0, from: false, rcpt: false, cut };
+  // Cut inside a folded field, a line inserted at the cut would take its remaining lines for
+  // its own (helper-57: 4000 folded lines of 78 characters).
+  const receivedAt = afterSubject >= 0 && !(cut && inSubject) ? afterSubject : cut ? field : pos;
+  return { end: pos, receivedAt, from, rcpt, cut };
 }
 
 /** Who a message came from and went to, as MAIL FROM and RCPT TO gave them. */
@@ -311,8 +317,7 @@ function copyRoom(wire: Buffer, size: number, received: string, top: string, roo
  * Received line in place, and the "." line.
  */
 function withReceived(msg: Buffer, received: string, top = ""): Buffer {
-  const { end, afterSubject } = scanHeader(msg);
-  const at = afterSubject >= 0 ? afterSubject : end;
+  const { end, receivedAt: at } = scanHeader(msg);
   // A message with no header lines at all: the Received line becomes its header, and a
   // blank line keeps the first body line from reading as a header too.
   const bare = end === 0 && msg[0] !== CR && msg[0] !== LF && msg.length > 0;

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { seeded } from "./helpers/random.ts";
 import type { Socket } from "bun";
-import { DataBudget, dotLines, LineReader, type LineEvent, type MessageEvent } from "../lib/lines.ts";
+import { DataBudget, dotLines, LineReader, trimSp, type LineEvent, type MessageEvent } from "../lib/lines.ts";
 import { makeCert } from "./helpers/certs.ts";
 
 const b = (s: string) => Buffer.from(s, "latin1");
@@ -11,6 +11,24 @@ function lines(r: LineReader, max = 512): LineEvent[] {
   for (let ev = r.nextLine(max); ev; ev = r.nextLine(max)) out.push(ev);
   return out;
 }
+
+describe("trimSp", () => {
+  test("takes spaces and tabs from both ends, nothing else", () => {
+    expect(trimSp(" \t MAIL FROM:<a@b> \t ")).toBe("MAIL FROM:<a@b>");
+    expect(trimSp("a \t b")).toBe("a \t b");
+    expect(trimSp(" \t\t ")).toBe("");
+    expect(trimSp("")).toBe("");
+    // Other white space is no SP for SMTP or POP3: a no-break space, a BOM, CR, LF.
+    expect(trimSp("\u00a0pw\ufeff")).toBe("\u00a0pw\ufeff");
+    expect(trimSp("\r x \n")).toBe("\r x \n");
+  });
+
+  test("a line of alternating spaces and tabs between two words (what made the regex quadratic)", () => {
+    const inner = "x" + " \t".repeat(6140) + "x";
+    expect(trimSp(inner)).toBe(inner);
+    expect(trimSp(" " + inner + "\t")).toBe(inner);
+  });
+});
 
 describe("LineReader.nextLine", () => {
   test("pipelined commands in one chunk come out one by one", () => {

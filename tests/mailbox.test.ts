@@ -54,6 +54,19 @@ describe("buildRecord", () => {
     expect(rec.match(/^To:/gm)).toEqual(["To:"]);
   });
 
+  test("a header block cut at 256 KiB inside a folded field: Received goes at a field boundary, never between its folded lines", () => {
+    const fold = Array.from({ length: 4000 }, () => ` ${"c".repeat(78)}\r\n`).join("");
+    const head = "From: a@b\r\nTo: c@d\r\n";
+    const rec = buildRecord(b(head + "X-Long: start\r\n" + fold + "X-After: yes\r\n\r\nbody\r\n"), RCV).toString();
+    // Before the field the cut fell in: the folded lines still follow X-Long.
+    expect(rec.startsWith(head + RCV + "\r\nX-Long: start\r\n" + fold + "X-After: yes\r\n\r\nbody\r\n")).toBe(true);
+    // A Subject folded past the cut: before the Subject line. One folded before it: after it.
+    const subject = "Subject: s\r\n" + fold;
+    expect(buildRecord(b(head + subject + "\r\nbody\r\n"), RCV).toString()).toBe(head + RCV + "\r\n" + subject + "\r\nbody\r\n.\r\n");
+    const long = "X-Long: start\r\n" + fold;
+    expect(buildRecord(b("Subject: s\r\n \tmore\r\n" + long + "\r\nb\r\n"), RCV).toString()).toBe("Subject: s\r\n \tmore\r\n" + RCV + "\r\n" + long + "\r\nb\r\n.\r\n");
+  });
+
   test("without Subject: at the end of the header block; without headers: first, then a blank line before the body", () => {
     expect(buildRecord(b("From: a@b\r\n\r\nhi\r\n"), RCV).toString()).toBe("From: a@b\r\n" + RCV + "\r\n\r\nhi\r\n.\r\n");
     expect(buildRecord(b("just text\r\n"), RCV).toString()).toBe(RCV + "\r\n\r\njust text\r\n.\r\n");
