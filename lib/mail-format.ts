@@ -1,5 +1,6 @@
 // Pure functions for the mail the user types and the mail the client lists and shows.
 import { trimSp } from "./lines.ts";
+import { continuesHeader } from "./mailbox.ts";
 
 export type ComposedMail =
   | { ok: true; from: string; to: string; subject: string; body: string[] }
@@ -53,12 +54,12 @@ function characters(text: string): number {
 
 /**
  * The text handed to SMTP DATA: the lines as typed, each ended by CRLF. The assignment's layout
- * has no empty line after Subject, so a first body line starting with a space or tab would be
- * read as the Subject folded onto it (RFC 5322), the Received line stored after it: only then
- * an empty line goes between them.
+ * has no empty line after Subject, so a first body line that reads as a header would be taken
+ * for one (RFC 5322): "Agenda: budget" as a field, "  indented" as the Subject folded onto it,
+ * and the Received line stored after it. Only then an empty line goes between them.
  */
 export function composeMessage(lines: string[]): string {
-  const typed = lines.length > 3 && /^[ \t]/.test(lines[3]!) ? [...lines.slice(0, 3), "", ...lines.slice(3)] : lines;
+  const typed = lines.length > 3 && continuesHeader(lines[3]!) ? [...lines.slice(0, 3), "", ...lines.slice(3)] : lines;
   return typed.map((l) => l + "\r\n").join("");
 }
 

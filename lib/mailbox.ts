@@ -180,6 +180,11 @@ const HEADER_LINE = /^[\x21-\x39\x3b-\x7e]+:/;
 const OBS_HEADER_LINE = /^[\x21-\x39\x3b-\x7e]+[ \t]+:/;
 const MAX_HEADER_SCAN = 256 * 1024;
 
+/** Whether a line after a header field would be read as part of the header block (a field, or a folded line). */
+export function continuesHeader(line: string): boolean {
+  return line[0] === " " || line[0] === "\t" || HEADER_LINE.test(line) || OBS_HEADER_LINE.test(line);
+}
+
 /**
  * The header block of a message: it ends at the first empty line, or at the first line
  * that is neither a header field nor a folded continuation (the assignment's own layout has
@@ -346,6 +351,13 @@ export interface MessageEntry {
   size: number;
   /** Stored with bare LF line ends (hand-written): convert when sending. */
   lf: boolean;
+  /**
+   * Not dot-stuffed (a hand-written message, or a client that did not stuff): a line starting
+   * with "." and then no second "." says so. Each of its "." lines is text, sent with a dot
+   * added (RFC 1939 3); sent as stored, ".x" reached poplib as ".x" and fetchmail as "x"
+   * (helper-58). Always with lf: it goes through the same conversion.
+   */
+  stuff: boolean;
   uid: string;
 }
 
@@ -437,7 +449,7 @@ export class MessageIndex {
   /** Memory the fixed numbers hold (a Map entry and its object: ~154 bytes measured, plus the kept numbers). */
   private fixedBytes = 0;
 
-  add(offset: number, length: number, size: number, lf: boolean, hash: number): void {
+  add(offset: number, length: number, size: number, lf: boolean, hash: number, stuff = false): void {
     if (length >= 2 ** 32) throw new Error("a message of 4 GiB or more");
     const i = this.n;
     const b = i >>> BLOCK_SHIFT;
@@ -447,7 +459,7 @@ export class MessageIndex {
     this.lengths[b]![j] = length;
     this.sizes[b]![j] = size;
     this.hashes[b]![j] = hash;
-    this.lfs[b]![j] = lf ? 1 : 0;
+    this.lfs[b]![j] = (lf ? 1 : 0) | (stuff ? 2 : 0);
     this.n = i + 1;
   }
 
@@ -500,7 +512,7 @@ export class MessageIndex {
 
   /** Adds another index's message i, placed at `offset`. */
   addFrom(other: MessageIndex, i: number, offset: number): void {
-    this.add(offset, other.length(i), other.size(i), other.lf(i), other.hash(i));
+    this.add(offset, other.length(i), other.size(i), other.lf(i), other.hash(i), other.stuff(i));
   }
 
   /**
@@ -601,7 +613,10 @@ export class MessageIndex {
     return this.sizes[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]!;
   }
   lf(i: number): boolean {
-    return this.lfs[i >>> BLOCK_SHIFT]![i & BLOCK_MASK] === 1;
+    return (this.lfs[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]! & 1) !== 0;
+  }
+  stuff(i: number): boolean {
+    return (this.lfs[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]! & 2) !== 0;
   }
   hash(i: number): number {
     return this.hashes[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]!;
@@ -625,7 +640,7 @@ export class MessageIndex {
     return pos;
   }
   entry(i: number): MessageEntry {
-    return { offset: this.offset(i), length: this.length(i), size: this.size(i), lf: this.lf(i), uid: this.uid(i) };
+    return { offset: this.offset(i), length: this.length(i), size: this.size(i), lf: this.lf(i), stuff: this.stuff(i), uid: this.uid(i) };
   }
 }
 
@@ -649,7 +664,7 @@ export class MailboxScanner {
    * The record the last scan() could not finish: its file offset, where its search stopped,
    * the stuffing dots counted so far, and its kind (null: its first line is unfinished).
    */
-  private pending: { start: number; from: number; stuffed: number; lf: boolean | null } | null = null;
+  private pending: { start: number; from: number; stuffed: number; lone: boolean; lf: boolean | null } | null = null;
 
   /** The index as objects (for tests and small mailboxes). */
   get messages(): MessageEntry[] {
@@ -692,11 +707,12 @@ export class MailboxScanner {
       let dotLine = -1;
       let termEnd = -1;
       let stuffed = resume?.stuffed ?? 0;
+      let lone = resume?.lone ?? false; // a line with a single leading "." (see MessageEntry.stuff)
       let lf = resume?.lf ?? null;
       if (lf === null) {
         const firstLf = buf.indexOf(LF, resume ? resume.from - base : start);
         if (firstLf < 0) {
-          this.pending = { start: base + start, from: base + buf.length, stuffed: 0, lf: null };
+          this.pending = { start: base + start, from: base + buf.length, stuffed: 0, lone: false, lf: null };
           break;
         }
         if (buf[start] === DOT && firstLf <= start + 2 && (firstLf === start + 1 || buf[start + 1] === CR)) {
@@ -706,7 +722,10 @@ export class MailboxScanner {
           continue;
         }
         lf = !(firstLf > start && buf[firstLf - 1] === CR);
-        if (buf[start] === DOT) stuffed++;
+        if (buf[start] === DOT) {
+          stuffed++;
+          lone = buf[start + 1] !== DOT;
+        }
       }
       // The end is the first line holding only ".", whatever its line ends. Our own records
       // have CRLF lines only, so theirs is "\r\n.\r\n"; a hand-written one may mix them (a
@@ -720,7 +739,7 @@ export class MailboxScanner {
         // Not enough bytes to tell: look again from this "\n." (or from a last "\n").
         const stop = i < 0 ? Math.max(search, buf.length - 1) : i + 2 >= buf.length || (buf[i + 2] === CR && i + 3 >= buf.length) ? i : -1;
         if (stop >= 0) {
-          this.pending = { start: base + start, from: base + stop, stuffed, lf };
+          this.pending = { start: base + start, from: base + stop, stuffed, lone, lf };
           break;
         }
         const next = buf[i + 2];
@@ -737,10 +756,11 @@ export class MailboxScanner {
         // as they are stored; finding every one would cost a pass over each message.
         if (i === start || buf[i - 1] !== CR) lf = true;
         stuffed++;
+        if (next !== DOT) lone = true;
         search = i + 1;
       }
       if (termEnd < 0) break;
-      this.addMessage(buf, base, start, dotLine, termEnd, stuffed, lf);
+      this.addMessage(buf, base, start, dotLine, termEnd, lone ? 0 : stuffed, lf || lone, lone);
       start = termEnd;
       this.validEnd = base + start;
     }
@@ -751,18 +771,24 @@ export class MailboxScanner {
     // left for later, not taken as an empty record.
     if (atEof && buf.length - start >= 2 && buf[buf.length - 1] === DOT && buf[buf.length - 2] === LF && buf[buf.length - 3] !== CR) {
       const dotLine = buf.length - 1;
-      let stuffed = buf[start] === DOT ? 1 : 0;
       const content = buf.subarray(start, dotLine);
-      for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) stuffed++;
-      this.addMessage(buf, base, start, dotLine, buf.length, stuffed, true);
+      let stuffed = 0;
+      let lone = false;
+      const dotted = (at: number) => {
+        stuffed++;
+        if (content[at + 1] !== DOT) lone = true;
+      };
+      if (content[0] === DOT) dotted(0);
+      for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) dotted(j + 1);
+      this.addMessage(buf, base, start, dotLine, buf.length, lone ? 0 : stuffed, true, lone);
       start = buf.length;
       this.validEnd = base + start;
     }
     return start;
   }
 
-  /** lf: the message has bare LF line ends (seen on its first line or around its "." line). */
-  private addMessage(buf: Buffer, base: number, start: number, dotLine: number, termEnd: number, stuffed: number, lf: boolean): void {
+  /** lf: the message has bare LF line ends (seen on its first line or around its "." line), or is sent stuffed (`stuff`). */
+  private addMessage(buf: Buffer, base: number, start: number, dotLine: number, termEnd: number, stuffed: number, lf: boolean, stuff: boolean): void {
     // One view per message and no BigInt: indexing 100,000 messages must not leave
     // megabytes of garbage behind.
     const content = buf.subarray(start, dotLine);
@@ -771,7 +797,7 @@ export class MailboxScanner {
     // 50 MB of empty LF lines in a hand-written file take 0.9 s (helper-20).
     if (lf) for (let i = 0; i < content.length; i++) if (content[i] === LF && (i === 0 || content[i - 1] !== CR)) size++;
     const hash = messageHash(content);
-    this.index.add(base + start, termEnd - start, size, lf, hash);
+    this.index.add(base + start, termEnd - start, size, lf, hash, stuff);
   }
 }
 
@@ -785,15 +811,18 @@ export function scanBuffer(data: Buffer): MailboxScanner {
 
 /**
  * The wire form of a stored message for a POP3 multi-line response, including the final
- * ".\r\n". Messages we stored are already in that form; hand-written ones get CRLF.
+ * ".\r\n". Messages we stored are already in that form; hand-written ones get CRLF, and
+ * (`stuff`) a dot before each line that starts with one.
  */
-export function toWire(stored: Buffer, lf: boolean): Buffer {
+export function toWire(stored: Buffer, lf: boolean, stuff = false): Buffer {
   if (!lf) return stored;
   // One buffer sized up front and a byte loop, as in normalizeLineEnds: a buffer per line
   // made a hand-written message of millions of short lines take seconds.
   let lfs = 0;
   for (let i = 0; i < stored.length; i++) if (stored[i] === LF) lfs++;
-  const out = Buffer.allocUnsafe(stored.length + lfs + 2);
+  // Room for a dot on every line (stuff), the "." line aside.
+  const out = Buffer.allocUnsafe(stored.length + (stuff ? 2 : 1) * lfs + 3);
+  const dotLine = stored.lastIndexOf(LF, stored.length - (stored[stored.length - 1] === LF ? 2 : 1)) + 1;
   let o = 0;
   let start = 0;
   for (let i = 0; i <= stored.length; i++) {
@@ -801,6 +830,7 @@ export function toWire(stored: Buffer, lf: boolean): Buffer {
     if (!last && stored[i] !== LF) continue;
     if (last && start === i) break;
     const end = !last && i > start && stored[i - 1] === CR ? i - 1 : i;
+    if (stuff && stored[start] === DOT && start < dotLine) out[o++] = DOT;
     o = putLine(stored, start, end, out, o);
     start = i + 1;
   }
@@ -809,20 +839,27 @@ export function toWire(stored: Buffer, lf: boolean): Buffer {
 }
 
 /**
- * toWire(stored, true) a piece at a time, for a message too large to convert at once: each bare
- * LF becomes CRLF (`prev`: the byte before this piece, -1 at the start), and the last piece
- * (`last`) gets CRLF after an unended final line.
+ * toWire(stored, true, stuff) a piece at a time, for a message too large to convert at once,
+ * without its "." line: each bare LF becomes CRLF (`prev`: the byte before this piece, -1 at
+ * the start), a line starting with "." gets another (`stuff`), and the last piece (`last`)
+ * gets CRLF after an unended final line.
  */
-export function lfPieceToWire(piece: Buffer, prev: number, last: boolean): Buffer {
-  let bare = 0;
-  for (let i = 0; i < piece.length; i++) if (piece[i] === LF && (i === 0 ? prev : piece[i - 1]) !== CR) bare++;
+export function lfPieceToWire(piece: Buffer, prev: number, last: boolean, stuff = false): Buffer {
+  let extra = 0;
+  for (let i = 0; i < piece.length; i++) {
+    const before = i === 0 ? prev : piece[i - 1];
+    if (piece[i] === LF && before !== CR) extra++;
+    else if (stuff && piece[i] === DOT && (before === LF || before === -1)) extra++;
+  }
   const tail = last && piece.length > 0 && piece[piece.length - 1] !== LF ? 2 : 0;
-  if (bare === 0 && tail === 0) return piece;
-  const out = Buffer.allocUnsafe(piece.length + bare + tail);
+  if (extra === 0 && tail === 0) return piece;
+  const out = Buffer.allocUnsafe(piece.length + extra + tail);
   let o = 0;
   for (let i = 0; i < piece.length; i++) {
     const c = piece[i]!;
-    if (c === LF && (i === 0 ? prev : piece[i - 1]) !== CR) out[o++] = CR;
+    const before = i === 0 ? prev : piece[i - 1];
+    if (c === LF && before !== CR) out[o++] = CR;
+    else if (stuff && c === DOT && (before === LF || before === -1)) out[o++] = DOT;
     out[o++] = c;
   }
   if (tail) {

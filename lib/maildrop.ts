@@ -153,24 +153,27 @@ export class FileMaildrop implements Maildrop {
     // output buffer: a pread of a few KiB from the page cache costs microseconds, far less
     // than a round trip through the thread pool, and allocates nothing. Large ones are
     // streamed with asynchronous reads.
-    if (m.length <= SYNC_READ_MAX) return m.lf ? toWire(this.readWhole(m.offset, m.length), true) : { fd, offset: m.offset, length: m.length };
+    if (m.length <= SYNC_READ_MAX) return m.lf ? toWire(this.readWhole(m.offset, m.length), true, m.stuff) : { fd, offset: m.offset, length: m.length };
     const user = this.user;
     // A hand-written (LF) one is converted a piece at a time too: whole, 150 MB of it held
-    // the event loop for a second and the memory twice over (helper-23).
+    // the event loop for a second and the memory twice over (helper-23). One to be stuffed
+    // goes without its "." line, which gets no dot.
+    const dotLine = m.stuff ? terminatorLength(this.readWhole(m.offset + m.length - 3, 3)) : 0;
     return (async function* () {
       let prev = -1;
-      for (let pos = m.offset, end = m.offset + m.length; pos < end; pos += STREAM_CHUNK) {
+      for (let pos = m.offset, end = m.offset + m.length - dotLine; pos < end; pos += STREAM_CHUNK) {
         const want = Math.min(STREAM_CHUNK, end - pos);
         const chunk = await readAt(fd, pos, want);
         if (chunk.length < want) throw new MaildropChanged(user);
         if (!m.lf) yield chunk;
         else {
           const last = pos + want >= end;
-          const out = lfPieceToWire(chunk, prev, last);
+          const out = lfPieceToWire(chunk, prev, last, m.stuff);
           prev = chunk[chunk.length - 1]!;
           yield out;
         }
       }
+      if (dotLine) yield TERMINATOR;
     })();
   }
 
@@ -185,8 +188,8 @@ export class FileMaildrop implements Maildrop {
     if (m.length > SYNC_READ_MAX) return this.topStream(this.fd!, m, lines);
     const stored = this.readWhole(m.offset, m.length);
     const msg = stored.subarray(0, stored.length - terminatorLength(stored));
-    const part = Buffer.concat([msg.subarray(0, countLines(msg, afterSeparator(msg, scanHeader(msg).end), lines).pos), TERMINATOR]);
-    return lfPieceToWire(part, -1, true);
+    const part = msg.subarray(0, countLines(msg, afterSeparator(msg, scanHeader(msg).end), lines).pos);
+    return Buffer.concat([lfPieceToWire(part, -1, true, m.stuff), TERMINATOR]);
   }
 
   /**
@@ -203,7 +206,7 @@ export class FileMaildrop implements Maildrop {
     const end = m.offset + m.length - terminatorLength(await whole(m.offset + m.length - 3, 3));
     let prev = -1;
     const wire = (piece: Buffer, last: boolean): Uint8Array => {
-      const out = lfPieceToWire(piece, prev, last);
+      const out = lfPieceToWire(piece, prev, last, m.stuff);
       if (piece.length) prev = piece[piece.length - 1]!;
       return out;
     };

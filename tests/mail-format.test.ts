@@ -104,6 +104,14 @@ test("composeMessage ends every typed line with CRLF", () => {
   expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "  hi", "there"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\n  hi\r\nthere\r\n");
   expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "\thi"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\n\thi\r\n");
   expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "hi ", " there"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\nhi \r\n there\r\n");
+  // A first body line that reads as a header field would become one (helper-58: Python's email saw "Agenda" and "Where" as headers).
+  expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "Agenda: budget", "Where: room 5", "See you."])).toBe(
+    "From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\nAgenda: budget\r\nWhere: room 5\r\nSee you.\r\n",
+  );
+  expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "Note : spaced"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\nNote : spaced\r\n");
+  // Not a field: a space inside the name, or no colon.
+  expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "Dear Bob: hi"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\nDear Bob: hi\r\n");
+  expect(composeMessage(["From: a@b", "To: c@d", "Subject: x", "Hi:)"])).toBe("From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\nHi:)\r\n");
 });
 
 describe("parseHeaders and receivedWhen", () => {

@@ -8,7 +8,7 @@ const ENVELOPE = { sender: "a@b", recipients: ["c@d", "e@f"] };
 
 /** What a POP3 client gets for one entry: wire form without the final ".", unstuffed. */
 function delivered(file: Buffer, m: MessageEntry): Buffer {
-  const wire = toWire(file.subarray(m.offset, m.offset + m.length), m.lf);
+  const wire = toWire(file.subarray(m.offset, m.offset + m.length), m.lf, m.stuff);
   expect(wire.subarray(-3).toString()).toBe(".\r\n");
   return unstuff(wire.subarray(0, wire.length - 3));
 }
@@ -286,7 +286,7 @@ describe("MailboxScanner", () => {
       for (const m of whole.messages) {
         // What RETR sends: ended by its one "." line, with no other before it, and as long
         // as LIST says once unstuffed.
-        const wire = toWire(file.subarray(m.offset, m.offset + m.length), m.lf).toString("latin1");
+        const wire = toWire(file.subarray(m.offset, m.offset + m.length), m.lf, m.stuff).toString("latin1");
         expect(wire.match(/(^|\n)\.\r?\n/g)).toHaveLength(1);
         // A strict client looks for CRLF "." CRLF only, and unstuffs lines split at CRLF.
         expect(wire === ".\r\n" ? 0 : wire.indexOf("\r\n.\r\n") + 2).toBe(wire.length - 3);
@@ -331,7 +331,10 @@ describe("MailboxScanner", () => {
     expect(s.messages.every((m) => m.lf)).toBe(true);
     expect(s.validEnd).toBe(file.length);
     const first = delivered(file, s.messages[0]!).toString();
-    expect(first).toBe("From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Hello\r\nReceived: 2024-01-02 : 10 : 30\r\nline one\r\nx dotted\r\n");
+    // A line with a single leading "." says the file was not dot-stuffed: it is text, as Dovecot
+    // reads an mbox (helper-58: sent as stored, poplib showed ".x dotted" and fetchmail "x dotted").
+    expect(s.messages[0]!.stuff).toBe(true);
+    expect(first).toBe("From: ag@iitkgp.edu\r\nTo: gb@iitkgp.edu\r\nSubject: Hello\r\nReceived: 2024-01-02 : 10 : 30\r\nline one\r\n.x dotted\r\n");
     expect(delivered(file, s.messages[1]!).toString()).toBe("From: b@c\r\nTo: gb@iitkgp.edu\r\nSubject: Second\r\nReceived: 2024-01-02 : 11 : 00\r\n");
   });
 
@@ -343,8 +346,11 @@ describe("MailboxScanner", () => {
       expect(s.messages.length).toBeGreaterThan(0);
       for (const m of s.messages) expect(m.size).toBe(delivered(file, m).length);
     }
-    // a known value: "Subject: x\r\n\r\n.\r\ny\r\nplain\r\n" = 12+2+3+3+7
-    expect(scanBuffer(lf).messages[0]!.size).toBe(27);
+    // A known value. Its ".y" line says nobody stuffed it, so ".." and ".y" are text:
+    // "Subject: x\r\n\r\n..\r\n.y\r\nplain\r\n" = 12+2+4+4+7. With "..y" instead, it is
+    // stuffed: "Subject: x\r\n\r\n.\r\n.y\r\nplain\r\n" = 12+2+3+4+7.
+    expect(scanBuffer(lf).messages[0]!.size).toBe(29);
+    expect(scanBuffer(b(".\nSubject: x\n\n..\n..y\nplain\n.\n")).messages[0]!.size).toBe(28);
   });
 
   test("identical messages get distinct UIDs; UIDs are stable across scans", () => {

@@ -416,6 +416,32 @@ describe("FileMaildrop", () => {
     }
   });
 
+  test("a hand-written message with a line starting with a single '.' is not dot-stuffed: RETR and TOP stuff its '.' lines, small and streamed", async () => {
+    const r = root();
+    const small = "From: a@b\nSubject: dots\n\n.x dotted\n..two\nplain\n.\n";
+    let big = "From: a@b\nSubject: big\n\n";
+    for (let i = 0; big.length < 300 * 1024; i++) big += i % 3 ? `line ${i}\n` : `.dot ${i}\r\n`;
+    big += "last\n";
+    // The "." line goes without a newline at the end of the file: it gets no dot either.
+    writeBox(r, Buffer.from(small + big + ".", "latin1"));
+    const d = await FileMaildrop.open(r, "alice");
+    try {
+      expect(d.count).toBe(2);
+      for (const [i, text] of [small.slice(0, -2), big].entries()) {
+        const wire = text.split(/\r?\n/).slice(0, -1).map((l) => (l.startsWith(".") ? "." + l : l) + "\r\n").join("");
+        const raw = (await bytes(await d.read(i))).toString("latin1");
+        expect(raw).toBe(wire + ".\r\n");
+        // RFC 1939: LIST counts what a client has once it takes off the stuffing dots.
+        expect(unstuffBody(Buffer.from(raw, "latin1")).length).toBe(d.size(i));
+        expect(d.size(i)).toBe(text.replace(/\r?\n/g, "\r\n").length);
+        const top = (await bytes(await d.top(i, 2))).toString("latin1");
+        expect(top).toBe(wire.split("\r\n").slice(0, 5).join("\r\n") + "\r\n.\r\n");
+      }
+    } finally {
+      d.release();
+    }
+  });
+
   test("a hand-written file whose final '.' has no newline: the last message is complete in RETR and TOP", async () => {
     const r = root();
     writeBox(r, Buffer.from("From: a@b\nTo: alice@c\nSubject: s\nReceived: x\nfirst\nlast line\n."));
