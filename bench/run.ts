@@ -209,6 +209,8 @@ async function popScenario(label: string, count: number, bytes: number): Promise
   };
   // The first login indexes the whole file; later ones only what was appended since.
   figure(`${label}: login+STAT latency, first login`, await loginTime(), "ms");
+  // Where the peak is set: the first login's indexing, the listings, or the RETR loops.
+  figure(`${label}: popserver peak RSS after the first login`, memoryOf(pid).peak / 1024, "MiB");
   // A file written in the last second is checked (a small read per message: another write
   // within the clock's granularity could hide behind an unchanged mtime); an older one is
   // taken as indexed, without a read.
@@ -226,6 +228,7 @@ async function popScenario(label: string, count: number, bytes: number): Promise
   t = performance.now();
   await c.send("UIDL", true);
   figure(`${label}: UIDL latency`, performance.now() - t, "ms");
+  figure(`${label}: popserver peak RSS after LIST and UIDL`, memoryOf(pid).peak / 1024, "MiB");
   const deadline = Date.now() + 60_000;
   // One command at a time.
   let n = 0;
@@ -235,6 +238,7 @@ async function popScenario(label: string, count: number, bytes: number): Promise
   let secs = (performance.now() - t) / 1000;
   figure(`${label}: RETR one at a time`, n / secs, "msg/s");
   figure(`${label}: RETR one at a time`, (n * bytes) / secs / 1e6, "MB/s");
+  figure(`${label}: popserver peak RSS after RETR one at a time`, memoryOf(pid).peak / 1024, "MiB");
   n = 0;
   t = performance.now();
   for (let i = 0; i < 5000 && Date.now() < deadline; i++, n++) await c.send("NOOP");

@@ -10,17 +10,13 @@ import { isUtf8 } from "node:buffer";
  * take a no-break space, an em space or a byte order mark for one ("MAIL FROM:<a@b>\u00a0SIZE=1"
  * had a SIZE parameter, "PASS pw\u00a0" matched "pw").
  */
-export function trimSp(s: string): string {
-  // Not /[ \t]+$/: a regex retries that from every space of every run, so a 12 KB SASL line of
-  // " \t" pairs took 150 ms of the event loop (helper-57).
-  let from = 0;
-  let to = s.length;
-  while (from < to && isSp(s.charCodeAt(from))) from++;
-  while (to > from && isSp(s.charCodeAt(to - 1))) to--;
-  return from === 0 && to === s.length ? s : s.slice(from, to);
-}
-
-const isSp = (c: number): boolean => c === 0x20 || c === 0x09;
+export const trimSp = (s: string): string => s.replace(TRIM_SP, "");
+// Not /[ \t]+$/: a regex retries that from every space of every run, so a 12 KB SASL line of
+// " \t" pairs took 46-150 ms of the event loop (helper-57). With the lookbehind, a trailing
+// run is tried from its first space only: 0.08 ms for that line. A loop over char codes was
+// as fast, but popserver's peak RSS on the 1 GiB mailbox rose from 61 to 64 MiB with it, set
+// during the RETR loop (4 runs each; likely JIT memory: with FTL off, 53-54 either way).
+const TRIM_SP = /^[ \t]+|(?<![ \t])[ \t]+$/g;
 
 /** Stands for bytes that are not UTF-8 in decoded text: no UTF-8 decodes to it (a lone surrogate). */
 export const UNDECODABLE = "\udfff";
