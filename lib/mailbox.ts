@@ -352,10 +352,12 @@ export interface MessageEntry {
   /** Stored with bare LF line ends (hand-written): convert when sending. */
   lf: boolean;
   /**
-   * Not dot-stuffed (a hand-written message, or a client that did not stuff): a line starting
-   * with "." and then no second "." says so. Each of its "." lines is text, sent with a dot
-   * added (RFC 1939 3); sent as stored, ".x" reached poplib as ".x" and fetchmail as "x"
-   * (helper-58). Always with lf: it goes through the same conversion.
+   * A hand-written message (bare LF line ends) that is not dot-stuffed: a line starting with
+   * "." and then no second "." says so. Each of its "." lines is text, sent with a dot added
+   * (RFC 1939 3); sent as stored, ".x" reached poplib as ".x" and fetchmail as "x"
+   * (helper-58). Only with lf: smtpmail's records are CRLF, and a ".x" line in one came
+   * from an SMTP client that did not stuff, which RFC 5321 4.5.2 reads as "x" (as LIST
+   * counts it, and as an RFC 1939 client reads it as sent).
    */
   stuff: boolean;
   uid: string;
@@ -760,7 +762,7 @@ export class MailboxScanner {
         search = i + 1;
       }
       if (termEnd < 0) break;
-      this.addMessage(buf, base, start, dotLine, termEnd, lone ? 0 : stuffed, lf || lone, lone);
+      this.addMessage(buf, base, start, dotLine, termEnd, stuffed, lf, lf && lone);
       start = termEnd;
       this.validEnd = base + start;
     }
@@ -780,19 +782,19 @@ export class MailboxScanner {
       };
       if (content[0] === DOT) dotted(0);
       for (let j = content.indexOf(LF_DOT); j >= 0; j = content.indexOf(LF_DOT, j + 2)) dotted(j + 1);
-      this.addMessage(buf, base, start, dotLine, buf.length, lone ? 0 : stuffed, true, lone);
+      this.addMessage(buf, base, start, dotLine, buf.length, stuffed, true, lone);
       start = buf.length;
       this.validEnd = base + start;
     }
     return start;
   }
 
-  /** lf: the message has bare LF line ends (seen on its first line or around its "." line), or is sent stuffed (`stuff`). */
+  /** lf: the message has bare LF line ends (seen on its first line or around its "." line); stuff: see MessageEntry. */
   private addMessage(buf: Buffer, base: number, start: number, dotLine: number, termEnd: number, stuffed: number, lf: boolean, stuff: boolean): void {
     // One view per message and no BigInt: indexing 100,000 messages must not leave
     // megabytes of garbage behind.
     const content = buf.subarray(start, dotLine);
-    let size = content.length - stuffed;
+    let size = content.length - (stuff ? 0 : stuffed);
     // Each bare LF is one more octet on the wire (CRLF). A byte loop: a call per line made
     // 50 MB of empty LF lines in a hand-written file take 0.9 s (helper-20).
     if (lf) for (let i = 0; i < content.length; i++) if (content[i] === LF && (i === 0 || content[i - 1] !== CR)) size++;

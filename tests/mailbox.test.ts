@@ -351,6 +351,9 @@ describe("MailboxScanner", () => {
     // stuffed: "Subject: x\r\n\r\n.\r\n.y\r\nplain\r\n" = 12+2+3+4+7.
     expect(scanBuffer(lf).messages[0]!.size).toBe(29);
     expect(scanBuffer(b(".\nSubject: x\n\n..\n..y\nplain\n.\n")).messages[0]!.size).toBe(28);
+    // In a CRLF record (smtpmail's), ".y" came from a client that did not stuff: RFC 5321 reads "y".
+    const crlf = scanBuffer(b(".\r\nSubject: x\r\n\r\n..\r\n.y\r\nplain\r\n.\r\n")).messages[0]!;
+    expect([crlf.size, crlf.stuff, crlf.lf]).toEqual([27, false, false]);
   });
 
   test("identical messages get distinct UIDs; UIDs are stable across scans", () => {
