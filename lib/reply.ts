@@ -73,6 +73,7 @@ export const Smtp = {
   authOk: () => smtpReply(235, "Authentication successful"),
   authFailed: () => smtpReply(535, "Authentication credentials invalid"),
   tooManyFailures: (domain: string) => smtpReply(421, `${domain} Too many failed logins, closing transmission channel`),
+  utf8Required: () => smtpReply(553, "Non-ASCII address, and MAIL did not declare SMTPUTF8"),
   senderNotOwned: (addr: string) => smtpReply(553, `<${addr}>... Sender address not owned by the authenticated user`),
   tooManyMessages: (domain: string) => smtpReply(421, `${domain} Too many messages on this connection, closing transmission channel`),
   tooManyFromAddress: (domain: string) => smtpReply(421, `${domain} Too many connections from your address, try again later`),

@@ -2,7 +2,7 @@
 // in, replies come out. It knows nothing of sockets or files: recipients are resolved
 // through a Directory and messages handed to a MailStore, both injected.
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
-import { trimSp, type MessageEvent } from "./lines.ts";
+import { trimSp, UNDECODABLE, type MessageEvent } from "./lines.ts";
 import { buildRecordYielding, NoRoomForRecord, receivedLine } from "./mailbox.ts";
 import { isSafeUserName } from "./users.ts";
 import type { MailStore } from "./mail-store.ts";
@@ -107,9 +107,8 @@ export function parsePath(arg: string): { addr: string; params: string[] } | { e
   // A source route ("@a,@b:user@c", RFC 5321 appendix C) is ignored, as the RFC allows.
   if (addr.startsWith("@") && addr.includes(":")) addr = addr.slice(addr.indexOf(":") + 1);
   if (addr.length > MAX_ADDRESS) return { error: "address too long" };
-  // Without SMTPUTF8 (not offered) an address is ASCII (RFC 6531); a byte that was not
-  // UTF-8 at all arrives here as U+FFFD. In RCPT, case folding took the Kelvin sign for a k.
-  if (/[^\x00-\x7f]/.test(addr)) return { error: "address with non-ASCII characters (SMTPUTF8 is not offered)" };
+  // Bytes that were not UTF-8 at all: no address, SMTPUTF8 or not (RFC 6531 3.3).
+  if (addr.includes(UNDECODABLE)) return { error: "address with bytes that are not UTF-8" };
   rest = trimSp(rest);
   return { addr, params: rest ? rest.split(/[ \t]+/) : [] };
 }
@@ -123,6 +122,8 @@ export class SmtpSession {
   private rcptCount = 0;
   private rcptAttempted = false;
   private authUser: string | null = null;
+  /** MAIL carried SMTPUTF8 (RFC 6531): its addresses may be UTF-8. */
+  private utf8 = false;
   /** AUTH in progress: the next line is a SASL response, not a command. */
   private sasl: { mech: "PLAIN" } | { mech: "LOGIN"; user: string | null } | null = null;
   private failedLogins = 0;
@@ -227,7 +228,9 @@ export class SmtpSession {
     this.reset();
     this.helo = arg;
     if (verb === "HELO") return one(Smtp.helo(arg));
-    const ext = ["PIPELINING", `SIZE ${this.config.maxMessageSize}`, "8BITMIME"];
+    // SMTPUTF8 (RFC 6531): without it, Postfix bounces mail with UTF-8 in its header lines, and
+    // the bounce too (helper-60: a Subject "Grüße" sent through its sendmail was lost).
+    const ext = ["PIPELINING", `SIZE ${this.config.maxMessageSize}`, "8BITMIME", "SMTPUTF8"];
     if (this.config.tls && !this.secure) ext.push("STARTTLS");
     if (this.authOffered) ext.push("AUTH PLAIN LOGIN");
     ext.push("HELP");
@@ -341,6 +344,9 @@ export class SmtpSession {
         case "BODY":
           if (!/^(7BIT|8BITMIME)$/i.test(value)) return one(Smtp.syntax("BODY must be 7BIT or 8BITMIME"));
           break;
+        case "SMTPUTF8":
+          if (eq >= 0) return one(Smtp.syntax("SMTPUTF8 takes no value"));
+          break;
         case "AUTH":
           // RFC 4954 section 5: the original submitter, as a relay passes it on. Nothing to
           // relay here, so it is accepted and not used (also where AUTH is not offered: refusing
@@ -350,7 +356,9 @@ export class SmtpSession {
           return one(Smtp.paramNotImplemented(p));
       }
     }
+    if (!seen.has("SMTPUTF8") && !isAscii(path.addr)) return one(Smtp.utf8Required());
     this.from = path.addr;
+    this.utf8 = seen.has("SMTPUTF8");
     return one(Smtp.senderOk(path.addr));
   }
 
@@ -369,6 +377,7 @@ export class SmtpSession {
     const path = parsePath(m[1]!);
     if ("error" in path) return one(Smtp.syntax(path.error));
     if (path.params.length) return one(Smtp.paramNotImplemented(path.params[0]!));
+    if (!this.utf8 && !isAscii(path.addr)) return one(Smtp.utf8Required());
     this.rcptAttempted = true;
     const addr = unquoted(path.addr);
     // A bare user name (no domain) is local, as Postfix's append_at_myorigin makes it.
@@ -382,7 +391,8 @@ export class SmtpSession {
     const local = bare ? addr : addr.slice(0, at);
     const domains = this.config.localDomains;
     if (!bare && domains && !domains.includes(addr.slice(at + 1).toLowerCase().replace(/\.$/, ""))) return one(Smtp.relayDenied(addr));
-    const user = this.users.resolve(local);
+    // User names are ASCII: Unicode case folding would take the Kelvin sign for a k.
+    const user = isAscii(local) ? this.users.resolve(local) : null;
     if (!user) return one(this.users.recentlyRemoved?.(local) ? Smtp.mailboxUnavailable(local) : Smtp.noSuchUser());
     const why = this.recipients.includes(user) ? null : this.store.unavailable?.(user);
     if (why) return { replies: [Smtp.mailboxUnavailable(user)], log: `recipient ${user} deferred (450): ${why}` };
@@ -435,12 +445,15 @@ export class SmtpSession {
   private reset(): void {
     this.state = this.state === "closed" ? "closed" : "command";
     this.from = null;
+    this.utf8 = false;
     this.recipients = [];
     this.rcptAddresses = [];
     this.rcptCount = 0;
     this.rcptAttempted = false;
   }
 }
+
+const isAscii = (s: string): boolean => !/[^\x00-\x7f]/.test(s);
 
 function one(reply: SmtpReply): SmtpResult {
   return { replies: [reply] };

@@ -94,6 +94,28 @@ print(json.dumps({"ehlo": code, "exts": exts, "size": size, "refused": refused})
     }
   });
 
+  test("SMTPUTF8 (RFC 6531): a UTF-8 sender and header go through; a UTF-8 recipient is no user of ours", async () => {
+    const r = await python(`
+import smtplib, sys, json
+from email.message import EmailMessage
+from email import policy
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]))
+s.ehlo("py.utf8")
+offered = s.has_extn("smtputf8")
+m = EmailMessage(policy=policy.SMTPUTF8)
+m["From"] = "jörg@bücher.test"; m["To"] = "alice@mx.interop"; m["Subject"] = "py-utf8 Grüße"
+m.set_content("hallo\\n")
+refused = s.send_message(m, to_addrs=["alice@mx.interop", "jörg@mx.interop"])
+s.quit()
+print(json.dumps({"smtputf8": offered, "refused": {k: v[0] for k, v in refused.items()}}))
+`);
+    expect(r.smtputf8).toBe(true);
+    expect(r.refused).toEqual({ "jörg@mx.interop": 550 });
+    const [rec, ...more] = withSubject("alice", "py-utf8 Grüße");
+    expect(more).toEqual([]);
+    expect(rec).toStartWith("From: jörg@bücher.test\r\n");
+  });
+
   test("sendmail() given bytes with bare LF line ends (as msg.as_bytes() makes): its dot-stuffing after each LF is taken off once", async () => {
     await python(`
 import smtplib, sys, json

@@ -330,8 +330,10 @@ describe("SmtpSession: addresses and reply text as real clients send them", () =
     expect(code(helo)).toBe(501);
     expect(helo).not.toMatch(/[^\x20-\x7e\r\n]/);
     expect(code(say("HELO a"))).toBe(250);
-    expect(code(say("MAIL FROM:<j\u00f6rg@b>"))).toBe(501);
-    expect(code(say("MAIL FROM:<j\ufffdrg@b>"))).toBe(501);
+    // RFC 6531: a UTF-8 address needs SMTPUTF8 on MAIL; bytes that are not UTF-8 never make one.
+    expect(say("MAIL FROM:<j\u00f6rg@b>")).toBe("553 Non-ASCII address, and MAIL did not declare SMTPUTF8\r\n");
+    expect(code(say("MAIL FROM:<j\udfffrg@b> SMTPUTF8"))).toBe(501);
+    expect(code(say("MAIL FROM:<a@b> SMTPUTF8=yes"))).toBe(501);
     const bad = say("MAIL FROM:<a\x01b@c>");
     expect(code(bad)).toBe(501);
     expect(bad).not.toMatch(/[^\x20-\x7e\r\n]/);
@@ -341,8 +343,12 @@ describe("SmtpSession: addresses and reply text as real clients send them", () =
     const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10 }, { resolve: (n) => (["kate"].includes(n.toLowerCase()) ? n.toLowerCase() : null) }, new MemoryStore());
     s.handleLine("HELO c");
     s.handleLine("MAIL FROM:<a@b>");
-    expect(s.handleLine("RCPT TO:<\u212Aate@d>").replies[0]!.code).toBe(501);
+    expect(s.handleLine("RCPT TO:<\u212Aate@d>").replies[0]!.code).toBe(553);
     expect(s.handleLine("RCPT TO:<KATE@d>").replies[0]!.code).toBe(250);
+    // Declared SMTPUTF8, it is a well-formed address, and no user of ours.
+    s.handleLine("RSET");
+    expect(s.handleLine("MAIL FROM:<j\u00f6rg@b> SMTPUTF8").replies[0]!.code).toBe(250);
+    expect(s.handleLine("RCPT TO:<\u212Aate@d>").replies[0]!.code).toBe(550);
   });
 
   test("address literals: [IPv6:...] and [IPv4] domains are accepted, a broken literal is not", () => {
