@@ -39,6 +39,8 @@ export interface Handler {
   timeoutText(): string;
   shutdownText(): string;
   errorText(): string;
+  /** A message is coming in (SMTP DATA): a shutdown lets it finish before the goodbye. */
+  midMessage?(): boolean;
   /** The connection is gone: release locks and the like. */
   closed(): void;
   /** The TLS handshake asked for by startTls is under way: start the session over. */
@@ -426,7 +428,7 @@ export class MailServer {
     else if (progressed || c.partialSince === 0) c.partialSince = Date.now();
     if (c.eof) this.end(s);
     if (!c.closed) s.resume();
-    if (this.stopping && !c.ending && !c.closed) {
+    if (this.stopping && !c.ending && !c.closed && !c.handler.midMessage?.()) {
       this.send(s, c.handler.shutdownText());
       this.end(s);
     }
@@ -689,7 +691,9 @@ export class MailServer {
     this.tlsListener?.stop(false);
     for (const s of this.conns) {
       const c = s.data;
-      if (!c.busy && !c.ending && c.handler) {
+      // A client mid-DATA that got 421 now would have its message deferred for the sender's
+      // retry interval (Postfix: 300 s; helper-60 saw 20 of a burst so deferred).
+      if (!c.busy && !c.ending && c.handler && !c.handler.midMessage?.()) {
         this.send(s, c.handler.shutdownText());
         this.end(s);
       } else if (c.awaitingTls) s.terminate();

@@ -93,6 +93,10 @@ class SmtpHandler implements Handler {
     return formatSmtpReply(Smtp.shuttingDown(this.shared.opt.domain));
   }
 
+  midMessage(): boolean {
+    return this.session.state === "data";
+  }
+
   errorText(): string {
     return formatSmtpReply(Smtp.localError());
   }

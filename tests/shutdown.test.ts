@@ -59,6 +59,36 @@ describe("smtpmail", () => {
   }
 });
 
+describe("smtpmail stopped while a message is coming in", () => {
+  test("the message finishes and gets its 250, then 421: a sender does not wait its retry interval", async () => {
+    const root = makeRoot({ alice: "a" });
+    roots.push(root);
+    const server = await startSmtp(root);
+    const c = await SmtpConn.open(server.port);
+    await c.reply();
+    await c.cmd("HELO x");
+    await c.cmd("MAIL FROM:<x@y>");
+    await c.cmd("RCPT TO:<alice@h>");
+    expect(await c.cmd("DATA")).toStartWith("354");
+    c.send("Subject: in flight\r\n\r\nfirst half\r\n");
+    server.proc.kill("SIGTERM");
+    // Once it listens no more, the shutdown is under way.
+    for (let i = 0; i < 500; i++) {
+      const refused = await Bun.connect({ hostname: "127.0.0.1", port: server.port, socket: { data() {} } }).then(
+        (s) => (s.end(), false),
+        () => true,
+      );
+      if (refused) break;
+      await Bun.sleep(10);
+    }
+    c.send("second half\r\n.\r\n");
+    expect(await c.reply()).toStartWith("250 ");
+    expect(await c.untilClosed()).toStartWith("421 ");
+    expect(await server.proc.exited).toBe(0);
+    expect(subjects(root, "alice")).toEqual(["in flight"]);
+  });
+});
+
 describe("smtpmail killed (kill -9), the machine running on", () => {
   test("during a delivery load: after a restart every acknowledged message is there once and the mailboxes parse", async () => {
     const root = makeRoot({ alice: "a", bob: "b" });
