@@ -322,8 +322,21 @@ export class FileMaildrop implements Maildrop {
           const st = fstatSync(cur);
           if (st.ino !== this.ino) throw new Error("mailbox was replaced during the session");
           if (st.size > this.snapshotEnd) {
-            const tail = await scanFile(cur, this.snapshotEnd, st.size);
-            await copy(cur, this.snapshotEnd, tail.validEnd);
+            let from = this.snapshotEnd;
+            // A hand-written last message whose "." had no newline: smtpmail wrote that newline
+            // before its append (repairTail). It belongs to that "." line: kept with its message,
+            // dropped with it. Copied as the tail's first byte, it made the next mail start with
+            // an empty line, its header read as body (helper-62).
+            const around = from > 0 ? await readAt(cur, from - 1, 2) : null;
+            if (around?.[0] === 0x2e && around[1] === 0x0a) {
+              from++;
+              if (!deleted.has(this.messages.count - 1)) {
+                await copy(cur, this.snapshotEnd, from);
+                written++;
+              }
+            }
+            const tail = await scanFile(cur, from, st.size);
+            await copy(cur, from, tail.validEnd);
             // An unterminated tail (a crashed append, a hand-written last message without
             // its "." line) is not in the new file: kept beside it, as smtpmail does.
             if (tail.validEnd < st.size) {
@@ -333,8 +346,8 @@ export class FileMaildrop implements Maildrop {
               this.warn(`${path}: unterminated tail of ${st.size - tail.validEnd} bytes moved to ${aside}`);
             }
             const added = tail.index;
-            for (let j = 0; j < added.count; j++) next.addFrom(added, j, written + added.offset(j) - this.snapshotEnd);
-            written += tail.validEnd - this.snapshotEnd;
+            for (let j = 0; j < added.count; j++) next.addFrom(added, j, written + added.offset(j) - from);
+            written += tail.validEnd - from;
           }
         } finally {
           await closeFd(cur);

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { collectBody, FileMaildrop, MaildropBusy, MaildropChanged, type Body } from "../lib/maildrop.ts";
 import { buildRecord, scanBuffer, toWire } from "../lib/mailbox.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
+import { IndexCache } from "../lib/index-cache.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
 import { makeRoot, removeRoot } from "./helpers/servers.ts";
 import { unstuffBody } from "./helpers/wire.ts";
@@ -305,6 +306,33 @@ describe("FileMaildrop", () => {
     d2.release();
     expect(got.sort()).toEqual(["2", "4", "5", "6"]);
     await store.close();
+  });
+
+  test("a hand-written last message whose '.' has no newline, then mail appended during the session: the newline goes with that '.'", async () => {
+    const hand = "From: a@b\nSubject: first\n\nhello\n.\nFrom: a@b\nSubject: second\n\nbye\n.";
+    for (const dropped of [new Set([1]), new Set([0]), new Set<number>([0, 1])]) {
+      const r = root();
+      const p = writeBox(r, Buffer.from(hand));
+      const store = new FileMailStore(r);
+      const cache = new IndexCache();
+      const d = await FileMaildrop.open(r, "alice", () => {}, cache);
+      expect(d.count).toBe(2);
+      // smtpmail writes the missing newline first (before the commit, so the session's
+      // snapshot ends at the bare ".").
+      await store.deliver(["alice"], record(7));
+      await d.commit(dropped);
+      await store.close();
+      const file = readFileSync(p);
+      expect(scanBuffer(file).validEnd).toBe(file.length);
+      // The cached index and a fresh one agree with what a client gets.
+      for (const c of [cache, null]) {
+        const d2 = await FileMaildrop.open(r, "alice", () => {}, c);
+        const got = (await all(d2)).map((b) => b.toString());
+        d2.release();
+        const kept = ["first", "second"].filter((_, i) => !dropped.has(i)).map((w) => `From: a@b\r\nSubject: ${w}\r\n\r\n${w === "first" ? "hello" : "bye"}\r\n`);
+        expect(got).toEqual([...kept, expected(7).toString()]);
+      }
+    }
   });
 
   test("appends racing the commit are kept, each exactly once", async () => {
