@@ -253,13 +253,13 @@ export function formatMailList(rows: ListRow[], columns?: number): string[] {
   let senders = rows.map((r) => fit(r.from || "(no sender)", SENDER_LONGEST));
   if (columns !== undefined) {
     // Room for the sender and the subject together.
-    const room = columns - 1 - fixed - 2;
+    const room = columns - 1 - fixed;
     const subjectNeed = widest(heading[3]!, rows.map((r) => fit(r.subject || "(no subject)", Math.max(SUBJECT_MIN, room))));
     const senderCap = Math.max(heading[1]!.length, Math.max(Math.min(SENDER_MAX, room - SUBJECT_MIN), room - subjectNeed));
     if (widest(heading[1]!, senders) > senderCap) senders = rows.map((r) => fit(r.from || "(no sender)", senderCap));
   }
   const senderWidth = widest(heading[1]!, senders);
-  const subjectCap = columns === undefined ? SUBJECT_MAX : Math.max(SUBJECT_MIN, columns - 1 - fixed - senderWidth - 2);
+  const subjectCap = columns === undefined ? SUBJECT_MAX : Math.max(SUBJECT_MIN, columns - 1 - fixed - senderWidth);
   const table = [heading].concat(rows.map((r, i) => [String(r.no), senders[i]!, whens[i]!, fit(r.subject || "(no subject)", subjectCap)]));
   const widths = [noWidth, senderWidth, whenWidth];
   const pad = (cell: string, c: number) => {

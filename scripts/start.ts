@@ -34,8 +34,13 @@ await runMain("start", async () => {
   }
   console.log(`Mail root: ${root}`);
   const userText = await Bun.file(join(root, "user.txt")).text();
-  console.log("Users (name password):");
-  for (const line of userText.split("\n")) if (line.trim() && !line.startsWith("#")) console.log(`  ${line.trim()}`);
+  // Passwords only for the demo root: a real one's would end up on the screen and in scrollback.
+  const demo = root === join(PROJECT, "demo-root");
+  console.log(demo ? "Users (name password):" : "Users:");
+  for (const line of userText.split("\n")) {
+    const fields = line.trim().split(/[ \t]+/);
+    if (fields[0] && !fields[0].startsWith("#")) console.log(`  ${demo ? fields.join(" ") : fields[0]}`);
+  }
 
   const spawn = (script: string, port: number) =>
     Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root], { stdio: ["ignore", "inherit", "inherit"] });

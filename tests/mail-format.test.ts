@@ -243,7 +243,8 @@ describe("formatMailList", () => {
       const lines = formatMailList(rows, columns);
       for (const l of lines) expect(Bun.stringWidth(l)).toBeLessThan(columns);
       // The room is used: a wide terminal shows more of the subject than a pipe's 60 columns.
-      if (columns >= 132) expect(Bun.stringWidth(lines[1]!)).toBeGreaterThan(columns - 4);
+      // All of it: the line ends one column short of the edge (helper-61: two were left unused).
+      if (columns >= 132) expect(Bun.stringWidth(lines[1]!)).toBe(columns - 1);
     }
     expect(formatMailList(rows, 200)[1]).toContain("s".repeat(100));
     expect(formatMailList(rows)[1]).not.toContain("s".repeat(61));
@@ -254,8 +255,11 @@ describe("formatMailList", () => {
     for (const columns of [undefined, 120, 200]) expect(formatMailList(long, columns)[1]).toContain(`${long[0]!.from}  2026-12-01`);
     // Not in an 80-column one beside a long subject, which keeps its least room (12 columns).
     const cut = formatMailList([{ ...long[0]!, subject: "s".repeat(60) }], 80)[1]!;
-    expect(cut).toContain("firstname.middlename.lastname...  2026");
+    expect(cut).toContain("firstname.middlename.lastname@c...  2026");
     expect(cut).toEndWith("  sssssssss...");
+    // The client's longest subject (50) beside a short sender fits 100 columns whole.
+    const fifty = [{ no: 1, from: "alice@iitkgp.edu", when: "2026-12-01 : 04 : 27", subject: "x".repeat(50) }];
+    expect(formatMailList(fifty, 100)[1]).toEndWith("  " + "x".repeat(50));
     // Narrower than the fixed columns need: the subject keeps its least room, and the line wraps.
     expect(formatMailList(rows, 30)[1]).toContain("s".repeat(9) + "...");
   });

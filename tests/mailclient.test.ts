@@ -486,7 +486,7 @@ describe("in a real terminal (tmux), fake servers", () => {
       const list = screen.slice(screen.indexOf("Sl. No."), screen.indexOf("Enter mail no.")).trimEnd().split("\n");
       expect(list.length).toBe(5);
       list.slice(1).forEach((l, i) => expect(l).toMatch(new RegExp(`^ +${i + 1}  \\S`)));
-      expect(list[1]).toEndWith("  xxxxxxxxx...  2026-12-01 : 04 : 27  A long su...");
+      expect(list[1]).toEndWith("  xxxxxxxxxxx...  2026-12-01 : 04 : 27  A long su...");
       await term.line("-1");
       await term.waitFor("Enter option: ", 2);
       await term.line("3");
