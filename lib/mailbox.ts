@@ -512,6 +512,12 @@ export class MessageIndex {
     return this.trim().finish();
   }
 
+  /** The last message's stored bytes go on `bytes` further (its "." line got its newline). */
+  lengthenLast(bytes: number): void {
+    const i = this.n - 1;
+    this.lengths[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]! += bytes;
+  }
+
   /** Adds another index's message i, placed at `offset`. */
   addFrom(other: MessageIndex, i: number, offset: number): void {
     this.add(offset, other.length(i), other.size(i), other.lf(i), other.hash(i), other.stuff(i));

@@ -332,6 +332,10 @@ export class FileMaildrop implements Maildrop {
               from++;
               if (!deleted.has(this.messages.count - 1)) {
                 await copy(cur, this.snapshotEnd, from);
+                // As a fresh scan reads it: the "." line now ends in its newline. Left as a gap,
+                // a later rewrite from this cached index dropped the newline, and the next
+                // message ran on from the "." (helper-63).
+                next.lengthenLast(1);
                 written++;
               }
             }

@@ -398,6 +398,9 @@ export class MailServer {
           s = c.upgradedTo;
           c.upgradedTo = null;
         }
+        // Shutting down: a message that was coming in has had its answer; commands pipelined
+        // after it must not start another (helper-63).
+        if (this.stopping && !c.handler.midMessage?.()) break;
         this.cork(s);
         if (c.outBytes > OUT_HIGH_WATER) {
           this.uncork(s);

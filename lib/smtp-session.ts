@@ -106,7 +106,8 @@ export function parsePath(arg: string): { addr: string; params: string[] } | { e
   }
   // A source route ("@a,@b:user@c", RFC 5321 appendix C) is ignored, as the RFC allows.
   if (addr.startsWith("@") && addr.includes(":")) addr = addr.slice(addr.indexOf(":") + 1);
-  if (addr.length > MAX_ADDRESS) return { error: "address too long" };
+  // In octets (RFC 5321 4.5.3.1): a UTF-8 character may take four.
+  if (Buffer.byteLength(addr) > MAX_ADDRESS) return { error: "address too long" };
   // Bytes that were not UTF-8 at all: no address, SMTPUTF8 or not (RFC 6531 3.3).
   if (addr.includes(UNDECODABLE)) return { error: "address with bytes that are not UTF-8" };
   rest = trimSp(rest);
@@ -390,10 +391,12 @@ export class SmtpSession {
     const at = addr.lastIndexOf("@");
     const local = bare ? addr : addr.slice(0, at);
     const domains = this.config.localDomains;
-    if (!bare && domains && !domains.includes(addr.slice(at + 1).toLowerCase().replace(/\.$/, ""))) return one(Smtp.relayDenied(addr));
+    // Our domains are ASCII: Unicode case folding would take "\u212Aexample.org" for kexample.org.
+    const domain = addr.slice(at + 1);
+    if (!bare && domains && !(isAscii(domain) && domains.includes(domain.toLowerCase().replace(/\.$/, "")))) return one(Smtp.relayDenied(addr));
     // User names are ASCII: Unicode case folding would take the Kelvin sign for a k.
     const user = isAscii(local) ? this.users.resolve(local) : null;
-    if (!user) return one(this.users.recentlyRemoved?.(local) ? Smtp.mailboxUnavailable(local) : Smtp.noSuchUser());
+    if (!user) return one(isAscii(local) && this.users.recentlyRemoved?.(local) ? Smtp.mailboxUnavailable(local) : Smtp.noSuchUser());
     const why = this.recipients.includes(user) ? null : this.store.unavailable?.(user);
     if (why) return { replies: [Smtp.mailboxUnavailable(user)], log: `recipient ${user} deferred (450): ${why}` };
     this.rcptCount++;

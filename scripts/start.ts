@@ -26,7 +26,9 @@ await runMain("start", async () => {
   // npm runs scripts in the package directory; INIT_CWD is where the user typed the command.
   const here = process.env.INIT_CWD ?? process.cwd();
   let root = flags.has("--root") ? resolve(here, String(flags.get("--root"))) : existsSync(join(here, "user.txt")) ? here : join(PROJECT, "demo-root");
+  let created = false;
   if (!existsSync(join(root, "user.txt"))) {
+    created = true;
     mkdirSync(root, { recursive: true });
     writeFileSync(join(root, "user.txt"), DEMO_USERS.map(([u, p]) => `${u} ${p}\n`).join(""));
     for (const [u] of DEMO_USERS) mkdirSync(join(root, u), { recursive: true });
@@ -35,7 +37,7 @@ await runMain("start", async () => {
   console.log(`Mail root: ${root}`);
   const userText = await Bun.file(join(root, "user.txt")).text();
   // Passwords only for the demo root: a real one's would end up on the screen and in scrollback.
-  const demo = root === join(PROJECT, "demo-root");
+  const demo = created || root === join(PROJECT, "demo-root");
   console.log(demo ? "Users (name password):" : "Users:");
   for (const line of userText.split("\n")) {
     const fields = line.trim().split(/[ \t]+/);

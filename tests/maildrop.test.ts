@@ -320,18 +320,23 @@ describe("FileMaildrop", () => {
       // smtpmail writes the missing newline first (before the commit, so the session's
       // snapshot ends at the bare ".").
       await store.deliver(["alice"], record(7));
+      await store.deliver(["alice"], record(8));
       await d.commit(dropped);
-      await store.close();
       const file = readFileSync(p);
       expect(scanBuffer(file).validEnd).toBe(file.length);
-      // The cached index and a fresh one agree with what a client gets.
-      for (const c of [cache, null]) {
-        const d2 = await FileMaildrop.open(r, "alice", () => {}, c);
-        const got = (await all(d2)).map((b) => b.toString());
-        d2.release();
-        const kept = ["first", "second"].filter((_, i) => !dropped.has(i)).map((w) => `From: a@b\r\nSubject: ${w}\r\n\r\n${w === "first" ? "hello" : "bye"}\r\n`);
-        expect(got).toEqual([...kept, expected(7).toString()]);
-      }
+      const kept = ["first", "second"].filter((_, i) => !dropped.has(i)).map((w) => `From: a@b\r\nSubject: ${w}\r\n\r\n${w === "first" ? "hello" : "bye"}\r\n`);
+      // The index the rewrite left in the cache is the file's as a fresh scan reads it, so the
+      // next login takes it (a one-byte gap after a kept "." failed the check; taken without
+      // one, a later rewrite from it ran the next message on from the ".": helper-63).
+      const hits = cache.stats.hits;
+      const d2 = await FileMaildrop.open(r, "alice", () => {}, cache);
+      expect(cache.stats.hits).toBe(hits + 1);
+      expect((await all(d2)).map((b) => b.toString())).toEqual([...kept, expected(7).toString(), expected(8).toString()]);
+      await d2.commit(new Set([kept.length])); // message 7, through the cached index
+      await store.close();
+      const fresh = await FileMaildrop.open(r, "alice");
+      expect((await all(fresh)).map((b) => b.toString())).toEqual([...kept, expected(8).toString()]);
+      fresh.release();
     }
   });
 

@@ -81,9 +81,10 @@ describe("smtpmail stopped while a message is coming in", () => {
       if (refused) break;
       await Bun.sleep(10);
     }
-    c.send("second half\r\n.\r\n");
+    // Commands pipelined after it start no new message (helper-63: they got 250, 250, 354).
+    c.send("second half\r\n.\r\nMAIL FROM:<x@y>\r\nRCPT TO:<alice@h>\r\nDATA\r\n");
     expect(await c.reply()).toStartWith("250 ");
-    expect(await c.untilClosed()).toStartWith("421 ");
+    expect(await c.untilClosed()).toMatch(/^421 [^\r]*\r\n$/);
     expect(await server.proc.exited).toBe(0);
     expect(subjects(root, "alice")).toEqual(["in flight"]);
   });

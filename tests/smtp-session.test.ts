@@ -351,6 +351,18 @@ describe("SmtpSession: addresses and reply text as real clients send them", () =
     expect(s.handleLine("RCPT TO:<\u212Aate@d>").replies[0]!.code).toBe(550);
   });
 
+  test("with SMTPUTF8, no case folding reaches a local domain or a user just removed (the Kelvin sign is no k)", () => {
+    const users = { resolve: () => null, recentlyRemoved: (n: string) => n.toLowerCase() === "karl" };
+    const s = new SmtpSession({ domain: "d", maxMessageSize: 1000, maxRecipients: 10, localDomains: ["kexample.org", "d"] }, users, new MemoryStore());
+    s.handleLine("EHLO c");
+    expect(s.handleLine("MAIL FROM:<a@b> SMTPUTF8").replies[0]!.code).toBe(250);
+    expect(s.handleLine("RCPT TO:<kate@\u212Aexample.org>").replies[0]!.code).toBe(550);
+    expect(s.handleLine("RCPT TO:<\u212Aarl@d>").replies[0]!.code).toBe(550);
+    expect(s.handleLine("RCPT TO:<karl@d>").replies[0]!.code).toBe(450);
+    // 320 octets at most, counted in UTF-8: 200 "ö" are 400.
+    expect(s.handleLine(`RCPT TO:<${"\u00f6".repeat(200)}@d>`).replies[0]!.code).toBe(501);
+  });
+
   test("address literals: [IPv6:...] and [IPv4] domains are accepted, a broken literal is not", () => {
     const { say } = setup();
     say("EHLO [IPv6:::1]");
