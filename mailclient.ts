@@ -120,7 +120,10 @@ export function parseArgs(args: string[]): Parsed {
   if (smtpPort === null) return bad(`bad smtp_port ${JSON.stringify(smtp)}`);
   const pop3Port = pop3 === undefined ? DEFAULT_POP3_PORT : parsePort(pop3);
   if (pop3Port === null) return bad(`bad pop3_port ${JSON.stringify(pop3)}`);
-  const timeoutMs = Number(process.env.MAILCLIENT_TIMEOUT_MS) || 30_000;
+  // A timer takes 1 ms to 2^31 - 1 ms; anything else (negative, huge, not a number) made Bun
+  // warn on every request and wait 1 ms (helper-64): the default then.
+  const wanted = Number(process.env.MAILCLIENT_TIMEOUT_MS);
+  const timeoutMs = Number.isInteger(wanted) && wanted >= 1 && wanted < 2 ** 31 ? wanted : 30_000;
   return { config: { host, smtpPort, pop3Port, timeoutMs, tlsMode, tls: { serverName: host, insecure, ca } } };
 }
 
@@ -339,9 +342,11 @@ async function manageMail(s: Session): Promise<void> {
       if (pop.closed) {
         pop = await openPop3(s);
         entries = await loadList(pop);
-        const found = entries.find((e) => sameMail(e, entry));
-        if (!found) return null;
-        entry = found;
+        // Only a mail that is the one match: two with the same UID (a server that breaks RFC
+        // 1939 7) could put a deletion on the wrong one (helper-64).
+        const found = entries.filter((e) => sameMail(e, entry));
+        if (found.length !== 1) return null;
+        entry = found[0]!;
       }
       try {
         return { entry, result: await op(entry.msgNo) };

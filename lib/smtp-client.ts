@@ -15,6 +15,7 @@ export interface ConnectOptions {
 const DEFAULT_TIMEOUT_MS = 30_000;
 // A server that never sends a newline must not make us buffer without limit.
 const MAX_LINE_LENGTH = 1 << 20;
+const MAX_REPLY_LINES = 1000;
 
 /** What a failed connect/read looks like to the user: one clear line, never a hang. */
 function describeConnectError(err: unknown): string {
@@ -343,6 +344,12 @@ export class SmtpClient {
       lines.push(line);
       texts.push(m[3]!);
       if (m[2] !== "-") return { code: Number(m[1]), text: texts.join("\n"), line, lines };
+      // Real replies have a few lines (an EHLO list, some dozen); endless "220-" lines grew
+      // the client to 2.4 GB in 15 s (helper-64).
+      if (lines.length >= MAX_REPLY_LINES) {
+        this.conn.close();
+        throw new Error(`reply from ${this.conn.host}:${this.conn.port} of more than ${MAX_REPLY_LINES} lines`);
+      }
     }
   }
 

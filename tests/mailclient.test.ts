@@ -327,6 +327,18 @@ describe("Manage Mail", () => {
     expect(f.mailbox.map((m) => m.text)).toEqual([mails()[0]!.text, mails()[2]!.text]);
   });
 
+  test("after an autologout, a mail whose UID another shares is not deleted: the new session could not tell them apart", async () => {
+    const twice = [mails()[1]!, mails()[1]!, mails()[2]!];
+    const f = fakes({ logoutOn: "DELE", mailbox: twice });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "2", "d", "-1", "3"));
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("Mail 2 is no longer in the mailbox.");
+    expect(r.stdout).not.toContain("Mail 2 deleted.");
+    // helper-64: the first of the two was deleted instead, and "Mail 2 deleted." printed.
+    expect(f.mailbox.length).toBe(3);
+    expect(f.pop.conns.flatMap((c) => c.received).filter((l) => l.startsWith("DELE"))).toEqual(["DELE 2"]); // the one cut by the logout
+  });
+
   test("a QUIT that fails after d: 'may not have been deleted', never 'deleted'; back to the menu", async () => {
     const f = fakes({ quitFails: true });
     const r = await runClient(f.args, typed("bob", "secret", "1", "1", "d", "3"));

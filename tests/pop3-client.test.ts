@@ -129,6 +129,19 @@ describe("Pop3Client against a scripted server", () => {
     pop.close();
   });
 
+  test("a multi-line response that never ends is cut at the limit with one clear error, not held in memory", async () => {
+    const srv = startFake(async (c) => {
+      c.send("+OK hi\r\n");
+      await c.readLine();
+      c.send("+OK listing follows\r\n");
+      // Bounded here; the client gives up long before.
+      for (let i = 0; i < 2000; i++) c.send(`${i + 1} 100\r\n`);
+    });
+    const pop = await Pop3Client.connect("127.0.0.1", srv.port, { timeoutMs: 5000, maxBlockChars: 10_000 });
+    await expect(pop.list()).rejects.toThrow(/longer than 10000 characters without its end/);
+    pop.close();
+  });
+
   test("a large RETR with many dot-stuffed lines round-trips byte for byte", async () => {
     const lines: string[] = ["From: big@x", "To: bob@y", "Subject: big"];
     for (let i = 0; i < 100_000; i++) lines.push([".", "..", ".x", "plain line " + i, ""][i % 5]!);

@@ -51,6 +51,14 @@ describe("SmtpClient", () => {
     expect((await client.quit())?.code).toBe(221);
   });
 
+  test("a reply that never ends (endless continuation lines) fails after 1000 lines, not held in memory", async () => {
+    const srv = startFake(async (c) => {
+      for (let i = 0; i < 1500; i++) c.send("220-still greeting\r\n");
+    });
+    const client = await SmtpClient.connect("127.0.0.1", srv.port);
+    await expect(client.greeting()).rejects.toThrow(/more than 1000 lines/);
+  });
+
   test("pipelined commands get their own replies in order, even when they arrive in one chunk", async () => {
     const srv = startFake(async (c) => {
       c.send("220 hi\r\n");
