@@ -253,8 +253,12 @@ async function loadList(pop: Pop3Client): Promise<Entry[]> {
     if (!(err instanceof Pop3Error)) throw err; // no CAPA: an RFC 1939-only server, use RETR
   }
   const hasTop = caps.includes("TOP");
+  // A mail the server will not give (-ERR to TOP and RETR) is listed without its header lines
+  // rather than stopping the list of all the others (helper-64); reading it shows the -ERR.
   const head = (n: number) =>
-    hasTop ? pop.top(n, 0).catch((err) => (err instanceof Pop3Error ? pop.retr(n) : Promise.reject(err))) : pop.retr(n);
+    (hasTop ? pop.top(n, 0).catch((err) => (err instanceof Pop3Error ? pop.retr(n) : Promise.reject(err))) : pop.retr(n)).catch((err) =>
+      err instanceof Pop3Error ? "" : Promise.reject(err),
+    );
   // With PIPELINING (RFC 2449) a window of requests is in flight at once, so a long mailbox
   // costs a few round trips instead of one per mail; the window bounds what is buffered.
   const window = caps.includes("PIPELINING") ? 64 : 1;

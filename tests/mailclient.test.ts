@@ -36,11 +36,11 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string } = {}) {
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string; unreadable?: number } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered, refusal: opts.refusal });
-  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn, unreadable: opts.unreadable });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -337,6 +337,15 @@ describe("Manage Mail", () => {
     // helper-64: the first of the two was deleted instead, and "Mail 2 deleted." printed.
     expect(f.mailbox.length).toBe(3);
     expect(f.pop.conns.flatMap((c) => c.received).filter((l) => l.startsWith("DELE"))).toEqual(["DELE 2"]); // the one cut by the logout
+  });
+
+  test("a mail the server cannot read (TOP and RETR refused) is listed as such; the others are listed and read", async () => {
+    const f = fakes({ unreadable: 2 });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "3", "x", "-1", "3"));
+    expect(r.code).toBe(0);
+    // helper-64: "Manage Mail stopped: RETR failed", and no list at all.
+    expect(r.stdout).not.toContain("Manage Mail stopped");
+    expectInOrder(r.stdout, ["First one", "(no subject)", "Third one", "Subject: Third one", "Bye."]);
   });
 
   test("a QUIT that fails after d: 'may not have been deleted', never 'deleted'; back to the menu", async () => {

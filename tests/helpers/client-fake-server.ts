@@ -135,7 +135,7 @@ export interface FakeMail {
  * autologout (-ERR), the connection closed only 300 ms later, nothing more answered: an
  * autologout that crossed the command on the wire, its close not seen yet by the client.
  */
-export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE" }): FakeServer {
+export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; unreadable?: number }): FakeServer {
   let connections = 0;
   let loggedOut = false;
   return startFake(async (c) => {
@@ -162,6 +162,8 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
       const n = Number(args[0]);
       const mail = opts.mailbox[n - 1];
       const valid = authed && mail !== undefined && !marked.has(n);
+      // `unreadable`: a message TOP and RETR refuse (a server that cannot read it).
+      const readable = valid && n !== opts.unreadable;
       if (!loggedOut && cmd.toUpperCase() === opts.logoutOn) {
         loggedOut = true;
         c.send("-ERR autologout: idle for too long\r\n");
@@ -200,14 +202,14 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
           );
           break;
         case "RETR":
-          c.send(valid ? `+OK\r\n${stuffed(mail!.text)}.\r\n` : "-ERR no such message\r\n");
+          c.send(readable ? `+OK\r\n${stuffed(mail!.text)}.\r\n` : "-ERR no such message\r\n");
           break;
         case "UIDL":
           // The text stands for the mail: the same text, the same UID.
           c.send("+OK\r\n" + opts.mailbox.map((m, i) => (marked.has(i + 1) ? "" : `${i + 1} u${Bun.hash.crc32(m.text)}\r\n`)).join("") + ".\r\n");
           break;
         case "TOP": {
-          if (!opts.top || !valid) {
+          if (!opts.top || !readable) {
             c.send("-ERR no such message\r\n");
             break;
           }
