@@ -113,12 +113,12 @@ export class IndexCache {
 
   /** The index of the mailbox open at fd (st is its fstat), from the cache where it can be. */
   async index(path: string, fd: number, st: Stats): Promise<Indexed> {
-    const hit = this.entries.get(path);
+    const kept = this.entries.get(path);
     this.drop(path);
-    const same = hit && hit.dev === st.dev && !hit.index.lapsed() && hit.ino === st.ino && hit.birth === st.birthtimeMs ? hit : null;
+    const same = kept && kept.dev === st.dev && !kept.index.lapsed() && kept.ino === st.ino && kept.birth === st.birthtimeMs ? kept : null;
+    const hit = same && !same.numbersOnly ? same : null;
     let found: Indexed | null = null;
-    if (same && !same.numbersOnly) {
-      const hit = same;
+    if (hit) {
       if (hit.settled && st.size === hit.size && st.mtimeMs === hit.mtime) found = hit;
       else if (st.size >= hit.validEnd && (await stillThere(fd, hit))) {
         const tail = await scanFile(fd, hit.validEnd, st.size);

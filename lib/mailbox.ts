@@ -443,7 +443,8 @@ export class MessageIndex {
   private lengths: Uint32Array[] = [];
   private sizes: Float64Array[] = [];
   private hashes: Float64Array[] = [];
-  private lfs: Uint8Array[] = [];
+  /** Per message: 1 if lf, plus 2 if stuff (see MessageEntry). */
+  private flags: Uint8Array[] = [];
   /** Occurrence number of each hash (only when some hash repeats, or numbers are fixed). */
   private dups: Uint32Array | null = null;
   /** Numbers of repeated messages carried over a rewrite (see renumbered()). */
@@ -461,7 +462,7 @@ export class MessageIndex {
     this.lengths[b]![j] = length;
     this.sizes[b]![j] = size;
     this.hashes[b]![j] = hash;
-    this.lfs[b]![j] = (lf ? 1 : 0) | (stuff ? 2 : 0);
+    this.flags[b]![j] = (lf ? 1 : 0) | (stuff ? 2 : 0);
     this.n = i + 1;
   }
 
@@ -494,7 +495,7 @@ export class MessageIndex {
     to(this.lengths, Uint32Array);
     to(this.sizes, Float64Array);
     to(this.hashes, Float64Array);
-    to(this.lfs, Uint8Array);
+    to(this.flags, Uint8Array);
   }
 
   /** Lets go of the last block's spare room, when that is worth a copy. */
@@ -621,10 +622,10 @@ export class MessageIndex {
     return this.sizes[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]!;
   }
   lf(i: number): boolean {
-    return (this.lfs[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]! & 1) !== 0;
+    return (this.flags[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]! & 1) !== 0;
   }
   stuff(i: number): boolean {
-    return (this.lfs[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]! & 2) !== 0;
+    return (this.flags[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]! & 2) !== 0;
   }
   hash(i: number): number {
     return this.hashes[i >>> BLOCK_SHIFT]![i & BLOCK_MASK]!;
