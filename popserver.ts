@@ -8,6 +8,7 @@ import { removeInterruptedRewrites } from "./lib/maildrop.ts";
 import { createPopServer, filePopStore } from "./lib/pop3-server.ts";
 import { HeldFiles } from "./lib/server.ts";
 import { Users } from "./lib/users.ts";
+import { restartWithoutFtl } from "./lib/jit.ts";
 
 const FLAGS: FlagSpec = {
   "--root": { value: "DIR", help: "mail root holding user.txt and one directory per user (default: current directory)" },
@@ -23,6 +24,7 @@ const FLAGS: FlagSpec = {
 
 const USAGE = "usage: popserver [pop3_port] [options]     (port default 1100; 0 picks a free port)";
 
+restartWithoutFtl();
 void runMain("popserver", async () => {
   const { positional, flags } = parseArgs(Bun.argv.slice(2), FLAGS);
   if (flags.has("--help")) {

@@ -11,6 +11,7 @@ import { Users } from "./lib/users.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
 import { readPassword } from "./lib/terminal.ts";
+import { restartWithoutFtl } from "./lib/jit.ts";
 
 const FLAGS: FlagSpec = {
   "--root": { value: "DIR", help: "mail root holding user.txt and one directory per user (default: current directory)" },
@@ -125,4 +126,7 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
   process.stdout.write(`smtpmail: listening on ${host} port ${server.port} (root ${root}, domain ${domain}, users ${users.summary()}${tlsNote})\n`);
 }
 
-if (import.meta.main) void runMain("smtpmail", () => smtpmail(Bun.argv.slice(2)));
+if (import.meta.main) {
+  restartWithoutFtl();
+  void runMain("smtpmail", () => smtpmail(Bun.argv.slice(2)));
+}

@@ -3,6 +3,10 @@
 // entry point, so the no-op store can never be switched on from smtpmail's command line.
 import { runMain } from "../lib/cli.ts";
 import { smtpmail } from "../smtpmail.ts";
+import { restartWithoutFtl } from "../lib/jit.ts";
+
+// The same runtime options as smtpmail.
+restartWithoutFtl();
 
 void runMain("null-smtp", () =>
   smtpmail(process.argv.slice(2), () => ({
