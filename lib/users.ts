@@ -163,7 +163,8 @@ export class Users {
       if (this.postmasterUser && passwords.has(this.postmasterUser)) return this.postmasterUser;
       return names[0] ?? null;
     }
-    return this.account(localPart);
+    // Refreshed above: one stat of user.txt per recipient, not two.
+    return this.listed(localPart);
   }
 
   /** The names for a log line: all of a short list, the first ones and a count of a long one. */
@@ -179,6 +180,10 @@ export class Users {
    */
   account(name: string): string | null {
     this.refresh();
+    return this.listed(name);
+  }
+
+  private listed(name: string): string | null {
     if (this.table.passwords.has(name)) return name;
     // ASCII only: Unicode folding maps the Kelvin sign to "k", a name no one listed.
     if (!/^[\x21-\x7e]+$/.test(name)) return null;
