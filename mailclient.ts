@@ -369,7 +369,16 @@ async function manageMail(s: Session): Promise<void> {
       showList(entries);
       const i = await askMailNumber(entries.length);
       if (i < 0) break;
-      const read = await onMail(entries[i]!, (n) => pop.retr(n));
+      let read;
+      try {
+        read = await onMail(entries[i]!, (n) => pop.retr(n));
+      } catch (err) {
+        // The server will not give this mail (gone from under the session, a read error): it
+        // is one mail, not the session. Say so and list again; a lost connection still stops.
+        if (!(err instanceof Pop3Error && err.command === "RETR")) throw err;
+        say(`Cannot read mail ${i + 1} (server said: ${err.text || "-ERR"}).`);
+        continue;
+      }
       if (!read) {
         say(`Mail ${i + 1} is no longer in the mailbox.`);
         continue;

@@ -36,11 +36,11 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string; unreadable?: number } = {}) {
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string; unreadable?: number; unreadableText?: string; dropOn?: "RETR" } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered, refusal: opts.refusal });
-  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn, unreadable: opts.unreadable });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn, unreadable: opts.unreadable, unreadableText: opts.unreadableText, dropOn: opts.dropOn });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -346,6 +346,44 @@ describe("Manage Mail", () => {
     // helper-64: "Manage Mail stopped: RETR failed", and no list at all.
     expect(r.stdout).not.toContain("Manage Mail stopped");
     expectInOrder(r.stdout, ["First one", "(no subject)", "Third one", "Subject: Third one", "Bye."]);
+  });
+
+  test("a mail the server will not give (RETR -ERR): one line with its text, then the list; another mail reads, -1 still QUITs", async () => {
+    // As a mail gone from under the session, or a server error: the text is the server's, escaped.
+    const f = fakes({ unreadable: 2, unreadableText: "[SYS/TEMP] \x1b[2Jcannot read it" });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "2", "3", "x", "-1", "3"));
+    expect(r.code).toBe(0);
+    // Before: "Manage Mail stopped: RETR failed: -ERR ...", the session closed without QUIT,
+    // and the "3" meant for the list quit the program.
+    expect(r.stdout).not.toContain("Manage Mail stopped");
+    expect(r.stdout).not.toContain("\x1b");
+    expectInOrder(r.stdout, [
+      "Enter mail no. to see: Cannot read mail 2 (server said: [SYS/TEMP] ^[[2Jcannot read it).\n\nSl. No.",
+      "      3  dave@mail.test",
+      "Enter mail no. to see: \nFrom: dave@mail.test",
+      "Press d",
+      "Enter mail no. to see: \n1. Manage Mail",
+      "Bye.",
+    ]);
+    // One session throughout: nothing deleted, and it ends with QUIT.
+    expect(f.pop.conns.length).toBe(2); // the login check, then Manage Mail
+    const sent = f.pop.conns[1]!.received.filter((l) => /^(RETR|DELE|QUIT)/.test(l));
+    expect(sent).toEqual(["RETR 2", "RETR 2", "RETR 3", "QUIT"]); // the list's RETR 2 after TOP, then the user's
+    expect(f.mailbox.length).toBe(3);
+  });
+
+  test("a connection cut during RETR (and again in a new session): one line, then the menu", async () => {
+    const f = fakes({ dropOn: "RETR" });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "2", "1", "-1", "3"));
+    expect(r.code).toBe(0);
+    // The client tries once more in a new session, as after an autologout; cut again, it stops.
+    expect(r.stdout).toMatch(/Enter mail no\. to see: Manage Mail stopped: connection (closed by|to) 127\.0\.0\.1:\d+[^\n]*\n\n1\. Manage Mail\n/);
+    expect(count(r.stdout, "Manage Mail stopped")).toBe(1);
+    expect(r.stdout).not.toContain("Cannot read mail");
+    expectInOrder(r.stdout, ["Manage Mail stopped", "Sl. No.", "Bye."]); // and Manage Mail opens again
+    expect(f.pop.conns.filter((c) => c.received.some((l) => l.startsWith("RETR"))).length).toBe(2);
+    expect(r.stderr).toBe("");
+    expect(f.mailbox.length).toBe(3);
   });
 
   test("a QUIT that fails after d: 'may not have been deleted', never 'deleted'; back to the menu", async () => {

@@ -134,8 +134,9 @@ export interface FakeMail {
  * `logoutOn`: the first such command (in any session) is answered with popserver's
  * autologout (-ERR), the connection closed only 300 ms later, nothing more answered: an
  * autologout that crossed the command on the wire, its close not seen yet by the client.
+ * `dropOn`: every such command (in every session) gets no answer, the connection is cut.
  */
-export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; unreadable?: number }): FakeServer {
+export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; unreadable?: number; unreadableText?: string; dropOn?: "RETR" }): FakeServer {
   let connections = 0;
   let loggedOut = false;
   return startFake(async (c) => {
@@ -162,13 +163,19 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
       const n = Number(args[0]);
       const mail = opts.mailbox[n - 1];
       const valid = authed && mail !== undefined && !marked.has(n);
-      // `unreadable`: a message TOP and RETR refuse (a server that cannot read it).
+      // `unreadable`: a message TOP and RETR refuse (a server that cannot read it), saying
+      // `unreadableText`.
       const readable = valid && n !== opts.unreadable;
+      const refusal = `-ERR ${valid && !readable ? (opts.unreadableText ?? "no such message") : "no such message"}\r\n`;
       if (!loggedOut && cmd.toUpperCase() === opts.logoutOn) {
         loggedOut = true;
         c.send("-ERR autologout: idle for too long\r\n");
         await Bun.sleep(300);
         c.end();
+        return;
+      }
+      if (cmd.toUpperCase() === opts.dropOn) {
+        c.drop();
         return;
       }
       switch (cmd.toUpperCase()) {
@@ -202,7 +209,7 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
           );
           break;
         case "RETR":
-          c.send(readable ? `+OK\r\n${stuffed(mail!.text)}.\r\n` : "-ERR no such message\r\n");
+          c.send(readable ? `+OK\r\n${stuffed(mail!.text)}.\r\n` : refusal);
           break;
         case "UIDL":
           // The text stands for the mail: the same text, the same UID.
@@ -210,7 +217,7 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
           break;
         case "TOP": {
           if (!opts.top || !readable) {
-            c.send("-ERR no such message\r\n");
+            c.send(refusal);
             break;
           }
           // Headers end at a blank line, or (assignment format) at the first non-header line.
