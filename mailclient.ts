@@ -388,7 +388,16 @@ async function manageMail(s: Session): Promise<void> {
       say();
       const key = await ask(readKey("Press d to delete this mail, any other key to return to the list: "));
       if (key === "d") {
-        if (!(await onMail(read.entry, (n) => pop.dele(n)))) {
+        let marked;
+        try {
+          marked = await onMail(read.entry, (n) => pop.dele(n));
+        } catch (err) {
+          // Refused (a server that will not delete it): nothing is marked, the session goes on.
+          if (!(err instanceof Pop3Error && err.command === "DELE")) throw err;
+          say(`Mail ${i + 1} was not deleted (server said: ${err.text || "-ERR"}).`);
+          continue;
+        }
+        if (!marked) {
           say(`Mail ${i + 1} is no longer in the mailbox.`);
           continue;
         }

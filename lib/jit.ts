@@ -20,7 +20,7 @@ export function restartWithoutFtl(): void {
   const compiled = Bun.main.startsWith("/$bunfs/");
   const args = compiled ? process.argv.slice(2) : [...process.execArgv, ...process.argv.slice(1)];
   try {
-    process.execve(process.execPath, [process.execPath, ...args], { ...process.env, [FTL_OPTION]: "0" });
+    process.execve?.(process.execPath, [process.execPath, ...args], { ...process.env, [FTL_OPTION]: "0" });
   } catch {
     // No execve here (the executable replaced or removed meanwhile): run as we are.
   }

@@ -36,11 +36,11 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string; unreadable?: number; unreadableText?: string; dropOn?: "RETR" } = {}) {
+function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string; unreadable?: number; unreadableText?: string; dropOn?: "RETR"; refuseDele?: string } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered, refusal: opts.refusal });
-  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn, unreadable: opts.unreadable, unreadableText: opts.unreadableText, dropOn: opts.dropOn });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn, unreadable: opts.unreadable, unreadableText: opts.unreadableText, dropOn: opts.dropOn, refuseDele: opts.refuseDele });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -369,6 +369,20 @@ describe("Manage Mail", () => {
     expect(f.pop.conns.length).toBe(2); // the login check, then Manage Mail
     const sent = f.pop.conns[1]!.received.filter((l) => /^(RETR|DELE|QUIT)/.test(l));
     expect(sent).toEqual(["RETR 2", "RETR 2", "RETR 3", "QUIT"]); // the list's RETR 2 after TOP, then the user's
+    expect(f.mailbox.length).toBe(3);
+  });
+
+  test("a DELE the server refuses: one line with its text, then the list; the session goes on and ends with QUIT", async () => {
+    const f = fakes({ refuseDele: "[SYS/PERM] mailbox is read-only" });
+    const r = await runClient(f.args, typed("bob", "secret", "1", "1", "d", "3", "x", "-1", "3"));
+    expect(r.code).toBe(0);
+    // Before: "Manage Mail stopped: DELE failed: ...", the session closed without QUIT.
+    expect(r.stdout).not.toContain("Manage Mail stopped");
+    expect(r.stdout).not.toContain("deleted.");
+    expectInOrder(r.stdout, ["Press d", "Mail 1 was not deleted (server said: [SYS/PERM] mailbox is read-only).\n\nSl. No.", "Subject: Third one", "Press d", "Enter mail no. to see: \n1. Manage Mail", "Bye."]);
+    expect(f.pop.conns.length).toBe(2);
+    const sent = f.pop.conns[1]!.received.filter((l) => /^(RETR|DELE|QUIT)/.test(l));
+    expect(sent).toEqual(["RETR 1", "DELE 1", "RETR 3", "QUIT"]);
     expect(f.mailbox.length).toBe(3);
   });
 

@@ -135,8 +135,9 @@ export interface FakeMail {
  * autologout (-ERR), the connection closed only 300 ms later, nothing more answered: an
  * autologout that crossed the command on the wire, its close not seen yet by the client.
  * `dropOn`: every such command (in every session) gets no answer, the connection is cut.
+ * `refuseDele`: DELE is answered with that -ERR text and marks nothing.
  */
-export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; unreadable?: number; unreadableText?: string; dropOn?: "RETR" }): FakeServer {
+export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; unreadable?: number; unreadableText?: string; dropOn?: "RETR"; refuseDele?: string }): FakeServer {
   let connections = 0;
   let loggedOut = false;
   return startFake(async (c) => {
@@ -227,6 +228,10 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
           break;
         }
         case "DELE":
+          if (valid && opts.refuseDele !== undefined) {
+            c.send(`-ERR ${opts.refuseDele}\r\n`);
+            break;
+          }
           if (valid) marked.add(n);
           c.send(valid ? `+OK message ${n} deleted\r\n` : "-ERR no such message\r\n");
           break;
