@@ -1,11 +1,15 @@
 // Both servers start themselves again without the FTL JIT (lib/jit.ts): same PID, same
-// arguments, and an option the user set is left alone. Runs on the compiled executables too.
+// command line and process name, the environment they were started with, and an option the
+// user set is left alone. Runs on the compiled executables too.
 import { afterAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
-import { makeRoot, removeRoot, startPop, startSmtp } from "./helpers/servers.ts";
+import { readFileSync, writeFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { command, makeRoot, PROJECT, removeRoot, startPop, startSmtp } from "./helpers/servers.ts";
 import { FTL_OPTION } from "../lib/jit.ts";
 
 const root = makeRoot();
+// Bun reads a script's .env from the working directory (the servers run in the root).
+writeFileSync(join(root, ".env"), "MAILTEST_DOTENV_SECRET=hunter2\n");
 afterAll(() => removeRoot(root));
 
 function procList(pid: number, file: "environ" | "cmdline"): string[] {
@@ -32,12 +36,17 @@ async function greeting(port: number): Promise<string> {
 describe.each([
   ["smtpmail", startSmtp, /^220 /],
   ["popserver", startPop, /^\+OK /],
-] as const)("%s", (_name, start, greets) => {
-  test("runs without FTL in the process that was started, with its arguments", async () => {
-    const server = await start(root, ["--quiet"]);
+] as const)("%s", (program, start, greets) => {
+  test("runs without FTL in the process that was started, with its command line, name and environment", async () => {
+    // Whatever the test runner's own environment holds.
+    const server = await start(root, ["--quiet"], ["env", "-u", FTL_OPTION]);
     try {
-      expect(procList(server.proc.pid, "environ")).toContain(`${FTL_OPTION}=0`);
-      expect(procList(server.proc.pid, "cmdline").slice(-6)).toEqual(["0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+      const env = procList(server.proc.pid, "environ");
+      expect(env).toContain(`${FTL_OPTION}=0`);
+      expect(env.some((v) => v.startsWith("MAILTEST_DOTENV_SECRET="))).toBe(false);
+      const cmd = command(program, ["0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+      expect(procList(server.proc.pid, "cmdline")).toEqual(cmd);
+      expect(readFileSync(`/proc/${server.proc.pid}/comm`, "latin1").trim()).toBe(basename(cmd[0]!).slice(0, 15));
       expect(await greeting(server.port)).toMatch(greets);
     } finally {
       expect(await server.stop()).toBe(0);
@@ -54,4 +63,27 @@ describe.each([
       expect(await server.stop()).toBe(0);
     }
   });
+});
+
+test.skipIf(!!process.env.MAIL_TEST_BIN)("bun --cwd with a relative directory: the restart does not apply it twice", async () => {
+  const proc = Bun.spawn([process.execPath, "--cwd", basename(root), join(PROJECT, "smtpmail.ts"), "0", "--root", root, "--host", "127.0.0.1"], {
+    cwd: dirname(root),
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== FTL_OPTION)),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  try {
+    const reader = proc.stdout.getReader();
+    let out = "";
+    const deadline = Date.now() + 15_000;
+    while (!/\n/.test(out) && Date.now() < deadline) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    expect(out).toMatch(/listening on 127\.0\.0\.1 port \d+/);
+  } finally {
+    proc.kill();
+    await proc.exited;
+  }
 });
