@@ -1,4 +1,4 @@
-import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, describe, expect, spyOn, test } from "bun:test";
 import { appendFileSync, chmodSync, readlinkSync, existsSync, linkSync, statSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -6,6 +6,7 @@ import { FileMailStore, MAX_OPEN_BOXES } from "../lib/mail-store.ts";
 import { acquireLock } from "../lib/lock.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
 import { deferredDir, notePlacement, readDeferred } from "../lib/deferred.ts";
+import * as fsio from "../lib/fsio.ts";
 
 const roots: string[] = [];
 // Every store is closed after its test: an open FileHandle collected later is an error in Bun.
@@ -284,6 +285,42 @@ describe("FileMailStore", () => {
     expect(subjects(box(r, "alice")).sort()).toEqual(sent.sort());
     // Far fewer lock acquisitions than rounds: the lock was not taken and dropped each time.
     expect(store.stats.locks).toBeLessThan(store.stats.batches / 2);
+  });
+
+  test("directories are synced for the names smtpmail makes, not again when it reopens a mailbox a POP3 rewrite left empty (helper-68)", async () => {
+    const r = root(["alice"]);
+    const store = track(new FileMailStore(r));
+    const synced = spyOn(fsio, "syncDir");
+    try {
+      await store.deliver(["alice"], rec("first"));
+      expect(synced.mock.calls.map((c) => c[0])).toContain(join(r, "alice"));
+      // As popserver's QUIT after deleting everything: under the write lock, an empty file
+      // renamed over the mailbox and the directory synced, then the lock let go.
+      const lock = await acquireLock(join(r, "alice", "mymailbox.lock"), 5000);
+      writeFileSync(join(r, "alice", "rewrite.tmp"), "");
+      renameSync(join(r, "alice", "rewrite.tmp"), join(r, "alice", "mymailbox"));
+      lock.release();
+      synced.mockClear();
+      await store.deliver(["alice"], rec("second"));
+      expect(subjects(box(r, "alice"))).toEqual(["second"]);
+      // Before: an fsync of the directory at every such reopen, one per POP3 session.
+      expect(synced.mock.calls.map((c) => c[0])).not.toContain(join(r, "alice"));
+      // A user directory made here: it and its name in the root.
+      synced.mockClear();
+      await store.deliver(["carol"], rec("third"));
+      expect(synced.mock.calls.map((c) => c[0])).toEqual(expect.arrayContaining([r, join(r, "carol")]));
+    } finally {
+      synced.mockRestore();
+    }
+  });
+
+  test("mailbox locks are linked from one temp file in the mail root: users' directories hold no temp files (helper-68)", async () => {
+    const r = root(["alice", "bob"]);
+    const store = track(new FileMailStore(r));
+    await Promise.all([store.deliver(["alice"], rec("a")), store.deliver(["bob"], rec("b"))]);
+    // Before: a temp file per mailbox, kept beside it and made again whenever the box closed.
+    for (const u of ["alice", "bob"]) expect(readdirSync(join(r, u)).filter((n) => n.startsWith(".link."))).toEqual([]);
+    expect(readdirSync(r).filter((n) => n.startsWith(".link.")).length).toBe(1);
   });
 
   test("two smtpmail processes' worth of stores under steady load both get the lock in turn", async () => {
