@@ -1,7 +1,7 @@
 // `npm run bench [scenario...]`: each scenario against freshly started servers on
 // loopback, bounded in count and time, printing one figure per line. Scenarios: fsync,
-// smtp, trace, smtp-source, pop, pop-logins, pop-large, conns, client (default: all but pop-large, which
-// writes 1 GiB).
+// smtp, trace, smtp-source, pop, pop-logins, pop-large, mixed, conns, client (default: all but
+// pop-large, which writes 1 GiB).
 import { join } from "node:path";
 import { existsSync, rmSync, statSync } from "node:fs";
 import { cpus } from "node:os";
@@ -12,6 +12,7 @@ import { idleConnections } from "./conns.ts";
 import { clientListTime } from "./client.ts";
 import { fsyncFloor } from "./fsync-floor.ts";
 import { smtpLoad } from "./smtp-load.ts";
+import { mixedLoad } from "./mixed.ts";
 
 const wanted = new Set(process.argv.slice(2));
 const all = wanted.size === 0;
@@ -316,6 +317,28 @@ if (want("pop-logins")) {
   rmSync(root, { recursive: true, force: true });
 }
 if (want("pop-large")) await popScenario("pop 100k", 100_000, 10_700);
+
+// SMTP to 20 users while 20 POP3 clients read and delete those mailboxes (each QUIT rewrites
+// one), for 8 s after 3000 warm-up messages: how the two servers share the mailboxes' locks.
+if (want("mixed")) {
+  const users = Array.from({ length: 20 }, (_, i) => `user${i}`);
+  const root = makeRoot(users);
+  const smtp = await startChild([join(PROJECT, "smtpmail.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+  const pop = await startChild([join(PROJECT, "popserver.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+  await smtpLoad({ port: smtp.port, sessions: 20, total: 3000, users, messageBytes: 1024, timeLimitMs: 60_000 });
+  const r = await mixedLoad({ smtpPort: smtp.port, popPort: pop.port, users, popClients: 20, seconds: 8 });
+  figure("mixed: smtp, 20 sessions beside POP3 deletions", r.smtp.messages / r.smtp.seconds, "msg/s");
+  figure("mixed: smtp latency p50", r.smtp.p50ms, "ms");
+  figure("mixed: smtp latency p99", r.smtp.p99ms, "ms");
+  figure("mixed: pop3 sessions (RETR+DELE all, QUIT)", r.popSessions / r.popSeconds, "sessions/s");
+  figure("mixed: pop3 messages retrieved and deleted", r.retrieved / r.popSeconds, "msg/s");
+  figure("mixed: pop3 QUIT (mailbox rewrite) p50", r.quitP50, "ms");
+  figure("mixed: pop3 QUIT p99", r.quitP99, "ms");
+  if (r.smtp.failures || r.popErrors) figure("mixed: failed replies (smtp + pop3 QUIT)", r.smtp.failures + r.popErrors, "replies");
+  await smtp.stop();
+  await pop.stop();
+  rmSync(root, { recursive: true, force: true });
+}
 
 if (want("conns")) {
   const count = Number(process.env.BENCH_CONNECTIONS ?? 10_000);
