@@ -62,6 +62,9 @@ export interface Maildrop {
 }
 
 export class FileMaildrop implements Maildrop {
+  /** Bytes a rewrite writes to its temp file between two fdatasyncs of it (see rewrite()); tests make it small. */
+  static syncStep = 32 << 20;
+
   private constructor(
     private readonly root: string,
     private readonly user: string,
@@ -253,8 +256,33 @@ export class FileMaildrop implements Maildrop {
     let out: number | null = await openFd(temp, "w");
     const src = this.fd!;
     let renamed = false;
+    // The temp file is flushed as it is written, SYNC_STEP bytes at a time: written whole and
+    // flushed by one fdatasync, a 1 GiB mailbox left 1 GiB of dirty pages to one flush, and
+    // smtpmail's journal fsyncs on the same disk waited behind it (deliveries to other users
+    // fell to ~0.5 % for half a second, 140-210 ms latencies instead of 2-6). One flush is in
+    // flight at a time, on the thread pool, while the copy goes on: dirty data stays under two
+    // steps. Durability is unchanged: these flushes only come early; the temp file is still
+    // synced whole before the rename, and the old file is untouched until then.
+    const step = FileMaildrop.syncStep;
+    let unsynced = 0;
+    let syncing: Promise<void> | null = null;
+    const settle = async () => {
+      const s = syncing;
+      syncing = null;
+      await s;
+    };
+    const write = async (data: Buffer) => {
+      await writeAll(out!, data);
+      unsynced += data.length;
+      if (unsynced < step) return;
+      unsynced = 0;
+      await settle();
+      syncing = datasync(out!);
+      // Awaited before the next one, the final sync or the close; never unhandled meanwhile.
+      syncing.catch(() => {});
+    };
     const copy = async (fd: number, from: number, to: number) => {
-      for (let pos = from; pos < to; pos += CHUNK) await writeAll(out!, await readAt(fd, pos, Math.min(CHUNK, to - pos)));
+      for (let pos = from; pos < to; pos += CHUNK) await write(await readAt(fd, pos, Math.min(CHUNK, to - pos)));
     };
     try {
       // The new file takes the old one's permissions (and owner, where we may): made with
@@ -276,7 +304,7 @@ export class FileMaildrop implements Maildrop {
       const gather = Buffer.allocUnsafe(CHUNK);
       let gathered = 0;
       const flushGathered = async () => {
-        if (gathered) await writeAll(out!, gather.subarray(0, gathered));
+        if (gathered) await write(gather.subarray(0, gathered));
         gathered = 0;
       };
       const copyRun = async (from: number, to: number) => {
@@ -313,6 +341,7 @@ export class FileMaildrop implements Maildrop {
       // Worked out before the lock too (tens of ms with 100,000 messages, half of them deleted).
       const numbers = this.messages.renumbered(deleted);
       // The bulk goes to disk before the lock, so SMTP waits only for the tail's fsync.
+      await settle();
       await datasync(out);
       // 2. Under the write lock: whatever was appended since login, then the swap.
       const lock = await acquireLock(writeLockPath(this.root, this.user));
@@ -356,6 +385,7 @@ export class FileMaildrop implements Maildrop {
         } finally {
           await closeFd(cur);
         }
+        await settle();
         await datasync(out);
         const newFile = fstatSync(out);
         await closeFd(out);
@@ -371,6 +401,8 @@ export class FileMaildrop implements Maildrop {
         lock.release();
       }
     } finally {
+      // Not closed under a flush still running on the thread pool (its number could be reused).
+      await settle().catch(() => {});
       if (out !== null) await closeFd(out).catch(() => {});
       if (!renamed) await unlink(temp).catch(() => {});
     }
