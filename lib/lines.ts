@@ -46,6 +46,8 @@ export interface MessageEvent {
   lfStart?: boolean;
   /** Bytes still counted in the budget: give them back (DataBudget.release) once stored or refused. */
   charged: number;
+  /** Bytes of message text that came for it, kept or dropped (memory it leaves behind). */
+  received: number;
   /**
    * Spare bytes right after `bytes`, in the same memory and the message's alone (0 when
    * none): the stored record can be built there in place instead of copied whole again.
@@ -105,6 +107,10 @@ const EMPTY = Buffer.alloc(0);
 /** Message parts smaller than this are copied into BLOCK-sized blocks rather than kept as views. */
 const COALESCE_BELOW = 16 * 1024;
 const BLOCK = 64 * 1024;
+/** A message kept past this many bytes grows in memory of its own (Parts.add); below, most come in one chunk. */
+const GROW_FROM = 1 << 20;
+/** The grown memory is extended this much at a time (each extension is made in place, zero-filled). */
+const GROW_STEP = 256 * 1024;
 const CRLF = Buffer.from("\r\n");
 const LF = 0x0a;
 const CR = 0x0d;
@@ -135,8 +141,28 @@ class Parts {
   readonly list: Buffer[] = [];
   private block: Buffer | null = null;
   private blockLen = 0;
+  /** Bytes in list and block. */
+  size = 0;
+  /** Where a large message grows in place (see add), and its bytes so far. */
+  private grown: ArrayBuffer | null = null;
+  private grownLen = 0;
+
+  /**
+   * `most`: the most bytes these parts may come to (0: no bound known). A message with a
+   * bound, once past GROW_FROM, is copied part by part into memory of its own that grows in
+   * place: kept as the runtime's chunks and joined at the end, it was in memory twice over
+   * at that moment (10 MB messages from 20 sessions peaked 100-150 MiB higher).
+   */
+  constructor(private most = 0) {}
 
   add(part: Buffer, asView = part.length >= COALESCE_BELOW): void {
+    if (this.most > 0 && (this.grown || this.size + part.length > GROW_FROM)) {
+      if (this.grow(part)) return;
+      // Past the bound (never, as LineReader uses it): kept as parts from here on, in order.
+      this.seal();
+      this.most = 0;
+    }
+    this.size += part.length;
     if (asView) {
       this.seal();
       this.list.push(part);
@@ -147,12 +173,54 @@ class Parts {
     this.blockLen += part.copy(this.block, this.blockLen);
   }
 
+  /** Copies part in after what is there; false (nothing done) past the bound, which a caller never lets happen. */
+  private grow(part: Buffer): boolean {
+    if (!this.grown) {
+      const before = this.seal().splice(0);
+      if (before.reduce((n, b) => n + b.length, part.length) > this.most) {
+        this.list.push(...before);
+        return false;
+      }
+      this.size = 0;
+      // Virtual memory only, up to the bound: pages are used as they are written.
+      this.grown = new ArrayBuffer(0, { maxByteLength: this.most });
+      for (const b of before) this.grow(b);
+    }
+    const ab = this.grown;
+    const need = this.grownLen + part.length;
+    if (need > ab.maxByteLength) return false;
+    if (need > ab.byteLength) ab.resize(Math.min(ab.maxByteLength, need + GROW_STEP - (need % GROW_STEP)));
+    part.copy(new Uint8Array(ab, this.grownLen, part.length));
+    this.grownLen = need;
+    return true;
+  }
+
+  /**
+   * The message grown in place, less its last `drop` bytes, with `room` spare bytes after
+   * it; null when it was not grown.
+   */
+  grownMessage(drop: number, room: number): Buffer | null {
+    const ab = this.grown;
+    if (!ab) return null;
+    const size = Math.max(0, this.grownLen - drop);
+    if (size + room > ab.maxByteLength) return null;
+    ab.resize(size + room);
+    return Buffer.from(ab, 0, size);
+  }
+
   get empty(): boolean {
-    return this.list.length === 0 && this.block === null;
+    return this.list.length === 0 && this.block === null && this.grown === null;
   }
 
   /** All parts so far, the block being filled included (copied to its size when mostly empty). */
   seal(): Buffer[] {
+    if (this.grown) {
+      // Only when a caller wants the parts after all: the grown bytes as the first one.
+      this.list.unshift(Buffer.from(this.grown, 0, this.grownLen));
+      this.size += this.grownLen;
+      this.grown = null;
+      this.grownLen = 0;
+    }
     if (this.block && this.blockLen > 0) {
       const used = this.block.subarray(0, this.blockLen);
       this.list.push(this.blockLen < BLOCK / 2 ? Buffer.from(used) : used);
@@ -303,14 +371,20 @@ export class LineReader {
       room = reserve;
       return all.subarray(0, Math.max(0, size));
     };
+    // A large message already in memory of its own, with the room after it.
+    const grown = (drop: number) => {
+      const b = this.data?.grownMessage(drop, reserve) ?? null;
+      if (b) room = reserve;
+      return b;
+    };
     if (contentEnd >= 0) {
       this.keepData(p.subarray(0, contentEnd));
       // Most messages arrive in one chunk: a view of the runtime's chunk, shared with
       // `pending`, so it gets no room (buildRecord copies it).
-      const chunks = dropped() ? [] : sealed();
-      bytes = dropped() ? Buffer.alloc(0) : chunks.length === 1 ? chunks[0]! : joined(0);
+      const chunks = dropped() ? [] : (grown(0) ?? sealed());
+      bytes = dropped() ? Buffer.alloc(0) : Array.isArray(chunks) ? (chunks.length === 1 ? chunks[0]! : joined(0)) : chunks;
     } else {
-      bytes = dropped() ? Buffer.alloc(0) : joined(-contentEnd);
+      bytes = dropped() ? Buffer.alloc(0) : (grown(-contentEnd) ?? joined(-contentEnd));
       this.dataSize += contentEnd;
     }
     // The size RFC 1870 means: without stuffing dots, which were counted as the parts came
@@ -322,6 +396,7 @@ export class LineReader {
     this.pending = p.subarray(after);
     // The message keeps its share of the budget until the caller is done with it.
     const charged = this.dataHeld;
+    const received = this.dataSize;
     this.data = null;
     this.dataHeld = 0;
     this.dataSize = 0;
@@ -330,8 +405,8 @@ export class LineReader {
     this.dataTail = CRLF;
     this.dataTooBig = false;
     this.dataNoRoom = false;
-    if (tooBig || noRoom) return { kind: "message", bytes: Buffer.alloc(0), tooBig, noRoom, charged, room: 0 };
-    const event: MessageEvent = { kind: "message", bytes, tooBig, noRoom, charged, room, lfStart: lfEnd };
+    if (tooBig || noRoom) return { kind: "message", bytes: Buffer.alloc(0), tooBig, noRoom, charged, received, room: 0 };
+    const event: MessageEvent = { kind: "message", bytes, tooBig, noRoom, charged, received, room, lfStart: lfEnd };
     if (budget) event.charge = (n) => budget.take(n, event.charged) && ((event.charged += n), true);
     return event;
   }
@@ -368,7 +443,9 @@ export class LineReader {
       this.dataHeld += part.length;
     }
     // The first part is kept as it is whatever its size: most messages arrive in one chunk.
-    const data = (this.data ??= new Parts());
+    // Bound of what is kept, stuffing dots and all (each stuffed "." line is at least 4
+    // bytes of which 3 count), and room for the record's added lines.
+    const data = (this.data ??= new Parts(Number.isFinite(this.maxDataSize) ? Math.ceil(((this.maxDataSize + 8) * 4) / 3) + 4096 : 0));
     data.add(part, part.length >= COALESCE_BELOW || data.empty);
   }
 }

@@ -28,6 +28,26 @@ function toOutput(session: SmtpSession, r: SmtpResult): Output | Promise<Output>
 interface Shared {
   opt: SmtpServerOptions;
   budget: DataBudget;
+  /** Message bytes let go since the last collection asked for (see released()). */
+  released: number;
+  /** How many make one worth asking for. */
+  gcAfter: number;
+}
+
+/**
+ * Counts a message's bytes as let go, and asks for a collection once enough have been. The
+ * budget counts the messages being received and stored, not the memory they leave once
+ * done (the received chunks, the message and its record): the collector's own
+ * schedule let that pile up, and 20 sessions sending 10 MB messages peaked at 557-702 MiB,
+ * 170-239 MiB under a 64 MiB budget. A full collection (3-4 ms) every few messages of the
+ * size limit is nothing beside receiving them; 1 KiB messages get one every 20,000 or so.
+ */
+function released(shared: Shared, bytes: number): void {
+  shared.released += bytes;
+  if (shared.released < shared.gcAfter) return;
+  shared.released = 0;
+  // Synchronous: an asynchronous one (Bun.gc(false)) left the peak at 462-485 MiB, against 327-373.
+  Bun.gc(true);
 }
 
 /**
@@ -66,10 +86,12 @@ class SmtpHandler implements Handler {
       return session.handleMessage(msg).then(
         (r) => {
           budget.release(msg.charged);
+          released(this.shared, msg.received + msg.charged);
           return { text: text(r.replies), close: r.close, log: r.log };
         },
         (e) => {
           budget.release(msg.charged);
+          released(this.shared, msg.received + msg.charged);
           throw e;
         },
       );
@@ -112,7 +134,10 @@ class SmtpHandler implements Handler {
 
 export function createSmtpServer(opt: SmtpServerOptions, users: Directory, store: MailStore, auth: Authenticator | null = null): MailServer {
   const config: SmtpConfig = { ...opt, tls: !!opt.tlsFiles };
-  const shared: Shared = { opt, budget: new DataBudget(opt.dataMemoryLimit ?? Math.max(512 << 20, 4 * opt.maxMessageSize)) };
+  const budget = new DataBudget(opt.dataMemoryLimit ?? Math.max(512 << 20, 4 * opt.maxMessageSize));
+  // A few messages of the size limit, at most an eighth of the budget (when it is set low).
+  const gcAfter = Math.min(4 * opt.maxMessageSize, budget.limit / 8);
+  const shared: Shared = { opt, budget, released: 0, gcAfter };
   return new MailServer({
     ...opt,
     name: "smtpmail",

@@ -40,7 +40,7 @@ function setup(opts: { users?: string[]; maxMessageSize?: number; maxRecipients?
 }
 const wire = (r: SmtpResult) => r.replies.map(formatSmtpReply).join("");
 const code = (r: string) => Number(r.slice(0, 3));
-const msg = (text: string, tooBig = false, noRoom = false): MessageEvent => ({ kind: "message", bytes: Buffer.from(text), tooBig, noRoom, charged: 0 });
+const msg = (text: string, tooBig = false, noRoom = false): MessageEvent => ({ kind: "message", bytes: Buffer.from(text), tooBig, noRoom, charged: 0, received: text.length });
 
 describe("SmtpSession: the assignment's dialogue", () => {
   test("word for word", async () => {
