@@ -181,9 +181,15 @@ class Parts {
         this.list.push(...before);
         return false;
       }
-      this.size = 0;
       // Virtual memory only, up to the bound: pages are used as they are written.
-      this.grown = new ArrayBuffer(0, { maxByteLength: this.most });
+      try {
+        this.grown = new ArrayBuffer(0, { maxByteLength: this.most });
+      } catch {
+        // No address space that large (ulimit -v, a huge --max-size): kept as parts.
+        this.list.push(...before);
+        return false;
+      }
+      this.size = 0;
       for (const b of before) this.grow(b);
     }
     const ab = this.grown;
