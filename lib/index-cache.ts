@@ -16,7 +16,7 @@
 import type { Stats } from "node:fs";
 import { fstatSync, readSync } from "node:fs";
 import { readAt, readAtSync } from "./fsio.ts";
-import { MailboxScanner, MessageIndex } from "./mailbox.ts";
+import { MailboxScanner, MessageHasher, MessageIndex } from "./mailbox.ts";
 
 // 512 KiB rather than 1 MiB: the first login on 1 GiB peaked ~2 MiB lower (60.4 against
 // 62.2-62.9 MiB), and took no longer (354-377 ms).
@@ -27,10 +27,51 @@ const LF = 0x0a;
 const CR = 0x0d;
 const DOT = 0x2e;
 const WINDOW = 64 * 1024;
+/** Less free room than this in the scan buffer, and a message is read again through a buffer of its own. */
+const MIN_ROOM = 64 * 1024;
 
 /**
- * Index a mailbox region [from, to) in chunks. One buffer is reused: the unfinished
- * message at its end moves to the front, so memory stays at about a chunk plus a message.
+ * Indexes the scanner's unsettled message, reading its bytes again into room: false when
+ * the file no longer holds them all (it is then left out, as a torn tail is).
+ */
+async function settle(fd: number, scanner: MailboxScanner, room: Buffer): Promise<boolean> {
+  const u = scanner.unsettled!;
+  const length = u.dotLine - u.start;
+  const tail = length > 24 ? await readAt(fd, u.dotLine - 20, 20, room) : EMPTY;
+  if (length > 24 && tail.length < 20) {
+    scanner.abandon();
+    return false;
+  }
+  const hasher = new MessageHasher(length, tail);
+  let bare = 0;
+  let prev = -1;
+  for (let at = u.start; at < u.dotLine; ) {
+    const piece = await readAt(fd, at, Math.min(room.length, u.dotLine - at), room);
+    if (piece.length === 0) {
+      scanner.abandon();
+      return false;
+    }
+    hasher.update(piece);
+    // As addMessage counts them: a byte loop, an LF with no CR before it.
+    if (u.lf)
+      for (let i = 0; i < piece.length; i++) {
+        if (piece[i] === LF && (i === 0 ? prev : piece[i - 1]) !== CR) bare++;
+      }
+    prev = piece[piece.length - 1]!;
+    at += piece.length;
+  }
+  scanner.settle(hasher.digest(), bare);
+  return true;
+}
+
+/**
+ * Index a mailbox region [from, to) in chunks. One buffer of two chunks is reused: the
+ * unfinished message at its end moves to the front, and when that leaves no room for the
+ * next chunk, the bytes of it already searched go (the scanner keeps where its search
+ * stopped); such a message is hashed once its end is found, from the file read again into
+ * the buffer's free room. Memory stays at three chunks whatever the messages: grown to hold
+ * the largest one, the buffer made a login to one 10 MB message cost 18 MiB, 50 such
+ * logins at once 883-901 MiB.
  * The next chunk is read (on the thread pool) while this one is scanned: done one after
  * the other, reading 1 GiB took 270-320 ms and scanning it 370-450 ms here.
  */
@@ -47,6 +88,14 @@ export async function scanFile(fd: number, from: number, to: number): Promise<Ma
     for (let pos = from; pos < to; ) {
       const want = Math.min(CHUNK, to - pos);
       if (have + want > buf.length) {
+        // A message longer than a chunk: what its search has gone past goes.
+        const gone = scanner.release(buf.subarray(0, have), base);
+        buf.copyWithin(0, gone, have);
+        have -= gone;
+        base += gone;
+      }
+      if (have + want > buf.length) {
+        // Not reached (release() leaves a few bytes); kept rather than reading past the end.
         const bigger = Buffer.allocUnsafe(Math.max(buf.length * 2, have + want)); // a message larger than the buffer
         buf.copy(bigger, 0, 0, have);
         buf = bigger;
@@ -62,7 +111,13 @@ export async function scanFile(fd: number, from: number, to: number): Promise<Ma
       have += bytesRead;
       // The stage is free again: the next chunk is read while this one is scanned.
       if (stage && pos < to) next = readAt(fd, pos, Math.min(CHUNK, to - pos), stage);
-      const used = scanner.scan(buf.subarray(0, have), base, pos >= to);
+      let used = scanner.scan(buf.subarray(0, have), base, pos >= to);
+      while (scanner.unsettled) {
+        // The free part of buf for the reads (about a chunk: the message's searched bytes went).
+        const room = buf.length - have >= MIN_ROOM ? buf.subarray(have) : Buffer.allocUnsafe(CHUNK);
+        if (!(await settle(fd, scanner, room))) return scanner; // the file was cut meanwhile
+        used += scanner.scan(buf.subarray(used, have), base + used, pos >= to);
+      }
       // Each message indexed leaves a little garbage; on a huge mailbox, collecting it as we
       // go keeps the peak footprint near the live size (a few ms per 128 MiB scanned).
       if ((pos - from) % GC_EVERY < CHUNK && pos - from >= GC_EVERY) Bun.gc(true);

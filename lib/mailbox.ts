@@ -368,6 +368,137 @@ export function messageHash(content: Uint8Array): number {
   return Bun.hash.crc32(content) * 2 ** 21 + (Bun.hash.cityHash32(content) & 0x1fffff);
 }
 
+const C1 = 0xcc9e2d51 | 0;
+const C2 = 0x1b873593 | 0;
+const rot = (v: number, s: number) => (v >>> s) | (v << (32 - s));
+const bswap = (v: number) => ((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24);
+const fetch32 = (b: Uint8Array, i: number) => b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24);
+const mur = (x: number) => Math.imul(rot(Math.imul(x, C1), 17), C2);
+const step5 = (h: number, s: number) => (Math.imul(rot(h, s), 5) + 0xe6546b64) | 0;
+
+/**
+ * messageHash() of a message fed a piece at a time, for one too large to hold: its length and
+ * last 20 bytes given first (CityHash32 starts from them, then takes the bytes from the start
+ * in 20-byte blocks), its crc32 carried from piece to piece (Bun.hash.crc32's seed). The same
+ * number as messageHash() of the whole bytes: UIDs must not change.
+ */
+export class MessageHasher {
+  private crc = 0;
+  private h = 0;
+  private g = 0;
+  private f = 0;
+  /** Bytes fed so far, and the 20-byte blocks CityHash32 still takes. */
+  private fed = 0;
+  private blocks: number;
+  /** A block cut by the end of a piece (or the whole message when it is short). */
+  private part: Buffer;
+  private partLen = 0;
+
+  constructor(
+    private readonly length: number,
+    tail: Uint8Array,
+  ) {
+    this.blocks = length > 24 ? Math.floor((length - 1) / 20) : 0;
+    this.part = Buffer.allocUnsafe(length > 24 ? 20 : length);
+    if (length <= 24) return;
+    if (tail.length !== 20) throw new Error("MessageHasher: the last 20 bytes are needed");
+    const n = length | 0;
+    let h = n;
+    let g = Math.imul(C1, n);
+    let f = g;
+    h = step5(h ^ mur(fetch32(tail, 16)), 19);
+    h = step5(h ^ mur(fetch32(tail, 4)), 19);
+    g = step5(g ^ mur(fetch32(tail, 12)), 19);
+    g = step5(g ^ mur(fetch32(tail, 8)), 19);
+    f = step5((f + mur(fetch32(tail, 0))) | 0, 19);
+    this.h = h;
+    this.g = g;
+    this.f = f;
+  }
+
+  update(piece: Uint8Array): this {
+    if (this.fed + piece.length > this.length) throw new Error("MessageHasher: more bytes than the length given");
+    this.crc = Bun.hash.crc32(piece, this.crc);
+    this.fed += piece.length;
+    if (this.length <= 24) {
+      this.part.set(piece, this.partLen);
+      this.partLen += piece.length;
+      return this;
+    }
+    let p = 0;
+    if (this.partLen) {
+      const k = Math.min(20 - this.partLen, piece.length);
+      this.part.set(piece.subarray(0, k), this.partLen);
+      this.partLen += k;
+      p = k;
+      if (this.partLen < 20) return this;
+      this.partLen = 0;
+      if (this.blocks > 0) this.block(this.part, 0);
+    }
+    // Whole blocks straight from the piece, the rest kept for the next one.
+    const whole = Math.min(this.blocks, Math.floor((piece.length - p) / 20));
+    if (whole > 0) {
+      this.blocks20(piece, p, whole);
+      p += 20 * whole;
+    }
+    if (this.blocks > 0 && p < piece.length) {
+      this.part.set(piece.subarray(p), 0);
+      this.partLen = piece.length - p;
+    }
+    return this;
+  }
+
+  private block(s: Uint8Array, p: number): void {
+    this.blocks20(s, p, 1);
+  }
+
+  /**
+   * CityHash32's loop over n blocks of s from p. Locals and a DataView: without the FTL tier
+   * (as the servers run), reading the state from fields and the words byte by byte took
+   * twice as long as Bun's own cityHash32.
+   */
+  private blocks20(s: Uint8Array, p: number, n: number): void {
+    const v = new DataView(s.buffer, s.byteOffset, s.byteLength);
+    let h = this.h;
+    let g = this.g;
+    let f = this.f;
+    for (const end = p + 20 * n; p < end; p += 20) {
+      const a0 = mur(v.getInt32(p, true));
+      const a1 = v.getInt32(p + 4, true);
+      const a2 = mur(v.getInt32(p + 8, true));
+      const a3 = mur(v.getInt32(p + 12, true));
+      const a4 = v.getInt32(p + 16, true);
+      h = step5(h ^ a0, 18);
+      f = Math.imul(rot((f + a1) | 0, 19), C1);
+      g = step5((g + a2) | 0, 18);
+      h = step5(h ^ ((a3 + a1) | 0), 19);
+      g = Math.imul(bswap(g ^ a4), 5);
+      h = bswap((h + Math.imul(a4, 5)) | 0);
+      f = (f + a0) | 0;
+      // CityHash's PERMUTE3(f, h, g).
+      const t = f;
+      f = g;
+      g = h;
+      h = t;
+    }
+    this.h = h;
+    this.g = g;
+    this.f = f;
+    this.blocks -= n;
+  }
+
+  digest(): number {
+    if (this.fed !== this.length) throw new Error(`MessageHasher: fed ${this.fed} bytes of ${this.length}`);
+    if (this.length <= 24) return messageHash(this.part);
+    let { h, g, f } = this;
+    g = Math.imul(rot(Math.imul(rot(g, 11), C1), 17), C1);
+    f = Math.imul(rot(Math.imul(rot(f, 11), C1), 17), C1);
+    h = Math.imul(rot(step5((h + g) | 0, 19), 17), C1);
+    h = Math.imul(rot(step5((h + f) | 0, 19), 17), C1);
+    return this.crc * 2 ** 21 + ((h >>> 0) & 0x1fffff);
+  }
+}
+
 /** Writes a non-negative integer below 2^53 in base 2-36 (as Number#toString does); returns the new pos. */
 export function writeNumber(buf: Buffer, pos: number, n: number, radix = 10): number {
   if (n <= INT_MAX) return writeInt(buf, pos, n, radix, 0);
@@ -439,7 +570,7 @@ export class MessageIndex {
   // trimmed by a copy, left up to 7 MB of freed arrays behind while 100,000 messages were
   // indexed, most of it still resident at the end (the 64 MiB target on a 1 GiB mailbox).
   private offsets: Float64Array[] = [];
-  // Under 4 GiB: the scanner holds a message whole in a Buffer, which is at most that long.
+  // Under 4 GiB: add() refuses a longer message (RETR and the rewrite would not cope either).
   private lengths: Uint32Array[] = [];
   private sizes: Float64Array[] = [];
   private hashes: Float64Array[] = [];
@@ -672,8 +803,16 @@ export class MailboxScanner {
   /**
    * The record the last scan() could not finish: its file offset, where its search stopped,
    * the stuffing dots counted so far, and its kind (null: its first line is unfinished).
+   * `counted`: its first bytes were let go (release()) with its first line unfinished, their
+   * stuffing dot counted then.
    */
-  private pending: { start: number; from: number; stuffed: number; lone: boolean; lf: boolean | null } | null = null;
+  private pending: { start: number; from: number; stuffed: number; lone: boolean; lf: boolean | null; counted: boolean } | null = null;
+  /**
+   * A message found complete whose first bytes were let go (see release()): its offsets, and
+   * what its search counted. The caller reads [start, dotLine) of the file again for its hash
+   * and bare LFs and passes them to settle() before the next scan().
+   */
+  unsettled: { start: number; dotLine: number; termEnd: number; stuffed: number; lone: boolean; lf: boolean } | null = null;
 
   /** The index as objects (for tests and small mailboxes). */
   get messages(): MessageEntry[] {
@@ -703,11 +842,14 @@ export class MailboxScanner {
 
   /**
    * Indexes the complete messages in buf, whose first byte is at file offset `base` and
-   * starts a record. Returns how many bytes were consumed; the rest must be passed again,
-   * followed by more of the file.
+   * starts a record (or is in the unfinished one, past the bytes release() let go). Returns
+   * how many bytes were consumed; the rest must be passed again, followed by more of the
+   * file. With `unsettled` set on return, settle() comes first.
    */
   scan(buf: Buffer, base: number, atEof: boolean): number {
-    let start = 0;
+    if (this.unsettled) throw new Error("MailboxScanner: settle() the last message first");
+    // The record left unfinished starts before buf when its searched bytes were let go.
+    let start = this.pending && this.pending.start < base ? this.pending.start - base : 0;
     while (start < buf.length) {
       // A record left unfinished by the last call: its search goes on where it stopped, so
       // a huge unterminated record costs one pass, not one per chunk.
@@ -718,20 +860,24 @@ export class MailboxScanner {
       let stuffed = resume?.stuffed ?? 0;
       let lone = resume?.lone ?? false; // a line with a single leading "." (see MessageEntry.stuff)
       let lf = resume?.lf ?? null;
+      const counted = resume?.counted ?? false;
+      // The search starts over only when the first line was just found (at its LF: none before).
+      let search = resume?.lf != null ? resume.from - base : start;
       if (lf === null) {
         const firstLf = buf.indexOf(LF, resume ? resume.from - base : start);
         if (firstLf < 0) {
-          this.pending = { start: base + start, from: base + buf.length, stuffed: 0, lone: false, lf: null };
+          this.pending = { start: base + start, from: base + buf.length, stuffed, lone, lf: null, counted };
           break;
         }
-        if (buf[start] === DOT && firstLf <= start + 2 && (firstLf === start + 1 || buf[start + 1] === CR)) {
+        search = firstLf;
+        if (!counted && buf[start] === DOT && firstLf <= start + 2 && (firstLf === start + 1 || buf[start + 1] === CR)) {
           // A "." line right at the start: an empty record (the assignment's leading ".").
           start = firstLf + 1;
           this.validEnd = base + start;
           continue;
         }
         lf = !(firstLf > start && buf[firstLf - 1] === CR);
-        if (buf[start] === DOT) {
+        if (!counted && buf[start] === DOT) {
           stuffed++;
           lone = buf[start + 1] !== DOT;
         }
@@ -741,14 +887,12 @@ export class MailboxScanner {
       // saved CRLF mail closed by `echo .`), and smtpmail appends after any "." line, so
       // the scan must end there too (helper-23: it did not, and the next delivery was glued
       // on). Lines starting with "." before it carry a stuffing dot each.
-      // The search starts over only when the first line was just found.
-      let search = resume?.lf != null ? resume.from - base : start;
       for (;;) {
         const i = buf.indexOf(LF_DOT, search);
         // Not enough bytes to tell: look again from this "\n." (or from a last "\n").
         const stop = i < 0 ? Math.max(search, buf.length - 1) : i + 2 >= buf.length || (buf[i + 2] === CR && i + 3 >= buf.length) ? i : -1;
         if (stop >= 0) {
-          this.pending = { start: base + start, from: base + stop, stuffed, lone, lf };
+          this.pending = { start: base + start, from: base + stop, stuffed, lone, lf, counted };
           break;
         }
         const next = buf[i + 2];
@@ -769,6 +913,11 @@ export class MailboxScanner {
         search = i + 1;
       }
       if (termEnd < 0) break;
+      if (start < 0) {
+        // Its first bytes are gone: hashed from the file by the caller, then settle().
+        this.unsettled = { start: base + start, dotLine: base + dotLine, termEnd: base + termEnd, stuffed, lone, lf };
+        return termEnd;
+      }
       this.addMessage(buf, base, start, dotLine, termEnd, stuffed, lf, lf && lone);
       start = termEnd;
       this.validEnd = base + start;
@@ -779,6 +928,15 @@ export class MailboxScanner {
     // a record begins may be the first byte of an append whose first line starts with ".":
     // left for later, not taken as an empty record.
     if (atEof && buf.length - start >= 2 && buf[buf.length - 1] === DOT && buf[buf.length - 2] === LF && buf[buf.length - 3] !== CR) {
+      const p = this.pending;
+      if (start < 0) {
+        // Its first bytes are gone: its search counted its dots up to this last "\n." (as
+        // the count below does), and the caller hashes it from the file.
+        if (p?.start !== base + start || p.lf === null) return 0;
+        this.pending = null;
+        this.unsettled = { start: p.start, dotLine: base + buf.length - 1, termEnd: base + buf.length, stuffed: p.stuffed, lone: p.lone, lf: true };
+        return buf.length;
+      }
       const dotLine = buf.length - 1;
       const content = buf.subarray(start, dotLine);
       let stuffed = 0;
@@ -793,7 +951,49 @@ export class MailboxScanner {
       start = buf.length;
       this.validEnd = base + start;
     }
-    return start;
+    return Math.max(start, 0);
+  }
+
+  /**
+   * How many bytes at the front of buf (the bytes last passed to scan(), less those it
+   * consumed: buf[0] is at file offset base) the caller may let go and not pass again: those
+   * of the unfinished record that its search has gone past, all but the few it looks back
+   * at. Memory then stays bounded by what the caller reads at a time, not by the longest
+   * message; a message whose start went is hashed from the file (see unsettled).
+   */
+  release(buf: Buffer, base: number): number {
+    const p = this.pending;
+    if (!p || p.start > base) return 0;
+    // Bytes before `from` that the search looks back at: the byte before a "\n." (a CR or not),
+    // and before a final ".": a few more, to spare.
+    const n = p.from - base - 4;
+    if (n < 4) return 0;
+    if (p.lf === null && !p.counted) {
+      // Its first line goes on past n (no LF before `from`): not an empty "." record, and its
+      // stuffing dot is counted now, while the bytes are here.
+      if (buf[0] === DOT) {
+        p.stuffed++;
+        p.lone = buf[1] !== DOT;
+      }
+      p.counted = true;
+    }
+    return n;
+  }
+
+  /** Indexes the unsettled message, given its messageHash() and its bare LFs (an LF with no CR before it, one at its first byte too). */
+  settle(hash: number, bareLfs: number): void {
+    const u = this.unsettled;
+    if (!u) throw new Error("MailboxScanner: nothing to settle");
+    this.unsettled = null;
+    const stuff = u.lf && u.lone;
+    const size = u.dotLine - u.start - (stuff ? 0 : u.stuffed) + (u.lf ? bareLfs : 0);
+    this.index.add(u.start, u.termEnd - u.start, size, u.lf, hash, stuff);
+    this.validEnd = u.termEnd;
+  }
+
+  /** The unsettled message could not be read again (the file was cut): not indexed; scan no more. */
+  abandon(): void {
+    this.unsettled = null;
   }
 
   /** lf: the message has bare LF line ends (seen on its first line or around its "." line); stuff: see MessageEntry. */

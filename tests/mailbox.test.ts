@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { seeded } from "./helpers/random.ts";
-import { buildRecord, buildRecordYielding, lfPieceToWire, MailboxScanner, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
+import { buildRecord, buildRecordYielding, lfPieceToWire, MailboxScanner, MessageHasher, messageHash, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
 
 const b = (s: string) => Buffer.from(s, "utf8");
 const RCV = "Received: 2024-03-05 : 09 : 07";
@@ -231,6 +231,27 @@ function smallMailbox(): Buffer {
     buildRecord(b("Subject: three\r\n\r\n...x\r\nünïcødé ✓\r\n"), RCV),
   ]);
 }
+
+describe("MessageHasher", () => {
+  // A message too large to hold is hashed a piece at a time: its UID must be the one
+  // messageHash() of its whole bytes gives, or clients would fetch it again as new mail.
+  test("fed in pieces of any size, it gives messageHash() of the whole bytes", () => {
+    const rand = seeded(5);
+    const lengths = [...Array.from({ length: 130 }, (_, n) => n), 199, 200, 201, 4096, 65_537, 3_000_017];
+    for (const len of lengths) {
+      const bytes = Buffer.from(Array.from({ length: len }, () => rand(256)));
+      for (const most of [1, 7, 20, 21, 1000, 1 << 20]) {
+        const h = new MessageHasher(len, bytes.subarray(Math.max(0, len - 20)));
+        for (let at = 0; at < len; ) {
+          const n = 1 + rand(most);
+          h.update(bytes.subarray(at, at + n));
+          at += n;
+        }
+        expect(h.digest()).toBe(messageHash(bytes));
+      }
+    }
+  });
+});
 
 describe("MailboxScanner", () => {
   test("chunked input split at every byte position gives the same messages as one buffer", () => {
