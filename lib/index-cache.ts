@@ -37,6 +37,13 @@ const MIN_ROOM = 64 * 1024;
 async function settle(fd: number, scanner: MailboxScanner, room: Buffer): Promise<boolean> {
   const u = scanner.unsettled!;
   const length = u.dotLine - u.start;
+  // Still the "." line the scan found (a file cut and written again between the two reads
+  // would give a hash of other bytes, helper-72): else left out, as a torn tail is.
+  const end = await readAt(fd, u.dotLine - 1, u.termEnd - u.dotLine + 1, room);
+  if (!isDotLine(end)) {
+    scanner.abandon();
+    return false;
+  }
   const tail = length > 24 ? await readAt(fd, u.dotLine - 20, 20, room) : EMPTY;
   if (length > 24 && tail.length < 20) {
     scanner.abandon();
@@ -62,6 +69,12 @@ async function settle(fd: number, scanner: MailboxScanner, room: Buffer): Promis
   }
   scanner.settle(hasher.digest(), bare);
   return true;
+}
+
+/** "\n." then CRLF, LF or nothing (a final "." without its newline). */
+function isDotLine(b: Buffer): boolean {
+  if (b.length < 2 || b[0] !== LF || b[1] !== DOT) return false;
+  return b.length === 2 || (b.length === 3 && b[2] === LF) || (b.length === 4 && b[2] === CR && b[3] === LF);
 }
 
 /**

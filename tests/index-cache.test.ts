@@ -343,6 +343,39 @@ describe("IndexCache", () => {
 });
 
 describe("scanFile", () => {
+  test("a large message whose file is cut and written again between the scan and its re-read is left out, not hashed from other bytes (helper-72)", async () => {
+    const root = makeRoot({ alice: "a" });
+    const path = join(root, "alice", "mymailbox");
+    const small = "Subject: a\r\n\r\nhi\r\n.\r\n";
+    const file = small + "From: big\n" + "line of text\n".repeat(200_000) + ".\nSubject: after\r\n\r\nbye\r\n.\r\n";
+    writeFileSync(path, file);
+    const proto = MailboxScanner.prototype as unknown as { scan: (...a: unknown[]) => number };
+    const scan = proto.scan;
+    let cut = false;
+    // The file changes right after the scan found the big message's end.
+    proto.scan = function (this: MailboxScanner, ...a: unknown[]) {
+      const used = scan.apply(this, a);
+      if (this.unsettled && !cut) {
+        cut = true;
+        truncateSync(path, this.unsettled.start + 100);
+        appendFileSync(path, "X".repeat(file.length));
+      }
+      return used;
+    };
+    const fd = openSync(path, "r");
+    try {
+      const s = await scanFile(fd, 0, file.length);
+      expect(cut).toBe(true);
+      // Before: an entry [21, 2600012] with another size and UID, its bytes no longer a message.
+      expect(s.messages.map((m) => [m.offset, m.length])).toEqual([[0, small.length]]);
+      expect(s.validEnd).toBe(small.length);
+    } finally {
+      closeSync(fd);
+      proto.scan = scan;
+      removeRoot(root);
+    }
+  });
+
   // Its reads overlap its scans (the next 1 MiB chunk is read while this one is scanned):
   // messages cut by chunk ends, one larger than two chunks, and a region that starts
   // mid-file must index exactly as one scan of the bytes in memory does.
