@@ -36,6 +36,8 @@ let counter = 0;
 
 export interface Lock {
   readonly path: string;
+  /** Taken by breaking the lock of a holder that died: whatever it was doing may not be on disk. */
+  readonly brokeStale?: boolean;
   release(): void;
 }
 
@@ -43,9 +45,16 @@ export interface Lock {
 export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
+    if ((e as NodeJS.ErrnoException).code !== "EPERM") return false;
+  }
+  // kill() reaches a thread by its id too: a dead owner's pid, reused as a thread of another
+  // process, kept its lock for ever (helper-71: popserver's own thread, [IN-USE] until restart).
+  try {
+    const tgid = /^Tgid:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"))?.[1];
+    return tgid === undefined || Number(tgid) === pid;
+  } catch {
+    return true;
   }
 }
 
@@ -196,6 +205,7 @@ export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock 
     tempDir = undefined;
     temp = lockTemp(path, false);
   }
+  let broke = false;
   try {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
@@ -216,6 +226,7 @@ export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock 
         const ino = tempDir ? shared.get(tempDir)!.ino : (tempInodes.get(temp) ?? lstatSync(temp).ino);
         return {
           path,
+          brokeStale: broke,
           release() {
             if (!held.delete(path)) return;
             try {
@@ -237,7 +248,7 @@ export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock 
         continue; // vanished between link and read: try again
       }
       if (!isStale(existing)) return null;
-      breakStale(path, existing);
+      broke = breakStale(path, existing) || broke;
     }
     return null;
   } finally {
@@ -251,7 +262,7 @@ export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock 
  * first had just taken, and both would hold it. Under the guard the lock is read again and
  * removed only if it is still that stale one.
  */
-function breakStale(path: string, stale: string): void {
+function breakStale(path: string, stale: string): boolean {
   const guard = `${path}.break`;
   let fd: number;
   try {
@@ -262,11 +273,14 @@ function breakStale(path: string, stale: string): void {
     try {
       if (Date.now() - statSync(guard).mtimeMs > GUARD_STALE_MS) unlinkSync(guard);
     } catch {}
-    return;
+    return false;
   }
   try {
     closeSync(fd);
-    if (readRegularFile(path).toString("utf8") === stale) unlinkSync(path);
+    if (readRegularFile(path).toString("utf8") === stale) {
+      unlinkSync(path);
+      return true;
+    }
   } catch {
     // Gone already: the caller simply tries again.
   } finally {
@@ -274,6 +288,7 @@ function breakStale(path: string, stale: string): void {
       unlinkSync(guard);
     } catch {}
   }
+  return false;
 }
 
 /**

@@ -112,8 +112,14 @@ export class FileMailStore implements MailStore {
   /** The journal a checkpoint is emptying: it becomes the spare, so no new one is made meanwhile. */
   private retiring: Journal | null = null;
   private makingSpare: Promise<void> | null = null;
-  /** Directories holding a name this process made whose sync has not succeeded yet. */
-  private readonly unsyncedDirs = new Set<string>();
+  /**
+   * Per directory, a count bumped whenever a name in it may not be on disk yet (made here, or
+   * left by a holder that died), and the count the last completed fsync covered. A directory
+   * not synced yet by this process is synced once: a process killed between making a name
+   * and syncing it leaves nothing that says so.
+   */
+  private readonly dirChanges = new Map<string, number>();
+  private readonly dirSynced = new Map<string, number>();
   /** The round being committed, if any: a retired journal is closed only after it. */
   private currentRound: Promise<number> | null = null;
   private lastCheckpoint = now();
@@ -656,7 +662,7 @@ export class FileMailStore implements MailStore {
     const path = mailboxPath(this.root, user);
     const lockPath = writeLockPath(this.root, user);
     // A directory made here is synced into the root before anything is acknowledged in it.
-    if (!this.boxes.has(user) && mkdirSync(dirname(path), { recursive: true }) !== undefined) this.unsyncedDirs.add(dirname(dirname(path)));
+    if (!this.boxes.has(user) && mkdirSync(dirname(path), { recursive: true }) !== undefined) this.dirChanged(dirname(dirname(path)));
     // Linked from one temp file kept in the root, as popserver's locks are: one link() per
     // lock. A temp file per mailbox was made again each time a mailbox was closed (past 64
     // open, or idle), and with 1000 users that was a third of smtpmail's time (helper-68).
@@ -685,15 +691,20 @@ export class FileMailStore implements MailStore {
         // must not close a descriptor about to be written.
         box = { fd, ino: st.ino, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 1, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
         this.boxes.set(user, box);
-        // Only the name of a file made here is not on disk yet. A file a POP3 rewrite left
-        // (empty or not) had its directory synced by popserver before it let go of the lock;
-        // syncing it again at every reopen cost an fsync per POP3 session (helper-68).
-        if (created) this.unsyncedDirs.add(dirname(path));
+        // A file a POP3 rewrite left (empty or not) had its directory synced by popserver
+        // before it let go of the lock: syncing it again at every reopen cost an fsync per POP3
+        // session (helper-68). A name made here is synced, and each directory once per process.
+        if (created) this.dirChanged(dirname(path));
+        // Its holder died (popserver between its rename and the directory's fsync, another
+        // smtpmail between making a name and syncing it): nothing says those names are on disk.
+        if (lock.brokeStale) for (const dir of [dirname(dirname(path)), dirname(path)]) this.dirChanged(dir);
         try {
           for (const dir of [dirname(dirname(path)), dirname(path)]) {
-            if (!this.unsyncedDirs.has(dir)) continue;
+            const gen = this.dirChanges.get(dir) ?? 0;
+            if ((this.dirSynced.get(dir) ?? -1) >= gen) continue;
             await syncDir(dir);
-            this.unsyncedDirs.delete(dir);
+            // Only what was made before the fsync began is covered by it.
+            if ((this.dirSynced.get(dir) ?? -1) < gen) this.dirSynced.set(dir, gen);
           }
         } catch (e) {
           // Still noted: the next open syncs it again.
@@ -709,6 +720,10 @@ export class FileMailStore implements MailStore {
       lock.release();
       throw e;
     }
+  }
+
+  private dirChanged(dir: string): void {
+    this.dirChanges.set(dir, (this.dirChanges.get(dir) ?? 0) + 1);
   }
 
   /**

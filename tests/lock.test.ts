@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { acquireLock, BOOT, isWanted, tryLock, wantedPath } from "../lib/lock.ts";
+import { acquireLock, alive, BOOT, isWanted, tryLock, wantedPath } from "../lib/lock.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "lock-test-"));
 const procs: { pid: number; kill(): void }[] = [];
@@ -263,4 +263,24 @@ test("several processes breaking the same stale lock at once: never more than on
     expect(held.length).toBeGreaterThanOrEqual(1);
     for (let i = 1; i < held.length; i++) expect([round, held[i]![0]! > held[i - 1]![1]!]).toEqual([round, true]);
   }
+});
+
+describe("a lock's owner", () => {
+  test("a pid that is now a thread of some process is a dead owner: its lock is broken (helper-71)", () => {
+    // One of this process's own threads (Bun runs several): kill(tid, 0) succeeds for it.
+    const tid = readdirSync("/proc/self/task").map(Number).find((t) => t !== process.pid);
+    expect(tid).toBeDefined();
+    expect(alive(process.pid)).toBe(true);
+    // Before: true, and a lock naming it stayed for as long as that process ran.
+    expect(alive(tid!)).toBe(false);
+    const dir = mkdtempSync(join(tmpdir(), "lock-tid-"));
+    try {
+      writeFileSync(join(dir, "box.lock"), `${tid} ${hostname()} ${BOOT}\n`);
+      const lock = tryLock(join(dir, "box.lock"));
+      expect(lock).not.toBeNull();
+      lock!.release();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -314,6 +314,35 @@ describe("FileMailStore", () => {
     }
   });
 
+  test("a name a killed process made or renamed and did not sync is synced before the next 250 in it (helper-71)", async () => {
+    const r = root(["alice", "bob"]);
+    // (a) A mailbox made by an smtpmail killed before its directory's fsync: this process syncs
+    // each directory once, whoever made the names in it.
+    writeFileSync(join(r, "alice", "mymailbox"), "");
+    const store = track(new FileMailStore(r, () => {}, 2000));
+    const synced = spyOn(fsio, "syncDir");
+    try {
+      await store.deliver(["alice"], rec("a1"));
+      expect(synced.mock.calls.map((c) => c[0])).toContain(join(r, "alice"));
+      await store.deliver(["bob"], rec("b1"));
+      // (c) popserver killed between its rename and the directory's fsync: its lock is stale,
+      // and the file at the path is not yet on disk under that name.
+      await store.idle();
+      await Bun.sleep(20); // the kept lock is let go once deliveries pause
+      const dead = Bun.spawn(["true"]);
+      await dead.exited;
+      writeFileSync(join(r, "bob", "mymailbox.lock"), `${dead.pid} ${hostname()}\n`);
+      writeFileSync(join(r, "bob", "rewrite.tmp"), "");
+      renameSync(join(r, "bob", "rewrite.tmp"), join(r, "bob", "mymailbox"));
+      synced.mockClear();
+      await store.deliver(["bob"], rec("b2"));
+      expect(subjects(box(r, "bob"))).toEqual(["b2"]);
+      expect(synced.mock.calls.map((c) => c[0])).toContain(join(r, "bob"));
+    } finally {
+      synced.mockRestore();
+    }
+  });
+
   test("mailbox locks are linked from one temp file in the mail root: users' directories hold no temp files (helper-68)", async () => {
     const r = root(["alice", "bob"]);
     const store = track(new FileMailStore(r));
