@@ -26,8 +26,11 @@ export function restartWithoutFtl(): void {
   // A compiled executable's argv[1] is its own embedded entry point, not an argument.
   const compiled = Bun.main.startsWith("/$bunfs/");
   const args = compiled ? process.argv.slice(2) : [...runtimeFlags(), ...process.argv.slice(1)];
+  const env = startEnvironment();
+  // Passed on as UTF-8: a value in another encoding (a latin1 path) would come back changed.
+  if (!env) return;
   try {
-    process.execve(sameProgramAsTyped(), [process.argv0 || process.execPath, ...args], { ...startEnvironment(), [FTL_OPTION]: "0" });
+    process.execve(sameProgramAsTyped(), [process.argv0 || process.execPath, ...args], { ...env, [FTL_OPTION]: "0" });
   } catch {
     // The executable replaced or removed since it started: run as we are.
   }
@@ -59,18 +62,29 @@ function sameProgramAsTyped(): string {
 /**
  * The environment as the process got it: Bun adds a script's .env to process.env, and those
  * values (secrets, often) should not become the process's environment for all to inherit.
+ * Null when an entry is not UTF-8: it could not be passed on unchanged.
  */
-function startEnvironment(): Record<string, string> {
+function startEnvironment(): Record<string, string> | null {
+  let raw: Buffer;
   try {
-    const env: Record<string, string> = {};
-    for (const entry of readFileSync("/proc/self/environ", "latin1").split("\0")) {
-      const eq = entry.indexOf("=");
-      if (eq > 0) env[utf8(entry.slice(0, eq))] = utf8(entry.slice(eq + 1));
-    }
-    return env;
+    raw = readFileSync("/proc/self/environ");
   } catch {
     return { ...process.env } as Record<string, string>;
   }
+  const env: Record<string, string> = {};
+  const strict = new TextDecoder("utf-8", { fatal: true });
+  for (let at = 0; at < raw.length; ) {
+    let end = raw.indexOf(0, at);
+    if (end < 0) end = raw.length;
+    let entry: string;
+    try {
+      entry = strict.decode(raw.subarray(at, end));
+    } catch {
+      return null;
+    }
+    at = end + 1;
+    const eq = entry.indexOf("=");
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  return env;
 }
-
-const utf8 = (latin1: string) => Buffer.from(latin1, "latin1").toString("utf8");

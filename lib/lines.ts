@@ -195,7 +195,11 @@ class Parts {
     const ab = this.grown;
     const need = this.grownLen + part.length;
     if (need > ab.maxByteLength) return false;
-    if (need > ab.byteLength) ab.resize(Math.min(ab.maxByteLength, need + GROW_STEP - (need % GROW_STEP)));
+    try {
+      if (need > ab.byteLength) ab.resize(Math.min(ab.maxByteLength, need + GROW_STEP - (need % GROW_STEP)));
+    } catch {
+      return false; // no memory for more (strict overcommit, a cgroup limit): kept as parts
+    }
     part.copy(new Uint8Array(ab, this.grownLen, part.length));
     this.grownLen = need;
     return true;
@@ -210,7 +214,11 @@ class Parts {
     if (!ab) return null;
     const size = Math.max(0, this.grownLen - drop);
     if (size + room > ab.maxByteLength) return null;
-    ab.resize(size + room);
+    try {
+      ab.resize(size + room);
+    } catch {
+      return null;
+    }
     return Buffer.from(ab, 0, size);
   }
 

@@ -692,9 +692,12 @@ export class FileMailStore implements MailStore {
         box = { fd, ino: st.ino, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 1, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
         this.boxes.set(user, box);
         // A file a POP3 rewrite left (empty or not) had its directory synced by popserver
-        // before it let go of the lock: syncing it again at every reopen cost an fsync per POP3
-        // session (helper-68). A name made here is synced, and each directory once per process.
-        if (created) this.dirChanged(dirname(path));
+        // before it let go of the lock (unless that fsync failed: an I/O error, not handled
+        // here): syncing it again at every reopen cost an fsync per POP3 session (helper-68). A
+        // name made here is synced, and each directory once per process.
+        // Its directory's own name too: popserver makes a user's directory at a first login
+        // without syncing the root (helper-73).
+        if (created) for (const dir of [dirname(dirname(path)), dirname(path)]) this.dirChanged(dir);
         // Its holder died (popserver between its rename and the directory's fsync, another
         // smtpmail between making a name and syncing it): nothing says those names are on disk.
         if (lock.brokeStale) for (const dir of [dirname(dirname(path)), dirname(path)]) this.dirChanged(dir);

@@ -346,6 +346,9 @@ export class FileMaildrop implements Maildrop {
       // 2. Under the write lock: whatever was appended since login, then the swap.
       const lock = await acquireLock(writeLockPath(this.root, this.user));
       try {
+        // Its holder died (an smtpmail between making the mailbox and syncing its name): made
+        // durable before anything here relies on it (helper-73).
+        if (lock.brokeStale) await syncDir(dirname(path));
         const cur = await openFd(path, "r");
         try {
           const st = fstatSync(cur);

@@ -309,6 +309,12 @@ describe("FileMailStore", () => {
       synced.mockClear();
       await store.deliver(["carol"], rec("third"));
       expect(synced.mock.calls.map((c) => c[0])).toEqual(expect.arrayContaining([r, join(r, "carol")]));
+      // One popserver made at a first login (it does not sync the root): synced with the new
+      // mailbox, though this process synced the root before (helper-73).
+      mkdirSync(join(r, "dave"));
+      synced.mockClear();
+      await store.deliver(["dave"], rec("fourth"));
+      expect(synced.mock.calls.map((c) => c[0])).toEqual(expect.arrayContaining([r, join(r, "dave")]));
     } finally {
       synced.mockRestore();
     }

@@ -53,6 +53,18 @@ describe.each([
     }
   });
 
+  test("an environment value that is not UTF-8 (a latin1 path): no restart, the value kept byte for byte", async () => {
+    const server = await start(root, [], ["env", "-u", FTL_OPTION, "sh", "-c", 'export MAILTEST_LATIN1="caf$(printf "\\351")"; exec "$0" "$@"']);
+    try {
+      const raw = readFileSync(`/proc/${server.proc.pid}/environ`);
+      expect(raw.includes(Buffer.from("MAILTEST_LATIN1=caf\xe9\0", "latin1"))).toBe(true);
+      expect(raw.includes(Buffer.from(`${FTL_OPTION}=`))).toBe(false);
+      expect(await greeting(server.port)).toMatch(greets);
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   test("an FTL option set by the user is kept", async () => {
     const server = await start(root, [], ["env", `${FTL_OPTION}=1`]);
     try {
