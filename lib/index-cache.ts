@@ -16,7 +16,7 @@
 import type { Stats } from "node:fs";
 import { fstatSync, readSync } from "node:fs";
 import { readAt, readAtSync } from "./fsio.ts";
-import { MailboxScanner, MessageHasher, MessageIndex } from "./mailbox.ts";
+import { countBareLfs, MailboxScanner, MessageHasher, MessageIndex } from "./mailbox.ts";
 
 // 512 KiB rather than 1 MiB: the first login on 1 GiB peaked ~2 MiB lower (60.4 against
 // 62.2-62.9 MiB), and took no longer (354-377 ms).
@@ -59,11 +59,7 @@ async function settle(fd: number, scanner: MailboxScanner, room: Buffer): Promis
       return false;
     }
     hasher.update(piece);
-    // As addMessage counts them: a byte loop, an LF with no CR before it.
-    if (u.lf)
-      for (let i = 0; i < piece.length; i++) {
-        if (piece[i] === LF && (i === 0 ? prev : piece[i - 1]) !== CR) bare++;
-      }
+    if (u.lf) bare += countBareLfs(piece, prev);
     prev = piece[piece.length - 1]!;
     at += piece.length;
   }

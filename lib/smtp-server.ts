@@ -24,10 +24,10 @@ function toOutput(session: SmtpSession, r: SmtpResult): Output | Promise<Output>
   return { text: text(r.replies), close: r.close, log: r.log, delayMs: r.delayMs, startTls: r.startTls };
 }
 
-/** What every connection's handler shares: one object per server, not one per connection. */
 /** Messages from this size on count toward a forced collection (see released()). */
 const LARGE_MESSAGE = 256 * 1024;
 
+/** What every connection's handler shares: one object per server, not one per connection. */
 interface Shared {
   opt: SmtpServerOptions;
   budget: DataBudget;
@@ -89,18 +89,13 @@ class SmtpHandler implements Handler {
         if (lines.length > 100) trace(`... (${lines.length - 100} more lines)`);
         trace(".");
       }
-      return session.handleMessage(msg).then(
-        (r) => {
+      return session
+        .handleMessage(msg)
+        .finally(() => {
           budget.release(msg.charged);
           released(this.shared, msg.received + msg.charged);
-          return { text: text(r.replies), close: r.close, log: r.log };
-        },
-        (e) => {
-          budget.release(msg.charged);
-          released(this.shared, msg.received + msg.charged);
-          throw e;
-        },
-      );
+        })
+        .then((r) => ({ text: text(r.replies), close: r.close, log: r.log }));
     }
     const ev = reader.nextLine(session.expectingAuthResponse ? MAX_SASL_LINE : MAX_COMMAND_LINE);
     if (!ev) return null;
