@@ -1,6 +1,6 @@
 // `npm run bench [scenario...]`: each scenario against freshly started servers on
 // loopback, bounded in count and time, printing one figure per line. Scenarios: fsync,
-// smtp, trace, smtp-source, pop, pop-logins, pop-large, mixed, conns, client (default: all but
+// smtp, smtp-users, trace, smtp-source, pop, pop-logins, pop-large, mixed, conns, client (default: all but
 // pop-large, which writes 1 GiB).
 import { join } from "node:path";
 import { existsSync, rmSync, statSync } from "node:fs";
@@ -101,6 +101,32 @@ if (want("smtp")) {
     }
     figure(`smtp durable, ${sessions} sessions: load generator CPU`, ((me.user + me.system) / 1e6 / r.seconds) * 100, "% of one core");
     if (r.failures) figure(`smtp durable, ${sessions} sessions: failed replies`, r.failures, "replies");
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+// The 20-session load spread over many mailboxes (the "smtp" scenario uses 4): each mailbox
+// gets mail less often, so its lock and descriptor are kept less, and a checkpoint fsyncs more files.
+if (want("smtp-users")) {
+  const total = Number(process.env.BENCH_SMTP_MESSAGES ?? 10_000);
+  for (const count of [100, 1000]) {
+    const users = Array.from({ length: count }, (_, i) => `user${i}`);
+    const root = makeRoot(users);
+    const server = await startChild([join(PROJECT, "smtpmail.ts"), "0", "--root", root, "--host", "127.0.0.1", "--quiet"]);
+    await smtpLoad({ port: server.port, sessions: 20, total: Number(process.env.BENCH_SMTP_WARMUP ?? 3000), users, messageBytes: 1024, timeLimitMs: 60_000 });
+    const cpu0 = cpuOf(server.proc.pid);
+    const r = await smtpLoad({ port: server.port, sessions: 20, total, users, messageBytes: 1024, timeLimitMs: 60_000 });
+    const serverCpu = cpuOf(server.proc.pid) - cpu0;
+    await server.stop();
+    const m = /stored (\d+) message copies with (\d+) fsyncs \((\d+) commit rounds, mailbox locks taken (\d+) times/.exec(server.stderr());
+    figure(`smtp durable, 20 sessions to ${count} users: throughput`, r.messages / r.seconds, "msg/s");
+    figure(`smtp durable, 20 sessions to ${count} users: latency p99`, r.p99ms, "ms");
+    if (m) {
+      figure(`smtp durable, 20 sessions to ${count} users: fsyncs per message (with warm-up)`, Number(m[2]) / Number(m[1]), "fsync/msg");
+      figure(`smtp durable, 20 sessions to ${count} users: locks taken per message (with warm-up)`, Number(m[4]) / Number(m[1]), "locks/msg");
+    }
+    figure(`smtp durable, 20 sessions to ${count} users: server CPU per message`, Math.round((serverCpu / r.messages) * 1e6), "us");
+    if (r.failures) figure(`smtp durable, 20 sessions to ${count} users: failed replies`, r.failures, "replies");
     rmSync(root, { recursive: true, force: true });
   }
 }

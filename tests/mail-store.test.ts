@@ -3,7 +3,7 @@ import { appendFileSync, chmodSync, readlinkSync, existsSync, linkSync, statSync
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore, MAX_OPEN_BOXES } from "../lib/mail-store.ts";
-import { acquireLock } from "../lib/lock.ts";
+import { acquireLock, wantedPath } from "../lib/lock.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
 import { deferredDir, notePlacement, readDeferred } from "../lib/deferred.ts";
 import * as fsio from "../lib/fsio.ts";
@@ -285,6 +285,27 @@ describe("FileMailStore", () => {
     expect(subjects(box(r, "alice")).sort()).toEqual(sent.sort());
     // Far fewer lock acquisitions than rounds: the lock was not taken and dropped each time.
     expect(store.stats.locks).toBeLessThan(store.stats.batches / 2);
+  });
+
+  test("a lock someone else holds is asked for with a 'wanted' marker, removed once ours; another waiter's marker is left alone", async () => {
+    const r = root(["alice"]);
+    const store = track(new FileMailStore(r));
+    const lockPath = join(r, "alice", "mymailbox.lock");
+    const lock = await acquireLock(lockPath, 5000);
+    const delivered = store.deliver(["alice"], rec("waited"));
+    const deadline = Date.now() + 5000;
+    while (!existsSync(wantedPath(lockPath)) && Date.now() < deadline) await Bun.sleep(1);
+    expect(existsSync(wantedPath(lockPath))).toBe(true);
+    lock.release();
+    await delivered;
+    expect(existsSync(wantedPath(lockPath))).toBe(false);
+    // popserver waiting (its marker) while the lock happens to be free: smtpmail's delivery
+    // must not take the request away (it used to unlink the marker after every lock it took).
+    await store.idle();
+    writeFileSync(wantedPath(lockPath), `${process.pid} ${hostname()}\n`);
+    await store.deliver(["alice"], rec("second"));
+    expect(existsSync(wantedPath(lockPath))).toBe(true);
+    expect(subjects(box(r, "alice"))).toEqual(["waited", "second"]);
   });
 
   test("directories are synced for the names smtpmail makes, not again when it reopens a mailbox a POP3 rewrite left empty (helper-68)", async () => {
