@@ -27,6 +27,12 @@ export const PREALLOCATED = 4 << 20;
 export interface JournalEntry {
   user: string;
   ino: number;
+  /**
+   * The mailbox file's birth time (ms, as fstat gives it; 0 where the filesystem keeps none).
+   * After a machine crash an inode number alone can name another file: ext4 gives a mailbox
+   * that POP3 rewrites again and again its old numbers back (helper-75).
+   */
+  birth?: number;
   offset: number;
   record: Buffer;
 }
@@ -74,7 +80,7 @@ export class Journal {
     for (const e of entries) {
       const same = written.get(e.record);
       const crc = same?.crc ?? Bun.hash.crc32(e.record).toString(16);
-      const head = `MJ2 ${this.epoch} ${e.user} ${e.ino} ${e.offset} ${e.record.length} ${crc}`;
+      const head = `MJ2 ${this.epoch} ${e.user} ${e.ino}${e.birth ? `:${e.birth}` : ""} ${e.offset} ${e.record.length} ${crc}`;
       if (same) {
         const line = Buffer.from(`${head} @${same.at}\n`);
         parts.push(line);
@@ -126,9 +132,9 @@ function newEpoch(): number {
   return crypto.getRandomValues(new Uint32Array(1))[0]! + 1;
 }
 
-const ENTRY = /^MJ2 (\d+) (\S+) (\d+) (\d+) (\d+) ([0-9a-f]+)(?: @(\d+))?$/;
+const ENTRY = /^MJ2 (\d+) (\S+) (\d+)(?::(\d+(?:\.\d+)?))? (\d+) (\d+) ([0-9a-f]+)(?: @(\d+))?$/;
 /** Appended journals of the previous version, still replayed after an upgrade. */
-const ENTRY_V1 = /^MJ1 ()(\S+) (\d+) (\d+) (\d+) ([0-9a-f]+)()$/;
+const ENTRY_V1 = /^MJ1 ()(\S+) (\d+)() (\d+) (\d+) ([0-9a-f]+)()$/;
 
 /** Reads the current epoch's entries, up to the first torn or corrupt one (never acknowledged). */
 export function readJournal(path: string): JournalEntry[] {
@@ -154,22 +160,22 @@ export function readJournal(path: string): JournalEntry[] {
       const m = ENTRY.exec(line) ?? ENTRY_V1.exec(line);
       if (!m || (epoch && m[1] !== epoch)) break;
       epoch = m[1]!;
-      const len = Number(m[5]);
+      const len = Number(m[6]);
       let record: Buffer | undefined;
-      if (m[7]) {
-        const named = recordAt.get(Number(m[7]));
-        if (!named || named.record.length !== len || named.crc !== m[6]) break;
+      if (m[8]) {
+        const named = recordAt.get(Number(m[8]));
+        if (!named || named.record.length !== len || named.crc !== m[7]) break;
         record = named.record;
         pos = nl + 1;
       } else {
         if (nl + 1 + len > got) break;
         const bytes = all.subarray(nl + 1, nl + 1 + len);
-        if (Bun.hash.crc32(bytes).toString(16) !== m[6]) break;
+        if (Bun.hash.crc32(bytes).toString(16) !== m[7]) break;
         record = Buffer.from(bytes);
-        recordAt.set(nl + 1, { record, crc: m[6]! });
+        recordAt.set(nl + 1, { record, crc: m[7]! });
         pos = nl + 1 + len;
       }
-      entries.push({ user: m[2]!, ino: Number(m[3]), offset: Number(m[4]), record });
+      entries.push({ user: m[2]!, ino: Number(m[3]), birth: m[4] ? Number(m[4]) : 0, offset: Number(m[5]), record });
     }
     return entries;
   } finally {

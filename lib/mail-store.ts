@@ -60,6 +60,8 @@ interface Pending {
 interface OpenBox {
   fd: number;
   ino: number;
+  /** Birth time (fstat's birthtimeMs; 0 if the filesystem keeps none): journalled with ino. */
+  birth: number;
   dev: number;
   /** File size after our last append; anything else means another writer was here. */
   knownSize: number;
@@ -385,7 +387,7 @@ export class FileMailStore implements MailStore {
       for (const e of readJournal(path)) {
         if (!isSafeUserName(e.user)) continue;
         const box = mailboxPath(this.root, e.user);
-        const place = atItsPlace(box, e.ino, e.offset, e.record);
+        const place = atItsPlace(box, e.ino, e.offset, e.record, e.birth);
         if (place === "there") continue;
         if (place === "replaced") {
           let counts = unclaimed.get(e.user);
@@ -497,7 +499,7 @@ export class FileMailStore implements MailStore {
           }
           return;
         }
-        items.forEach((p, i) => entries.push({ user, ino: done.ino, offset: done.offsets[i]!, record: p.record }));
+        items.forEach((p, i) => entries.push({ user, ino: done.ino, birth: done.birth, offset: done.offsets[i]!, record: p.record }));
         placed.push(...items);
       } catch (e) {
         this.warn(`delivery to ${user} failed: ${(e as Error).message}`);
@@ -585,7 +587,7 @@ export class FileMailStore implements MailStore {
    * Appends records to a mailbox under its write lock; not yet fsync'd. Returns null,
    * without waiting, when the lock is held by someone else (or was just let go for them).
    */
-  private async append(user: string, records: Buffer[], placing?: (ino: number, offsets: number[], written: boolean) => void): Promise<{ ino: number; offsets: number[] } | null> {
+  private async append(user: string, records: Buffer[], placing?: (ino: number, offsets: number[], written: boolean) => void): Promise<{ ino: number; birth: number; offsets: number[] } | null> {
     let box: OpenBox | null | undefined = this.boxes.get(user);
     // Holding the lock keeps popserver out, not a person or program that ignores it: the
     // file is still checked, as it is after taking the lock.
@@ -625,7 +627,7 @@ export class FileMailStore implements MailStore {
       box.knownSize = at;
       box.dirty = true;
       box.lastUsed = now();
-      return { ino: box.ino, offsets };
+      return { ino: box.ino, birth: box.birth, offsets };
     } catch (e) {
       // Maybe a partial write: whoever takes the lock next looks at the tail first.
       this.releaseLock(box);
@@ -692,7 +694,7 @@ export class FileMailStore implements MailStore {
         // Whatever the file holds is looked at before the first append.
         // In use from the start: closeIdleBoxes() may run while the directory is synced, and
         // must not close a descriptor about to be written.
-        box = { fd, ino: st.ino, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 1, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
+        box = { fd, ino: st.ino, birth: st.birthtimeMs || 0, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 1, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
         this.boxes.set(user, box);
         // A file a POP3 rewrite left (empty or not) had its directory synced by popserver
         // before it let go of the lock (unless that fsync failed: an I/O error, not handled
@@ -877,16 +879,19 @@ export class FileMailStore implements MailStore {
 /**
  * Where a journalled copy stands: "there" (same file, same bytes, same place), "lost" (same
  * file, bytes missing: a machine crash before the checkpoint), or "replaced" (the file was
- * replaced since, by a POP3 rewrite: look for the copy by content).
+ * replaced since, by a POP3 rewrite: look for the copy by content). The same file is the
+ * same inode born at the same time, where the entry says when (birth): by inode number alone,
+ * a file two POP3 rewrites later that got the number back took the copy it carried over (at
+ * another offset) for lost, and recovery stored it twice (helper-75).
  */
-function atItsPlace(path: string, ino: number, offset: number, record: Buffer): "there" | "lost" | "replaced" {
+function atItsPlace(path: string, ino: number, offset: number, record: Buffer, birth = 0): "there" | "lost" | "replaced" {
   let st;
   try {
     st = statSync(path);
   } catch {
     return "replaced";
   }
-  if (st.ino !== ino) return "replaced";
+  if (st.ino !== ino || (birth && st.birthtimeMs && st.birthtimeMs !== birth)) return "replaced";
   if (st.size < offset + record.length) return "lost";
   const fd = openSync(path, "r");
   try {
