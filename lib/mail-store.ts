@@ -544,22 +544,24 @@ export class FileMailStore implements MailStore {
    * the caller then replays by content (duplicates, not loss).
    */
   private async syncMailboxesOf(entries: JournalEntry[]): Promise<boolean> {
-    const named = new Map<string, Set<number>>();
+    // A file is its inode number and birth time: ext4 gives numbers back (see atItsPlace).
+    const named = new Map<string, Set<string>>();
     for (const e of entries) {
       if (!isSafeUserName(e.user)) continue;
-      const inos = named.get(e.user) ?? new Set<number>();
-      named.set(e.user, inos.add(e.ino));
+      const files = named.get(e.user) ?? new Set<string>();
+      named.set(e.user, files.add(`${e.ino}:${e.birth || 0}`));
     }
     const atPlace: string[] = [];
     let elsewhere = false;
-    for (const [user, inos] of named) {
+    for (const [user, files] of named) {
       const box = mailboxPath(this.root, user);
-      let ino = -1;
+      let file = "";
       try {
-        ino = statSync(box).ino;
+        const st = statSync(box);
+        file = `${st.ino}:${st.birthtimeMs || 0}`;
       } catch {}
-      if (inos.has(ino)) atPlace.push(box);
-      if (inos.size > (inos.has(ino) ? 1 : 0)) elsewhere = true;
+      if (files.has(file)) atPlace.push(box);
+      if (files.size > (files.has(file) ? 1 : 0)) elsewhere = true;
     }
     try {
       // A mailbox moved to another filesystem was copied there by whoever moved it.

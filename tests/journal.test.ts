@@ -192,6 +192,23 @@ describe.skipIf(!BOOT || !strace)("recovery of a journal of this boot makes its 
     expect(subjects(box)).toEqual(["message 1", "message 2"]);
   });
 
+  test("a mailbox replaced by a file that got its inode number back: its filesystem is synced", async () => {
+    const r = root();
+    const store = new FileMailStore(r);
+    await Promise.all([1, 2].map((n) => store.deliver(["alice"], record(n))));
+    const box = join(r, "alice", "mymailbox");
+    const old = statSync(box).ino;
+    await Bun.sleep(2);
+    writeFileSync(box + ".new", readFileSync(box));
+    renameSync(box + ".new", box);
+    // As ext4 may do: the new file has the number the entries name (here, by editing them).
+    for (const j of liveJournals(r)) writeFileSync(j, Buffer.from(readFileSync(j).toString("latin1").replaceAll(` alice ${old}:`, ` alice ${statSync(box).ino}:`), "latin1"));
+    const { restored, syncs } = await traceRecovery(r);
+    expect(restored).toBe(0);
+    expect(syncs.filter((c) => c.startsWith("syncfs:"))).toEqual([`syncfs:${r}`]);
+    expect(subjects(box)).toEqual(["message 1", "message 2"]);
+  });
+
   test("a mailbox moved away while smtpmail was down: its filesystem is synced", async () => {
     const r = root();
     const store = new FileMailStore(r);
