@@ -80,7 +80,7 @@ export class Journal {
     for (const e of entries) {
       const same = written.get(e.record);
       const crc = same?.crc ?? Bun.hash.crc32(e.record).toString(16);
-      const head = `MJ2 ${this.epoch} ${e.user} ${e.ino}${e.birth ? `:${e.birth}` : ""} ${e.offset} ${e.record.length} ${crc}`;
+      const head = `MJ2 ${this.epoch} ${e.user} ${e.ino}${birthField(e.birth)} ${e.offset} ${e.record.length} ${crc}`;
       if (same) {
         const line = Buffer.from(`${head} @${same.at}\n`);
         parts.push(line);
@@ -122,6 +122,14 @@ export class Journal {
   close(): void {
     closeSync(this.fd);
   }
+}
+
+/**
+ * ":<birth>" when it is a time the reader takes back exactly: a birth time before 1970 (CIFS
+ * gives 1601 for none) or printed with an exponent would end the reading at its entry.
+ */
+function birthField(birth: number | undefined): string {
+  return birth !== undefined && birth >= 1 && birth < 1e21 ? `:${birth}` : "";
 }
 
 /**
@@ -185,11 +193,22 @@ export function readJournal(path: string): JournalEntry[] {
 
 let made = 0;
 
+/**
+ * Journals with birth times in their entries are ".jnl": the version before read such an entry
+ * as torn, and after a machine crash then a downgrade it would have dropped the journal and the
+ * copies only it held. It leaves a name it does not know alone. ".journal" files of earlier
+ * versions are still replayed.
+ */
+const EXT = ".jnl";
+const OLD_EXT = ".journal";
+/** Claimed for replay: ".replay-" is what earlier versions take over, and replay with their reader. */
+const CLAIMED = ".replaying-";
+
 /** A journal file name for this process; files of dead processes are recovered at start. */
 export function newJournalPath(root: string): string {
   const dir = journalDir(root);
   if (!existsSync(dir)) mkdirSync(dir, { recursive: true });
-  return join(dir, ownedName(".journal"));
+  return join(dir, ownedName(EXT));
 }
 
 /**
@@ -220,7 +239,7 @@ export function ownerGone(name: string, ext: string): boolean {
   return !!m && m[4] === ext && !journalOwnerAlive(m[1]!, Number(m[3]), m[2]);
 }
 
-const REPLAY_SUFFIX = /\.replay-([^~]+)(?:~b([0-9a-f]+))?-(\d+)$/;
+const REPLAY_SUFFIX = /\.replay(?:ing)?-([^~]+)(?:~b([0-9a-f]+))?-(\d+)$/;
 
 /**
  * Journals left by processes that are gone. Each is claimed by renaming it first, so two
@@ -231,10 +250,11 @@ export function claimOrphanJournals(root: string): string[] {
   if (!existsSync(dir)) return [];
   const claimed: string[] = [];
   for (const name of readdirSync(dir)) {
-    if (name.endsWith(".journal")) {
+    const ext = [EXT, OLD_EXT].find((e) => name.endsWith(e));
+    if (ext) {
       // A name we cannot read is not ours to replay.
-      if (!ownerGone(name, ".journal")) continue;
-      const to = join(dir, `${name}.replay-${HOST}${bootTag()}-${process.pid}`);
+      if (!ownerGone(name, ext)) continue;
+      const to = join(dir, `${name}${CLAIMED}${HOST}${bootTag()}-${process.pid}`);
       try {
         renameSync(join(dir, name), to);
         claimed.push(to);
@@ -253,9 +273,8 @@ export function claimOrphanJournals(root: string): string[] {
  * version's). Read from the journal's own name, not from a replay suffix added later.
  */
 export function journalBoot(path: string): string {
-  const name = basename(path);
-  const end = name.lastIndexOf(".journal");
-  return (end < 0 ? undefined : OWNED_NAME.exec(name.slice(0, end + ".journal".length))?.[2]) ?? "";
+  const name = basename(path).replace(REPLAY_SUFFIX, "");
+  return OWNED_NAME.exec(name)?.[2] ?? "";
 }
 
 export function removeJournal(path: string): void {

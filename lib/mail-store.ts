@@ -544,24 +544,24 @@ export class FileMailStore implements MailStore {
    * the caller then replays by content (duplicates, not loss).
    */
   private async syncMailboxesOf(entries: JournalEntry[]): Promise<boolean> {
-    // A file is its inode number and birth time: ext4 gives numbers back (see atItsPlace).
-    const named = new Map<string, Set<string>>();
+    const named = new Map<string, JournalEntry[]>();
     for (const e of entries) {
       if (!isSafeUserName(e.user)) continue;
-      const files = named.get(e.user) ?? new Set<string>();
-      named.set(e.user, files.add(`${e.ino}:${e.birth || 0}`));
+      const list = named.get(e.user);
+      if (list) list.push(e);
+      else named.set(e.user, [e]);
     }
     const atPlace: string[] = [];
     let elsewhere = false;
-    for (const [user, files] of named) {
+    for (const [user, list] of named) {
       const box = mailboxPath(this.root, user);
-      let file = "";
+      let st: { ino: number; birthtimeMs: number } | undefined;
       try {
-        const st = statSync(box);
-        file = `${st.ino}:${st.birthtimeMs || 0}`;
+        st = statSync(box);
       } catch {}
-      if (files.has(file)) atPlace.push(box);
-      if (files.size > (files.has(file) ? 1 : 0)) elsewhere = true;
+      const here = list.filter((e) => st && sameIncarnation(st, e.ino, e.birth));
+      if (here.length) atPlace.push(box);
+      if (here.length < list.length) elsewhere = true;
     }
     try {
       // A mailbox moved to another filesystem was copied there by whoever moved it.
@@ -598,8 +598,13 @@ export class FileMailStore implements MailStore {
     else {
       // Let go for popserver: left alone until it has taken the lock (its marker goes then)
       // rather than for a fixed time, which every message to this user waited out (helper-68).
-      if (box && now() < box.yieldUntil) {
-        if (isWanted(writeLockPath(this.root, user))) return null;
+      if (box?.yieldUntil) {
+        const t = now();
+        if (t < box.yieldUntil && isWanted(writeLockPath(this.root, user))) return null;
+        // Not taken in YIELD_MS by a waiter that polls every few ms: its marker is stale (a
+        // dead waiter's on another host, a pid now ours) or is written again at its next try.
+        // Without this, a stale one had smtpmail yield every HOLD_MS for a minute (helper-76).
+        if (t >= box.yieldUntil) unwant(writeLockPath(this.root, user));
         box.yieldUntil = 0;
       }
       box = await this.lockAndOpen(user);
@@ -878,6 +883,11 @@ export class FileMailStore implements MailStore {
   }
 }
 
+/** The file a journal entry names: its inode, and its birth time where both sides know one (entries of earlier versions do not). */
+function sameIncarnation(st: { ino: number; birthtimeMs: number }, ino: number, birth = 0): boolean {
+  return st.ino === ino && (!birth || !st.birthtimeMs || st.birthtimeMs === birth);
+}
+
 /**
  * Where a journalled copy stands: "there" (same file, same bytes, same place), "lost" (same
  * file, bytes missing: a machine crash before the checkpoint), or "replaced" (the file was
@@ -893,7 +903,7 @@ function atItsPlace(path: string, ino: number, offset: number, record: Buffer, b
   } catch {
     return "replaced";
   }
-  if (st.ino !== ino || (birth && st.birthtimeMs && st.birthtimeMs !== birth)) return "replaced";
+  if (!sameIncarnation(st, ino, birth)) return "replaced";
   if (st.size < offset + record.length) return "lost";
   const fd = openSync(path, "r");
   try {

@@ -6,7 +6,7 @@ import { hostname, tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
-import { journalDir, newJournalPath, readJournal } from "../lib/journal.ts";
+import { claimOrphanJournals, Journal, journalBoot, journalDir, newJournalPath, readJournal } from "../lib/journal.ts";
 import { BOOT } from "../lib/lock.ts";
 
 const roots: string[] = [];
@@ -174,6 +174,18 @@ describe.skipIf(!BOOT || !strace)("recovery of a journal of this boot makes its 
     expect(syncs).toContain(`fsync:${join(r, "alice", "mymailbox")}`);
     expect(syncs.filter((c) => /^sync/.test(c))).toEqual([]);
     expect(liveJournals(r)).toEqual([]);
+  });
+
+  test("a journal of the version before (entries without birth times) with its mailbox in place: fsync'd, and nothing more", async () => {
+    const r = root();
+    const store = new FileMailStore(r);
+    await Promise.all([1, 2].map((n) => store.deliver(["alice"], record(n))));
+    for (const j of liveJournals(r)) writeFileSync(j, Buffer.from(readFileSync(j).toString("latin1").replace(/( alice \d+):[\d.]+ /g, "$1 "), "latin1"));
+    expect(readJournal(liveJournals(r)[0]!).map((e) => e.birth)).toEqual([0, 0]);
+    const { restored, syncs } = await traceRecovery(r);
+    expect(restored).toBe(0);
+    expect(syncs).toContain(`fsync:${join(r, "alice", "mymailbox")}`);
+    expect(syncs.filter((c) => /^sync/.test(c))).toEqual([]);
   });
 
   test("a mailbox rewritten between two rounds (two inodes in one journal): its filesystem is synced", async () => {
@@ -394,16 +406,44 @@ test.skipIf(!BOOT)("a journal of a live pid from an earlier boot is replayed (th
   }
 });
 
-test.skipIf(!BOOT)("journal names carry the boot where a previous version reads another host's name, so it never replays a live process's journal", () => {
+test.skipIf(!BOOT)("earlier versions leave this version's journals alone, claimed for replay or not: they would read its entries as torn and drop the journal", async () => {
   const r = root();
-  const name = basename(newJournalPath(r));
-  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
-  // The previous version's parse (cd5236f and before): "<host>-<pid>-<n>.journal", and a
-  // host other than its own is "not ours to judge".
-  const old = /^(.+)-(\d+)-\d+\.journal$/.exec(name);
-  expect(old).not.toBeNull();
-  expect(old![1]).not.toBe(host);
-  expect(old![2]).toBe(String(process.pid));
+  const path = newJournalPath(r);
+  writeFileSync(path, "");
+  const name = basename(path);
+  // cd5236f and before took over "<host>-<pid>-<n>.journal"; e2e702a and before took over
+  // names ending ".journal", and replays interrupted after a claim ("<name>.replay-<host>-<pid>").
+  const replayedBefore = /\.replay-([^~]+)(?:~b([0-9a-f]+))?-(\d+)$/;
+  expect(/^(.+)-(\d+)-\d+\.journal$/.test(name)).toBe(false);
+  expect(name.endsWith(".journal")).toBe(false);
+  expect(replayedBefore.test(name)).toBe(false);
+  // Claimed by this version after its writer died: still its boot, still not the earlier versions'.
+  const gone = await deadPid();
+  renameSync(path, join(journalDir(r), name.replace(`-${process.pid}-`, `-${gone}-`)));
+  const claimed = claimOrphanJournals(r);
+  expect(claimed.length).toBe(1);
+  expect(replayedBefore.test(basename(claimed[0]!))).toBe(false);
+  expect(journalBoot(claimed[0]!)).toBe(BOOT);
+});
+
+test("a birth time the reader could not take back exactly (before 1970, or printed with an exponent) is left out: the entries after it are still read", async () => {
+  const r = root();
+  const j = await Journal.create(newJournalPath(r));
+  try {
+    const recs = [record(1), record(2), record(3)];
+    await j.append([
+      { user: "alice", ino: 5, birth: -11644473600000, offset: 0, record: recs[0]! },
+      { user: "alice", ino: 5, birth: 5e-7, offset: recs[0]!.length, record: recs[1]! },
+      { user: "bob", ino: 6, birth: 1796304369785.8457, offset: 0, record: recs[2]! },
+    ]);
+    expect(readJournal(j.path).map((e) => [e.user, e.birth])).toEqual([
+      ["alice", 0],
+      ["alice", 0],
+      ["bob", 1796304369785.8457],
+    ]);
+  } finally {
+    j.close();
+  }
 });
 
 // The write is made to fail for real: the file size limit (RLIMIT_FSIZE, with SIGXFSZ

@@ -308,6 +308,20 @@ describe("FileMailStore", () => {
     expect(subjects(box(r, "alice"))).toEqual(["waited", "second"]);
   });
 
+  test("a 'wanted' marker no waiter comes for (a dead waiter's on another host, a pid now ours) is removed after one yield, not obeyed for a minute (helper-76)", async () => {
+    const r = root(["alice"]);
+    const store = track(new FileMailStore(r));
+    const lockPath = join(r, "alice", "mymailbox.lock");
+    await store.deliver(["alice"], rec("first"));
+    // Another host's waiter cannot be judged dead from here: only the lack of a taker tells.
+    writeFileSync(wantedPath(lockPath), "4242 another-host\n");
+    const deadline = Date.now() + 3000;
+    let n = 0;
+    while (existsSync(wantedPath(lockPath)) && Date.now() < deadline) await Promise.all(Array.from({ length: 4 }, () => store.deliver(["alice"], rec(`m${n++}`))));
+    expect(existsSync(wantedPath(lockPath))).toBe(false);
+    expect(subjects(box(r, "alice")).length).toBe(n + 1);
+  });
+
   test("directories are synced for the names smtpmail makes, not again when it reopens a mailbox a POP3 rewrite left empty (helper-68)", async () => {
     const r = root(["alice"]);
     const store = track(new FileMailStore(r));
