@@ -105,6 +105,8 @@ export class FileMailStore implements MailStore {
   private queue: Pending[] = [];
   private running = false;
   private readonly boxes = new Map<string, OpenBox>();
+  /** The boxes holding their write lock, and their users: looked at after every round, where `boxes` may hold a thousand. */
+  private readonly lockedBoxes = new Map<OpenBox, string>();
   /** Mailboxes whose lock we asked another holder for (a "wanted" marker we left). */
   private readonly wanting = new Set<string>();
   private journal: Journal | null = null;
@@ -729,6 +731,7 @@ export class FileMailStore implements MailStore {
         }
       } else box.users++;
       box.lock = lock;
+      this.lockedBoxes.set(box, user);
       box.lockCheckedAt = now();
       return box;
     } catch (e) {
@@ -747,8 +750,7 @@ export class FileMailStore implements MailStore {
    */
   private yieldWantedLocks(): void {
     const t = now();
-    for (const [user, b] of this.boxes) {
-      if (!b.lock) continue;
+    for (const [b, user] of this.lockedBoxes) {
       if (t - b.lastUsed > LINGER_MS) {
         this.releaseLock(b);
         continue;
@@ -768,12 +770,13 @@ export class FileMailStore implements MailStore {
   }
 
   private releaseLocks(): void {
-    for (const b of this.boxes.values()) this.releaseLock(b);
+    for (const b of this.lockedBoxes.keys()) this.releaseLock(b);
   }
 
   private releaseLock(box: OpenBox): void {
     box.lock?.release();
     box.lock = null;
+    this.lockedBoxes.delete(box);
   }
 
   private unuse(box: OpenBox): void {
