@@ -356,35 +356,27 @@ test("checkpoints never close a descriptor a delivery is still using (files repl
   }
 });
 
-test("a journal of the previous format (MJ1, appended) left by a crash is still replayed after an upgrade", async () => {
-  const r = root();
-  const box = join(r, "alice", "mymailbox");
-  mkdirSync(join(r, "alice"), { recursive: true });
-  writeFileSync(box, ""); // the appended bytes never reached the disk
-  const rec = record(1);
-  mkdirSync(journalDir(r), { recursive: true });
-  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
-  const line = `MJ1 alice ${statSync(box).ino} 0 ${rec.length} ${Bun.hash.crc32(rec).toString(16)}\n`;
-  writeFileSync(join(journalDir(r), `${host}-${await deadPid()}-1700000000000000001.journal`), Buffer.concat([Buffer.from(line), rec]));
-  expect(await new FileMailStore(r).recover()).toBe(1);
-  expect(subjects(box)).toEqual(["message 1"]);
-});
-
-test("an MJ2 journal without birth times (the version before) left by a crash is still replayed", async () => {
-  const r = root();
-  const box = join(r, "alice", "mymailbox");
-  mkdirSync(join(r, "alice"), { recursive: true });
-  writeFileSync(box, ""); // the written bytes never reached the disk
-  const rec = record(1);
-  mkdirSync(journalDir(r), { recursive: true });
-  const host = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
-  const line = `MJ2 77 alice ${statSync(box).ino} 0 ${rec.length} ${Bun.hash.crc32(rec).toString(16)}\n`;
-  const name = join(journalDir(r), `${host}-${await deadPid()}-1700000000000000001.journal`);
-  writeFileSync(name, Buffer.concat([Buffer.from(line), rec, Buffer.alloc(4096)]));
-  expect(readJournal(name).map((e) => [e.user, e.birth, e.offset])).toEqual([["alice", 0, 0]]);
-  expect(await new FileMailStore(r).recover()).toBe(1);
-  expect(subjects(box)).toEqual(["message 1"]);
-});
+// MJ1: appended journals; MJ2 without birth times: the version before *.jnl (zero-filled, an epoch).
+for (const [format, head, tail] of [
+  ["MJ1 (appended)", "MJ1", Buffer.alloc(0)],
+  ["MJ2 without birth times", "MJ2 77", Buffer.alloc(4096)],
+] as const) {
+  test(`a journal of an earlier format (${format}) left by a crash is still replayed after an upgrade`, async () => {
+    const r = root();
+    const box = join(r, "alice", "mymailbox");
+    mkdirSync(join(r, "alice"), { recursive: true });
+    writeFileSync(box, ""); // the written bytes never reached the disk
+    const rec = record(1);
+    mkdirSync(journalDir(r), { recursive: true });
+    const host = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
+    const line = `${head} alice ${statSync(box).ino} 0 ${rec.length} ${Bun.hash.crc32(rec).toString(16)}\n`;
+    const name = join(journalDir(r), `${host}-${await deadPid()}-1700000000000000001.journal`);
+    writeFileSync(name, Buffer.concat([Buffer.from(line), rec, tail]));
+    expect(readJournal(name).map((e) => [e.user, e.birth, e.offset])).toEqual([["alice", 0, 0]]);
+    expect(await new FileMailStore(r).recover()).toBe(1);
+    expect(subjects(box)).toEqual(["message 1"]);
+  });
+}
 
 test.skipIf(!BOOT)("a journal of a live pid from an earlier boot is replayed (the pid was handed out again after a crash); one of this boot is its owner's", async () => {
   // helper-26's pid reuse, where it would lose mail: after a machine crash, the mailbox lost
