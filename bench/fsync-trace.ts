@@ -35,7 +35,7 @@ export async function traceSyncs(pid: number, during: () => Promise<unknown>): P
     } catch {
       continue;
     }
-    kinds.set(Number(fd), target.endsWith(".journal") ? "journal" : target.endsWith("/mymailbox") ? "mailbox" : "other");
+    kinds.set(Number(fd), /\.(jnl|journal)$/.test(target) ? "journal" : target.endsWith("/mymailbox") ? "mailbox" : "other");
   }
   perf.kill("SIGINT");
   await perf.exited;

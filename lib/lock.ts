@@ -296,8 +296,14 @@ function breakStale(path: string, stale: string): boolean {
  * lets go as soon as it sees this file (see mail-store.ts).
  */
 export const wantedPath = (path: string) => `${path}.wanted`;
-/** A marker older than this was left by a waiter that died: ignore it. */
-export const WANTED_STALE_MS = 60_000;
+/**
+ * A waiter writes its marker again whenever it is older than this (each try looks), so a
+ * marker older than WANTED_STALE_MS has no live waiter behind it: a dead one's on another
+ * host, or one naming a pid that is now the holder's own (helper-76: obeyed for the minute
+ * it used to stay valid, a yield every 5 ms cut smtpmail to a third). It is ignored.
+ */
+const WANTED_REFRESH_MS = 250;
+export const WANTED_STALE_MS = 1000;
 
 /** Whether someone is waiting for the lock: a recent marker left by a live process. */
 export function isWanted(path: string): boolean {
@@ -319,13 +325,24 @@ export function isWanted(path: string): boolean {
 
 /**
  * Asks the holder of a lock to let go (smtpmail keeps its lock while busy): leaves the
- * "wanted" marker, again if another waiter removed it meanwhile. Call unwant() once served.
+ * "wanted" marker, again if another waiter removed it meanwhile or it is getting old (made
+ * again, not touched: a marker another user made cannot be touched, only replaced, as locks
+ * are). True when this call made it: call unwant() once served.
  */
-export function want(path: string): void {
-  if (existsSync(wantedPath(path))) return;
+export function want(path: string): boolean {
+  const marker = wantedPath(path);
+  let age = Infinity;
   try {
-    writeFileSync(wantedPath(path), `${process.pid} ${HOST}\n`);
+    age = Date.now() - statSync(marker).mtimeMs;
   } catch {}
+  if (age < WANTED_REFRESH_MS) return false;
+  try {
+    if (age !== Infinity) unlinkSync(marker);
+    writeFileSync(marker, `${process.pid} ${HOST}\n`, { flag: "wx" });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function unwant(path: string): void {
@@ -346,8 +363,7 @@ export async function acquireLock(path: string, timeoutMs = 30_000, keepTemp = f
       const lock = tryLock(path, keepTemp);
       if (lock) return lock;
       if (Date.now() >= deadline) throw new Error(`timed out waiting for lock ${path}`);
-      want(path);
-      marked = true;
+      if (want(path)) marked = true;
       await Bun.sleep(pause);
     }
   } finally {

@@ -600,13 +600,8 @@ export class FileMailStore implements MailStore {
     else {
       // Let go for popserver: left alone until it has taken the lock (its marker goes then)
       // rather than for a fixed time, which every message to this user waited out (helper-68).
-      if (box?.yieldUntil) {
-        const t = now();
-        if (t < box.yieldUntil && isWanted(writeLockPath(this.root, user))) return null;
-        // Not taken in YIELD_MS by a waiter that polls every few ms: its marker is stale (a
-        // dead waiter's on another host, a pid now ours) or is written again at its next try.
-        // Without this, a stale one had smtpmail yield every HOLD_MS for a minute (helper-76).
-        if (t >= box.yieldUntil) unwant(writeLockPath(this.root, user));
+      if (box && now() < box.yieldUntil) {
+        if (isWanted(writeLockPath(this.root, user))) return null;
         box.yieldUntil = 0;
       }
       box = await this.lockAndOpen(user);
@@ -682,8 +677,7 @@ export class FileMailStore implements MailStore {
     const lock = tryLock(lockPath, false, this.root);
     if (!lock) {
       // Another smtpmail may be keeping it across busy rounds: ask, as popserver does.
-      want(lockPath);
-      this.wanting.add(user);
+      if (want(lockPath)) this.wanting.add(user);
       return null;
     }
     this.unwant(user);

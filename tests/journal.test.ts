@@ -215,6 +215,7 @@ describe.skipIf(!BOOT || !strace)("recovery of a journal of this boot makes its 
     renameSync(box + ".new", box);
     // As ext4 may do: the new file has the number the entries name (here, by editing them).
     for (const j of liveJournals(r)) writeFileSync(j, Buffer.from(readFileSync(j).toString("latin1").replaceAll(` alice ${old}:`, ` alice ${statSync(box).ino}:`), "latin1"));
+    expect(readJournal(liveJournals(r)[0]!).map((e) => e.ino)).toEqual([statSync(box).ino, statSync(box).ino]);
     const { restored, syncs } = await traceRecovery(r);
     expect(restored).toBe(0);
     expect(syncs.filter((c) => c.startsWith("syncfs:"))).toEqual([`syncfs:${r}`]);

@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { acquireLock, alive, BOOT, isWanted, tryLock, wantedPath } from "../lib/lock.ts";
+import { acquireLock, alive, BOOT, isWanted, tryLock, want, wantedPath, WANTED_STALE_MS } from "../lib/lock.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "lock-test-"));
 const procs: { pid: number; kill(): void }[] = [];
@@ -129,6 +129,22 @@ describe("acquireLock", () => {
     const b = await waiting;
     expect(existsSync(wantedPath(p))).toBe(false);
     b.release();
+  });
+
+  test("a 'wanted' marker no waiter has made again for WANTED_STALE_MS is not honoured; a waiter makes its marker again before then", () => {
+    const p = join(dir, "stale-marker.lock");
+    // Another host's waiter cannot be judged by its pid: only its marker's age tells.
+    writeFileSync(wantedPath(p), "4242 another-host\n");
+    expect(isWanted(p)).toBe(true);
+    const old = new Date(Date.now() - WANTED_STALE_MS - 500);
+    utimesSync(wantedPath(p), old, old);
+    expect(isWanted(p)).toBe(false);
+    // A waiter's next try makes it again (it cannot touch a marker another user made).
+    expect(want(p)).toBe(true);
+    expect(isWanted(p)).toBe(true);
+    expect(readFileSync(wantedPath(p), "utf8")).toBe(`${process.pid} ${hostname()}\n`);
+    // Fresh: left as it is, and not this caller's to remove.
+    expect(want(p)).toBe(false);
   });
 
   test("a 'wanted' marker left by a killed waiter is not honoured (and is removed)", async () => {
