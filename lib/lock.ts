@@ -297,51 +297,81 @@ function breakStale(path: string, stale: string): boolean {
  */
 export const wantedPath = (path: string) => `${path}.wanted`;
 /**
- * A waiter writes its marker again whenever it is older than this (each try looks), so a
- * marker older than WANTED_STALE_MS has no live waiter behind it: a dead one's on another
- * host, or one naming a pid that is now the holder's own (helper-76: obeyed for the minute
- * it used to stay valid, a yield every 5 ms cut smtpmail to a third). It is ignored.
+ * A waiter makes its marker again whenever it has looked the same for WANTED_REFRESH_MS, so
+ * one that has not changed for WANTED_STALE_MS has no live waiter behind it: a dead one's on
+ * another host, or one naming a pid that is now the holder's own (helper-76: obeyed for the
+ * minute it used to stay valid, a yield every 5 ms cut smtpmail to a third). It is ignored.
+ * "Looked the same" is measured on this process's own clock, from when it first saw the file
+ * as it is (inode and times): file times come from another clock on NFS, or one stepped back,
+ * and compared with ours they made live markers stale or dead ones new for hours (helper-78).
  */
 const WANTED_REFRESH_MS = 250;
 export const WANTED_STALE_MS = 1000;
+const seen = new Map<string, { file: string; since: number }>();
 
-/** Whether someone is waiting for the lock: a recent marker left by a live process. */
+/** How long (ms, this process's clock) the marker has looked as it does now; undefined when there is none. */
+function unchangedFor(marker: string): number | undefined {
+  let st;
+  try {
+    st = statSync(marker);
+  } catch {
+    seen.delete(marker);
+    return undefined;
+  }
+  const file = `${st.ino}:${st.mtimeMs}:${st.ctimeMs}:${st.size}`;
+  const t = performance.now();
+  const was = seen.get(marker);
+  if (was?.file === file) return t - was.since;
+  seen.set(marker, { file, since: t });
+  return 0;
+}
+
+/** Whether someone is waiting for the lock: a marker that changes, left by a live process. */
 export function isWanted(path: string): boolean {
   const marker = wantedPath(path);
+  const age = unchangedFor(marker);
+  if (age === undefined || age >= WANTED_STALE_MS) return false;
+  let text: string;
   try {
-    if (Date.now() - statSync(marker).mtimeMs >= WANTED_STALE_MS) return false;
-    // Its waiter was killed: without this, the holder would keep yielding to nobody.
-    const [pidText, host] = readRegularFile(marker).toString("utf8").trim().split(/\s+/);
-    const pid = Number(pidText);
-    if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
+    text = readRegularFile(marker).toString("utf8");
+  } catch (e) {
+    // A FIFO is nobody's request; one we may not read (another user's umask) may well be.
+    return (e as NodeJS.ErrnoException).code === "EACCES";
+  }
+  // Its waiter was killed: without this, the holder would keep yielding to nobody.
+  const [pidText, host] = text.trim().split(/\s+/);
+  const pid = Number(pidText);
+  if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
+    try {
       unlinkSync(marker);
-      return false;
-    }
-    return true;
-  } catch {
+    } catch {}
     return false;
   }
+  return true;
 }
 
 /**
  * Asks the holder of a lock to let go (smtpmail keeps its lock while busy): leaves the
- * "wanted" marker, again if another waiter removed it meanwhile or it is getting old (made
- * again, not touched: a marker another user made cannot be touched, only replaced, as locks
- * are). True when this call made it: call unwant() once served.
+ * "wanted" marker, again if another waiter removed it meanwhile or it has looked the same
+ * for WANTED_REFRESH_MS (made again, not touched: a marker another user made cannot be
+ * touched, only replaced, as locks are). True when this call made it: call unwant() once served.
  */
 export function want(path: string): boolean {
   const marker = wantedPath(path);
-  let age = Infinity;
+  const age = unchangedFor(marker);
+  if (age !== undefined && age < WANTED_REFRESH_MS) return false;
+  if (age !== undefined) {
+    try {
+      unlinkSync(marker);
+    } catch {}
+  }
   try {
-    age = Date.now() - statSync(marker).mtimeMs;
-  } catch {}
-  if (age < WANTED_REFRESH_MS) return false;
-  try {
-    if (age !== Infinity) unlinkSync(marker);
     writeFileSync(marker, `${process.pid} ${HOST}\n`, { flag: "wx" });
     return true;
   } catch {
     return false;
+  } finally {
+    seen.delete(marker);
   }
 }
 

@@ -131,15 +131,22 @@ describe("acquireLock", () => {
     b.release();
   });
 
-  test("a 'wanted' marker no waiter has made again for WANTED_STALE_MS is not honoured; a waiter makes its marker again before then", () => {
-    const p = join(dir, "stale-marker.lock");
-    // Another host's waiter cannot be judged by its pid: only its marker's age tells.
-    writeFileSync(wantedPath(p), "4242 another-host\n");
-    expect(isWanted(p)).toBe(true);
-    const old = new Date(Date.now() - WANTED_STALE_MS - 500);
-    utimesSync(wantedPath(p), old, old);
-    expect(isWanted(p)).toBe(false);
+  test("a 'wanted' marker that has not changed for WANTED_STALE_MS is not honoured, whatever its file times say; a waiter makes its own again before then (helper-76, helper-78)", async () => {
+    // Another host's waiter cannot be judged by its pid: only whether its marker changes tells.
+    const hour = 3600_000;
+    const paths = [0, hour, -hour].map((skew, i) => {
+      const p = join(dir, `stale-marker-${i}.lock`);
+      writeFileSync(wantedPath(p), "4242 another-host\n");
+      // File times from a clock ahead of or behind ours (NFS, a clock stepped back) do not matter.
+      const t = new Date(Date.now() + skew);
+      utimesSync(wantedPath(p), t, t);
+      return p;
+    });
+    for (const p of paths) expect(isWanted(p)).toBe(true);
+    await Bun.sleep(WANTED_STALE_MS + 100);
+    for (const p of paths) expect(isWanted(p)).toBe(false);
     // A waiter's next try makes it again (it cannot touch a marker another user made).
+    const p = paths[1]!;
     expect(want(p)).toBe(true);
     expect(isWanted(p)).toBe(true);
     expect(readFileSync(wantedPath(p), "utf8")).toBe(`${process.pid} ${hostname()}\n`);
