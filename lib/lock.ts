@@ -2,7 +2,7 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host boot", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { closeSync, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { readRegularFile } from "./fsio.ts";
@@ -301,83 +301,102 @@ export const wantedPath = (path: string) => `${path}.wanted`;
  * one that has not changed for WANTED_STALE_MS has no live waiter behind it: a dead one's on
  * another host, or one naming a pid that is now the holder's own (helper-76: obeyed for the
  * minute it used to stay valid, a yield every 5 ms cut smtpmail to a third). It is ignored.
- * "Looked the same" is measured on this process's own clock, from when it first saw the file
- * as it is (inode and times): file times come from another clock on NFS, or one stepped back,
- * and compared with ours they made live markers stale or dead ones new for hours (helper-78).
+ * "Looked the same" is measured on this process's own clock, from when it first saw the marker
+ * as it is: file times come from another clock on NFS, or one stepped back, and compared with
+ * ours they made live markers stale or dead ones new for hours (helper-78). What it is: its
+ * bytes, which number each marker a waiter makes (a new one can have the old one's inode and,
+ * where file times are coarse, its times: helper-79), and its inode and times.
  */
 const WANTED_REFRESH_MS = 250;
 export const WANTED_STALE_MS = 1000;
-const seen = new Map<string, { file: string; since: number }>();
+const seen = new Map<string, { marker: string; since: number }>();
+let markersMade = 0;
 
-/** How long (ms, this process's clock) the marker has looked as it does now; undefined when there is none. */
-function unchangedFor(marker: string): number | undefined {
+interface Marker {
+  /** Its bytes; null when we may not read them (another user's, umask 077). */
+  text: string | null;
+  /** Milliseconds this process has seen it as it is now. */
+  unchanged: number;
+}
+
+/** The marker as this process sees it; null when there is none, or it is not a file (a FIFO is nobody's request). */
+function lookAt(path: string): Marker | null {
+  let text: string | null = null;
   let st;
   try {
-    st = statSync(marker);
-  } catch {
-    seen.delete(marker);
-    return undefined;
+    st = statSync(path);
+    text = readRegularFile(path).toString("latin1");
+  } catch (e) {
+    if (!st || (e as NodeJS.ErrnoException).code !== "EACCES") {
+      seen.delete(path);
+      return null;
+    }
   }
-  const file = `${st.ino}:${st.mtimeMs}:${st.ctimeMs}:${st.size}`;
+  const marker = `${st.ino}:${st.mtimeMs}:${st.ctimeMs}:${text}`;
   const t = performance.now();
-  const was = seen.get(marker);
-  if (was?.file === file) return t - was.since;
-  seen.set(marker, { file, since: t });
-  return 0;
+  const was = seen.get(path);
+  if (was?.marker === marker) return { text, unchanged: t - was.since };
+  seen.set(path, { marker, since: t });
+  return { text, unchanged: 0 };
 }
 
 /** Whether someone is waiting for the lock: a marker that changes, left by a live process. */
 export function isWanted(path: string): boolean {
   const marker = wantedPath(path);
-  const age = unchangedFor(marker);
-  if (age === undefined || age >= WANTED_STALE_MS) return false;
-  let text: string;
-  try {
-    text = readRegularFile(marker).toString("utf8");
-  } catch (e) {
-    // A FIFO is nobody's request; one we may not read (another user's umask) may well be.
-    return (e as NodeJS.ErrnoException).code === "EACCES";
+  const m = lookAt(marker);
+  if (!m) return false;
+  if (m.text !== null) {
+    // Its waiter was killed: without this, the holder would keep yielding to nobody.
+    const [pidText, host] = m.text.trim().split(/\s+/);
+    const pid = Number(pidText);
+    if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
+      try {
+        unlinkSync(marker);
+      } catch {}
+      seen.delete(marker);
+      return false;
+    }
   }
-  // Its waiter was killed: without this, the holder would keep yielding to nobody.
-  const [pidText, host] = text.trim().split(/\s+/);
-  const pid = Number(pidText);
-  if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
-    try {
-      unlinkSync(marker);
-    } catch {}
-    return false;
-  }
-  return true;
+  return m.unchanged < WANTED_STALE_MS;
 }
 
 /**
  * Asks the holder of a lock to let go (smtpmail keeps its lock while busy): leaves the
- * "wanted" marker, again if another waiter removed it meanwhile or it has looked the same
- * for WANTED_REFRESH_MS (made again, not touched: a marker another user made cannot be
- * touched, only replaced, as locks are). True when this call made it: call unwant() once served.
+ * "wanted" marker, again if it is gone, is not this process's (its waiter may be long dead,
+ * and the holder ignoring it), or has looked the same for WANTED_REFRESH_MS. Made again, not
+ * touched: a marker another user made can be replaced, as locks are, but not touched. True
+ * when this call made it: call unwant() once served.
  */
 export function want(path: string): boolean {
   const marker = wantedPath(path);
-  const age = unchangedFor(marker);
-  if (age !== undefined && age < WANTED_REFRESH_MS) return false;
-  if (age !== undefined) {
-    try {
-      unlinkSync(marker);
-    } catch {}
-  }
+  const m = lookAt(marker);
+  if (m?.text?.startsWith(`${process.pid} ${HOST} `) && m.unchanged < WANTED_REFRESH_MS) return false;
+  const line = `${process.pid} ${HOST} ${++markersMade}\n`;
   try {
-    writeFileSync(marker, `${process.pid} ${HOST}\n`, { flag: "wx" });
-    return true;
+    if (!m) writeFileSync(marker, line, { flag: "wx" });
+    else {
+      // Replaced in one step: a holder looking between an unlink and a create saw no request.
+      const temp = `${marker}.${process.pid}`;
+      writeFileSync(temp, line);
+      try {
+        renameSync(temp, marker);
+      } catch (e) {
+        unlinkSync(temp);
+        throw e;
+      }
+    }
   } catch {
     return false;
-  } finally {
-    seen.delete(marker);
   }
+  seen.delete(marker);
+  return true;
 }
 
 export function unwant(path: string): void {
+  const marker = wantedPath(path);
+  seen.delete(marker);
   try {
-    unlinkSync(wantedPath(path));
+    unlinkSync(marker);
   } catch {}
 }
 

@@ -149,9 +149,33 @@ describe("acquireLock", () => {
     const p = paths[1]!;
     expect(want(p)).toBe(true);
     expect(isWanted(p)).toBe(true);
-    expect(readFileSync(wantedPath(p), "utf8")).toBe(`${process.pid} ${hostname()}\n`);
+    expect(readFileSync(wantedPath(p), "utf8")).toMatch(new RegExp(`^${process.pid} ${hostname().replace(/[.]/g, "\\.")} \\d+\\n$`));
     // Fresh: left as it is, and not this caller's to remove.
     expect(want(p)).toBe(false);
+  });
+
+  // The waiter in a process of its own: in one process, want() and isWanted() share what they have seen.
+  test("a waiter in another process is honoured at its first try, even over a dead waiter's marker the holder already ignores, and never taken for dead while it tries (helper-79)", async () => {
+    const p = join(dir, "long-wait.lock");
+    writeFileSync(wantedPath(p), "4242 another-host 1\n");
+    expect(isWanted(p)).toBe(true);
+    await Bun.sleep(WANTED_STALE_MS + 100);
+    expect(isWanted(p)).toBe(false);
+    const child = Bun.spawn([process.execPath, join(import.meta.dir, "helpers", "marker-waiter.ts"), p, "3500"], { stdout: "pipe" });
+    const out = (child.stdout as ReadableStream<Uint8Array>).getReader();
+    expect(new TextDecoder().decode((await out.read()).value)).toBe("first try: made\n");
+    expect(isWanted(p)).toBe(true);
+    let checks = 0;
+    let ignored = 0;
+    const until = Date.now() + 2000;
+    while (Date.now() < until) {
+      checks++;
+      if (!isWanted(p)) ignored++;
+      await Bun.sleep(5);
+    }
+    await child.exited;
+    expect(checks).toBeGreaterThan(50);
+    expect(ignored).toBe(0);
   });
 
   test("a 'wanted' marker left by a killed waiter is not honoured (and is removed)", async () => {
