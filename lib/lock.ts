@@ -2,7 +2,7 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host boot", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { closeSync, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, constants, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { readRegularFile } from "./fsio.ts";
@@ -309,42 +309,55 @@ export const wantedPath = (path: string) => `${path}.wanted`;
  */
 const WANTED_REFRESH_MS = 250;
 export const WANTED_STALE_MS = 1000;
+/** Longer is not a marker: only this much is read (a huge file put there cost 0.3 s a look, helper-80). */
+const MARKER_MAX = 256;
 const seen = new Map<string, { marker: string; since: number }>();
 let markersMade = 0;
 
 interface Marker {
-  /** Its bytes; null when we may not read them (another user's, umask 077). */
+  /** A regular file (anything else there is nobody's request, and is replaced by a waiter). */
+  file: boolean;
+  /** Its first bytes; null when we may not read them (another user's, umask 077). */
   text: string | null;
-  /** Milliseconds this process has seen it as it is now. */
+  /** Milliseconds this process has seen it as it is now; -1 the first time anything is seen there. */
   unchanged: number;
 }
 
-/** The marker as this process sees it; null when there is none, or it is not a file (a FIFO is nobody's request). */
+/** The marker at path as this process sees it; null when there is none. */
 function lookAt(path: string): Marker | null {
-  let text: string | null = null;
   let st;
   try {
-    st = statSync(path);
-    text = readRegularFile(path).toString("latin1");
-  } catch (e) {
-    if (!st || (e as NodeJS.ErrnoException).code !== "EACCES") {
-      seen.delete(path);
-      return null;
-    }
+    st = lstatSync(path);
+  } catch {
+    seen.delete(path);
+    return null;
   }
-  const marker = `${st.ino}:${st.mtimeMs}:${st.ctimeMs}:${text}`;
+  let text: string | null = null;
+  const file = st.isFile();
+  if (file) {
+    try {
+      // Non-blocking and not through a symlink: nothing put there can hold this process.
+      const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+      try {
+        const buf = Buffer.alloc(MARKER_MAX);
+        text = buf.toString("utf8", 0, readSync(fd, buf, 0, MARKER_MAX, 0));
+      } finally {
+        closeSync(fd);
+      }
+    } catch {}
+  }
+  const marker = `${st.ino}:${st.mtimeMs}:${st.ctimeMs}:${st.size}:${text}`;
   const t = performance.now();
   const was = seen.get(path);
-  if (was?.marker === marker) return { text, unchanged: t - was.since };
-  seen.set(path, { marker, since: t });
-  return { text, unchanged: 0 };
+  seen.set(path, was?.marker === marker ? was : { marker, since: t });
+  return { file, text, unchanged: was ? (was.marker === marker ? t - was.since : 0) : -1 };
 }
 
 /** Whether someone is waiting for the lock: a marker that changes, left by a live process. */
 export function isWanted(path: string): boolean {
   const marker = wantedPath(path);
   const m = lookAt(marker);
-  if (!m) return false;
+  if (!m?.file) return false;
   if (m.text !== null) {
     // Its waiter was killed: without this, the holder would keep yielding to nobody.
     const [pidText, host] = m.text.trim().split(/\s+/);
@@ -362,42 +375,47 @@ export function isWanted(path: string): boolean {
 
 /**
  * Asks the holder of a lock to let go (smtpmail keeps its lock while busy): leaves the
- * "wanted" marker, again if it is gone, is not this process's (its waiter may be long dead,
- * and the holder ignoring it), or has looked the same for WANTED_REFRESH_MS. Made again, not
- * touched: a marker another user made can be replaced, as locks are, but not touched. True
- * when this call made it: call unwant() once served.
+ * "wanted" marker, again if it is gone, was there before this process first looked (its
+ * waiter may be long dead, and the holder ignoring it), or has looked the same for
+ * WANTED_REFRESH_MS. A marker that keeps changing is another live waiter's and is left to it.
+ * Made again, not touched: a marker another user made can be replaced, as locks are, but not
+ * touched. True when this call made it: call unwant() once served.
  */
 export function want(path: string): boolean {
   const marker = wantedPath(path);
   const m = lookAt(marker);
-  if (m?.text?.startsWith(`${process.pid} ${HOST} `) && m.unchanged < WANTED_REFRESH_MS) return false;
+  if (m?.file && m.unchanged >= 0 && m.unchanged < WANTED_REFRESH_MS) return false;
   const line = `${process.pid} ${HOST} ${++markersMade}\n`;
+  // Replaced in one rename: a holder looking between an unlink and a create saw no request.
+  const temp = m ? `${marker}.${HOST}.${process.pid}` : marker;
   try {
-    if (!m) writeFileSync(marker, line, { flag: "wx" });
-    else {
-      // Replaced in one step: a holder looking between an unlink and a create saw no request.
-      const temp = `${marker}.${process.pid}`;
-      writeFileSync(temp, line);
-      try {
-        renameSync(temp, marker);
-      } catch (e) {
-        unlinkSync(temp);
-        throw e;
-      }
+    if (m) unlinkQuietly(temp); // left by a kill, or put there
+    const fd = openSync(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o644);
+    try {
+      writeSync(fd, line);
+    } finally {
+      closeSync(fd);
     }
+    if (m) renameSync(temp, marker);
   } catch {
+    if (m) unlinkQuietly(temp);
     return false;
   }
-  seen.delete(marker);
+  // Seen as made: what this process sees there next is its own, left for WANTED_REFRESH_MS.
+  seen.set(marker, { marker: "", since: performance.now() });
   return true;
+}
+
+function unlinkQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {}
 }
 
 export function unwant(path: string): void {
   const marker = wantedPath(path);
   seen.delete(marker);
-  try {
-    unlinkSync(marker);
-  } catch {}
+  unlinkQuietly(marker);
 }
 
 /**

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { acquireLock, alive, BOOT, isWanted, tryLock, want, wantedPath, WANTED_STALE_MS } from "../lib/lock.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "lock-test-"));
@@ -105,6 +105,48 @@ describe("a FIFO in a lock's place", () => {
     expect(tryLock(path, true, dir)).toBeNull();
     expect(Bun.spawnSync(["mkfifo", wantedPath(path)]).exitCode).toBe(0);
     expect(isWanted(path)).toBe(false);
+  });
+
+  test("a FIFO or a symlink where the marker goes is nobody's request, and a waiter puts its marker in its place (helper-80)", () => {
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "not a marker\n");
+    for (const make of [(m: string) => Bun.spawnSync(["mkfifo", m]).exitCode === 0, (m: string) => (symlinkSync(victim, m), true)]) {
+      const path = lockPath();
+      expect(make(wantedPath(path))).toBe(true);
+      expect(isWanted(path)).toBe(false);
+      // Before: a FIFO there made every request fail (EEXIST), and the waiter waited out its timeout.
+      expect(want(path)).toBe(true);
+      expect(lstatSync(wantedPath(path)).isFile()).toBe(true);
+      expect(isWanted(path)).toBe(true);
+    }
+    expect(readFileSync(victim, "utf8")).toBe("not a marker\n");
+  });
+
+  test("a FIFO or a symlink at the name a waiter writes its new marker under neither holds it nor is written through (helper-80)", () => {
+    const paths = [lockPath(), lockPath()];
+    const victim = join(dir, "victim-2");
+    writeFileSync(victim, "not a marker\n");
+    // In a process of its own, which knows its pid (the name): a FIFO opened for writing blocked it for good.
+    const script = `
+      import { hostname } from "node:os";
+      import { symlinkSync, writeFileSync } from "node:fs";
+      import { want, wantedPath } from ${JSON.stringify(join(import.meta.dir, "..", "lib", "lock.ts"))};
+      const [fifo, link] = ${JSON.stringify(paths)}.map((path) => {
+        writeFileSync(wantedPath(path), "4242 another-host 1\\n");
+        return wantedPath(path) + "." + hostname() + "." + process.pid;
+      });
+      Bun.spawnSync(["mkfifo", fifo]);
+      symlinkSync(${JSON.stringify(victim)}, link);
+      console.log(${JSON.stringify(paths)}.map((path) => want(path)).join(" "));
+    `;
+    const run = Bun.spawnSync([process.execPath, "-e", script], { timeout: 20_000 });
+    expect(run.stderr.toString()).toBe("");
+    expect(run.stdout.toString()).toBe("true true\n");
+    expect(readFileSync(victim, "utf8")).toBe("not a marker\n");
+    for (const path of paths) {
+      expect(readFileSync(wantedPath(path), "utf8")).toMatch(/^\d+ \S+ \d+\n$/);
+      expect(readdirSync(dir).filter((n) => n.startsWith(`${basename(path)}.wanted.`))).toEqual([]);
+    }
   });
 });
 
