@@ -2,7 +2,7 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host boot", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { closeSync, constants, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, constants, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { readRegularFile } from "./fsio.ts";
@@ -387,10 +387,23 @@ export function want(path: string): boolean {
   if (m?.file && m.unchanged >= 0 && m.unchanged < WANTED_REFRESH_MS) return false;
   const line = `${process.pid} ${HOST} ${++markersMade}\n`;
   // Replaced in one rename: a holder looking between an unlink and a create saw no request.
-  const temp = m ? `${marker}.${HOST}.${process.pid}` : marker;
+  // A rename cannot replace a directory: an empty one is removed (helper-81).
+  if (m && !m.file) rmdirQuietly(marker);
+  let temp = m ? `${marker}.${HOST}.${process.pid}` : marker;
+  const create = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+  let opened = false;
   try {
-    if (m) unlinkQuietly(temp); // left by a kill, or put there
-    const fd = openSync(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o644);
+    let fd: number;
+    if (m) {
+      unlinkQuietly(temp); // left by a kill, or put there
+      try {
+        fd = openSync(temp, create, 0o644);
+      } catch {
+        temp += `.${markersMade}`; // a directory there, say
+        fd = openSync(temp, create, 0o644);
+      }
+    } else fd = openSync(temp, create, 0o644);
+    opened = true;
     try {
       writeSync(fd, line);
     } finally {
@@ -398,7 +411,8 @@ export function want(path: string): boolean {
     }
     if (m) renameSync(temp, marker);
   } catch {
-    if (m) unlinkQuietly(temp);
+    // Ours, not made whole or not moved into place (a full disk): left for no one.
+    if (opened) unlinkQuietly(temp);
     return false;
   }
   // Seen as made: what this process sees there next is its own, left for WANTED_REFRESH_MS.
@@ -409,6 +423,12 @@ export function want(path: string): boolean {
 function unlinkQuietly(path: string): void {
   try {
     unlinkSync(path);
+  } catch {}
+}
+
+function rmdirQuietly(path: string): void {
+  try {
+    rmdirSync(path);
   } catch {}
 }
 

@@ -107,10 +107,11 @@ describe("a FIFO in a lock's place", () => {
     expect(isWanted(path)).toBe(false);
   });
 
-  test("a FIFO or a symlink where the marker goes is nobody's request, and a waiter puts its marker in its place (helper-80)", () => {
+  test("a FIFO, a symlink or an empty directory where the marker goes is nobody's request, and a waiter puts its marker in its place (helper-80, helper-81)", () => {
     const victim = join(dir, "victim");
     writeFileSync(victim, "not a marker\n");
-    for (const make of [(m: string) => Bun.spawnSync(["mkfifo", m]).exitCode === 0, (m: string) => (symlinkSync(victim, m), true)]) {
+    const makers = [(m: string) => Bun.spawnSync(["mkfifo", m]).exitCode === 0, (m: string) => (symlinkSync(victim, m), true), (m: string) => (mkdirSync(m), true)];
+    for (const make of makers) {
       const path = lockPath();
       expect(make(wantedPath(path))).toBe(true);
       expect(isWanted(path)).toBe(false);
@@ -122,30 +123,33 @@ describe("a FIFO in a lock's place", () => {
     expect(readFileSync(victim, "utf8")).toBe("not a marker\n");
   });
 
-  test("a FIFO or a symlink at the name a waiter writes its new marker under neither holds it nor is written through (helper-80)", () => {
-    const paths = [lockPath(), lockPath()];
+  test("a FIFO, a symlink or a directory at the name a waiter writes its new marker under neither holds it, nor is written through, nor stops it (helper-80, helper-81)", () => {
+    const paths = [lockPath(), lockPath(), lockPath()];
     const victim = join(dir, "victim-2");
     writeFileSync(victim, "not a marker\n");
     // In a process of its own, which knows its pid (the name): a FIFO opened for writing blocked it for good.
     const script = `
       import { hostname } from "node:os";
-      import { symlinkSync, writeFileSync } from "node:fs";
+      import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
       import { want, wantedPath } from ${JSON.stringify(join(import.meta.dir, "..", "lib", "lock.ts"))};
-      const [fifo, link] = ${JSON.stringify(paths)}.map((path) => {
+      const [fifo, link, dir] = ${JSON.stringify(paths)}.map((path) => {
         writeFileSync(wantedPath(path), "4242 another-host 1\\n");
         return wantedPath(path) + "." + hostname() + "." + process.pid;
       });
       Bun.spawnSync(["mkfifo", fifo]);
       symlinkSync(${JSON.stringify(victim)}, link);
+      mkdirSync(dir);
       console.log(${JSON.stringify(paths)}.map((path) => want(path)).join(" "));
     `;
     const run = Bun.spawnSync([process.execPath, "-e", script], { timeout: 20_000 });
     expect(run.stderr.toString()).toBe("");
-    expect(run.stdout.toString()).toBe("true true\n");
+    expect(run.stdout.toString()).toBe("true true true\n");
     expect(readFileSync(victim, "utf8")).toBe("not a marker\n");
     for (const path of paths) {
       expect(readFileSync(wantedPath(path), "utf8")).toMatch(/^\d+ \S+ \d+\n$/);
-      expect(readdirSync(dir).filter((n) => n.startsWith(`${basename(path)}.wanted.`))).toEqual([]);
+      // Only the directory put there stays (nothing removes a directory it did not make).
+      const left = readdirSync(dir).filter((n) => n.startsWith(`${basename(path)}.wanted.`));
+      expect(left.filter((n) => !lstatSync(join(dir, n)).isDirectory())).toEqual([]);
     }
   });
 });
