@@ -8,16 +8,16 @@ import { close, closeSync, constants, fdatasync, fstatSync, fsync, fsyncSync, op
 import { promisify } from "node:util";
 
 /**
- * A small file's bytes, read without ever blocking: a FIFO (or device) put in the place of a
- * lock file, user.txt or a deferred copy made readFileSync wait for a writer, and the whole
- * server with it. Anything but a regular file is an error (code EFTYPE).
+ * A small file's bytes (its first `max`), read without ever blocking: a FIFO (or device) put in
+ * the place of a lock file, user.txt or a deferred copy made readFileSync wait for a writer, and
+ * the whole server with it. Anything but a regular file is an error (code EFTYPE).
  */
-export function readRegularFile(path: string): Buffer {
+export function readRegularFile(path: string, max = Infinity): Buffer {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "EFTYPE" });
-    return readAtSync(fd, 0, st.size);
+    return readAtSync(fd, 0, Math.min(st.size, max));
   } finally {
     closeSync(fd);
   }

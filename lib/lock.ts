@@ -2,7 +2,7 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host boot", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { closeSync, constants, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, constants, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { readRegularFile } from "./fsio.ts";
@@ -336,14 +336,7 @@ function lookAt(path: string): Marker | null {
   const file = st.isFile();
   if (file) {
     try {
-      // Non-blocking and not through a symlink: nothing put there can hold this process.
-      const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
-      try {
-        const buf = Buffer.alloc(MARKER_MAX);
-        text = buf.toString("utf8", 0, readSync(fd, buf, 0, MARKER_MAX, 0));
-      } finally {
-        closeSync(fd);
-      }
+      text = readRegularFile(path, MARKER_MAX).toString("utf8");
     } catch {}
   }
   const marker = `${st.ino}:${st.mtimeMs}:${st.ctimeMs}:${st.size}:${text}`;
