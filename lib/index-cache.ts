@@ -272,29 +272,46 @@ export class IndexCache {
 async function stillThere(fd: number, e: Entry): Promise<boolean> {
   // Kept empty for its fixed numbers: nothing to check but that nothing was before the appends.
   if (e.index.count === 0) return e.validEnd === 0;
-  let reads = 0;
   const last = e.index.count - 1;
   const at = e.index.offset(last);
   const end = at + e.index.length(last);
   if (end !== e.validEnd || readAtSync(fd, end - 1, 1)[0] !== LF) return false;
-  // Each message's last 4 bytes, read through a 64 KiB window: small messages share reads
-  // (10,000 of 2.4 KiB take 370 reads), large ones cost one small read each.
+  if (!(await endsInPlace(fd, e.index, last))) return false;
+  const again = (await scanFile(fd, at, end)).finish();
+  return again.count === 1 && again.offset(0) === at && again.length(0) === e.index.length(last) && again.hash(0) === e.index.hash(last);
+}
+
+/**
+ * Whether messages [0, count) of the index all still end in their "." line where they did.
+ * The last of a file may end in a bare "." (hand-written), so the last of them is allowed to
+ * when lastMayBeBare. Each message's last 4 bytes, read through a 64 KiB window: small
+ * messages share reads (10,000 of 2.4 KiB take 370 reads), large ones cost one small read each.
+ */
+export async function endsInPlace(fd: number, index: MessageIndex, count: number, lastMayBeBare = false): Promise<boolean> {
+  if (count === 0) return true;
+  const limit = index.offset(count - 1) + index.length(count - 1);
   const win = Buffer.allocUnsafe(WINDOW);
   let winStart = 0;
   let winLen = 0;
-  for (let i = 0; i < last; i++) {
-    const to = e.index.offset(i) + e.index.length(i);
-    if (to < 4) return false;
+  let reads = 0;
+  for (let i = 0; i < count; i++) {
+    const to = index.offset(i) + index.length(i);
+    // A message is at least a line and its "." line ("x\n.\n"), and its "." may be the file's first byte only if bare.
+    if (to < 3) return false;
     if (to - 4 < winStart || to > winStart + winLen) {
-      winStart = to - 4;
-      winLen = readSync(fd, win, 0, Math.min(WINDOW, e.validEnd - winStart), winStart);
-      if (winLen < 4) return false;
+      winStart = Math.max(0, to - 4);
+      winLen = readSync(fd, win, 0, Math.min(WINDOW, limit - winStart), winStart);
+      if (winLen < to - winStart) return false;
       // Let other sessions in now and then (1 GiB of 10 KiB messages: about 0.2 s).
       if (++reads % 256 === 0) await new Promise((r) => setImmediate(r));
     }
-    const k = to - 4 - winStart;
-    if (win[k + 3] !== LF || !(win[k + 2] === DOT ? win[k + 1] === LF : win[k + 2] === CR && win[k + 1] === DOT && win[k] === LF)) return false;
+    if (!dotLineEndsAt(win, to - winStart, lastMayBeBare && i === count - 1)) return false;
   }
-  const again = (await scanFile(fd, at, end)).finish();
-  return again.count === 1 && again.offset(0) === at && again.length(0) === e.index.length(last) && again.hash(0) === e.index.hash(last);
+  return true;
+}
+
+/** Whether b's bytes before end finish a "." line: "\n.\r\n" or "\n.\n", or where bare is allowed "\n.". */
+export function dotLineEndsAt(b: Uint8Array, end: number, bare: boolean): boolean {
+  if (b[end - 1] === LF) return b[end - 2] === DOT ? b[end - 3] === LF : b[end - 2] === CR && b[end - 3] === DOT && b[end - 4] === LF;
+  return bare && b[end - 1] === DOT && b[end - 2] === LF;
 }

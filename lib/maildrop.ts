@@ -10,7 +10,7 @@ import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
 import { lfPieceToWire, MessageIndex, scanHeader, TERMINATOR, toWire, type MessageEntry } from "./mailbox.ts";
-import { scanFile, type IndexCache } from "./index-cache.ts";
+import { dotLineEndsAt, endsInPlace, scanFile, type IndexCache } from "./index-cache.ts";
 import type { FileRange } from "./server.ts";
 import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll } from "./fsio.ts";
 import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
@@ -38,8 +38,8 @@ export class MaildropBusy extends Error {
 /** The file no longer holds a message the session's index has: something ignored the lock. */
 export class MaildropChanged extends Error {
   override name = "MaildropChanged";
-  constructor(user: string) {
-    super(`${user}'s mailbox was cut short by another program`);
+  constructor(user: string, how = "cut short") {
+    super(`${user}'s mailbox was ${how} by another program`);
   }
 }
 
@@ -64,6 +64,8 @@ export interface Maildrop {
 export class FileMaildrop implements Maildrop {
   /** Bytes a rewrite writes to its temp file between two fdatasyncs of it (see rewrite()); tests make it small. */
   static syncStep = 32 << 20;
+  /** Where present() reads a message's last bytes. */
+  private readonly endBytes = Buffer.alloc(4);
 
   private constructor(
     private readonly root: string,
@@ -133,12 +135,18 @@ export class FileMaildrop implements Maildrop {
     return this.messages.writeUid(i, buf, pos);
   }
 
-  /** Message i's entry, once the file is known to still reach its end. */
+  /** Message i's entry, once the file is known to still reach its end, and to end it there with its "." line. */
   private present(i: number): MessageEntry {
     const m = this.messages.entry(i);
+    // Its last bytes, read where they were at login (one pread, as the fstat it replaced).
+    const end = m.offset + m.length;
+    const want = Math.min(4, end);
+    const n = readSync(this.fd!, this.endBytes, 0, want, end - want);
     // A file cut under the session (by a program that ignores the lock) would give a short
     // read: the multi-line reply would end without its "." line, and the client would hang.
-    if (fstatSync(this.fd!).size < m.offset + m.length) throw new MaildropChanged(this.user);
+    if (n < want) throw new MaildropChanged(this.user);
+    // One emptied or overwritten in place would give other mail under this one's UID.
+    if (!dotLineEndsAt(this.endBytes, n, i === this.messages.count - 1)) throw new MaildropChanged(this.user, "changed");
     return m;
   }
 
@@ -236,6 +244,10 @@ export class FileMaildrop implements Maildrop {
   async commit(deleted: ReadonlySet<number>): Promise<void> {
     try {
       if (deleted.size > 0 && this.fd !== null) await this.rewrite(deleted);
+    } catch (e) {
+      // Its index no longer describes the file: the next login reads the file afresh.
+      if (e instanceof MaildropChanged) this.cache?.drop(mailboxPath(this.root, this.user));
+      throw e;
     } finally {
       this.release();
     }
@@ -248,6 +260,28 @@ export class FileMaildrop implements Maildrop {
     if (this.popLock) this.cache?.giveBack(mailboxPath(this.root, this.user), this.messages);
     this.popLock?.release();
     this.popLock = null;
+  }
+
+  /**
+   * Whether the marked messages, and those between them, are still in the file as the
+   * session indexed them: read again and compared by place, length and hash (their UIDs).
+   * One scan from the first marked to the last, so scattered deletions cost one pass.
+   */
+  private async markedUnchanged(fd: number, deleted: ReadonlySet<number>): Promise<boolean> {
+    let first = Infinity;
+    let last = -1;
+    for (const i of deleted) {
+      first = Math.min(first, i);
+      last = Math.max(last, i);
+    }
+    const ix = this.messages;
+    const again = (await scanFile(fd, ix.offset(first), ix.offset(last) + ix.length(last))).finish();
+    if (again.count !== last - first + 1) return false;
+    for (let k = 0; k < again.count; k++) {
+      const i = first + k;
+      if (again.offset(k) !== ix.offset(i) || again.length(k) !== ix.length(i) || again.hash(k) !== ix.hash(i)) return false;
+    }
+    return true;
   }
 
   private async rewrite(deleted: ReadonlySet<number>): Promise<void> {
@@ -315,7 +349,7 @@ export class FileMaildrop implements Maildrop {
         if (gathered + (to - from) > CHUNK) await flushGathered();
         for (let pos = from; pos < to; ) {
           const n = readSync(src, gather, gathered, to - pos, pos);
-          if (n === 0) throw new Error("mailbox shorter than its index");
+          if (n === 0) throw new MaildropChanged(this.user);
           gathered += n;
           pos += n;
         }
@@ -338,6 +372,12 @@ export class FileMaildrop implements Maildrop {
       }
       if (runEnd > runStart) await copyRun(runStart, runEnd);
       await flushGathered();
+      // What is removed must be what the session saw. A program that ignores the lock and
+      // empties or overwrites the file in place (`: > mymailbox`, `cp backup mymailbox`)
+      // had other bytes cut in the marked messages' place: mail the session never saw, and
+      // a fragment left at the file's start (helper-84). Checked after the copy, so a change
+      // made while it ran is seen too; the "." lines once more under the lock below.
+      if (!(await this.markedUnchanged(src, deleted))) throw new MaildropChanged(this.user, "changed during the session");
       // Worked out before the lock too (tens of ms with 100,000 messages, half of them deleted).
       const numbers = this.messages.renumbered(deleted);
       // The bulk goes to disk before the lock, so SMTP waits only for the tail's fsync.
@@ -353,6 +393,8 @@ export class FileMaildrop implements Maildrop {
         try {
           const st = fstatSync(cur);
           if (st.ino !== this.ino) throw new Error("mailbox was replaced during the session");
+          if (st.size < this.snapshotEnd || !(await endsInPlace(cur, this.messages, this.messages.count, true)))
+            throw new MaildropChanged(this.user, "changed during the session");
           if (st.size > this.snapshotEnd) {
             let from = this.snapshotEnd;
             // A hand-written last message whose "." had no newline: smtpmail wrote that newline

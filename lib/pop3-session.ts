@@ -313,7 +313,7 @@ export class Pop3Session {
       await drop.commit(this.deleted);
     } catch (e) {
       // As at login: the client learns the error code, the log the server's paths.
-      const why = (e as NodeJS.ErrnoException).code ?? "internal error";
+      const why = (e as Error).name === "MaildropChanged" ? "the mailbox was changed by another program" : ((e as NodeJS.ErrnoException).code ?? "internal error");
       return { reply: Pop.updateFailed(why), close: true, log: `update of ${this.user} failed: ${(e as Error).message}` };
     }
     return { reply: Pop.goodbye(this.user), close: true, log: count ? `${this.user} deleted ${count} messages` : undefined };

@@ -255,6 +255,54 @@ describe("FileMaildrop", () => {
     e.release();
   });
 
+  test("a file emptied or overwritten in place during the session (a program ignoring the lock): QUIT removes nothing, every byte written since stays, and RETR of a message whose end moved is refused", async () => {
+    const longer = (n: number) => record(n, [`body of the new message ${n}`, "z".repeat(200)]);
+    const cases: { name: string; after: Buffer[]; dele: number[]; moved?: boolean }[] = [
+      // `: > mymailbox`, then deliveries: the marked one's bytes are now another message's.
+      { name: "emptied, then longer mail", after: [10, 11, 12, 13].map(longer), dele: [0], moved: true },
+      // Restored over itself from a backup with messages of the same sizes: every "." line
+      // is where it was, only the bytes differ.
+      { name: "same sizes", after: [21, 22, 23].map((n) => record(n)), dele: [1] },
+      { name: "same sizes, last marked", after: [21, 22, 23].map((n) => record(n)), dele: [2] },
+      { name: "shorter", after: [record(31)], dele: [0], moved: true },
+    ];
+    for (const c of cases) {
+      const r = root();
+      const p = writeBox(r, record(1), record(2), record(3));
+      const cache = new IndexCache();
+      const d = await FileMaildrop.open(r, "alice", () => {}, cache);
+      expect(d.count).toBe(3);
+      truncateSync(p, 0);
+      for (const rec of c.after) appendFileSync(p, rec);
+      const now = readFileSync(p);
+      // Where the marked message's "." line is gone, RETR and TOP refuse rather than serve other mail under its UID.
+      if (c.moved) for (const f of [() => d.read(0), () => d.top(0, 0)]) expect(f, c.name).toThrow(MaildropChanged);
+      const err = await d.commit(new Set(c.dele)).then(() => null, (e: Error) => e);
+      expect(err, c.name).toBeInstanceOf(MaildropChanged);
+      expect(readFileSync(p).equals(now), c.name).toBe(true);
+      expect(readdirSync(join(r, "alice")).sort(), c.name).toEqual(["mymailbox"]);
+      // Nothing of the old session survives in the cache: the next login serves the file as it is.
+      const d2 = await FileMaildrop.open(r, "alice", () => {}, cache);
+      expect(d2.count, c.name).toBe(c.after.length);
+      await d2.commit(new Set([0]));
+      expect(readFileSync(p).equals(Buffer.concat(c.after.slice(1))), c.name).toBe(true);
+    }
+  });
+
+  test("the check before a rewrite does not refuse what the session saw: the first, the last, all, and messages among appends", async () => {
+    for (const dele of [[0], [4], [0, 1, 2, 3, 4], [1, 3]]) {
+      const r = root();
+      const p = writeBox(r, ...[1, 2, 3, 4, 5].map((n) => record(n)));
+      const store = new FileMailStore(r);
+      const d = await FileMaildrop.open(r, "alice");
+      await store.deliver(["alice"], record(6));
+      await d.commit(new Set(dele));
+      await store.close();
+      const kept = [1, 2, 3, 4, 5, 6].filter((n) => !dele.includes(n - 1));
+      expect(readFileSync(p).equals(Buffer.concat(kept.map((n) => record(n))))).toBe(true);
+    }
+  });
+
   test("the rewrite keeps the mailbox's permissions (a private 0600 box stays private; 0640 stays 0640)", async () => {
     const r = root();
     const p = writeBox(r, ...[1, 2, 3].map((n) => record(n)));

@@ -2,7 +2,7 @@
 // in-memory PopStore and Maildrop: every command in every state, exact reply forms.
 import { describe, expect, test } from "bun:test";
 import { CAPABILITIES, Pop3Session, type PopResult, type PopStore } from "../lib/pop3-session.ts";
-import { collectBody, MaildropBusy, type Maildrop } from "../lib/maildrop.ts";
+import { collectBody, MaildropBusy, MaildropChanged, type Maildrop } from "../lib/maildrop.ts";
 import { formatPopReply } from "../lib/reply.ts";
 import { LoginThrottle } from "../lib/auth.ts";
 
@@ -473,6 +473,20 @@ describe("TRANSACTION state", () => {
     expect(status(r)).toBe("-ERR [SYS/TEMP] some deleted messages not removed (ENOSPC); goodbye, POP3 server signing off");
     expect(r.close).toBe(true);
     expect(r.log).toContain("/srv/mail/alice/mymailbox.rewrite.1.tmp");
+  });
+
+  test("QUIT when the mailbox was changed under the session by another program: -ERR saying so, then close", async () => {
+    const e = env();
+    e.drop.commit = async () => {
+      e.drop.release();
+      throw new MaildropChanged("alice", "changed during the session");
+    };
+    const [s] = await loggedIn(e);
+    await run(s, "DELE 1");
+    const r = await run(s, "QUIT");
+    expect(status(r)).toBe("-ERR [SYS/TEMP] some deleted messages not removed (the mailbox was changed by another program); goodbye, POP3 server signing off");
+    expect(r.close).toBe(true);
+    expect(r.log).toContain("alice's mailbox was changed during the session by another program");
   });
 
   test("connection drop (closed()) commits nothing and releases the maildrop", async () => {
