@@ -18,6 +18,18 @@ export const trimSp = (s: string): string => s.replace(TRIM_SP, "");
 // during the RETR loop (4 runs each; likely JIT memory: with FTL off, 53-54 either way).
 const TRIM_SP = /^[ \t]+|(?<![ \t])[ \t]+$/g;
 
+/** The ">" closing the "<" at start, outside any quoted local part ("a>b"@x); -1 if none. */
+export function closingAngle(s: string, start: number): number {
+  let quoted = false;
+  for (let i = start + 1; i < s.length; i++) {
+    const c = s[i];
+    if (quoted && c === "\\") i++;
+    else if (c === '"') quoted = !quoted;
+    else if (c === ">" && !quoted) return i;
+  }
+  return -1;
+}
+
 /** Stands for bytes that are not UTF-8 in decoded text: no UTF-8 decodes to it (a lone surrogate). */
 export const UNDECODABLE = "\udfff";
 

@@ -1,5 +1,5 @@
 // Pure functions for the mail the user types and the mail the client lists and shows.
-import { trimSp } from "./lines.ts";
+import { closingAngle, trimSp } from "./lines.ts";
 import { continuesHeader } from "./mailbox.ts";
 
 export type ComposedMail =
@@ -136,10 +136,38 @@ export function formatDateHeader(value: string): string {
   return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} : ${pad2(d.getHours())} : ${pad2(d.getMinutes())}`;
 }
 
-/** The address in a From header value: "Al <al@x>" -> "al@x"; a bare address is returned as is. */
+/**
+ * The address of the first mailbox in a From header value (RFC 5322 3.4): "Al <al@x>" ->
+ * "al@x", a bare address as it is. A "<...>" inside a quoted display name or a comment is
+ * not the address: `"Bank <help@bank.example>" <eve@evil.example>` is eve's mail.
+ */
 export function senderAddress(from: string): string {
-  const m = /<([^<>]*)>/.exec(from);
-  return m ? m[1]!.trim() : from.trim();
+  let bare = "";
+  let quoted = false;
+  let depth = 0; // comment nesting
+  for (let i = 0; i < from.length; i++) {
+    const c = from[i]!;
+    if (c === "\\" && (quoted || depth > 0)) {
+      if (depth === 0) bare += c + (from[i + 1] ?? "");
+      i++;
+    } else if (depth > 0) {
+      if (c === "(") depth++;
+      else if (c === ")") depth--;
+    } else if (c === '"') {
+      quoted = !quoted;
+      bare += c;
+    } else if (quoted) bare += c;
+    else if (c === "(") depth++;
+    else if (c === "<") {
+      const end = closingAngle(from, i);
+      if (end > 0) return from.slice(i + 1, end).trim();
+      bare += c;
+    } else if (c === ",") break;
+    else bare += c;
+  }
+  // Unbalanced quotes or parentheses: not a header we can read; the first "<...>" then.
+  if (quoted || depth > 0) return /<([^<>]*)>/.exec(from)?.[1]?.trim() ?? from.trim();
+  return bare.trim().replace(/\s+/g, " ");
 }
 
 const ENCODED_WORD = /=\?([^?\s*]+)(?:\*[^?\s]*)?\?([BbQq])\?([^?\s]*)\?=/g;

@@ -424,29 +424,37 @@ function authOffered(extensions: string[]): string[] | null {
   return line ? line.split(/\s+/).slice(1) : null;
 }
 
-/** EHLO (with STARTTLS and AUTH when asked for and offered); null when all went well. */
-async function hello(client: SmtpClient, opts: SendMailOptions): Promise<SmtpReply | null> {
-  if (!opts.starttls && !opts.tls) {
+/**
+ * HELO, or EHLO (with STARTTLS and AUTH when asked for and offered, and to learn of SMTPUTF8
+ * when an address needs it). The server's refusal, or the extensions it offers (none after HELO).
+ */
+async function hello(client: SmtpClient, opts: SendMailOptions, utf8: boolean): Promise<{ refused: SmtpReply } | { extensions: string[] }> {
+  if (!opts.starttls && !opts.tls && !utf8) {
     // The assignment's dialogue: HELO, and AUTH only if MAIL is refused with 530.
     const r = await client.command(`HELO ${opts.helo}`);
-    return r.code === 250 ? null : r;
+    return r.code === 250 ? { extensions: [] } : { refused: r };
   }
   let { reply, extensions } = await client.ehlo(opts.helo);
-  if (reply.code !== 250) return reply;
+  if (reply.code !== 250) {
+    // A server that knows no EHLO (RFC 5321 3.2): HELO then, unless TLS was asked for.
+    if (opts.starttls || opts.tls || (reply.code !== 500 && reply.code !== 502)) return { refused: reply };
+    const r = await client.command(`HELO ${opts.helo}`);
+    return r.code === 250 ? { extensions: [] } : { refused: r };
+  }
   if (opts.starttls) {
     if (!extensions.includes("STARTTLS")) throw new Error(`${opts.host}:${opts.port} does not offer STARTTLS`);
     const r = await client.command("STARTTLS");
-    if (r.code !== 220) return r;
+    if (r.code !== 220) return { refused: r };
     await client.startTls(opts.starttls);
     ({ reply, extensions } = await client.ehlo(opts.helo));
-    if (reply.code !== 250) return reply;
+    if (reply.code !== 250) return { refused: reply };
   }
   const offered = authOffered(extensions);
   if (opts.auth && offered) {
     const r = await client.auth(opts.auth.user, opts.auth.password, offered);
-    if (r.code !== 235) return r;
+    if (r.code !== 235) return { refused: r };
   }
-  return null;
+  return { extensions };
 }
 
 export type SendMailResult = { ok: true } | { ok: false; reply: SmtpReply };
@@ -459,13 +467,17 @@ export async function sendMail(opts: SendMailOptions): Promise<SendMailResult> {
   const client = await SmtpClient.connect(opts.host, opts.port, opts);
   try {
     const greeting = await client.greeting();
-    const refused = greeting.code === 220 ? await hello(client, opts) : greeting;
-    if (refused) {
+    // A UTF-8 address (jürgen@x) needs SMTPUTF8 on MAIL (RFC 6531), which only EHLO tells of:
+    // after HELO our own server refused it with 553, though the client's check had taken it.
+    const utf8 = [opts.from, ...opts.to].some((a) => /[^\x00-\x7f]/.test(a));
+    const hi = greeting.code === 220 ? await hello(client, opts, utf8) : { refused: greeting };
+    if ("refused" in hi) {
       await client.quit();
-      return { ok: false, reply: refused };
+      return { ok: false, reply: hi.refused };
     }
+    const mailCommand = `MAIL FROM:<${opts.from}>${utf8 && hi.extensions.includes("SMTPUTF8") ? " SMTPUTF8" : ""}`;
     const mail = async () => {
-      const r = await client.command(`MAIL FROM:<${opts.from}>`);
+      const r = await client.command(mailCommand);
       if (r.code !== 530 || !opts.auth) return r;
       // 530 asks for AUTH (RFC 4954), or for STARTTLS first (RFC 3207). The password goes
       // only to a server that offers AUTH on this very connection: one that wants TLS first
@@ -474,7 +486,7 @@ export async function sendMail(opts: SendMailOptions): Promise<SendMailResult> {
       const offered = reply.code === 250 ? authOffered(extensions) : null;
       if (!offered) return r;
       const a = await client.auth(opts.auth.user, opts.auth.password, offered);
-      return a.code === 235 ? client.command(`MAIL FROM:<${opts.from}>`) : a;
+      return a.code === 235 ? client.command(mailCommand) : a;
     };
     const steps: Array<[() => Promise<SmtpReply>, (code: number) => boolean]> = [
       [mail, (c) => c === 250],

@@ -2,7 +2,7 @@
 // in, replies come out. It knows nothing of sockets or files: recipients are resolved
 // through a Directory and messages handed to a MailStore, both injected.
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
-import { trimSp, UNDECODABLE, type MessageEvent } from "./lines.ts";
+import { closingAngle, trimSp, UNDECODABLE, type MessageEvent } from "./lines.ts";
 import { buildRecordYielding, NoRoomForRecord, receivedLine } from "./mailbox.ts";
 import { isSafeUserName } from "./users.ts";
 import type { MailStore } from "./mail-store.ts";
@@ -76,24 +76,12 @@ function unquoted(addr: string): string {
   return /^[A-Za-z0-9!#$%&'*+\/=?^_`{|}~.-]+$/.test(local) ? local + m[2] : addr;
 }
 
-/** The '>' that ends the path opened at 0, outside any quoted local part ("a>b"@x); -1 if none. */
-function closingBracket(s: string): number {
-  let quoted = false;
-  for (let i = 1; i < s.length; i++) {
-    const c = s[i];
-    if (quoted && c === "\\") i++;
-    else if (c === '"') quoted = !quoted;
-    else if (c === ">" && !quoted) return i;
-  }
-  return -1;
-}
-
 export function parsePath(arg: string): { addr: string; params: string[] } | { error: string } {
   let s = trimSp(arg);
   let addr: string;
   let rest: string;
   if (s.startsWith("<")) {
-    const close = closingBracket(s);
+    const close = closingAngle(s, 0);
     if (close < 0) return { error: "missing '>'" };
     addr = s.slice(1, close);
     rest = s.slice(close + 1);

@@ -163,6 +163,19 @@ test("formatDateHeader", () => {
 test("senderAddress takes the address out of a display name", () => {
   expect(senderAddress("Al Gore <al@x.org>")).toBe("al@x.org");
   expect(senderAddress(" al@x.org ")).toBe("al@x.org");
+  // A "<...>" in a quoted display name or a comment is not the sender (helper-85: shown as the bank's).
+  expect(senderAddress('"Security <security@bank.example>" <eve@evil.example>')).toBe("eve@evil.example");
+  expect(senderAddress("x@y.example (Mr <X>)")).toBe("x@y.example");
+  expect(senderAddress("(c <a@b>) Al (nested (<c@d>) comment) <al@x.org> (after)")).toBe("al@x.org");
+  expect(senderAddress('"Al \\" <q@q>" <al@x.org>')).toBe("al@x.org");
+  expect(senderAddress('<"a>b"@x.org>')).toBe('"a>b"@x.org');
+  expect(senderAddress('"john smith"@x.org')).toBe('"john smith"@x.org');
+  // The first of several mailboxes.
+  expect(senderAddress("Al <al@x.org>, Bo <bo@y.org>")).toBe("al@x.org");
+  expect(senderAddress("al@x.org, bo@y.org")).toBe("al@x.org");
+  // Not well formed: the first "<...>", else the text.
+  expect(senderAddress('"Al <al@x.org>')).toBe("al@x.org");
+  expect(senderAddress("(unclosed al@x.org")).toBe("(unclosed al@x.org");
 });
 
 test("sanitizeForTerminal neutralises escape sequences but keeps text, tabs and newlines", () => {

@@ -712,6 +712,19 @@ describe.skipIf(!haveServers)("end to end with smtpmail and popserver", () => {
     expectInOrder(first.stdout, ["No mails.", "Mail no. out of range, give again", "Mail sent successfully", "      1  bob@x", "hi alice", "yo\n"]);
   });
 
+  test("a UTF-8 sender address goes (SMTPUTF8), and a display name's '<...>' is not shown as the sender", async () => {
+    // helper-85: the client's check took jürgen@x, then its own server refused it with 553.
+    const r = await runClient(args, typed("bob", "secret", "2", "From: jürgen@mail.test", "To: alice@y", "Subject: grüße", "hallo", ".", "3"));
+    expect(r.stdout).toContain("Mail sent successfully");
+    expect(mailbox("alice")).toContain("From: jürgen@mail.test\r\nTo: alice@y\r\nSubject: grüße\r\n");
+    const message = `From: "Security <security@bank.example>" <eve@evil.example>\r\nTo: alice@y\r\nSubject: spoof\r\n\r\nx\r\n`;
+    expect(await sendMail({ host: "127.0.0.1", port: smtp.port, helo: "test", from: "eve@evil.example", to: ["alice@y"], message })).toEqual({ ok: true });
+    const list = await runClient(args, typed("alice", "alicepw", "1", "-1", "3"));
+    expect(list.stdout).toMatch(/ {6}\d {2}jürgen@mail\.test {2}.*grüße/);
+    expect(list.stdout).toMatch(/ {6}\d {2}eve@evil\.example {2}.*spoof/);
+    expect(list.stdout).not.toContain("security@bank.example");
+  });
+
   test("a body whose first line is indented stays the body: Received right after Subject, the list shows the Subject alone", async () => {
     const r = await runClient(args, typed("bob", "secret", "2", "From: bob@x", "To: alice@y", "Subject: Weekly report", "    Hi Alice,", "\tall tests pass.", "Regards", ".", "3"));
     expect(r.stdout).toContain("Mail sent successfully");

@@ -187,6 +187,52 @@ describe("sendMail", () => {
   });
 });
 
+describe("sendMail with a UTF-8 address (RFC 6531)", () => {
+  /** A scripted server that offers `ehlo` (or refuses EHLO with 500 when null) and takes any mail. */
+  function server(ehlo: string[] | null) {
+    return startFake(async (c) => {
+      c.send("220 fake.test Service ready\r\n");
+      for (;;) {
+        const line = await c.readLine();
+        if (line === null) return;
+        const verb = line.split(" ")[0]!.toUpperCase();
+        if (verb === "EHLO") c.send(ehlo ? ehlo.map((e, i) => `250${i === ehlo.length - 1 ? " " : "-"}${e}\r\n`).join("") : "500 what\r\n");
+        else if (verb === "HELO" || verb === "MAIL" || verb === "RCPT") c.send("250 ok\r\n");
+        else if (verb === "DATA") {
+          c.send("354 go\r\n");
+          while ((await c.readLine()) !== ".");
+          c.send("250 queued\r\n");
+        } else if (verb === "QUIT") {
+          c.send("221 bye\r\n");
+          c.end();
+          return;
+        } else c.send("500 what\r\n");
+      }
+    });
+  }
+  const send = (port: number, from: string, to = "bob@x") => sendMail({ host: "127.0.0.1", port, helo: "me", from, to: [to], message: "Subject: s\r\n\r\nx\r\n" });
+  const verbs = (srv: ReturnType<typeof server>) => srv.conns[0]!.received.filter((l) => /^[A-Z]{4} /.test(l)).slice(0, 2);
+
+  test("EHLO, and MAIL with SMTPUTF8 where the server offers it; plain ASCII mail keeps the assignment's HELO", async () => {
+    const srv = server(["fake.test", "SMTPUTF8"]);
+    expect(await send(srv.port, "jürgen@x")).toEqual({ ok: true });
+    expect(verbs(srv)).toEqual(["EHLO me", "MAIL FROM:<jürgen@x> SMTPUTF8"]);
+    expect(await send(srv.port, "al@x", "zoë@x")).toEqual({ ok: true });
+    expect(srv.conns[1]!.received.slice(0, 2)).toEqual(["EHLO me", "MAIL FROM:<al@x> SMTPUTF8"]);
+    expect(await send(srv.port, "al@x")).toEqual({ ok: true });
+    expect(srv.conns[2]!.received.slice(0, 2)).toEqual(["HELO me", "MAIL FROM:<al@x>"]);
+  });
+
+  test("without SMTPUTF8 offered, MAIL goes plain (the server's answer is the result); a server without EHLO gets HELO", async () => {
+    const srv = server(["fake.test"]);
+    expect(await send(srv.port, "jürgen@x")).toEqual({ ok: true });
+    expect(verbs(srv)).toEqual(["EHLO me", "MAIL FROM:<jürgen@x>"]);
+    const old = server(null);
+    expect(await send(old.port, "jürgen@x")).toEqual({ ok: true });
+    expect(old.conns[0]!.received.slice(0, 3)).toEqual(["EHLO me", "HELO me", "MAIL FROM:<jürgen@x>"]);
+  });
+});
+
 describe("sendMail and a 530 after HELO (the assignment's dialogue, no TLS asked for)", () => {
   /** A scripted server: MAIL is answered 530 `why` until AUTH; EHLO offers `ehlo`. */
   function server(why: string, ehlo: string[]) {
