@@ -15,6 +15,7 @@ import {
   decodeEncodedWords,
   senderAddress,
 } from "./lib/mail-format.ts";
+import { readableMail } from "./lib/mime.ts";
 import { readKey, readLine, readPassword } from "./lib/terminal.ts";
 import { readFileSync } from "node:fs";
 import type { ClientTls, TlsMode } from "./lib/tls.ts";
@@ -384,7 +385,7 @@ async function manageMail(s: Session): Promise<void> {
         continue;
       }
       say();
-      process.stdout.write(sanitizeForTerminal(read.result.replace(/\r\n/g, "\n")));
+      process.stdout.write(sanitizeForTerminal(readableMail(read.result.replace(/\r\n/g, "\n"))));
       say();
       const key = await ask(readKey("Press d to delete this mail, any other key to return to the list: "));
       if (key === "d") {
