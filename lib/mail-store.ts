@@ -607,6 +607,8 @@ export class FileMailStore implements MailStore {
       box = await this.lockAndOpen(user);
       if (!box) return null;
     }
+    // Where this append starts, once known: a failed one is cut back to it.
+    let start = -1;
     try {
       let size = box.knownSize;
       let prefix = "";
@@ -623,6 +625,7 @@ export class FileMailStore implements MailStore {
         at += r.length;
       }
       placing?.(box.ino, offsets, false);
+      start = size;
       const parts = prefix ? [Buffer.from(prefix), ...records] : records;
       // A large append (a big message, or many) goes to the thread pool, not the event loop.
       if (parts.reduce((n, b) => n + b.length, 0) > INLINE_WRITE_MAX) await writevAll(box.fd, parts);
@@ -633,9 +636,19 @@ export class FileMailStore implements MailStore {
       box.lastUsed = now();
       return { ino: box.ino, birth: box.birth, offsets };
     } catch (e) {
-      // Maybe a partial write: whoever takes the lock next looks at the tail first.
-      this.releaseLock(box);
+      // Maybe a partial write (a full disk): cut off at once, under the lock still held, so
+      // the file holds whole messages only; it stayed until the next append moved it aside
+      // (helper-83). If that fails too, whoever takes the lock next looks at the tail first.
       box.knownSize = -1;
+      // Looked at again before the next append all the same (a hand-written last "." wants its newline again).
+      box.checkTail = true;
+      if (start >= 0) {
+        try {
+          ftruncateSync(box.fd, start);
+          box.knownSize = start;
+        } catch {}
+      }
+      this.releaseLock(box);
       throw e;
     } finally {
       this.unuse(box);
@@ -674,7 +687,17 @@ export class FileMailStore implements MailStore {
     // Linked from one temp file kept in the root, as popserver's locks are: one link() per
     // lock. A temp file per mailbox was made again each time a mailbox was closed (past 64
     // open, or idle), and with 1000 users that was a third of smtpmail's time (helper-68).
-    const lock = tryLock(lockPath, false, this.root);
+    let lock: Lock | null;
+    try {
+      lock = tryLock(lockPath, false, this.root);
+    } catch (e) {
+      // The user's directory removed while its box stayed open here (an `rm -rf` by hand):
+      // made again, as for a first delivery. Every message to the user failed with 451 until
+      // the idle box was closed, 30 s later (helper-83).
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT" || mkdirSync(dirname(path), { recursive: true }) === undefined) throw e;
+      this.dirChanged(dirname(dirname(path)));
+      lock = tryLock(lockPath, false, this.root);
+    }
     if (!lock) {
       // Another smtpmail may be keeping it across busy rounds: ask, as popserver does.
       if (want(lockPath)) this.wanting.add(user);

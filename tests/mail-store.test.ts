@@ -145,6 +145,17 @@ describe("FileMailStore", () => {
     expect(box(r, "alice").equals(rec("one"))).toBe(true);
   });
 
+  test("a user's directory removed by hand while its mailbox is kept open is made again at the next delivery (helper-83)", async () => {
+    const r = root(["alice"]);
+    const store = track(new FileMailStore(r));
+    await store.deliver(["alice"], rec("one"));
+    // Its lock let go (deliveries paused), its descriptor still open.
+    await Bun.sleep(50);
+    rmSync(join(r, "alice"), { recursive: true, force: true });
+    await store.deliver(["alice"], rec("two"));
+    expect(subjects(box(r, "alice"))).toEqual(["two"]);
+  });
+
   test("concurrent deliveries all land exactly once, with fewer fsyncs than messages (group commit)", async () => {
     const r = root();
     const store = track(new FileMailStore(r));
@@ -230,6 +241,27 @@ describe("FileMailStore", () => {
     expect(aside.length).toBe(1);
     expect(readFileSync(join(r, "alice", aside[0]!)).equals(torn)).toBe(true);
     expect(warnings.join()).toContain("unterminated tail");
+  });
+
+  test("an append that fails part way (a full disk) is cut off at once; a hand-written last '.' still gets its newline next time (helper-83)", async () => {
+    const r = root();
+    const hand = "From: a@b\nSubject: hand\n\nhi\n.";
+    writeFileSync(join(r, "alice", "mymailbox"), hand);
+    const store = track(new FileMailStore(r));
+    const write = spyOn(fsio, "writevAllSync").mockImplementationOnce((fd: number, parts: Buffer[]) => {
+      const all = Buffer.concat(parts);
+      fsio.writeAllSync(fd, all.subarray(0, all.length >> 1));
+      throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
+    });
+    try {
+      await expect(store.deliver(["alice"], rec("lost"))).rejects.toThrow("ENOSPC");
+      expect(box(r, "alice").toString()).toBe(hand);
+      await store.deliver(["alice"], rec("next"));
+    } finally {
+      write.mockRestore();
+    }
+    expect(box(r, "alice").equals(Buffer.concat([Buffer.from(hand + "\n"), rec("next")]))).toBe(true);
+    expect(readdirSync(join(r, "alice")).filter((f) => f.startsWith("mymailbox.torn-"))).toEqual([]);
   });
 
   test("a tail cut right after the final dot of a CRLF record is torn too, not completed", async () => {
