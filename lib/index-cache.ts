@@ -282,12 +282,11 @@ async function stillThere(fd: number, e: Entry): Promise<boolean> {
 }
 
 /**
- * Whether messages [0, count) of the index all still end in their "." line where they did.
- * The last of a file may end in a bare "." (hand-written), so the last of them is allowed to
- * when lastMayBeBare. Each message's last 4 bytes, read through a 64 KiB window: small
- * messages share reads (10,000 of 2.4 KiB take 370 reads), large ones cost one small read each.
+ * Whether messages [0, count) of the index all still end in their "." line where they did:
+ * each one's last 4 bytes, read through a 64 KiB window (small messages share reads: 10,000
+ * of 2.4 KiB take 370 reads; large ones cost a window each).
  */
-export async function endsInPlace(fd: number, index: MessageIndex, count: number, lastMayBeBare = false): Promise<boolean> {
+async function endsInPlace(fd: number, index: MessageIndex, count: number): Promise<boolean> {
   if (count === 0) return true;
   const limit = index.offset(count - 1) + index.length(count - 1);
   const win = Buffer.allocUnsafe(WINDOW);
@@ -296,7 +295,6 @@ export async function endsInPlace(fd: number, index: MessageIndex, count: number
   let reads = 0;
   for (let i = 0; i < count; i++) {
     const to = index.offset(i) + index.length(i);
-    // A message is at least a line and its "." line ("x\n.\n"), and its "." may be the file's first byte only if bare.
     if (to < 3) return false;
     if (to - 4 < winStart || to > winStart + winLen) {
       winStart = Math.max(0, to - 4);
@@ -305,7 +303,7 @@ export async function endsInPlace(fd: number, index: MessageIndex, count: number
       // Let other sessions in now and then (1 GiB of 10 KiB messages: about 0.2 s).
       if (++reads % 256 === 0) await new Promise((r) => setImmediate(r));
     }
-    if (!dotLineEndsAt(win, to - winStart, lastMayBeBare && i === count - 1)) return false;
+    if (!dotLineEndsAt(win, to - winStart, false)) return false;
   }
   return true;
 }

@@ -145,6 +145,9 @@ export function senderAddress(from: string): string {
   let bare = "";
   let quoted = false;
   let depth = 0; // comment nesting
+  // Once a "<" finds no ">" after it, no later one will: each looked would scan to the end
+  // again (a From of 100 KB of "<" held the list 6 s, helper-86).
+  let unclosed = false;
   for (let i = 0; i < from.length; i++) {
     const c = from[i]!;
     if (c === "\\" && (quoted || depth > 0)) {
@@ -158,9 +161,10 @@ export function senderAddress(from: string): string {
       bare += c;
     } else if (quoted) bare += c;
     else if (c === "(") depth++;
-    else if (c === "<") {
+    else if (c === "<" && !unclosed) {
       const end = closingAngle(from, i);
       if (end > 0) return from.slice(i + 1, end).trim();
+      unclosed = true;
       bare += c;
     } else if (c === ",") break;
     else bare += c;

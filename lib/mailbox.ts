@@ -379,6 +379,9 @@ export function messageHash(content: Uint8Array): number {
   return Bun.hash.crc32(content) * 2 ** 21 + (Bun.hash.cityHash32(content) & 0x1fffff);
 }
 
+/** The crc32 part of a messageHash(). */
+export const crcOfHash = (hash: number): number => Math.floor(hash / 2 ** 21);
+
 const C1 = 0xcc9e2d51 | 0;
 const C2 = 0x1b873593 | 0;
 const rot = (v: number, s: number) => (v >>> s) | (v << (32 - s));

@@ -176,6 +176,9 @@ test("senderAddress takes the address out of a display name", () => {
   // Not well formed: the first "<...>", else the text.
   expect(senderAddress('"Al <al@x.org>')).toBe("al@x.org");
   expect(senderAddress("(unclosed al@x.org")).toBe("(unclosed al@x.org");
+  // A million unclosed "<" (a hostile From): one pass, where one scan per "<" never ended (helper-86).
+  expect(senderAddress("<".repeat(1_000_000) + " al@x.org")).toStartWith("<<<");
+  expect(senderAddress('<"'.repeat(500_000))).toStartWith("<");
 });
 
 test("sanitizeForTerminal neutralises escape sequences but keeps text, tabs and newlines", () => {

@@ -8,7 +8,8 @@ import { collectBody, FileMaildrop, MaildropBusy, MaildropChanged, type Body } f
 import { buildRecord, scanBuffer, toWire } from "../lib/mailbox.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { IndexCache } from "../lib/index-cache.ts";
-import { mailboxPath, popLockPath } from "../lib/paths.ts";
+import { mailboxPath, popLockPath, writeLockPath } from "../lib/paths.ts";
+import { tryLock, wantedPath } from "../lib/lock.ts";
 import { makeRoot, removeRoot } from "./helpers/servers.ts";
 import { unstuffBody } from "./helpers/wire.ts";
 
@@ -289,7 +290,44 @@ describe("FileMaildrop", () => {
     }
   });
 
-  test("the check before a rewrite does not refuse what the session saw: the first, the last, all, and messages among appends", async () => {
+  test("a same-layout overwrite while QUIT waits for smtpmail's lock is seen: nothing removed (helper-86)", async () => {
+    const r = root();
+    const p = writeBox(r, record(1), record(2), record(3));
+    const d = await FileMaildrop.open(r, "alice");
+    // smtpmail holds the write lock for a moment, as under load; the kept messages are copied meanwhile.
+    const held = tryLock(writeLockPath(r, "alice"), false, r)!;
+    const quit = d.commit(new Set([1])).then(() => null, (e: Error) => e);
+    for (let t = Date.now(); !existsSync(wantedPath(writeLockPath(r, "alice"))) && Date.now() - t < 5000; ) await Bun.sleep(1);
+    // `cp backup mymailbox`: message 2's place now holds message 9, of the same size, which the session never saw.
+    writeFileSync(p, Buffer.concat([record(1), record(9), record(3)]));
+    held.release();
+    expect(await quit).toBeInstanceOf(MaildropChanged);
+    expect(readFileSync(p).equals(Buffer.concat([record(1), record(9), record(3)]))).toBe(true);
+  });
+
+  test("hand-written ends: a mailbox that is a blank line and a bare '.' can be emptied; a last message that ended in a whole '.' line at login is not served once it reads bare (helper-86)", async () => {
+    const r = root();
+    const p = writeBox(r, Buffer.from("Subject: a\n\nhi\n.\n\n."));
+    const d = await FileMaildrop.open(r, "alice");
+    expect(d.count).toBe(2);
+    await d.commit(new Set([0]));
+    expect(readFileSync(p).toString()).toBe("\n.");
+    const e = await FileMaildrop.open(r, "alice");
+    expect(e.count).toBe(1);
+    await e.commit(new Set([0]));
+    expect(readFileSync(p).length).toBe(0);
+    // [m1, m2] emptied and overwritten by one longer delivery whose bytes at m2's end read "\n.".
+    const two = Buffer.concat([record(1), record(2)]);
+    writeBox(r, two);
+    const f = await FileMaildrop.open(r, "alice");
+    const filler = Buffer.alloc(two.length + 10, "x");
+    filler.write("\n.", two.length - 2);
+    writeFileSync(p, filler);
+    for (const read of [() => f.read(1), () => f.top(1, 0)]) expect(read).toThrow(MaildropChanged);
+    f.release();
+  });
+
+  test("the check at QUIT does not refuse what the session saw: the first, the last, all, and messages among appends", async () => {
     for (const dele of [[0], [4], [0, 1, 2, 3, 4], [1, 3]]) {
       const r = root();
       const p = writeBox(r, ...[1, 2, 3, 4, 5].map((n) => record(n)));
