@@ -1,8 +1,34 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { encodeData, formatReply, sendMail, SmtpClient } from "../lib/smtp-client.ts";
-import { closedPort, fakeSmtp, startFake, stopFakes, tick } from "./helpers/client-fake-server.ts";
+import { closedPort, fakeSmtp, startFake, stopFakes, tick, type FakeConn } from "./helpers/client-fake-server.ts";
 
 afterEach(stopFakes);
+
+/**
+ * A scripted SMTP server: `answer` replies to a command (true) or leaves it (false) to the
+ * common part, which takes DATA, says goodbye to QUIT and 500 to the rest.
+ */
+function scriptedSmtp(answer: (verb: string, line: string, c: FakeConn) => boolean) {
+  return startFake(async (c) => {
+    c.send("220 fake.test Service ready\r\n");
+    for (;;) {
+      const line = await c.readLine();
+      if (line === null) return;
+      const verb = line.split(" ")[0]!.toUpperCase();
+      if (answer(verb, line, c)) continue;
+      if (verb === "DATA") {
+        c.send("354 go\r\n");
+        while ((await c.readLine()) !== ".");
+        c.send("250 queued\r\n");
+      } else if (verb === "QUIT") {
+        c.send("221 bye\r\n");
+        c.end();
+        return;
+      } else c.send("500 what\r\n");
+    }
+  });
+}
+const ehloReply = (lines: string[]) => lines.map((e, i) => `250${i === lines.length - 1 ? " " : "-"}${e}\r\n`).join("");
 
 describe("encodeData", () => {
   test("dot-stuffs every line starting with '.', CRLF line ends, terminator", () => {
@@ -189,27 +215,13 @@ describe("sendMail", () => {
 
 describe("sendMail with a UTF-8 address (RFC 6531)", () => {
   /** A scripted server that offers `ehlo` (or refuses EHLO with 500 when null) and takes any mail. */
-  function server(ehlo: string[] | null) {
-    return startFake(async (c) => {
-      c.send("220 fake.test Service ready\r\n");
-      for (;;) {
-        const line = await c.readLine();
-        if (line === null) return;
-        const verb = line.split(" ")[0]!.toUpperCase();
-        if (verb === "EHLO") c.send(ehlo ? ehlo.map((e, i) => `250${i === ehlo.length - 1 ? " " : "-"}${e}\r\n`).join("") : "500 what\r\n");
-        else if (verb === "HELO" || verb === "MAIL" || verb === "RCPT") c.send("250 ok\r\n");
-        else if (verb === "DATA") {
-          c.send("354 go\r\n");
-          while ((await c.readLine()) !== ".");
-          c.send("250 queued\r\n");
-        } else if (verb === "QUIT") {
-          c.send("221 bye\r\n");
-          c.end();
-          return;
-        } else c.send("500 what\r\n");
-      }
+  const server = (ehlo: string[] | null) =>
+    scriptedSmtp((verb, _line, c) => {
+      if (verb === "EHLO") c.send(ehlo ? ehloReply(ehlo) : "500 what\r\n");
+      else if (verb === "HELO" || verb === "MAIL" || verb === "RCPT") c.send("250 ok\r\n");
+      else return false;
+      return true;
     });
-  }
   const send = (port: number, from: string, to = "bob@x") => sendMail({ host: "127.0.0.1", port, helo: "me", from, to: [to], message: "Subject: s\r\n\r\nx\r\n" });
   const verbs = (srv: ReturnType<typeof server>) => srv.conns[0]!.received.filter((l) => /^[A-Z]{4} /.test(l)).slice(0, 2);
 
@@ -236,30 +248,17 @@ describe("sendMail with a UTF-8 address (RFC 6531)", () => {
 describe("sendMail and a 530 after HELO (the assignment's dialogue, no TLS asked for)", () => {
   /** A scripted server: MAIL is answered 530 `why` until AUTH; EHLO offers `ehlo`. */
   function server(why: string, ehlo: string[]) {
-    return startFake(async (c) => {
-      c.send("220 fake.test Service ready\r\n");
-      let authed = false;
-      for (;;) {
-        const line = await c.readLine();
-        if (line === null) return;
-        const verb = line.split(" ")[0]!.toUpperCase();
-        if (verb === "HELO") c.send("250 fake.test\r\n");
-        else if (verb === "EHLO") c.send(ehlo.map((e, i) => `250${i === ehlo.length - 1 ? " " : "-"}${e}\r\n`).join(""));
-        else if (verb === "AUTH") {
-          authed = line === `AUTH PLAIN ${Buffer.from("\0alice\0pw").toString("base64")}`;
-          c.send(authed ? "235 ok\r\n" : "535 no\r\n");
-        } else if (verb === "MAIL") c.send(authed ? "250 ok\r\n" : `530 ${why}\r\n`);
-        else if (verb === "RCPT") c.send("250 ok\r\n");
-        else if (verb === "DATA") {
-          c.send("354 go\r\n");
-          while ((await c.readLine()) !== ".");
-          c.send("250 queued\r\n");
-        } else if (verb === "QUIT") {
-          c.send("221 bye\r\n");
-          c.end();
-          return;
-        } else c.send("500 what\r\n");
-      }
+    let authed = false;
+    return scriptedSmtp((verb, line, c) => {
+      if (verb === "HELO") c.send("250 fake.test\r\n");
+      else if (verb === "EHLO") c.send(ehloReply(ehlo));
+      else if (verb === "AUTH") {
+        authed = line === `AUTH PLAIN ${Buffer.from("\0alice\0pw").toString("base64")}`;
+        c.send(authed ? "235 ok\r\n" : "535 no\r\n");
+      } else if (verb === "MAIL") c.send(authed ? "250 ok\r\n" : `530 ${why}\r\n`);
+      else if (verb === "RCPT") c.send("250 ok\r\n");
+      else return false;
+      return true;
     });
   }
   const mail = (port: number) =>
