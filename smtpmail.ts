@@ -10,7 +10,7 @@ import { createSmtpServer } from "./lib/smtp-server.ts";
 import { Users } from "./lib/users.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
-import { readPassword } from "./lib/terminal.ts";
+import { promptOnStderr, readPassword } from "./lib/terminal.ts";
 import { restartWithoutFtl } from "./lib/jit.ts";
 
 const FLAGS: FlagSpec = {
@@ -62,6 +62,7 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
     return;
   }
   if (flags.has("--hash-password")) {
+    promptOnStderr();
     const password = await readPassword("Password: ");
     if (!password) throw new Error("no password given");
     process.stdout.write((await Bun.password.hash(password)) + "\n");

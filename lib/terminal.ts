@@ -53,8 +53,15 @@ function more(): Promise<void> {
   });
 }
 
+let prompts: NodeJS.WritableStream = process.stdout;
+
+/** Prompts (and what is echoed) go to stderr: for a command whose stdout is its result, as `H=$(smtpmail --hash-password)`. */
+export function promptOnStderr(): void {
+  prompts = process.stderr;
+}
+
 function write(text: string): void {
-  process.stdout.write(text);
+  prompts.write(text);
 }
 
 /** Print the prompt and read one line (without its line end); null at end of input. */

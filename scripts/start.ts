@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs, parsePort, runMain, type FlagSpec } from "../lib/cli.ts";
 import { hangupIgnored } from "../lib/daemon.ts";
+import { parseUserTable } from "../lib/users.ts";
 
 const PROJECT = resolve(import.meta.dir, "..");
 const DEMO_USERS: [string, string][] = [["alice", "alice123"], ["bob", "bob123"], ["carol", "carol123"]];
@@ -39,10 +40,9 @@ await runMain("start", async () => {
   // Passwords only for the demo root: a real one's would end up on the screen and in scrollback.
   const demo = created || root === join(PROJECT, "demo-root");
   console.log(demo ? "Users (name password):" : "Users:");
-  for (const line of userText.split("\n")) {
-    const fields = line.trim().split(/[ \t]+/);
-    if (fields[0] && !fields[0].startsWith("#")) console.log(`  ${demo ? fields.join(" ") : fields[0]}`);
-  }
+  // As the servers read the file: a line they skip (their warning says why) is no user.
+  const { names, passwords } = parseUserTable(userText);
+  for (const name of names) console.log(`  ${demo ? `${name} ${passwords.get(name)}` : name}`);
 
   const spawn = (script: string, port: number) =>
     Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root], { stdio: ["ignore", "inherit", "inherit"] });

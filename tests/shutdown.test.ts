@@ -1,7 +1,7 @@
 // Graceful shutdown under load: SIGTERM, SIGINT and SIGHUP stop the servers with exit code 0, every
 // message that got its 250 is in the mailbox exactly once, and no lock or journal is left.
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { scanBuffer } from "../lib/mailbox.ts";
 import { readJournal } from "../lib/journal.ts";
@@ -233,6 +233,25 @@ describe("popserver", () => {
 });
 
 describe("npm start (scripts/start.ts)", () => {
+  test("lists the users as the servers read user.txt: a malformed line is no user (helper-89)", { timeout: 30_000 }, async () => {
+    const root = makeRoot({ alice: "a" });
+    roots.push(root);
+    writeFileSync(join(root, "user.txt"), "alice a\nbad line here\n# a comment\nbob b\n");
+    const p = Bun.spawn([process.execPath, join(import.meta.dir, "..", "scripts", "start.ts"), "--root", root, "--smtp-port", "0", "--pop-port", "0"], { stdout: "pipe", stderr: "pipe" });
+    let out = "";
+    const reader = p.stdout.getReader();
+    const deadline = Date.now() + 15_000;
+    while (!/Press Ctrl-C/.test(out) && Date.now() < deadline) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    p.kill("SIGTERM");
+    await p.exited;
+    expect(out).toContain("Users:\n  alice\n  bob\n");
+    expect(out).not.toContain("  bad");
+  });
+
   test("orphaned (npm passed SIGTERM to its shell only), it stops both servers cleanly", { timeout: 30_000 }, async () => {
     const root = makeRoot({ alice: "a" });
     roots.push(root);
