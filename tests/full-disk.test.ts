@@ -47,8 +47,12 @@ async function send(port: number, n: number): Promise<{ ok: boolean; code: numbe
 }
 
 describe.skipIf(!canMount)("a mail root on a disk that fills up", () => {
-  let smtp: Running;
+  let smtp: Running | undefined;
   const acked: string[] = [];
+  // Stopped by the second test; a failure before that must not leave it running.
+  afterAll(async () => {
+    await smtp?.stop();
+  });
 
   test("SMTP: every 250 is stored; once full, 451 and nothing half-written is left behind", async () => {
     smtp = await startSmtp(root);
@@ -72,13 +76,13 @@ describe.skipIf(!canMount)("a mail root on a disk that fills up", () => {
   test("with room again, delivery goes on, with nothing to set aside", async () => {
     expect(mount("remount", "size=24m")).toBe(true);
     for (let n = 100; n < 105; n++) {
-      expect((await send(smtp.port, n)).ok).toBe(true);
+      expect((await send(smtp!.port, n)).ok).toBe(true);
       acked.push(`m${n}`);
     }
     expect(subjects(box())).toEqual(acked);
     expect(scanBuffer(box()).validEnd).toBe(box().length);
     expect(readdirSync(join(root, "alice")).filter((f) => f.startsWith("mymailbox.torn-"))).toEqual([]);
-    await smtp.stop();
+    await smtp!.stop();
     expect(litter()).toEqual([]);
   });
 
