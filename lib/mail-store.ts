@@ -607,8 +607,9 @@ export class FileMailStore implements MailStore {
       box = await this.lockAndOpen(user);
       if (!box) return null;
     }
-    // Where this append starts, once known: a failed one is cut back to it.
+    // Where this append starts and what it writes, once known: a failed one is cut back.
     let start = -1;
+    let parts: Buffer[] = [];
     try {
       let size = box.knownSize;
       let prefix = "";
@@ -626,7 +627,7 @@ export class FileMailStore implements MailStore {
       }
       placing?.(box.ino, offsets, false);
       start = size;
-      const parts = prefix ? [Buffer.from(prefix), ...records] : records;
+      parts = prefix ? [Buffer.from(prefix), ...records] : records;
       // A large append (a big message, or many) goes to the thread pool, not the event loop.
       if (parts.reduce((n, b) => n + b.length, 0) > INLINE_WRITE_MAX) await writevAll(box.fd, parts);
       else writevAllSync(box.fd, parts);
@@ -638,14 +639,20 @@ export class FileMailStore implements MailStore {
     } catch (e) {
       // Maybe a partial write (a full disk): cut off at once, under the lock still held, so
       // the file holds whole messages only; it stayed until the next append moved it aside
-      // (helper-83). If that fails too, whoever takes the lock next looks at the tail first.
+      // (helper-83). Only if what follows `start` is ours alone: a program that ignores the
+      // lock may have appended a whole message there first (helper-90). Otherwise, or if the
+      // cut fails, whoever takes the lock next looks at the tail first.
       box.knownSize = -1;
       // Looked at again before the next append all the same (a hand-written last "." wants its newline again).
       box.checkTail = true;
       if (start >= 0) {
         try {
-          ftruncateSync(box.fd, start);
-          box.knownSize = start;
+          const after = fstatSync(box.fd).size - start;
+          const ours = Buffer.concat(parts);
+          if (after >= 0 && after <= ours.length && readAtSync(box.fd, start, after).equals(ours.subarray(0, after))) {
+            ftruncateSync(box.fd, start);
+            box.knownSize = start;
+          }
         } catch {}
       }
       this.releaseLock(box);

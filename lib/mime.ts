@@ -2,8 +2,9 @@
 // MIME (RFC 2045-2047): a body in base64 or quoted-printable, in a charset of its own, split
 // into parts, with non-ASCII header words encoded. Shown as stored, a Python or swaks mail
 // with one accented letter was a screen of base64 (helper-85). The header lines are kept,
-// encoded words decoded; the body is decoded; attachments are one line each. A mail without
-// MIME (the assignment's own, mailclient's) is returned exactly as it came.
+// encoded words decoded; the body is decoded; attachments are one line each; a mail inside
+// (forwarded, or returned in a bounce) is shown the same way. A mail without MIME (the
+// assignment's own, mailclient's) comes back as it came, but for encoded words in its header.
 import { decodeEncodedWords } from "./mail-format.ts";
 
 /** Nesting of multiparts followed; deeper ones are shown as attachments. */
@@ -16,14 +17,25 @@ interface Entity {
 }
 
 /** The mail (lines ending in "\n") as it should be read. */
-export function readableMail(mail: string): string {
+export function readableMail(mail: string, depth = 0): string {
   const { entity: top, headerEnd, bodyStart } = splitEntity(mail);
   const type = contentType(top);
   const encoding = field(top, "content-transfer-encoding")?.toLowerCase().trim();
-  const mime = type.type.startsWith("multipart/") || encoding === "base64" || encoding === "quoted-printable";
-  const header = mail.slice(0, headerEnd).replace(/^.*$/gm, (line) => (line.includes("=?") ? decodeEncodedWords(line) : line));
+  const mime = type.type.startsWith("multipart/") || type.type.startsWith("message/") || encoding === "base64" || encoding === "quoted-printable";
+  const header = decodeHeader(mail.slice(0, headerEnd));
   if (!mime) return header + mail.slice(headerEnd);
-  return header + mail.slice(headerEnd, bodyStart) + render(top, 0);
+  return header + mail.slice(headerEnd, bodyStart) + render(top, depth);
+}
+
+/**
+ * Header lines with their encoded words decoded. A field holding one is unfolded first: the
+ * white space between two encoded words goes, folds included (RFC 2047 6.2; Python folds a
+ * long Subject between two). A line break decoded from a word is a space: `=0A` made a line
+ * of its own that read as another header field ("From: ceo@bank", helper-90).
+ */
+function decodeHeader(block: string): string {
+  if (!block.includes("=?")) return block;
+  return block.replace(/^[^ \t\n][^\n]*(?:\n[ \t][^\n]*)*/gm, (f) => (f.includes("=?") ? decodeEncodedWords(f.replace(/\n(?=[ \t])/g, "")).replace(/[\r\n]/g, " ") : f));
 }
 
 /** The text of an entity: a text body decoded, a multipart's parts, anything else as a line. */
@@ -39,6 +51,10 @@ function render(e: Entity, depth: number): string {
     }
     return parts.map((p) => render(p, depth + 1)).join("\n");
   }
+  // Forwarded as an attachment, or returned in a bounce: a mail of its own, read the same way.
+  if ((type.type === "message/rfc822" || type.type === "message/global") && depth < MAX_DEPTH) return ensureNewline(readableMail(decodeText(e), depth + 1));
+  // A bounce's delivery report and the like are text (RFC 3464, 8098).
+  if (type.type.startsWith("message/")) return ensureNewline(decodeText(e));
   const disposition = field(e, "content-disposition") ?? "";
   const filename = extended(parameters(disposition), "filename") ?? extended(type.params, "name");
   if (type.type.startsWith("text/") && !/^\s*attachment/i.test(disposition)) return ensureNewline(decodeText(e, type.params.charset));

@@ -449,8 +449,10 @@ async function hello(client: SmtpClient, opts: SendMailOptions, utf8: boolean): 
     ({ reply, extensions } = await client.ehlo(opts.helo));
     if (reply.code !== 250) return { refused: reply };
   }
+  // Up front only over TLS: in the clear, the assignment's dialogue authenticates only after a
+  // 530 to MAIL (EHLO said for SMTPUTF8 sent the password at once, helper-90).
   const offered = authOffered(extensions);
-  if (opts.auth && offered) {
+  if (opts.auth && offered && (opts.starttls || opts.tls)) {
     const r = await client.auth(opts.auth.user, opts.auth.password, offered);
     if (r.code !== 235) return { refused: r };
   }

@@ -264,6 +264,29 @@ describe("FileMailStore", () => {
     expect(readdirSync(join(r, "alice")).filter((f) => f.startsWith("mymailbox.torn-"))).toEqual([]);
   });
 
+  test("a failed append is not cut back over a message another program appended first, ignoring the lock (helper-90)", async () => {
+    const r = root();
+    const p = join(r, "alice", "mymailbox");
+    writeFileSync(p, rec("old"));
+    const store = track(new FileMailStore(r));
+    await store.deliver(["alice"], rec("first"));
+    const write = spyOn(fsio, "writevAllSync").mockImplementationOnce((fd: number, parts: Buffer[]) => {
+      appendFileSync(p, rec("other"));
+      const all = Buffer.concat(parts);
+      fsio.writeAllSync(fd, all.subarray(0, all.length >> 1));
+      throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
+    });
+    try {
+      await expect(store.deliver(["alice"], rec("lost"))).rejects.toThrow("ENOSPC");
+      // The torn tail behind the other message is set aside by the next append.
+      await store.deliver(["alice"], rec("next"));
+    } finally {
+      write.mockRestore();
+    }
+    expect(subjects(box(r, "alice"))).toEqual(["old", "first", "other", "next"]);
+    expect(readdirSync(join(r, "alice")).filter((f) => f.startsWith("mymailbox.torn-")).length).toBe(1);
+  });
+
   test("a tail cut right after the final dot of a CRLF record is torn too, not completed", async () => {
     const r = root();
     const good = rec("good");

@@ -5,7 +5,7 @@ import { readableMail } from "../lib/mime.ts";
 const b64 = (s: string, enc: BufferEncoding = "utf8") => Buffer.from(s, enc).toString("base64").replace(/.{76}/g, "$&\n");
 
 describe("readableMail", () => {
-  test("mail without MIME comes back exactly as it came: the assignment's format, a blank-line header, literal =?...?= in a body", () => {
+  test("mail without MIME and without encoded words in its header comes back exactly as it came: the assignment's format, a blank-line header, literal =?...?= in a body", () => {
     for (const mail of [
       "From: a@b\nTo: c@d\nSubject: hi\nReceived: 2026-12-01 : 04 : 27\nbody line\n=?utf-8?q?not_a_header?=\n",
       "From: a@b\nSubject: s\n\nContent-Transfer-Encoding: base64\n\naGk=\n",
@@ -69,6 +69,49 @@ describe("readableMail", () => {
     expect(readableMail(part("attachment; filename*=utf-8''d%C3%A4t%C3%A4.bin"))).toContain("[attachment dätä.bin: application/octet-stream, 3 bytes]");
     expect(readableMail(part("attachment; filename*0*=iso-8859-1'de'caf%E9; filename*1=\".txt\""))).toContain("[attachment café.txt: ");
     expect(readableMail(part('attachment; filename="=?utf-8?q?r=C3=A9sum=C3=A9.pdf?="'))).toContain("[attachment résumé.pdf: ");
+  });
+
+  test("a bounce's report and returned mail, and a mail forwarded as an attachment, are shown as text (helper-90)", () => {
+    const returned = `From: al@x\nTo: nobody@y\nSubject: =?utf-8?q?r=C3=A9union?=\nContent-Transfer-Encoding: base64\n\n${b64("ça va?\n")}\n`;
+    const bounce = [
+      "From: MAILER-DAEMON@mx",
+      "Subject: Undelivered Mail Returned to Sender",
+      'Content-Type: multipart/report; report-type=delivery-status; boundary="B"',
+      "",
+      "--B",
+      "Content-Type: text/plain",
+      "",
+      "I'm sorry to have to inform you...",
+      "--B",
+      "Content-Type: message/delivery-status",
+      "",
+      "Final-Recipient: rfc822; nobody@y",
+      "Diagnostic-Code: smtp; 550 5.1.1 User unknown",
+      "--B",
+      "Content-Type: message/rfc822",
+      'Content-Disposition: attachment; filename="returned.eml"',
+      "",
+      returned.trimEnd(),
+      "--B--",
+      "",
+    ].join("\n");
+    const out = readableMail(bounce);
+    expect(out).toContain("I'm sorry to have to inform you...\n");
+    expect(out).toContain("Diagnostic-Code: smtp; 550 5.1.1 User unknown\n");
+    expect(out).toContain("Subject: réunion\n");
+    expect(out).toContain("\nça va?\n");
+    expect(out).not.toContain("[attachment");
+  });
+
+  test("encoded words: a folded pair is one decoded line; a decoded line break cannot make a header line of its own (helper-90)", () => {
+    const folded = "From: a@b\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus_K?=\n =?UTF-8?Q?=C3=B6ln?=\nTo: c@d\n\nbody\n";
+    expect(readableMail(folded)).toBe("From: a@b\nSubject: Grüße aus Köln\nTo: c@d\n\nbody\n");
+    const plainFold = "From: a@b\nX-Long: one\n two\n\nbody\n";
+    expect(readableMail(plainFold)).toBe(plainFold);
+    const injected = "From: eve@evil\nSubject: =?utf-8?q?hello=0AFrom:_ceo@bank.example?=\n\nx\n";
+    const out = readableMail(injected);
+    expect(out).toBe("From: eve@evil\nSubject: hello From: ceo@bank.example\n\nx\n");
+    expect(out.split("\n").filter((l) => l.startsWith("From:"))).toEqual(["From: eve@evil"]);
   });
 
   test("what cannot be decoded is shown as it came: malformed base64, an unknown charset, a multipart without its boundary lines", () => {

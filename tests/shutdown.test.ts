@@ -240,14 +240,18 @@ describe("npm start (scripts/start.ts)", () => {
     const p = Bun.spawn([process.execPath, join(import.meta.dir, "..", "scripts", "start.ts"), "--root", root, "--smtp-port", "0", "--pop-port", "0"], { stdout: "pipe", stderr: "pipe" });
     let out = "";
     const reader = p.stdout.getReader();
-    const deadline = Date.now() + 15_000;
-    while (!/Press Ctrl-C/.test(out) && Date.now() < deadline) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      out += new TextDecoder().decode(value);
+    try {
+      const deadline = Date.now() + 15_000;
+      while (!/Press Ctrl-C/.test(out) && Date.now() < deadline) {
+        // Bounded: a start.ts that hangs silently must still be stopped below.
+        const r = await Promise.race([reader.read(), Bun.sleep(Math.max(0, deadline - Date.now())).then(() => null)]);
+        if (!r || r.done) break;
+        out += new TextDecoder().decode(r.value);
+      }
+    } finally {
+      p.kill("SIGTERM");
+      await p.exited;
     }
-    p.kill("SIGTERM");
-    await p.exited;
     expect(out).toContain("Users:\n  alice\n  bob\n");
     expect(out).not.toContain("  bad");
   });

@@ -235,6 +235,14 @@ describe("sendMail with a UTF-8 address (RFC 6531)", () => {
     expect(srv.conns[2]!.received.slice(0, 2)).toEqual(["HELO me", "MAIL FROM:<al@x>"]);
   });
 
+  test("EHLO for SMTPUTF8 in the clear does not send the password: AUTH still waits for a 530 (helper-90)", async () => {
+    const srv = server(["fake.test", "SMTPUTF8", "AUTH PLAIN LOGIN"]);
+    const r = await sendMail({ host: "127.0.0.1", port: srv.port, helo: "me", from: "al@x", to: ["zoë@x"], message: "Subject: s\r\n\r\nx\r\n", auth: { user: "alice", password: "pw" } });
+    expect(r).toEqual({ ok: true });
+    expect(srv.conns[0]!.received.some((l) => l.startsWith("AUTH"))).toBe(false);
+    expect(verbs(srv)).toEqual(["EHLO me", "MAIL FROM:<al@x> SMTPUTF8"]);
+  });
+
   test("without SMTPUTF8 offered, MAIL goes plain (the server's answer is the result); a server without EHLO gets HELO", async () => {
     const srv = server(["fake.test"]);
     expect(await send(srv.port, "jürgen@x")).toEqual({ ok: true });
