@@ -60,7 +60,9 @@ function render(e: Entity, depth: number): string {
   if (type.type.startsWith("text/") && !/^\s*attachment/i.test(disposition)) return ensureNewline(decodeText(e, type.params.charset));
   const bytes = decodeBytes(e);
   const size = bytes ? bytes.length : Buffer.byteLength(e.body);
-  return `[attachment${filename ? ` ${decodeEncodedWords(filename)}` : ""}: ${type.type}, ${size} bytes]\n`;
+  // One line whatever the name decodes to (a %0A or =0A in it made a line of its own).
+  const name = filename ? ` ${decodeEncodedWords(filename).replace(/[\r\n]/g, " ")}` : "";
+  return `[attachment${name}: ${type.type}, ${size} bytes]\n`;
 }
 
 /**

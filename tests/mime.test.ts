@@ -69,6 +69,8 @@ describe("readableMail", () => {
     expect(readableMail(part("attachment; filename*=utf-8''d%C3%A4t%C3%A4.bin"))).toContain("[attachment dätä.bin: application/octet-stream, 3 bytes]");
     expect(readableMail(part("attachment; filename*0*=iso-8859-1'de'caf%E9; filename*1=\".txt\""))).toContain("[attachment café.txt: ");
     expect(readableMail(part('attachment; filename="=?utf-8?q?r=C3=A9sum=C3=A9.pdf?="'))).toContain("[attachment résumé.pdf: ");
+    // A line break in a decoded name stays inside the one line.
+    expect(readableMail(part("attachment; filename*=utf-8''a%0AFrom:%20x@y.txt"))).toContain("[attachment a From: x@y.txt: ");
   });
 
   test("a bounce's report and returned mail, and a mail forwarded as an attachment, are shown as text (helper-90)", () => {
