@@ -2,7 +2,7 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host boot", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { closeSync, constants, existsSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, constants, linkSync, lstatSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { readRegularFile } from "./fsio.ts";
@@ -78,9 +78,7 @@ function writeOwner(temp: string): void {
   try {
     writeFileSync(temp, `${process.pid} ${HOST} ${BOOT}\n`);
   } catch (e) {
-    try {
-      unlinkSync(temp);
-    } catch {}
+    unlinkQuietly(temp);
     throw e;
   }
 }
@@ -130,9 +128,7 @@ function removeDeadTemps(dir: string): void {
   for (const name of names) {
     const m = /^\.link\.(.+)\.(\d+)\.\d+$/.exec(name);
     if (m && m[1] === HOST && Number(m[2]) !== process.pid && !alive(Number(m[2]))) {
-      try {
-        unlinkSync(join(dir, name));
-      } catch {}
+      unlinkQuietly(join(dir, name));
     }
   }
 }
@@ -143,9 +139,7 @@ export function dropLockTemp(path: string): void {
   if (!temp) return;
   temps.delete(path);
   tempInodes.delete(temp);
-  try {
-    unlinkSync(temp);
-  } catch {}
+  unlinkQuietly(temp);
 }
 
 // A temp file kept in a directory of the caller's choice (popserver: the mail root) that
@@ -177,9 +171,7 @@ function sharedTemp(dir: string, fresh: boolean): { temp: string; ino: number } 
 process.on("exit", () => {
   for (const path of [...temps.keys()]) dropLockTemp(path);
   for (const { temp } of shared.values()) {
-    try {
-      unlinkSync(temp);
-    } catch {}
+    unlinkQuietly(temp);
   }
 });
 
@@ -284,9 +276,7 @@ function breakStale(path: string, stale: string): boolean {
   } catch {
     // Gone already: the caller simply tries again.
   } finally {
-    try {
-      unlinkSync(guard);
-    } catch {}
+    unlinkQuietly(guard);
   }
   return false;
 }
@@ -356,9 +346,7 @@ export function isWanted(path: string): boolean {
     const [pidText, host] = m.text.trim().split(/\s+/);
     const pid = Number(pidText);
     if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) {
-      try {
-        unlinkSync(marker);
-      } catch {}
+      unlinkQuietly(marker);
       seen.delete(marker);
       return false;
     }
