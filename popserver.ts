@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // popserver: the POP3 server (RFC 1939) over the mailboxes smtpmail fills.
 import { join, resolve } from "node:path";
-import { helpText, parseArgs, parseNumber, parsePort, runMain, securityOptions, SECURITY_FLAGS, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
+import { helpText, parseArgs, parseNumber, parsePort, runMain, securityOptions, securityFlags, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
 import { removeInterruptedRewrites } from "./lib/maildrop.ts";
@@ -15,7 +15,7 @@ const FLAGS: FlagSpec = {
   "--host": { value: "ADDR", help: "address to listen on (default: 0.0.0.0)" },
   "--max-connections": { value: "N", help: "simultaneous connections (default: 20000)" },
   "--timeout": { value: "SECONDS", help: "autologout after this idle time (default: 600, RFC 1939)" },
-  ...SECURITY_FLAGS,
+  ...securityFlags("pop3"),
   "--verbose": { help: "log every command and reply as C: / S: lines (passwords hidden)" },
   "--quiet": { help: "log only logins, deletions and errors, not every connection" },
   "--version": { help: "print the version and exit" },

@@ -3,7 +3,7 @@
 // to <root>/<user>/mymailbox for users listed in <root>/user.txt.
 import { hostname } from "node:os";
 import { resolve, join } from "node:path";
-import { helpText, parseArgs, parseNumber, parsePort, parseSize, runMain, securityOptions, SECURITY_FLAGS, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
+import { helpText, parseArgs, parseNumber, parsePort, parseSize, runMain, securityOptions, securityFlags, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { FileMailStore, type MailStore, type StoreStats } from "./lib/mail-store.ts";
 import { journalDir } from "./lib/journal.ts";
 import { createSmtpServer } from "./lib/smtp-server.ts";
@@ -24,7 +24,7 @@ const FLAGS: FlagSpec = {
   "--max-recipients": { value: "N", help: "recipients per message (default: 1000)" },
   "--max-connections": { value: "N", help: "simultaneous connections (default: 20000)" },
   "--max-messages": { value: "N", help: "messages accepted per connection before it is closed (default: no limit)" },
-  ...SECURITY_FLAGS,
+  ...securityFlags("smtp"),
   "--require-auth": { help: "MAIL needs a prior AUTH (530), and the sender must be the authenticated user (553)" },
   "--allow-plain-auth": { help: "offer AUTH on unencrypted connections too (default: only over TLS)" },
   "--hash-password": { help: "read a password (not echoed) and print a hash to put in user.txt, then exit" },

@@ -75,19 +75,23 @@ export async function runMain(prog: string, main: () => Promise<void>): Promise<
   }
 }
 
-/** TLS, login and connection-limit flags both servers take. */
 const DEFAULT_PER_ADDRESS = 100;
 
-export const SECURITY_FLAGS: FlagSpec = {
-  "--tls-cert": { value: "FILE", help: "PEM certificate (chain): enables STARTTLS / STLS" },
-  "--tls-key": { value: "FILE", help: "PEM private key of --tls-cert" },
-  "--tls-port": { value: "PORT", help: "also serve TLS from the first byte on this port (465 / 995 style; 0 picks one)" },
-  "--require-tls": { help: "refuse logins (and SMTP mail) until the connection is encrypted" },
-  "--max-per-address": { value: "N", help: "simultaneous connections from one client address (default: 100, loopback exempt)" },
-  "--login-delay": { value: "MS", help: "delay before answering a failed login, doubled per failure from that address (default: 100)" },
-  "--max-login-delay": { value: "MS", help: "longest such delay (default: 2000)" },
-  "--max-login-failures": { value: "N", help: "failed logins after which a connection is closed (default: 3)" },
-};
+/** TLS, login and connection-limit flags both servers take, worded for the protocol: SMTP
+ *  upgrades with STARTTLS (implicit TLS on 465) and refuses mail too, POP3 with STLS (995). */
+export function securityFlags(protocol: "smtp" | "pop3"): FlagSpec {
+  const smtp = protocol === "smtp";
+  return {
+    "--tls-cert": { value: "FILE", help: `PEM certificate (chain): enables ${smtp ? "STARTTLS" : "STLS"}` },
+    "--tls-key": { value: "FILE", help: "PEM private key of --tls-cert" },
+    "--tls-port": { value: "PORT", help: `also serve TLS from the first byte on this port (${smtp ? "465" : "995"} style; 0 picks one)` },
+    "--require-tls": { help: `refuse logins${smtp ? " and mail" : ""} until the connection is encrypted` },
+    "--max-per-address": { value: "N", help: "simultaneous connections from one client address (default: 100, loopback exempt)" },
+    "--login-delay": { value: "MS", help: "delay before answering a failed login, doubled per failure from that address (default: 100)" },
+    "--max-login-delay": { value: "MS", help: "longest such delay (default: 2000)" },
+    "--max-login-failures": { value: "N", help: "failed logins after which a connection is closed (default: 3)" },
+  };
+}
 
 export interface SecurityOptions {
   tlsFiles: ServerTls | null;

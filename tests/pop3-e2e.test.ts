@@ -638,6 +638,8 @@ describe("popserver process", () => {
       const help = await runCli(["--help"], r);
       expect(help.code).toBe(0);
       expect(help.out).toMatch(/usage: popserver/);
+      expect(help.out).toContain("enables STLS\n");
+      expect(help.out).not.toMatch(/STARTTLS|465|SMTP/);
     } finally {
       removeRoot(r);
       removeRoot(empty);

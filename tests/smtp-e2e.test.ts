@@ -653,6 +653,8 @@ describe("command line", () => {
     expect(code).toBe(0);
     expect(out).toContain("usage: smtpmail");
     expect(out).toContain("--max-size");
+    expect(out).toContain("enables STARTTLS\n");
+    expect(out).not.toContain("STLS");
   });
 
   test("bad port, unknown option, missing user.txt, port in use: one line and a non-zero exit", async () => {
