@@ -21,8 +21,6 @@ export interface Output {
   range?: FileRange;
   /** A large body streamed after the text (POP3 RETR), with backpressure. */
   body?: AsyncIterable<Uint8Array>;
-  /** Text to send after the body. */
-  after?: string;
   close?: boolean;
   log?: string;
   /** Wait this long before sending (a failed login): only this connection waits. */
@@ -448,7 +446,6 @@ export class MailServer {
     if (out.text) this.send(s, out.text);
     if (out.bytes) this.send(s, out.bytes);
     if (out.range) this.sendRange(s, out.range);
-    if (out.after) this.send(s, out.after);
     if (out.close) {
       this.uncork(s);
       this.end(s);
@@ -492,7 +489,6 @@ export class MailServer {
         return;
       }
     }
-    if (out.after) this.send(s, out.after);
     if (out.close) this.end(s);
   }
 
