@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // popserver: the POP3 server (RFC 1939) over the mailboxes smtpmail fills.
 import { join, resolve } from "node:path";
-import { helpText, parseArgs, parseNumber, parsePort, runMain, securityOptions, securityFlags, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
+import { helpText, parseArgs, parseCount, parseNumber, parsePort, runMain, securityOptions, securityFlags, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
 import { removeInterruptedRewrites } from "./lib/maildrop.ts";
@@ -48,7 +48,7 @@ void runMain("popserver", async () => {
       heldFiles: held,
       host,
       port,
-      maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
+      maxConnections: parseCount(flags.get("--max-connections"), 20000, "--max-connections", 1),
       maxPerAddress: sec.maxPerAddress,
       perAddressExemptsLoopback: sec.perAddressExemptsLoopback,
       tlsFiles: sec.tlsFiles,

@@ -3,7 +3,7 @@
 // to <root>/<user>/mymailbox for users listed in <root>/user.txt.
 import { hostname } from "node:os";
 import { resolve, join } from "node:path";
-import { helpText, parseArgs, parseNumber, parsePort, parseSize, runMain, securityOptions, securityFlags, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
+import { helpText, parseArgs, parseCount, parseNumber, parsePort, parseSize, runMain, securityOptions, securityFlags, UsageError, VERSION, type FlagSpec } from "./lib/cli.ts";
 import { FileMailStore, type MailStore, type StoreStats } from "./lib/mail-store.ts";
 import { journalDir } from "./lib/journal.ts";
 import { createSmtpServer } from "./lib/smtp-server.ts";
@@ -96,9 +96,9 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
       maxMessageSize,
       dataMemoryLimit,
       localDomains: flags.has("--local-domains") ? parseDomains(String(flags.get("--local-domains"))) : undefined,
-      maxRecipients: parseNumber(flags.get("--max-recipients"), 1000, "--max-recipients", 1),
-      maxConnections: parseNumber(flags.get("--max-connections"), 20000, "--max-connections", 1),
-      maxMessagesPerConnection: parseNumber(flags.get("--max-messages"), Infinity, "--max-messages", 1),
+      maxRecipients: parseCount(flags.get("--max-recipients"), 1000, "--max-recipients", 1),
+      maxConnections: parseCount(flags.get("--max-connections"), 20000, "--max-connections", 1),
+      maxMessagesPerConnection: parseCount(flags.get("--max-messages"), Infinity, "--max-messages", 1),
       maxPerAddress: sec.maxPerAddress,
       perAddressExemptsLoopback: sec.perAddressExemptsLoopback,
       tlsFiles: sec.tlsFiles,

@@ -32,6 +32,7 @@ export function parseArgs(argv: string[], spec: FlagSpec): Parsed {
         flags.set(name, v);
       } else flags.set(name, true);
     } else if (a === "-h") flags.set("--help", true);
+    else if (a === "-V") flags.set("--version", true);
     else positional.push(a);
   }
   return { positional, flags };
@@ -46,6 +47,13 @@ export function parsePort(text: string | undefined, fallback: number, what = "po
 export function parseNumber(text: string | true | undefined, fallback: number, name: string, min = 0): number {
   if (text === undefined) return fallback;
   if (text === true || !/^\d+(\.\d+)?$/.test(text) || Number(text) < min) throw new UsageError(`invalid ${name} "${text}": expected a number >= ${min}`);
+  return Number(text);
+}
+
+/** A whole number, for counts: "1.5" recipients is a typing error, not a limit. */
+export function parseCount(text: string | true | undefined, fallback: number, name: string, min = 0): number {
+  if (text === undefined) return fallback;
+  if (text === true || !/^\d+$/.test(text) || Number(text) < min) throw new UsageError(`invalid ${name} "${text}": expected a whole number >= ${min}`);
   return Number(text);
 }
 
@@ -86,10 +94,10 @@ export function securityFlags(protocol: "smtp" | "pop3"): FlagSpec {
     "--tls-key": { value: "FILE", help: "PEM private key of --tls-cert" },
     "--tls-port": { value: "PORT", help: `also serve TLS from the first byte on this port (${smtp ? "465" : "995"} style; 0 picks one)` },
     "--require-tls": { help: `refuse logins${smtp ? " and mail" : ""} until the connection is encrypted` },
-    "--max-per-address": { value: "N", help: "simultaneous connections from one client address (default: 100, loopback exempt)" },
-    "--login-delay": { value: "MS", help: "delay before answering a failed login, doubled per failure from that address (default: 100)" },
-    "--max-login-delay": { value: "MS", help: "longest such delay (default: 2000)" },
-    "--max-login-failures": { value: "N", help: "failed logins after which a connection is closed (default: 3)" },
+    "--max-per-address": { value: "N", help: `simultaneous connections from one client address (default: ${DEFAULT_PER_ADDRESS}, loopback exempt)` },
+    "--login-delay": { value: "MS", help: `delay before answering a failed login, doubled per failure from that address (default: ${DEFAULT_THROTTLE.baseDelayMs})` },
+    "--max-login-delay": { value: "MS", help: `longest such delay (default: ${DEFAULT_THROTTLE.maxDelayMs})` },
+    "--max-login-failures": { value: "N", help: `failed logins after which a connection is closed (default: ${DEFAULT_THROTTLE.maxFailuresPerConnection})` },
   };
 }
 
@@ -113,13 +121,13 @@ export function securityOptions(flags: Map<string, string | true>): SecurityOpti
     requireTls: flags.has("--require-tls"),
     // Given: for every address. Not given: 100 for remote addresses, loopback exempt (local
     // tools and benchmarks open thousands), as Postfix exempts $mynetworks from its limits.
-    maxPerAddress: parseNumber(flags.get("--max-per-address"), DEFAULT_PER_ADDRESS, "--max-per-address", 1),
+    maxPerAddress: parseCount(flags.get("--max-per-address"), DEFAULT_PER_ADDRESS, "--max-per-address", 1),
     perAddressExemptsLoopback: !flags.has("--max-per-address"),
     throttle: new LoginThrottle({
       ...DEFAULT_THROTTLE,
       baseDelayMs: parseNumber(flags.get("--login-delay"), DEFAULT_THROTTLE.baseDelayMs, "--login-delay"),
       maxDelayMs: parseNumber(flags.get("--max-login-delay"), DEFAULT_THROTTLE.maxDelayMs, "--max-login-delay"),
-      maxFailuresPerConnection: parseNumber(flags.get("--max-login-failures"), DEFAULT_THROTTLE.maxFailuresPerConnection, "--max-login-failures", 1),
+      maxFailuresPerConnection: parseCount(flags.get("--max-login-failures"), DEFAULT_THROTTLE.maxFailuresPerConnection, "--max-login-failures", 1),
     }),
   };
 }

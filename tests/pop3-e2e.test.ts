@@ -623,6 +623,7 @@ describe("popserver process", () => {
         [["0", "--root", join(r, "nowhere")], r, /user\.txt/],
         [["0", "--root", empty, "--host", "127.0.0.1"], empty, /user\.txt/],
         [["0", "--root", r, "--timeout", "x"], r, /--timeout/],
+        [["0", "--root", r, "--host", "127.0.0.1", "--max-connections", "1e3"], r, /--max-connections "1e3": expected a whole number/],
         [["0", "--root", r, "--host", "256.1.1.1"], r, /256\.1\.1\.1/],
         [[String(pop.port), "--root", r, "--host", "127.0.0.1"], r, /in use/],
       ];
@@ -640,6 +641,7 @@ describe("popserver process", () => {
       expect(help.out).toMatch(/usage: popserver/);
       expect(help.out).toContain("enables STLS\n");
       expect(help.out).not.toMatch(/STARTTLS|465|SMTP/);
+      expect((await runCli(["-V"], r)).out).toMatch(/^popserver \d+\.\d+\.\d+\n$/);
     } finally {
       removeRoot(r);
       removeRoot(empty);

@@ -655,6 +655,7 @@ describe("command line", () => {
     expect(out).toContain("--max-size");
     expect(out).toContain("enables STARTTLS\n");
     expect(out).not.toContain("STLS");
+    expect((await run(["-V"], mainRoot)).out).toMatch(/^smtpmail \d+\.\d+\.\d+\n$/);
   });
 
   test("bad port, unknown option, missing user.txt, port in use: one line and a non-zero exit", async () => {
@@ -668,6 +669,8 @@ describe("command line", () => {
         [["70000", "--root", mainRoot], /invalid port/],
         [["0", "--bogus", "--root", mainRoot], /unknown option/],
         [["0", "--max-size", "lots", "--root", mainRoot], /max-size/],
+        [["0", "--max-recipients", "1.5", "--host", "127.0.0.1", "--root", mainRoot], /--max-recipients "1\.5": expected a whole number/],
+        [["0", "--max-login-failures", "2.5", "--host", "127.0.0.1", "--root", mainRoot], /--max-login-failures/],
         [["0", "--max-data-memory", "1M", "--max-size", "2M", "--root", mainRoot], /max-data-memory must be at least --max-size/],
         [["0", "--root", join(empty, "nowhere")], /user\.txt/],
         [[String(used), "--host", "127.0.0.1", "--root", mainRoot], /in use/],
