@@ -14,8 +14,7 @@ import { crcOfHash } from "./message-hash.ts";
 import { MessageIndex, type MessageEntry } from "./message-index.ts";
 import { scanFile } from "./mailbox-scanner.ts";
 import { dotLineEndsAt, type IndexCache } from "./index-cache.ts";
-import type { FileRange } from "./server.ts";
-import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll } from "./fsio.ts";
+import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll, type FileRange } from "./fsio.ts";
 import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
 
 const CHUNK = 1 << 20;
