@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { datasync, openFd, readRegularFile, syncDir, writevAll } from "./fsio.ts";
 import { ownedName, ownerGone } from "./journal.ts";
 import { BOOT } from "./lock.ts";
-import { scanBuffer, TERMINATOR } from "./mailbox.ts";
+import { TERMINATOR } from "./mailbox.ts";
+import { scanBuffer } from "./mailbox-scanner.ts";
 import { isSafeUserName } from "./users.ts";
 
 const EXT = ".msg";

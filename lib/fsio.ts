@@ -31,6 +31,13 @@ const fsyncFd = promisify(fsync);
 const readAsync = promisify(read) as unknown as (fd: number, buf: Buffer, off: number, len: number, pos: number) => Promise<{ bytesRead: number }>;
 const writeAsync = promisify(write) as unknown as (fd: number, buf: Buffer, off: number, len: number, pos: number | null) => Promise<{ bytesWritten: number }>;
 
+/** `length` bytes of the file open at fd, from `offset` (a POP3 message the socket adapter sends). */
+export interface FileRange {
+  fd: number;
+  offset: number;
+  length: number;
+}
+
 export function readAtSync(fd: number, pos: number, len: number): Buffer {
   const buf = Buffer.allocUnsafe(len);
   let got = 0;

@@ -1,4 +1,4 @@
-// Indexing a mailbox file, and the indexes popserver keeps between sessions.
+// The indexes popserver keeps between sessions; a file is indexed by mailbox-scanner.ts.
 //
 // Indexing reads and hashes every byte (the hash is the UID): 0.5-0.7 s for 1 GiB here. A
 // mailbox only ever grows between POP3 sessions (smtpmail appends; popserver's own rewrite
@@ -15,135 +15,14 @@
 // never do that; they append, or rename a new file over the old one.
 import type { Stats } from "node:fs";
 import { fstatSync, readSync } from "node:fs";
-import { readAt, readAtSync } from "./fsio.ts";
-import { countBareLfs, MailboxScanner, MessageHasher, MessageIndex } from "./mailbox.ts";
+import { readAtSync } from "./fsio.ts";
+import { GC_EVERY, scanFile } from "./mailbox-scanner.ts";
+import { MessageIndex } from "./message-index.ts";
 
-// 512 KiB rather than 1 MiB: the first login on 1 GiB peaked ~2 MiB lower (60.4 against
-// 62.2-62.9 MiB), and took no longer (354-377 ms).
-const CHUNK = 512 << 10;
-const GC_EVERY = 128 << 20;
-const EMPTY = Buffer.alloc(0);
 const LF = 0x0a;
 const CR = 0x0d;
 const DOT = 0x2e;
 const WINDOW = 64 * 1024;
-/** Less free room than this in the scan buffer, and a message is read again through a buffer of its own. */
-const MIN_ROOM = 64 * 1024;
-
-/**
- * Indexes the scanner's unsettled message, reading its bytes again into room: false when
- * the file no longer holds them all (it is then left out, as a torn tail is).
- */
-async function settle(fd: number, scanner: MailboxScanner, room: Buffer): Promise<boolean> {
-  const u = scanner.unsettled!;
-  const length = u.dotLine - u.start;
-  // Still the "." line the scan found (a file cut and written again between the two reads
-  // would give a hash of other bytes, helper-72): else left out, as a torn tail is.
-  const end = await readAt(fd, u.dotLine - 1, u.termEnd - u.dotLine + 1, room);
-  if (!isDotLine(end)) {
-    scanner.abandon();
-    return false;
-  }
-  const tail = length > 24 ? await readAt(fd, u.dotLine - 20, 20, room) : EMPTY;
-  if (length > 24 && tail.length < 20) {
-    scanner.abandon();
-    return false;
-  }
-  const hasher = new MessageHasher(length, tail);
-  let bare = 0;
-  let prev = -1;
-  for (let at = u.start; at < u.dotLine; ) {
-    const piece = await readAt(fd, at, Math.min(room.length, u.dotLine - at), room);
-    if (piece.length === 0) {
-      scanner.abandon();
-      return false;
-    }
-    hasher.update(piece);
-    if (u.lf) bare += countBareLfs(piece, prev);
-    prev = piece[piece.length - 1]!;
-    at += piece.length;
-  }
-  scanner.settle(hasher.digest(), bare);
-  return true;
-}
-
-/** "\n." then CRLF, LF or nothing (a final "." without its newline). */
-function isDotLine(b: Buffer): boolean {
-  if (b.length < 2 || b[0] !== LF || b[1] !== DOT) return false;
-  return b.length === 2 || (b.length === 3 && b[2] === LF) || (b.length === 4 && b[2] === CR && b[3] === LF);
-}
-
-/**
- * Index a mailbox region [from, to) in chunks. One buffer of two chunks is reused: the
- * unfinished message at its end moves to the front, and when that leaves no room for the
- * next chunk, the bytes of it already searched go (the scanner keeps where its search
- * stopped); such a message is hashed once its end is found, from the file read again into
- * the buffer's free room. Memory stays at three chunks whatever the messages: grown to hold
- * the largest one, the buffer made a login to one 10 MB message cost 18 MiB, 50 such
- * logins at once 883-901 MiB.
- * The next chunk is read (on the thread pool) while this one is scanned: done one after
- * the other, reading 1 GiB took 270-320 ms and scanning it 370-450 ms here.
- */
-export async function scanFile(fd: number, from: number, to: number): Promise<MailboxScanner> {
-  const scanner = new MailboxScanner(from);
-  // Sized to the region when that is small (the tail since the last login, one message).
-  let buf = Buffer.allocUnsafe(Math.min(2 * CHUNK, to - from));
-  // A region of more than one chunk reads the next chunk into `stage` during each scan.
-  let stage: Buffer | null = to - from > CHUNK ? Buffer.allocUnsafe(CHUNK) : null;
-  let next: Promise<Buffer> | null = null; // the read of the chunk at `pos`, if started early
-  let have = 0; // unconsumed bytes at the front of buf
-  let base = from; // file offset of buf[0]
-  try {
-    for (let pos = from; pos < to; ) {
-      const want = Math.min(CHUNK, to - pos);
-      if (have + want > buf.length) {
-        // A message longer than a chunk: what its search has gone past goes.
-        const gone = scanner.release(buf.subarray(0, have), base);
-        buf.copyWithin(0, gone, have);
-        have -= gone;
-        base += gone;
-      }
-      if (have + want > buf.length) {
-        // Not reached (release() leaves a few bytes); kept rather than reading past the end.
-        const bigger = Buffer.allocUnsafe(Math.max(buf.length * 2, have + want)); // a message larger than the buffer
-        buf.copy(bigger, 0, 0, have);
-        buf = bigger;
-      }
-      let bytesRead: number;
-      if (stage) {
-        const chunk = await (next ?? readAt(fd, pos, want, stage));
-        next = null;
-        bytesRead = chunk.copy(buf, have);
-      } else bytesRead = (await readAt(fd, pos, want, buf, have)).length;
-      if (bytesRead === 0) break;
-      pos += bytesRead;
-      have += bytesRead;
-      // The stage is free again: the next chunk is read while this one is scanned.
-      if (stage && pos < to) next = readAt(fd, pos, Math.min(CHUNK, to - pos), stage);
-      let used = scanner.scan(buf.subarray(0, have), base, pos >= to);
-      while (scanner.unsettled) {
-        // The free part of buf for the reads (about a chunk: the message's searched bytes went).
-        const room = buf.length - have >= MIN_ROOM ? buf.subarray(have) : Buffer.allocUnsafe(CHUNK);
-        if (!(await settle(fd, scanner, room))) return scanner; // the file was cut meanwhile
-        used += scanner.scan(buf.subarray(used, have), base + used, pos >= to);
-      }
-      // Each message indexed leaves a little garbage; on a huge mailbox, collecting it as we
-      // go keeps the peak footprint near the live size (a few ms per 128 MiB scanned).
-      if ((pos - from) % GC_EVERY < CHUNK && pos - from >= GC_EVERY) Bun.gc(true);
-      buf.copyWithin(0, used, have);
-      have -= used;
-      base += used;
-    }
-  } finally {
-    // Never leave a read landing after we are gone (the caller may close fd).
-    await next?.catch(() => {});
-  }
-  if (to - from >= GC_EVERY) {
-    buf = stage = EMPTY; // not kept alive through the collection
-    Bun.gc(true); // once more for the last stretch
-  }
-  return scanner;
-}
 
 /** A mailbox's messages, and the offset just past the last complete one. */
 export interface Indexed {

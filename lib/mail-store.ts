@@ -16,8 +16,9 @@ import { BOOT, dropLockTemp, foreignHolder, isWanted, tryLock, unwant, want, typ
 import { claimOrphanJournals, Journal, journalBoot, newJournalPath, PREALLOCATED, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
-import { messageHash, TERMINATOR } from "./mailbox.ts";
-import { scanFile } from "./index-cache.ts";
+import { TERMINATOR } from "./mailbox.ts";
+import { messageHash } from "./message-hash.ts";
+import { scanFile } from "./mailbox-scanner.ts";
 import { defer, notePlacement, readDeferred, removeDeferred, takeOverDeferred, type Deferred } from "./deferred.ts";
 
 export interface MailStore {

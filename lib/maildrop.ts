@@ -9,10 +9,12 @@ import { constants, existsSync, fchmodSync, fchownSync, fstatSync, mkdirSync, re
 import { readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, tryLock, type Lock } from "./lock.ts";
-import { crcOfHash, lfPieceToWire, MessageIndex, scanHeader, TERMINATOR, toWire, type MessageEntry } from "./mailbox.ts";
-import { dotLineEndsAt, scanFile, type IndexCache } from "./index-cache.ts";
-import type { FileRange } from "./server.ts";
-import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll } from "./fsio.ts";
+import { lfPieceToWire, scanHeader, TERMINATOR, toWire } from "./mailbox.ts";
+import { crcOfHash } from "./message-hash.ts";
+import { MessageIndex, type MessageEntry } from "./message-index.ts";
+import { scanFile } from "./mailbox-scanner.ts";
+import { dotLineEndsAt, type IndexCache } from "./index-cache.ts";
+import { closeFd, datasync, openFd, readAt, readAtSync, setAside, syncDir, writeAll, type FileRange } from "./fsio.ts";
 import { mailboxPath, popLockPath, writeLockPath } from "./paths.ts";
 
 const CHUNK = 1 << 20;

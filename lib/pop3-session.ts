@@ -4,7 +4,7 @@
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
 import { trimSp } from "./lines.ts";
 import type { Body, Maildrop } from "./maildrop.ts";
-import { writeNumber } from "./mailbox.ts";
+import { writeNumber } from "./digits.ts";
 import { Pop, type PopReply } from "./reply.ts";
 import { MAX_NAME_LENGTH } from "./users.ts";
 

@@ -5,12 +5,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { readFileSync, readSync } from "node:fs";
 import { LineReader } from "./lines.ts";
 import type { ServerTls } from "./tls.ts";
-
-export interface FileRange {
-  fd: number;
-  offset: number;
-  length: number;
-}
+import type { FileRange } from "./fsio.ts";
 
 export interface Output {
   /** Reply text, already in wire form. */

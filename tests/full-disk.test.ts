@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { scanBuffer } from "../lib/mailbox.ts";
+import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { sendMail } from "../lib/smtp-client.ts";
 import { Pop3Client, Pop3Error } from "../lib/pop3-client.ts";
 import { command, startPop, startSmtp, type Running } from "./helpers/servers.ts";

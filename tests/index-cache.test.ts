@@ -4,9 +4,11 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { seeded } from "./helpers/random.ts";
 import { appendFileSync, fstatSync, openSync, closeSync, readFileSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
-import { IndexCache, scanFile } from "../lib/index-cache.ts";
+import { IndexCache } from "../lib/index-cache.ts";
+import { MailboxScanner, scanFile } from "../lib/mailbox-scanner.ts";
 import { FileMaildrop } from "../lib/maildrop.ts";
-import { buildRecord, MailboxScanner, messageHash } from "../lib/mailbox.ts";
+import { buildRecord } from "../lib/mailbox.ts";
+import { messageHash } from "../lib/message-hash.ts";
 import { mailboxPath } from "../lib/paths.ts";
 import { join } from "node:path";
 import { makeRoot, removeRoot } from "./helpers/servers.ts";

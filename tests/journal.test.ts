@@ -5,7 +5,8 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { hostname, tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
-import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
+import { buildRecord } from "../lib/mailbox.ts";
+import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { claimOrphanJournals, Journal, journalBoot, journalDir, newJournalPath, readJournal } from "../lib/journal.ts";
 import { BOOT } from "../lib/lock.ts";
 

@@ -4,7 +4,8 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore, MAX_OPEN_BOXES } from "../lib/mail-store.ts";
 import { acquireLock, wantedPath } from "../lib/lock.ts";
-import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
+import { buildRecord } from "../lib/mailbox.ts";
+import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { deferredDir, notePlacement, readDeferred } from "../lib/deferred.ts";
 import * as fsio from "../lib/fsio.ts";
 

@@ -1,6 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import { seeded } from "./helpers/random.ts";
-import { buildRecord, buildRecordYielding, lfPieceToWire, MailboxScanner, MessageHasher, messageHash, MessageIndex, normalizeLineEnds, receivedLine, RECORD_ROOM, scanBuffer, toWire, unstuff, writeNumber, type MessageEntry } from "../lib/mailbox.ts";
+import { buildRecord, buildRecordYielding, lfPieceToWire, normalizeLineEnds, receivedLine, RECORD_ROOM, toWire } from "../lib/mailbox.ts";
+import { MessageHasher, messageHash } from "../lib/message-hash.ts";
+import { MessageIndex, type MessageEntry } from "../lib/message-index.ts";
+import { MailboxScanner, scanBuffer } from "../lib/mailbox-scanner.ts";
+import { writeNumber } from "../lib/digits.ts";
+import { unstuff } from "./helpers/unstuff.ts";
 
 const b = (s: string) => Buffer.from(s, "utf8");
 const RCV = "Received: 2024-03-05 : 09 : 07";

@@ -5,7 +5,8 @@ import { appendFileSync, chmodSync, truncateSync, existsSync, readdirSync, readF
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { collectBody, FileMaildrop, MaildropBusy, MaildropChanged, type Body } from "../lib/maildrop.ts";
-import { buildRecord, scanBuffer, toWire } from "../lib/mailbox.ts";
+import { buildRecord, toWire } from "../lib/mailbox.ts";
+import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { IndexCache } from "../lib/index-cache.ts";
 import { mailboxPath, popLockPath, writeLockPath } from "../lib/paths.ts";

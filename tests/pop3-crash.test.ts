@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { buildRecord, scanBuffer } from "../lib/mailbox.ts";
+import { buildRecord } from "../lib/mailbox.ts";
+import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { mailboxPath, popLockPath } from "../lib/paths.ts";
 import { makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { popLogin, smtpSend, Wire } from "./helpers/wire.ts";

@@ -4,7 +4,7 @@
 // deleted message came back.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { scanBuffer } from "../lib/mailbox.ts";
+import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { mailboxPath } from "../lib/paths.ts";
 import { makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { Wire } from "./helpers/wire.ts";

@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { scanBuffer } from "../lib/mailbox.ts";
+import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { readJournal } from "../lib/journal.ts";
 import { makeRoot, removeRoot, startPop, startSmtp } from "./helpers/servers.ts";
 import { SmtpConn, sendOne } from "./helpers/smtp-conn.ts";

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { scanBuffer } from "../lib/mailbox.ts";
+import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { makeRoot, removeRoot, startSmtp, type Running } from "./helpers/servers.ts";
 
 const hasPython = Bun.which("python3") !== null && Bun.spawnSync(["python3", "-c", "import smtplib"]).exitCode === 0;

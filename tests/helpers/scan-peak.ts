@@ -2,7 +2,7 @@
 // found and how far the process's peak resident memory (VmHWM) rose while it did.
 // usage: bun scan-peak.ts <file>
 import { closeSync, openSync, readFileSync, fstatSync } from "node:fs";
-import { scanFile } from "../../lib/index-cache.ts";
+import { scanFile } from "../../lib/mailbox-scanner.ts";
 
 const peakKiB = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]);
 const fd = openSync(process.argv[2]!, "r");
