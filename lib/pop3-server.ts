@@ -1,7 +1,7 @@
 // Wires Pop3Session to the shared socket adapter, with user.txt and the mailbox files as
 // its store. Kept apart from popserver.ts so tests and benchmarks can start it in-process.
 import type { LineReader } from "./lines.ts";
-import { FileMaildrop } from "./maildrop.ts";
+import { FileMaildrop, MaildropUnavailable } from "./maildrop.ts";
 import { IndexCache } from "./index-cache.ts";
 import { formatPopReply, Pop } from "./reply.ts";
 import { HeldFiles, MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
@@ -35,7 +35,7 @@ export function filePopStore(root: string, users: Users, warn: (m: string) => vo
     // ignoring case could now mean someone else.
     checkPassword: async (user, password) => (await users.check(user, password)) === user,
     open: async (user) => {
-      if (!held.room()) throw Object.assign(new Error("no descriptor left for another mailbox"), { code: "EMFILE" });
+      if (!held.room()) throw new MaildropUnavailable("no descriptor left for another mailbox", "EMFILE", false);
       const drop = await FileMaildrop.open(root, user, warn, cache);
       held.count++;
       const release = drop.release.bind(drop);

@@ -3,7 +3,7 @@
 // through the injected PopStore, so the session is tested with an in-memory one.
 import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
 import { trimSp } from "./lines.ts";
-import type { Body, Maildrop } from "./maildrop.ts";
+import { MaildropBusy, MaildropChanged, MaildropUnavailable, MaildropUpdateFailed, type Body, type Maildrop } from "./maildrop.ts";
 import { writeNumber } from "./digits.ts";
 import { Pop, type PopReply } from "./reply.ts";
 import { MAX_NAME_LENGTH } from "./users.ts";
@@ -12,7 +12,7 @@ export interface PopStore {
   /** The listed user of that exact name, or null. */
   findUser(name: string): string | null;
   checkPassword(user: string, password: string): Promise<boolean>;
-  /** Takes the POP3 lock and indexes the mailbox; throws MaildropBusy or another Error. */
+  /** Takes the POP3 lock and indexes the mailbox; throws MaildropBusy or MaildropUnavailable. */
   open(user: string): Promise<Maildrop>;
 }
 
@@ -42,8 +42,6 @@ export interface PopTlsOptions {
 type State = "authorization" | "transaction" | "closed";
 
 export const SASL_MECHANISMS = ["PLAIN", "LOGIN"];
-/** Errors opening a mailbox that retrying will not cure: what is in the mailbox's place, or its permissions. */
-const PERMANENT = new Set(["EISDIR", "ENOTDIR", "EFTYPE", "ELOOP", "EACCES", "EPERM"]);
 
 export const CAPABILITIES = ["TOP", "UIDL", "USER", `SASL ${SASL_MECHANISMS.join(" ")}`, "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
 const MAX_ARG = 40; // RFC 1939 section 3
@@ -274,12 +272,10 @@ export class Pop3Session {
       this.live = this.all = null;
     } catch (e) {
       // RFC 1939: the mailbox cannot be opened or locked: -ERR, and the server closes.
-      const busy = (e as Error).name === "MaildropBusy";
       this.state = "closed";
       // The reason goes to the log; the client learns the error code, not the server's paths.
-      const code = (e as NodeJS.ErrnoException).code;
-      const why = code === "EFTYPE" ? "not a regular file" : (code ?? "internal error");
-      return { reply: busy ? Pop.locked() : Pop.cannotOpen(why, PERMANENT.has(code ?? "")), close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
+      const reply = e instanceof MaildropBusy ? Pop.locked() : e instanceof MaildropUnavailable ? Pop.cannotOpen(e.why, e.permanent) : Pop.cannotOpen();
+      return { reply, close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
     }
     this.user = user;
     this.state = "transaction";
@@ -313,8 +309,8 @@ export class Pop3Session {
       await drop.commit(this.deleted);
     } catch (e) {
       // As at login: the client learns the error code, the log the server's paths.
-      const why = (e as Error).name === "MaildropChanged" ? "the mailbox was changed by another program" : ((e as NodeJS.ErrnoException).code ?? "internal error");
-      return { reply: Pop.updateFailed(why), close: true, log: `update of ${this.user} failed: ${(e as Error).message}` };
+      const reply = e instanceof MaildropChanged ? Pop.changedBeforeUpdate() : Pop.updateFailed(e instanceof MaildropUpdateFailed ? e.why : undefined);
+      return { reply, close: true, log: `update of ${this.user} failed: ${(e as Error).message}` };
     }
     return { reply: Pop.goodbye(this.user), close: true, log: count ? `${this.user} deleted ${count} messages` : undefined };
   }
@@ -402,7 +398,7 @@ export class Pop3Session {
   private multiLine(reply: PopReply, make: () => Body | Promise<Body>): PopResult | Promise<PopResult> {
     // Cut under the session by something that ignores the lock: the whole index is suspect.
     const changed = (e: unknown): PopResult => {
-      if ((e as Error).name !== "MaildropChanged") throw e;
+      if (!(e instanceof MaildropChanged)) throw e;
       return { reply: Pop.mailboxChanged(), close: true, log: (e as Error).message };
     };
     try {

@@ -94,6 +94,9 @@ export function formatPopReply(r: PopReply): string {
 
 const ok = (text: string): PopReply => ({ ok: true, text });
 const err = (text: string): PopReply => ({ ok: false, text });
+/** What a client learns of a failure that is no error code: a bug, say. */
+const INTERNAL = "internal error";
+const updateFailed = (why: string) => err(`[SYS/TEMP] some deleted messages not removed (${why}); goodbye, POP3 server signing off`);
 
 export const Pop = {
   greeting: () => ok("POP3 server ready"),
@@ -105,7 +108,7 @@ export const Pop = {
   needUser: () => err("send USER first"),
   locked: () => err("[IN-USE] mailbox is already in use by another POP3 session"),
   /** RFC 3206: SYS/PERM when it takes an administrator (a directory or a link where the file goes), else SYS/TEMP. */
-  cannotOpen: (why: string, permanent: boolean) => err(`[SYS/${permanent ? "PERM" : "TEMP"}] cannot open mailbox: ${why}`),
+  cannotOpen: (why = INTERNAL, permanent = false) => err(`[SYS/${permanent ? "PERM" : "TEMP"}] cannot open mailbox: ${why}`),
   stat: (count: number, octets: number) => ok(`${count} ${octets}`),
   noSuchMessage: () => err("no such message"),
   mailboxChanged: () => err("[SYS/TEMP] the mailbox was changed by another program; log in again"),
@@ -116,7 +119,9 @@ export const Pop = {
   syntax: (detail: string) => err(`syntax error: ${echo(detail)}`),
   goodbye: (user: string | null) => ok(user ? `goodbye ${user}, POP3 server signing off` : "goodbye, POP3 server signing off"),
   // RFC 1939 QUIT: -ERR when not every marked message was removed, and still a goodbye.
-  updateFailed: (why: string) => err(`[SYS/TEMP] some deleted messages not removed (${why}); goodbye, POP3 server signing off`),
+  updateFailed: (why = INTERNAL) => updateFailed(why),
+  /** QUIT found the mailbox changed under the session, so removed nothing. */
+  changedBeforeUpdate: () => updateFailed("the mailbox was changed by another program"),
   shuttingDown: () => err("server shutting down"),
   timeout: () => err("autologout: idle for too long"),
   tooManyConnections: () => err("[SYS/TEMP] too many connections, try again later"),

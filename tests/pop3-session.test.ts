@@ -2,7 +2,7 @@
 // in-memory PopStore and Maildrop: every command in every state, exact reply forms.
 import { describe, expect, test } from "bun:test";
 import { CAPABILITIES, Pop3Session, type PopResult, type PopStore } from "../lib/pop3-session.ts";
-import { collectBody, MaildropBusy, MaildropChanged, type Maildrop } from "../lib/maildrop.ts";
+import { collectBody, MaildropBusy, MaildropChanged, MaildropUnavailable, MaildropUpdateFailed, type Maildrop } from "../lib/maildrop.ts";
 import { formatPopReply } from "../lib/reply.ts";
 import { LoginThrottle } from "../lib/auth.ts";
 
@@ -204,8 +204,19 @@ describe("AUTHORIZATION state", () => {
     const s = new Pop3Session(env({ openError: new Error("EACCES: permission denied") }).store);
     await run(s, "USER alice");
     const r = await run(s, "PASS secret pw");
-    expect(status(r)).toStartWith("-ERR");
+    expect(status(r)).toBe("-ERR [SYS/TEMP] cannot open mailbox: internal error");
     expect(r.close).toBe(true);
+  });
+
+  test("MaildropUnavailable: its reason, SYS/PERM when permanent, the message (with paths) only in the log", async () => {
+    for (const [permanent, code] of [[true, "PERM"], [false, "TEMP"]] as const) {
+      const s = new Pop3Session(env({ openError: new MaildropUnavailable("/srv/mail/alice/mymailbox is not a regular file", "not a regular file", permanent) }).store);
+      await run(s, "USER alice");
+      const r = await run(s, "PASS secret pw");
+      expect(status(r)).toBe(`-ERR [SYS/${code}] cannot open mailbox: not a regular file`);
+      expect(r.close).toBe(true);
+      expect(r.log).toContain("/srv/mail/alice/mymailbox");
+    }
   });
 
   test("commands after the session closed get -ERR, not an exception", async () => {
@@ -465,7 +476,7 @@ describe("TRANSACTION state", () => {
     const e = env();
     e.drop.commit = async () => {
       e.drop.release();
-      throw Object.assign(new Error("ENOSPC: no space left on device, write '/srv/mail/alice/mymailbox.rewrite.1.tmp'"), { code: "ENOSPC" });
+      throw new MaildropUpdateFailed("ENOSPC: no space left on device, write '/srv/mail/alice/mymailbox.rewrite.1.tmp'", "ENOSPC");
     };
     const [s] = await loggedIn(e);
     await run(s, "DELE 1");
