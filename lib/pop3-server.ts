@@ -125,7 +125,7 @@ class PopHandler implements Handler {
   }
 
   errorText(): string {
-    return formatPopReply(Pop.err("internal error"));
+    return formatPopReply(Pop.internalError());
   }
 
   closed(): void {

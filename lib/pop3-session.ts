@@ -122,7 +122,7 @@ export class Pop3Session {
     const rest = sp < 0 ? "" : trimmed.slice(sp + 1);
     // PASS keeps spaces inside the password; everything else splits into arguments.
     const args = trimSp(rest) ? trimSp(rest).split(/[ \t]+/) : [];
-    if (verb === "CAPA") return { reply: Pop.ok("Capability list follows"), body: lines(this.capabilities()) };
+    if (verb === "CAPA") return { reply: Pop.capabilities(), body: lines(this.capabilities()) };
     if (verb === "QUIT") return this.quit();
     // After a failed login or QUIT there is no maildrop: refuse instead of throwing.
     if (this.state === "closed") return { reply: Pop.wrongState(), close: true };
@@ -147,14 +147,14 @@ export class Pop3Session {
       case "STAT":
         return this.noArgs(args) ?? { reply: Pop.stat(...this.totals()) };
       case "NOOP":
-        return this.noArgs(args) ?? { reply: Pop.ok("") };
+        return this.noArgs(args) ?? { reply: Pop.noop() };
       case "RSET": {
         const bad = this.noArgs(args);
         if (bad) return bad;
         this.deleted.clear();
         this.live = this.all;
         const [n, octets] = this.totals();
-        return { reply: Pop.ok(`maildrop has ${n} messages (${octets} octets)`) };
+        return { reply: Pop.reset(n, octets) };
       }
       case "LIST":
         return this.listing(args, (i) => this.drop!.size(i), (i, buf, pos) => writeNumber(buf, pos, this.drop!.size(i)));
@@ -260,13 +260,13 @@ export class Pop3Session {
     const ok = await this.store.checkPassword(user ?? given, password);
     if (!ok || user === null) return this.loginFailed(user ?? JSON.stringify(given));
     // The client may have vanished while we waited: closed() already ran, so nothing may stay open.
-    if (this.state === "closed") return { reply: Pop.err("connection closed"), close: true };
+    if (this.state === "closed") return { reply: Pop.connectionClosed(), close: true };
     try {
       const drop = await this.store.open(user);
       // closed() may have run during the await (TypeScript cannot see that).
       if ((this.state as State) === "closed") {
         drop.release();
-        return { reply: Pop.err("connection closed"), close: true };
+        return { reply: Pop.connectionClosed(), close: true };
       }
       this.drop = drop;
       this.live = this.all = null;
@@ -349,10 +349,10 @@ export class Pop3Session {
     if (args.length === 1) {
       const i = this.msg(args[0]);
       if (typeof i !== "number") return i;
-      return { reply: Pop.ok(`${i + 1} ${value(i)}`) };
+      return { reply: Pop.scanLine(i + 1, value(i)) };
     }
     const [n, octets] = this.totals();
-    return { reply: Pop.ok(`${n} messages (${octets} octets)`), body: this.scanListing(write) };
+    return { reply: Pop.listing(n, octets), body: this.scanListing(write) };
   }
 
   /**
@@ -391,7 +391,7 @@ export class Pop3Session {
     if (args.length !== 1) return { reply: Pop.syntax("RETR needs one message number") };
     const i = this.msg(args[0]);
     if (typeof i !== "number") return i;
-    return this.multiLine(Pop.ok(`${this.drop!.size(i)} octets`), () => this.drop!.read(i));
+    return this.multiLine(Pop.retrOk(this.drop!.size(i)), () => this.drop!.read(i));
   }
 
   /** The reply and its body; -ERR and a close when the file no longer holds the message. */
@@ -418,7 +418,7 @@ export class Pop3Session {
     // A count of at least the message's size in octets covers every line: the whole message,
     // sent as RETR sends it (streamed when large). Counted line by line from a synchronous
     // read, a count of 10^8 on 10 MB of empty lines held the event loop ~140 ms (helper-20).
-    return this.multiLine(Pop.ok("top of message follows"), () => (n >= this.drop!.size(i) ? this.drop!.read(i) : this.drop!.top(i, n)));
+    return this.multiLine(Pop.topOk(), () => (n >= this.drop!.size(i) ? this.drop!.read(i) : this.drop!.top(i, n)));
   }
 
   private dele(args: string[]): PopResult {
@@ -427,6 +427,6 @@ export class Pop3Session {
     if (typeof i !== "number") return i;
     this.deleted.add(i);
     if (this.live) this.live = [this.live[0] - 1, this.live[1] - this.drop!.size(i)];
-    return { reply: Pop.ok(`message ${i + 1} deleted`) };
+    return { reply: Pop.deleOk(i + 1) };
   }
 }
