@@ -1,7 +1,7 @@
 // The POP3 server as a plain state machine (sans-IO, RFC 1939): command lines go in,
 // status lines (and message bodies to stream) come out. Users and mailboxes are reached
 // through the injected PopStore, so the session is tested with an in-memory one.
-import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
+import { SASL_MECHANISMS, SaslExchange, type LoginThrottle, type SaslStep } from "./auth.ts";
 import { trimSp } from "./lines.ts";
 import { MaildropBusy, MaildropChanged, MaildropUnavailable, MaildropUpdateFailed, type Body, type Maildrop } from "./maildrop.ts";
 import { writeNumber } from "./digits.ts";
@@ -41,7 +41,6 @@ export interface PopTlsOptions {
 
 type State = "authorization" | "transaction" | "closed";
 
-export const SASL_MECHANISMS = ["PLAIN", "LOGIN"];
 
 export const CAPABILITIES = ["TOP", "UIDL", "USER", `SASL ${SASL_MECHANISMS.join(" ")}`, "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
 const MAX_ARG = 40; // RFC 1939 section 3
@@ -73,7 +72,7 @@ export class Pop3Session {
   private all: readonly [number, number] | null = null;
   private failedLogins = 0;
   /** AUTH in progress: the next line is a SASL response, not a command. */
-  private sasl: { mech: "PLAIN" } | { mech: "LOGIN"; user: string | null } | null = null;
+  private sasl: SaslExchange | null = null;
 
   constructor(
     private readonly store: PopStore,
@@ -115,7 +114,7 @@ export class Pop3Session {
   }
 
   handleLine(line: string): PopResult | Promise<PopResult> {
-    if (this.sasl) return this.saslResponse(line);
+    if (this.sasl) return this.saslStep(this.sasl.respond(line));
     const trimmed = trimSp(line);
     const sp = trimmed.search(/[ \t]/);
     const verb = (sp < 0 ? trimmed : trimmed.slice(0, sp)).toUpperCase();
@@ -216,40 +215,31 @@ export class Pop3Session {
     this.pendingUser = null;
     if (args.length === 0) return { reply: Pop.mechanisms(), body: lines(SASL_MECHANISMS) };
     if (args.length > 2) return { reply: Pop.syntax("expected AUTH mechanism [initial-response]") };
-    const [mech, initial] = args as [string, string | undefined];
-    switch (mech.toUpperCase()) {
-      case "PLAIN":
-        this.sasl = { mech: "PLAIN" };
-        return initial === undefined ? { reply: Pop.authChallenge("") } : this.saslResponse(initial);
-      case "LOGIN":
-        this.sasl = { mech: "LOGIN", user: null };
-        return initial === undefined ? { reply: Pop.authChallenge(encodeBase64("Username:")) } : this.saslResponse(initial);
-      default:
-        return { reply: Pop.authMechanism() };
-    }
+    const { exchange, step } = SaslExchange.start(args[0]!, args[1]);
+    this.sasl = exchange;
+    return this.saslStep(step);
   }
 
-  private saslResponse(line: string): PopResult | Promise<PopResult> {
-    const sasl = this.sasl!;
-    if (trimSp(line) === "*") {
-      this.sasl = null;
-      return { reply: Pop.authCancelled() };
+  /** A step of the SASL exchange as a POP3 reply; any but a challenge ends the exchange. */
+  private saslStep(step: SaslStep): PopResult | Promise<PopResult> {
+    if (step.kind !== "challenge") this.sasl = null;
+    switch (step.kind) {
+      case "challenge":
+        return { reply: Pop.authChallenge(step.base64) };
+      case "cancelled":
+        return { reply: Pop.authCancelled() };
+      case "badBase64":
+        return { reply: Pop.authBadBase64() };
+      case "unknownMech":
+        return { reply: Pop.authMechanism() };
+      case "creds": {
+        const creds = step.creds;
+        // An unknown name or a malformed response gets a wrong password's reply and throttling.
+        if (!creds) return this.loginFailed('""');
+        const user = creds.user.length <= MAX_NAME ? this.store.findUser(creds.user) : null;
+        return this.login(user, creds.password, creds.user.slice(0, MAX_NAME));
+      }
     }
-    const text = decodeBase64(line);
-    if (text === null) {
-      this.sasl = null;
-      return { reply: Pop.authBadBase64() };
-    }
-    if (sasl.mech === "LOGIN" && sasl.user === null) {
-      sasl.user = text;
-      return { reply: Pop.authChallenge(encodeBase64("Password:")) };
-    }
-    this.sasl = null;
-    const creds: Credentials | null = sasl.mech === "PLAIN" ? parsePlain(text) : { user: sasl.user!, password: text };
-    const user = creds && creds.user.length <= MAX_NAME ? this.store.findUser(creds.user) : null;
-    // An unknown name or a malformed response gets a wrong password's reply and throttling.
-    if (!creds) return this.loginFailed('""');
-    return this.login(user, creds.password, creds.user.slice(0, MAX_NAME));
   }
 
   /**
