@@ -5,7 +5,7 @@ import { FileMaildrop, MaildropUnavailable } from "./maildrop.ts";
 import { IndexCache } from "./index-cache.ts";
 import { formatPopReply, Pop } from "./reply.ts";
 import { HeldFiles, MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
-import { MAX_SASL_LINE, maskAuth, type LoginThrottle } from "./auth.ts";
+import { MAX_SASL_LINE, type LoginThrottle } from "./auth.ts";
 import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
 import type { Users } from "./users.ts";
 
@@ -83,7 +83,7 @@ class PopHandler implements Handler {
     if (!ev) return null;
     if (ev.kind === "too-long") return toOutput(session.lineTooLong());
     // Passwords stay out of the log: PASS, AUTH's initial response, SASL responses.
-    if (trace) trace(/^\s*PASS\s/i.test(ev.text) ? "PASS ********" : maskAuth(ev.text, session.expectingAuthResponse));
+    if (trace) trace(session.logForm(ev.text));
     // Each command leaves a few short-lived objects. A client fetching 100,000 messages
     // one by one grows the heap faster than the collector's schedule returns memory;
     // collections every so many commands keep the footprint near the live size. On the
@@ -109,7 +109,7 @@ class PopHandler implements Handler {
     const r = session.handleLine(ev.text);
     // A streamed body answering LIST or UIDL is a listing too long to send at once.
     const note = (r: PopResult) => {
-      this.listed = r.body !== undefined && !(r.body instanceof Uint8Array) && Symbol.asyncIterator in r.body && /^\s*(LIST|UIDL)\s*$/i.test(ev.text);
+      this.listed = !!r.listing && r.body !== undefined && !(r.body instanceof Uint8Array) && Symbol.asyncIterator in r.body;
       return toOutput(r);
     };
     return r instanceof Promise ? r.then(note) : note(r);

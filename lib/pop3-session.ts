@@ -1,7 +1,7 @@
 // The POP3 server as a plain state machine (sans-IO, RFC 1939): command lines go in,
 // status lines (and message bodies to stream) come out. Users and mailboxes are reached
 // through the injected PopStore, so the session is tested with an in-memory one.
-import { SASL_MECHANISMS, SaslExchange, type LoginThrottle, type SaslStep } from "./auth.ts";
+import { maskAuth, SASL_MECHANISMS, SaslExchange, type LoginThrottle, type SaslStep } from "./auth.ts";
 import { trimSp } from "./lines.ts";
 import { MaildropBusy, MaildropChanged, MaildropUnavailable, MaildropUpdateFailed, type Body, type Maildrop } from "./maildrop.ts";
 import { writeNumber } from "./digits.ts";
@@ -26,6 +26,8 @@ export interface PopResult {
   startTls?: boolean;
   /** Wait this long before sending the reply (a failed login). */
   delayMs?: number;
+  /** The body is a listing of the whole maildrop (LIST or UIDL without an argument). */
+  listing?: boolean;
 }
 
 export interface PopTlsOptions {
@@ -93,6 +95,11 @@ export class Pop3Session {
   /** The next line answers a SASL challenge (and holds a password): not to be logged. */
   get expectingAuthResponse(): boolean {
     return this.sasl !== null;
+  }
+
+  /** The next line as the log may show it: passwords (PASS, AUTH's initial response, SASL responses) masked. */
+  logForm(line: string): string {
+    return /^\s*PASS\s/i.test(line) ? "PASS ********" : maskAuth(line, this.expectingAuthResponse);
   }
 
   /** RFC 2595: STLS while it can be used, USER and SASL only where a plaintext login is allowed. */
@@ -342,7 +349,7 @@ export class Pop3Session {
       return { reply: Pop.scanLine(i + 1, value(i)) };
     }
     const [n, octets] = this.totals();
-    return { reply: Pop.listing(n, octets), body: this.scanListing(write) };
+    return { reply: Pop.listing(n, octets), body: this.scanListing(write), listing: true };
   }
 
   /**

@@ -345,6 +345,17 @@ describe("AUTH (RFC 5034)", () => {
   });
 });
 
+describe("logForm: the line as the log shows it", () => {
+  test("PASS, AUTH's initial response and SASL responses are masked; other commands are not", async () => {
+    const s = new Pop3Session(env().store);
+    expect(s.logForm("USER alice")).toBe("USER alice");
+    expect(s.logForm(" pass secret pw")).toBe("PASS ********");
+    expect(s.logForm("AUTH PLAIN AGFsaWNlAHNlY3JldCBwdw==")).toBe("AUTH PLAIN ********");
+    await run(s, "AUTH LOGIN");
+    expect(s.logForm("YWxpY2U=")).toBe("********");
+  });
+});
+
 describe("TRANSACTION state", () => {
   test("STAT gives '+OK n octets' exactly", async () => {
     const [s] = await loggedIn();
@@ -368,6 +379,12 @@ describe("TRANSACTION state", () => {
     expect(await bodyText(r)).toBe(`1 ${S1}\r\n2 ${S2}\r\n.\r\n`);
     expect(status(await run(s, "LIST 2"))).toBe(`+OK 2 ${S2}`);
     expect(status(await run(s, "LIST 1"))).toBe(`+OK 1 ${S1}`);
+  });
+
+  test("a listing of the whole maildrop says so (listing: true); other bodies and one-message forms do not", async () => {
+    const [s] = await loggedIn();
+    for (const c of ["LIST", " uidl "]) expect((await run(s, c)).listing).toBe(true);
+    for (const c of ["LIST 1", "UIDL 2", "RETR 1", "TOP 1 0", "CAPA", "STAT"]) expect((await run(s, c)).listing).toBeUndefined();
   });
 
   test("UIDL: multi-line and single forms", async () => {
