@@ -43,15 +43,11 @@ export interface PopTlsOptions {
 
 type State = "authorization" | "transaction" | "closed";
 
-
 export const CAPABILITIES = ["TOP", "UIDL", "USER", `SASL ${SASL_MECHANISMS.join(" ")}`, "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
-const MAX_ARG = 40; // RFC 1939 section 3
-// User names may be longer than that, as long as user.txt allows and SMTP delivers to: a
-// 40-character cap left such a user's mail unreadable (helper-42).
-const MAX_NAME = MAX_NAME_LENGTH;
+// RFC 1939 section 3. Not for user names: those may be as long as user.txt allows and SMTP
+// delivers to (MAX_NAME_LENGTH); a 40-character cap left such a user's mail unreadable (helper-42).
+const MAX_ARG = 40;
 const LISTING_CHUNK = 1000;
-
-/** Digits of a non-negative integer, written without making a string. */
 
 /** Writes message i's value in a listing row into buf at pos; returns the new pos. */
 type RowWriter = (i: number, buf: Buffer, pos: number) => number;
@@ -59,7 +55,7 @@ type RowWriter = (i: number, buf: Buffer, pos: number) => number;
 const lines = (rows: string[]) => Buffer.from(rows.map((r) => r + "\r\n").join("") + ".\r\n");
 
 export class Pop3Session {
-  state: State = "authorization";
+  private current: State = "authorization";
   /** The name given by USER, and the user it names (null: none). */
   private pendingUser: { name: string; user: string | null } | null = null;
   private user: string | null = null;
@@ -81,6 +77,11 @@ export class Pop3Session {
     private readonly peer = "unknown",
     private readonly opt: PopTlsOptions = {},
   ) {}
+
+  /** RFC 1939's state: authorization, transaction, or closed (after QUIT, a failed open, or the connection's end). */
+  get state(): State {
+    return this.current;
+  }
 
   /** After STLS: RFC 2595 section 4, the client starts the login over. */
   tlsStarted(): void {
@@ -106,7 +107,7 @@ export class Pop3Session {
   private capabilities(): string[] {
     if (!this.opt.tls) return CAPABILITIES;
     const caps = CAPABILITIES.filter((c) => (c !== "USER" && !c.startsWith("SASL ")) || this.loginAllowed);
-    if (!this.opt.secure && this.state === "authorization") caps.push("STLS");
+    if (!this.opt.secure && this.current === "authorization") caps.push("STLS");
     return caps;
   }
 
@@ -131,8 +132,8 @@ export class Pop3Session {
     if (verb === "CAPA") return { reply: Pop.capabilities(), body: lines(this.capabilities()) };
     if (verb === "QUIT") return this.quit();
     // After a failed login or QUIT there is no maildrop: refuse instead of throwing.
-    if (this.state === "closed") return { reply: Pop.wrongState(), close: true };
-    if (this.state === "authorization") {
+    if (this.current === "closed") return { reply: Pop.wrongState(), close: true };
+    if (this.current === "authorization") {
       switch (verb) {
         case "STLS":
           return this.stls(args);
@@ -187,7 +188,7 @@ export class Pop3Session {
   closed(): void {
     this.drop?.release();
     this.drop = null;
-    this.state = "closed";
+    this.current = "closed";
   }
 
   private stls(args: string[]): PopResult {
@@ -199,7 +200,7 @@ export class Pop3Session {
 
   private userCmd(args: string[]): PopResult {
     if (args.length !== 1) return { reply: Pop.syntax("USER needs exactly one name") };
-    if (args[0]!.length > MAX_NAME) return { reply: Pop.syntax("name too long") };
+    if (args[0]!.length > MAX_NAME_LENGTH) return { reply: Pop.syntax("name too long") };
     const name = args[0]!;
     this.pendingUser = { name, user: this.store.findUser(name) };
     // The same reply for every name, as Dovecot: whether an account exists shows only as a
@@ -243,8 +244,8 @@ export class Pop3Session {
         const creds = step.creds;
         // An unknown name or a malformed response gets a wrong password's reply and throttling.
         if (!creds) return this.loginFailed('""');
-        const user = creds.user.length <= MAX_NAME ? this.store.findUser(creds.user) : null;
-        return this.login(user, creds.password, creds.user.slice(0, MAX_NAME));
+        const user = creds.user.length <= MAX_NAME_LENGTH ? this.store.findUser(creds.user) : null;
+        return this.login(user, creds.password, creds.user.slice(0, MAX_NAME_LENGTH));
       }
     }
   }
@@ -257,11 +258,11 @@ export class Pop3Session {
     const ok = await this.store.checkPassword(user ?? given, password);
     if (!ok || user === null) return this.loginFailed(user ?? JSON.stringify(given));
     // The client may have vanished while we waited: closed() already ran, so nothing may stay open.
-    if (this.state === "closed") return { reply: Pop.connectionClosed(), close: true };
+    if (this.current === "closed") return { reply: Pop.connectionClosed(), close: true };
     try {
       const drop = await this.store.open(user);
       // closed() may have run during the await (TypeScript cannot see that).
-      if ((this.state as State) === "closed") {
+      if ((this.current as State) === "closed") {
         drop.release();
         return { reply: Pop.connectionClosed(), close: true };
       }
@@ -269,13 +270,13 @@ export class Pop3Session {
       this.live = this.all = null;
     } catch (e) {
       // RFC 1939: the mailbox cannot be opened or locked: -ERR, and the server closes.
-      this.state = "closed";
+      this.current = "closed";
       // The reason goes to the log; the client learns the error code, not the server's paths.
       const reply = e instanceof MaildropBusy ? Pop.locked() : e instanceof MaildropUnavailable ? Pop.cannotOpen(e.why, e.permanent) : Pop.cannotOpen();
       return { reply, close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
     }
     this.user = user;
-    this.state = "transaction";
+    this.current = "transaction";
     const [n, octets] = this.totals();
     return { reply: Pop.loggedIn(n, octets), log: `login ${user} from ${this.peer}, ${n} messages` };
   }
@@ -286,22 +287,22 @@ export class Pop3Session {
     if (!throttle) return { reply: Pop.badLogin(), log };
     const delayMs = throttle.failed(this.peer);
     if (++this.failedLogins >= throttle.config.maxFailuresPerConnection) {
-      this.state = "closed";
+      this.current = "closed";
       return { reply: Pop.tooManyFailures(), close: true, delayMs, log };
     }
     return { reply: Pop.badLogin(), delayMs, log };
   }
 
   private async quit(): Promise<PopResult> {
-    if (this.state !== "transaction") {
-      this.state = "closed";
+    if (this.current !== "transaction") {
+      this.current = "closed";
       return { reply: Pop.goodbye(null), close: true };
     }
     // UPDATE state: remove the marked messages, then release everything.
     const drop = this.drop!;
     const count = this.deleted.size;
     this.drop = null;
-    this.state = "closed";
+    this.current = "closed";
     try {
       await drop.commit(this.deleted);
     } catch (e) {

@@ -103,7 +103,7 @@ export function parsePath(arg: string): { addr: string; params: string[] } | { e
 }
 
 export class SmtpSession {
-  state: State = "command";
+  private state: State = "command";
   private helo: string | null = null;
   private from: string | null = null;
   private recipients: string[] = []; // user names, each once
