@@ -1,6 +1,7 @@
-// Logins: SASL PLAIN and LOGIN decoding (RFC 4616, the LOGIN draft) for SMTP AUTH, and the
-// throttle that slows failed logins from one client address. Pure code; the sessions decide
-// what to reply and the socket adapter does the waiting.
+// Logins: the SASL PLAIN and LOGIN exchange (RFC 4616, the LOGIN draft) for SMTP and POP3
+// AUTH, and the throttle that slows failed logins from one client address. Pure code; the
+// sessions decide what to reply and the socket adapter does the waiting.
+import { trimSp } from "./lines.ts";
 
 // Strict: two different byte strings must never decode to the same password (RFC 4616).
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -40,6 +41,57 @@ export function parsePlain(decoded: string): Credentials | null {
   const [authz, user, password] = parts as [string, string, string];
   if (!user || (authz !== "" && authz !== user)) return null;
   return { user, password };
+}
+
+/** The SASL mechanisms both servers offer. */
+export const SASL_MECHANISMS = ["PLAIN", "LOGIN"];
+
+/**
+ * What a SASL exchange does next. A challenge (base64, "" for an empty one) keeps it going:
+ * the next line answers it. Every other step ends it. creds is null for a PLAIN response that
+ * is not "authzid NUL user NUL password" (to be treated as a failed login).
+ */
+export type SaslStep =
+  | { kind: "challenge"; base64: string }
+  | { kind: "creds"; creds: Credentials | null }
+  | { kind: "cancelled" }
+  | { kind: "badBase64" }
+  | { kind: "unknownMech" };
+
+/**
+ * One AUTH exchange, PLAIN (RFC 4616) or LOGIN (the draft): lines in, steps out. Shared by SMTP
+ * AUTH (RFC 4954) and POP3 AUTH (RFC 5034); each session turns steps into its own replies.
+ */
+export class SaslExchange {
+  /** LOGIN: the user name, once the first response gave it. */
+  private user: string | null = null;
+
+  private constructor(private readonly mech: "PLAIN" | "LOGIN") {}
+
+  /**
+   * AUTH <mechanism> [initial-response]. The exchange is null for an unknown mechanism; keep it
+   * while its step is a challenge.
+   */
+  static start(mechanism: string, initial: string | undefined): { exchange: SaslExchange | null; step: SaslStep } {
+    const mech = mechanism.toUpperCase();
+    if (mech !== "PLAIN" && mech !== "LOGIN") return { exchange: null, step: { kind: "unknownMech" } };
+    const exchange = new SaslExchange(mech);
+    if (initial !== undefined) return { exchange, step: exchange.respond(initial) };
+    return { exchange, step: { kind: "challenge", base64: mech === "PLAIN" ? "" : encodeBase64("Username:") } };
+  }
+
+  /** A line answering the last challenge: "*" cancels (RFC 4954, RFC 5034). */
+  respond(line: string): SaslStep {
+    if (trimSp(line) === "*") return { kind: "cancelled" };
+    const text = decodeBase64(line);
+    if (text === null) return { kind: "badBase64" };
+    if (this.mech === "PLAIN") return { kind: "creds", creds: parsePlain(text) };
+    if (this.user === null) {
+      this.user = text;
+      return { kind: "challenge", base64: encodeBase64("Password:") };
+    }
+    return { kind: "creds", creds: { user: this.user, password: text } };
+  }
 }
 
 export interface ThrottleConfig {

@@ -49,6 +49,46 @@ export class MaildropChanged extends Error {
   }
 }
 
+/** Errno codes at login that retrying will not cure: what is in the mailbox's place, or its permissions. */
+const PERMANENT = new Set(["EISDIR", "ENOTDIR", "ELOOP", "EACCES", "EPERM"]);
+
+/**
+ * The mailbox cannot be opened (other than MaildropBusy). `why` is what the client may be told:
+ * an error code, never a path (the message, for the log, has those). `permanent`: it takes an
+ * administrator, not a retry (RFC 3206 SYS/PERM).
+ */
+export class MaildropUnavailable extends Error {
+  override name = "MaildropUnavailable";
+  constructor(
+    message: string,
+    readonly why: string,
+    readonly permanent: boolean,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/** QUIT's update failed: the marked messages are still there. `why` as for MaildropUnavailable. */
+export class MaildropUpdateFailed extends Error {
+  override name = "MaildropUpdateFailed";
+  constructor(
+    message: string,
+    readonly why: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/** An OS error (one with an errno code) as one of the typed errors above; anything else unchanged. */
+function typed(e: unknown, update: boolean): unknown {
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  if (typeof code !== "string" || e instanceof MaildropUnavailable || e instanceof MaildropUpdateFailed) return e;
+  const message = (e as Error).message;
+  return update ? new MaildropUpdateFailed(message, code, { cause: e }) : new MaildropUnavailable(message, code, PERMANENT.has(code), { cause: e });
+}
+
 /** What the POP3 session needs of a mailbox; an in-memory version serves the unit tests. */
 export interface Maildrop {
   readonly count: number;
@@ -61,7 +101,7 @@ export interface Maildrop {
   read(i: number): Body | Promise<Body>;
   /** Header plus the first `lines` body lines, in wire form with the ".\r\n" line. */
   top(i: number, lines: number): Body | Promise<Body>;
-  /** Removes the messages (0-based) from the mailbox, keeping everything else. */
+  /** Removes the messages (0-based) from the mailbox, keeping everything else; throws MaildropChanged or MaildropUpdateFailed. */
   commit(deleted: ReadonlySet<number>): Promise<void>;
   /** Ends the session without changes. */
   release(): void;
@@ -98,8 +138,19 @@ export class FileMaildrop implements Maildrop {
     return dotLineEndsAt(b, end, this.lastBare && i === this.messages.count - 1);
   }
 
-  /** With a cache, a login indexes only what was appended since the last one (see index-cache.ts). */
+  /**
+   * With a cache, a login indexes only what was appended since the last one (see index-cache.ts).
+   * Throws MaildropBusy, or MaildropUnavailable for what the file system refused.
+   */
   static async open(root: string, user: string, warn: (m: string) => void = () => {}, cache: IndexCache | null = null): Promise<FileMaildrop> {
+    try {
+      return await FileMaildrop.openFile(root, user, warn, cache);
+    } catch (e) {
+      throw typed(e, false);
+    }
+  }
+
+  private static async openFile(root: string, user: string, warn: (m: string) => void, cache: IndexCache | null): Promise<FileMaildrop> {
     await cleaning.get(mailboxPath(root, user));
     const lock = lockSession(root, user);
     if (!lock) throw new MaildropBusy("mailbox is already in use by another POP3 session");
@@ -118,7 +169,7 @@ export class FileMaildrop implements Maildrop {
       }
       try {
         const st = fstatSync(fd);
-        if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "EFTYPE" });
+        if (!st.isFile()) throw new MaildropUnavailable(`${path} is not a regular file`, "not a regular file", true);
         let found;
         if (cache) found = await cache.index(path, fd, st);
         else {
@@ -266,7 +317,7 @@ export class FileMaildrop implements Maildrop {
     } catch (e) {
       // Its index no longer describes the file: the next login reads the file afresh.
       if (e instanceof MaildropChanged) this.cache?.drop(mailboxPath(this.root, this.user));
-      throw e;
+      throw typed(e, true);
     } finally {
       this.release();
     }

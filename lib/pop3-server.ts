@@ -1,22 +1,41 @@
 // Wires Pop3Session to the shared socket adapter, with user.txt and the mailbox files as
 // its store. Kept apart from popserver.ts so tests and benchmarks can start it in-process.
 import type { LineReader } from "./lines.ts";
-import { FileMaildrop } from "./maildrop.ts";
+import { FileMaildrop, MaildropUnavailable } from "./maildrop.ts";
 import { IndexCache } from "./index-cache.ts";
 import { formatPopReply, Pop } from "./reply.ts";
 import { HeldFiles, MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
-import { MAX_SASL_LINE, maskAuth, type LoginThrottle } from "./auth.ts";
+import { MAX_SASL_LINE, type LoginThrottle } from "./auth.ts";
 import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
 import type { Users } from "./users.ts";
 
 const GC_EVERY_COMMANDS = 500;
-/** All sessions' commands together: many medium sessions (each under 1000 commands) still get collections. */
+/** All sessions' commands together: many medium sessions (each under GC_EVERY_COMMANDS commands) still get collections. */
 const GC_EVERY_ALL_COMMANDS = 10_000;
-let allCommands = 0;
 // A long listing leaves a string per message (100,000 for UIDL of 1 GiB): collected right
 // after, but at most every 250 ms, so no client can make every command a collection.
 const LISTING_GC_GAP_MS = 250;
-let lastListingGc = -Infinity;
+
+/**
+ * Collections paced over one server's sessions: commands leave short-lived objects faster than
+ * the collector returns memory, but a full collection costs 3-4 ms (an asynchronous one ~0.6 ms).
+ * Figures: README, Benchmarks, "popserver's collections".
+ */
+class GcPacer {
+  private commands = 0;
+  private lastListingGc = -Infinity;
+
+  /** One command: `sessionCommands` of its session so far; `listed`: that session's last one was a long listing. */
+  command(sessionCommands: number, listed: boolean): void {
+    const now = performance.now();
+    this.commands++;
+    if (listed && now - this.lastListingGc >= LISTING_GC_GAP_MS) {
+      this.lastListingGc = now;
+      Bun.gc(true);
+    } else if (this.commands % GC_EVERY_ALL_COMMANDS === 0) Bun.gc(true);
+    else if (sessionCommands % GC_EVERY_COMMANDS === 0) Bun.gc(false);
+  }
+}
 
 export const MAX_POP_LINE = 512; // RFC 2449 allows 255 octets; be generous, never unbounded
 
@@ -35,7 +54,7 @@ export function filePopStore(root: string, users: Users, warn: (m: string) => vo
     // ignoring case could now mean someone else.
     checkPassword: async (user, password) => (await users.check(user, password)) === user,
     open: async (user) => {
-      if (!held.room()) throw Object.assign(new Error("no descriptor left for another mailbox"), { code: "EMFILE" });
+      if (!held.room()) throw new MaildropUnavailable("no descriptor left for another mailbox", "EMFILE", false);
       const drop = await FileMaildrop.open(root, user, warn, cache);
       held.count++;
       const release = drop.release.bind(drop);
@@ -71,6 +90,7 @@ class PopHandler implements Handler {
   constructor(
     private readonly session: Pop3Session,
     private readonly trace: ((line: string) => void) | undefined,
+    private readonly gc: GcPacer,
   ) {}
 
   open(): Output {
@@ -83,33 +103,12 @@ class PopHandler implements Handler {
     if (!ev) return null;
     if (ev.kind === "too-long") return toOutput(session.lineTooLong());
     // Passwords stay out of the log: PASS, AUTH's initial response, SASL responses.
-    if (trace) trace(/^\s*PASS\s/i.test(ev.text) ? "PASS ********" : maskAuth(ev.text, session.expectingAuthResponse));
-    // Each command leaves a few short-lived objects. A client fetching 100,000 messages
-    // one by one grows the heap faster than the collector's schedule returns memory;
-    // collections every so many commands keep the footprint near the live size. On the
-    // 1 GiB mailbox: peak RSS 64-66 MiB with a full one every 4000 commands, 60 with one
-    // every 1000 and after long listings. But a full collection costs 3-4 ms even on a
-    // small heap (14 % of popserver's CPU in a NOOP loop, 30 % of a pipelined RETR run),
-    // so a session's every GC_EVERY_COMMANDS commands ask for an asynchronous one (Bun.gc(false): the
-    // call takes 0.57-0.59 ms median inside popserver, against 2.8-3.5), and every 10,000
-    // commands of all sessions together get a synchronous one: pipelined RETR went from
-    // 93-124k to 153-198k msg/s on 10,000 messages, peak RSS 56 MiB as before and
-    // 62.6-62.8 MiB on 1 GiB (asynchronous ones alone: 64.3). Counted per session, not
-    // only over all, so a login load (short sessions) does not pay one every 200 logins.
-    // Every 500 rather than 1000 (2026-12-02, 4th session): the 1 GiB run's peak, set while
-    // RETRs are pipelined, 63.7-64.5 -> 62.8-63.3 MiB, at the same 147-153k msg/s.
-    const now = performance.now();
-    const commands = ++this.commands;
-    allCommands++;
-    if (this.listed && now - lastListingGc >= LISTING_GC_GAP_MS) {
-      lastListingGc = now;
-      Bun.gc(true);
-    } else if (allCommands % GC_EVERY_ALL_COMMANDS === 0) Bun.gc(true);
-    else if (commands % GC_EVERY_COMMANDS === 0) Bun.gc(false);
+    if (trace) trace(session.logForm(ev.text));
+    this.gc.command(++this.commands, this.listed);
     const r = session.handleLine(ev.text);
     // A streamed body answering LIST or UIDL is a listing too long to send at once.
     const note = (r: PopResult) => {
-      this.listed = r.body !== undefined && !(r.body instanceof Uint8Array) && Symbol.asyncIterator in r.body && /^\s*(LIST|UIDL)\s*$/i.test(ev.text);
+      this.listed = !!r.listing && r.body !== undefined && !(r.body instanceof Uint8Array) && Symbol.asyncIterator in r.body;
       return toOutput(r);
     };
     return r instanceof Promise ? r.then(note) : note(r);
@@ -125,7 +124,7 @@ class PopHandler implements Handler {
   }
 
   errorText(): string {
-    return formatPopReply(Pop.err("internal error"));
+    return formatPopReply(Pop.internalError());
   }
 
   closed(): void {
@@ -138,12 +137,13 @@ class PopHandler implements Handler {
 }
 
 export function createPopServer(opt: PopServerOptions, store: PopStore): MailServer {
+  const gc = new GcPacer();
   return new MailServer({
     ...opt,
     name: "popserver",
     tooManyFromAddressText: formatPopReply(Pop.tooManyFromAddress()),
     tooManyText: formatPopReply(Pop.tooManyConnections()),
     create: (peer, trace, secure): Handler =>
-      new PopHandler(new Pop3Session(store, peer, { tls: !!opt.tlsFiles, secure, requireTls: opt.requireTls, throttle: opt.throttle }), trace),
+      new PopHandler(new Pop3Session(store, peer, { tls: !!opt.tlsFiles, secure, requireTls: opt.requireTls, throttle: opt.throttle }), trace, gc),
   });
 }

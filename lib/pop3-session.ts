@@ -1,9 +1,9 @@
 // The POP3 server as a plain state machine (sans-IO, RFC 1939): command lines go in,
 // status lines (and message bodies to stream) come out. Users and mailboxes are reached
 // through the injected PopStore, so the session is tested with an in-memory one.
-import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
+import { maskAuth, SASL_MECHANISMS, SaslExchange, type LoginThrottle, type SaslStep } from "./auth.ts";
 import { trimSp } from "./lines.ts";
-import type { Body, Maildrop } from "./maildrop.ts";
+import { MaildropBusy, MaildropChanged, MaildropUnavailable, MaildropUpdateFailed, type Body, type Maildrop } from "./maildrop.ts";
 import { writeNumber } from "./digits.ts";
 import { Pop, type PopReply } from "./reply.ts";
 import { MAX_NAME_LENGTH } from "./users.ts";
@@ -12,7 +12,7 @@ export interface PopStore {
   /** The listed user of that exact name, or null. */
   findUser(name: string): string | null;
   checkPassword(user: string, password: string): Promise<boolean>;
-  /** Takes the POP3 lock and indexes the mailbox; throws MaildropBusy or another Error. */
+  /** Takes the POP3 lock and indexes the mailbox; throws MaildropBusy or MaildropUnavailable. */
   open(user: string): Promise<Maildrop>;
 }
 
@@ -26,6 +26,8 @@ export interface PopResult {
   startTls?: boolean;
   /** Wait this long before sending the reply (a failed login). */
   delayMs?: number;
+  /** The body is a listing of the whole maildrop (LIST or UIDL without an argument). */
+  listing?: boolean;
 }
 
 export interface PopTlsOptions {
@@ -41,18 +43,11 @@ export interface PopTlsOptions {
 
 type State = "authorization" | "transaction" | "closed";
 
-export const SASL_MECHANISMS = ["PLAIN", "LOGIN"];
-/** Errors opening a mailbox that retrying will not cure: what is in the mailbox's place, or its permissions. */
-const PERMANENT = new Set(["EISDIR", "ENOTDIR", "EFTYPE", "ELOOP", "EACCES", "EPERM"]);
-
 export const CAPABILITIES = ["TOP", "UIDL", "USER", `SASL ${SASL_MECHANISMS.join(" ")}`, "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "EXPIRE NEVER", "IMPLEMENTATION mailsystem-popserver"];
-const MAX_ARG = 40; // RFC 1939 section 3
-// User names may be longer than that, as long as user.txt allows and SMTP delivers to: a
-// 40-character cap left such a user's mail unreadable (helper-42).
-const MAX_NAME = MAX_NAME_LENGTH;
+// RFC 1939 section 3. Not for user names: those may be as long as user.txt allows and SMTP
+// delivers to (MAX_NAME_LENGTH); a 40-character cap left such a user's mail unreadable (helper-42).
+const MAX_ARG = 40;
 const LISTING_CHUNK = 1000;
-
-/** Digits of a non-negative integer, written without making a string. */
 
 /** Writes message i's value in a listing row into buf at pos; returns the new pos. */
 type RowWriter = (i: number, buf: Buffer, pos: number) => number;
@@ -60,7 +55,7 @@ type RowWriter = (i: number, buf: Buffer, pos: number) => number;
 const lines = (rows: string[]) => Buffer.from(rows.map((r) => r + "\r\n").join("") + ".\r\n");
 
 export class Pop3Session {
-  state: State = "authorization";
+  private current: State = "authorization";
   /** The name given by USER, and the user it names (null: none). */
   private pendingUser: { name: string; user: string | null } | null = null;
   private user: string | null = null;
@@ -75,13 +70,18 @@ export class Pop3Session {
   private all: readonly [number, number] | null = null;
   private failedLogins = 0;
   /** AUTH in progress: the next line is a SASL response, not a command. */
-  private sasl: { mech: "PLAIN" } | { mech: "LOGIN"; user: string | null } | null = null;
+  private sasl: SaslExchange | null = null;
 
   constructor(
     private readonly store: PopStore,
     private readonly peer = "unknown",
     private readonly opt: PopTlsOptions = {},
   ) {}
+
+  /** RFC 1939's state: authorization, transaction, or closed (after QUIT, a failed open, or the connection's end). */
+  get state(): State {
+    return this.current;
+  }
 
   /** After STLS: RFC 2595 section 4, the client starts the login over. */
   tlsStarted(): void {
@@ -98,11 +98,16 @@ export class Pop3Session {
     return this.sasl !== null;
   }
 
+  /** The next line as the log may show it: passwords (PASS, AUTH's initial response, SASL responses) masked. */
+  logForm(line: string): string {
+    return /^\s*PASS\s/i.test(line) ? "PASS ********" : maskAuth(line, this.expectingAuthResponse);
+  }
+
   /** RFC 2595: STLS while it can be used, USER and SASL only where a plaintext login is allowed. */
   private capabilities(): string[] {
     if (!this.opt.tls) return CAPABILITIES;
     const caps = CAPABILITIES.filter((c) => (c !== "USER" && !c.startsWith("SASL ")) || this.loginAllowed);
-    if (!this.opt.secure && this.state === "authorization") caps.push("STLS");
+    if (!this.opt.secure && this.current === "authorization") caps.push("STLS");
     return caps;
   }
 
@@ -117,18 +122,18 @@ export class Pop3Session {
   }
 
   handleLine(line: string): PopResult | Promise<PopResult> {
-    if (this.sasl) return this.saslResponse(line);
+    if (this.sasl) return this.saslStep(this.sasl.respond(line));
     const trimmed = trimSp(line);
     const sp = trimmed.search(/[ \t]/);
     const verb = (sp < 0 ? trimmed : trimmed.slice(0, sp)).toUpperCase();
     const rest = sp < 0 ? "" : trimmed.slice(sp + 1);
     // PASS keeps spaces inside the password; everything else splits into arguments.
     const args = trimSp(rest) ? trimSp(rest).split(/[ \t]+/) : [];
-    if (verb === "CAPA") return { reply: Pop.ok("Capability list follows"), body: lines(this.capabilities()) };
+    if (verb === "CAPA") return { reply: Pop.capabilities(), body: lines(this.capabilities()) };
     if (verb === "QUIT") return this.quit();
     // After a failed login or QUIT there is no maildrop: refuse instead of throwing.
-    if (this.state === "closed") return { reply: Pop.wrongState(), close: true };
-    if (this.state === "authorization") {
+    if (this.current === "closed") return { reply: Pop.wrongState(), close: true };
+    if (this.current === "authorization") {
       switch (verb) {
         case "STLS":
           return this.stls(args);
@@ -149,14 +154,14 @@ export class Pop3Session {
       case "STAT":
         return this.noArgs(args) ?? { reply: Pop.stat(...this.totals()) };
       case "NOOP":
-        return this.noArgs(args) ?? { reply: Pop.ok("") };
+        return this.noArgs(args) ?? { reply: Pop.noop() };
       case "RSET": {
         const bad = this.noArgs(args);
         if (bad) return bad;
         this.deleted.clear();
         this.live = this.all;
         const [n, octets] = this.totals();
-        return { reply: Pop.ok(`maildrop has ${n} messages (${octets} octets)`) };
+        return { reply: Pop.reset(n, octets) };
       }
       case "LIST":
         return this.listing(args, (i) => this.drop!.size(i), (i, buf, pos) => writeNumber(buf, pos, this.drop!.size(i)));
@@ -183,7 +188,7 @@ export class Pop3Session {
   closed(): void {
     this.drop?.release();
     this.drop = null;
-    this.state = "closed";
+    this.current = "closed";
   }
 
   private stls(args: string[]): PopResult {
@@ -195,7 +200,7 @@ export class Pop3Session {
 
   private userCmd(args: string[]): PopResult {
     if (args.length !== 1) return { reply: Pop.syntax("USER needs exactly one name") };
-    if (args[0]!.length > MAX_NAME) return { reply: Pop.syntax("name too long") };
+    if (args[0]!.length > MAX_NAME_LENGTH) return { reply: Pop.syntax("name too long") };
     const name = args[0]!;
     this.pendingUser = { name, user: this.store.findUser(name) };
     // The same reply for every name, as Dovecot: whether an account exists shows only as a
@@ -218,40 +223,31 @@ export class Pop3Session {
     this.pendingUser = null;
     if (args.length === 0) return { reply: Pop.mechanisms(), body: lines(SASL_MECHANISMS) };
     if (args.length > 2) return { reply: Pop.syntax("expected AUTH mechanism [initial-response]") };
-    const [mech, initial] = args as [string, string | undefined];
-    switch (mech.toUpperCase()) {
-      case "PLAIN":
-        this.sasl = { mech: "PLAIN" };
-        return initial === undefined ? { reply: Pop.authChallenge("") } : this.saslResponse(initial);
-      case "LOGIN":
-        this.sasl = { mech: "LOGIN", user: null };
-        return initial === undefined ? { reply: Pop.authChallenge(encodeBase64("Username:")) } : this.saslResponse(initial);
-      default:
-        return { reply: Pop.authMechanism() };
-    }
+    const { exchange, step } = SaslExchange.start(args[0]!, args[1]);
+    this.sasl = exchange;
+    return this.saslStep(step);
   }
 
-  private saslResponse(line: string): PopResult | Promise<PopResult> {
-    const sasl = this.sasl!;
-    if (trimSp(line) === "*") {
-      this.sasl = null;
-      return { reply: Pop.authCancelled() };
+  /** A step of the SASL exchange as a POP3 reply; any but a challenge ends the exchange. */
+  private saslStep(step: SaslStep): PopResult | Promise<PopResult> {
+    if (step.kind !== "challenge") this.sasl = null;
+    switch (step.kind) {
+      case "challenge":
+        return { reply: Pop.authChallenge(step.base64) };
+      case "cancelled":
+        return { reply: Pop.authCancelled() };
+      case "badBase64":
+        return { reply: Pop.authBadBase64() };
+      case "unknownMech":
+        return { reply: Pop.authMechanism() };
+      case "creds": {
+        const creds = step.creds;
+        // An unknown name or a malformed response gets a wrong password's reply and throttling.
+        if (!creds) return this.loginFailed('""');
+        const user = creds.user.length <= MAX_NAME_LENGTH ? this.store.findUser(creds.user) : null;
+        return this.login(user, creds.password, creds.user.slice(0, MAX_NAME_LENGTH));
+      }
     }
-    const text = decodeBase64(line);
-    if (text === null) {
-      this.sasl = null;
-      return { reply: Pop.authBadBase64() };
-    }
-    if (sasl.mech === "LOGIN" && sasl.user === null) {
-      sasl.user = text;
-      return { reply: Pop.authChallenge(encodeBase64("Password:")) };
-    }
-    this.sasl = null;
-    const creds: Credentials | null = sasl.mech === "PLAIN" ? parsePlain(text) : { user: sasl.user!, password: text };
-    const user = creds && creds.user.length <= MAX_NAME ? this.store.findUser(creds.user) : null;
-    // An unknown name or a malformed response gets a wrong password's reply and throttling.
-    if (!creds) return this.loginFailed('""');
-    return this.login(user, creds.password, creds.user.slice(0, MAX_NAME));
   }
 
   /**
@@ -262,27 +258,25 @@ export class Pop3Session {
     const ok = await this.store.checkPassword(user ?? given, password);
     if (!ok || user === null) return this.loginFailed(user ?? JSON.stringify(given));
     // The client may have vanished while we waited: closed() already ran, so nothing may stay open.
-    if (this.state === "closed") return { reply: Pop.err("connection closed"), close: true };
+    if (this.current === "closed") return { reply: Pop.connectionClosed(), close: true };
     try {
       const drop = await this.store.open(user);
       // closed() may have run during the await (TypeScript cannot see that).
-      if ((this.state as State) === "closed") {
+      if ((this.current as State) === "closed") {
         drop.release();
-        return { reply: Pop.err("connection closed"), close: true };
+        return { reply: Pop.connectionClosed(), close: true };
       }
       this.drop = drop;
       this.live = this.all = null;
     } catch (e) {
       // RFC 1939: the mailbox cannot be opened or locked: -ERR, and the server closes.
-      const busy = (e as Error).name === "MaildropBusy";
-      this.state = "closed";
+      this.current = "closed";
       // The reason goes to the log; the client learns the error code, not the server's paths.
-      const code = (e as NodeJS.ErrnoException).code;
-      const why = code === "EFTYPE" ? "not a regular file" : (code ?? "internal error");
-      return { reply: busy ? Pop.locked() : Pop.cannotOpen(why, PERMANENT.has(code ?? "")), close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
+      const reply = e instanceof MaildropBusy ? Pop.locked() : e instanceof MaildropUnavailable ? Pop.cannotOpen(e.why, e.permanent) : Pop.cannotOpen();
+      return { reply, close: true, log: `cannot open mailbox of ${user}: ${(e as Error).message}` };
     }
     this.user = user;
-    this.state = "transaction";
+    this.current = "transaction";
     const [n, octets] = this.totals();
     return { reply: Pop.loggedIn(n, octets), log: `login ${user} from ${this.peer}, ${n} messages` };
   }
@@ -293,28 +287,28 @@ export class Pop3Session {
     if (!throttle) return { reply: Pop.badLogin(), log };
     const delayMs = throttle.failed(this.peer);
     if (++this.failedLogins >= throttle.config.maxFailuresPerConnection) {
-      this.state = "closed";
+      this.current = "closed";
       return { reply: Pop.tooManyFailures(), close: true, delayMs, log };
     }
     return { reply: Pop.badLogin(), delayMs, log };
   }
 
   private async quit(): Promise<PopResult> {
-    if (this.state !== "transaction") {
-      this.state = "closed";
+    if (this.current !== "transaction") {
+      this.current = "closed";
       return { reply: Pop.goodbye(null), close: true };
     }
     // UPDATE state: remove the marked messages, then release everything.
     const drop = this.drop!;
     const count = this.deleted.size;
     this.drop = null;
-    this.state = "closed";
+    this.current = "closed";
     try {
       await drop.commit(this.deleted);
     } catch (e) {
       // As at login: the client learns the error code, the log the server's paths.
-      const why = (e as Error).name === "MaildropChanged" ? "the mailbox was changed by another program" : ((e as NodeJS.ErrnoException).code ?? "internal error");
-      return { reply: Pop.updateFailed(why), close: true, log: `update of ${this.user} failed: ${(e as Error).message}` };
+      const reply = e instanceof MaildropChanged ? Pop.changedBeforeUpdate() : Pop.updateFailed(e instanceof MaildropUpdateFailed ? e.why : undefined);
+      return { reply, close: true, log: `update of ${this.user} failed: ${(e as Error).message}` };
     }
     return { reply: Pop.goodbye(this.user), close: true, log: count ? `${this.user} deleted ${count} messages` : undefined };
   }
@@ -353,10 +347,10 @@ export class Pop3Session {
     if (args.length === 1) {
       const i = this.msg(args[0]);
       if (typeof i !== "number") return i;
-      return { reply: Pop.ok(`${i + 1} ${value(i)}`) };
+      return { reply: Pop.scanLine(i + 1, value(i)) };
     }
     const [n, octets] = this.totals();
-    return { reply: Pop.ok(`${n} messages (${octets} octets)`), body: this.scanListing(write) };
+    return { reply: Pop.listing(n, octets), body: this.scanListing(write), listing: true };
   }
 
   /**
@@ -395,14 +389,14 @@ export class Pop3Session {
     if (args.length !== 1) return { reply: Pop.syntax("RETR needs one message number") };
     const i = this.msg(args[0]);
     if (typeof i !== "number") return i;
-    return this.multiLine(Pop.ok(`${this.drop!.size(i)} octets`), () => this.drop!.read(i));
+    return this.multiLine(Pop.retrOk(this.drop!.size(i)), () => this.drop!.read(i));
   }
 
   /** The reply and its body; -ERR and a close when the file no longer holds the message. */
   private multiLine(reply: PopReply, make: () => Body | Promise<Body>): PopResult | Promise<PopResult> {
     // Cut under the session by something that ignores the lock: the whole index is suspect.
     const changed = (e: unknown): PopResult => {
-      if ((e as Error).name !== "MaildropChanged") throw e;
+      if (!(e instanceof MaildropChanged)) throw e;
       return { reply: Pop.mailboxChanged(), close: true, log: (e as Error).message };
     };
     try {
@@ -422,7 +416,7 @@ export class Pop3Session {
     // A count of at least the message's size in octets covers every line: the whole message,
     // sent as RETR sends it (streamed when large). Counted line by line from a synchronous
     // read, a count of 10^8 on 10 MB of empty lines held the event loop ~140 ms (helper-20).
-    return this.multiLine(Pop.ok("top of message follows"), () => (n >= this.drop!.size(i) ? this.drop!.read(i) : this.drop!.top(i, n)));
+    return this.multiLine(Pop.topOk(), () => (n >= this.drop!.size(i) ? this.drop!.read(i) : this.drop!.top(i, n)));
   }
 
   private dele(args: string[]): PopResult {
@@ -431,6 +425,6 @@ export class Pop3Session {
     if (typeof i !== "number") return i;
     this.deleted.add(i);
     if (this.live) this.live = [this.live[0] - 1, this.live[1] - this.drop!.size(i)];
-    return { reply: Pop.ok(`message ${i + 1} deleted`) };
+    return { reply: Pop.deleOk(i + 1) };
   }
 }

@@ -35,7 +35,6 @@ export const Smtp = {
   recipientOk: (user: string) => smtpReply(250, `${user}... Recipient ok`),
   startData: () => smtpReply(354, "Start mail input; end with <CRLF>.<CRLF>"),
   accepted: () => smtpReply(250, "OK Message accepted for delivery"),
-  ok: (text = "OK") => smtpReply(250, text),
   resetOk: () => smtpReply(250, "OK Reset state"),
   noop: () => smtpReply(250, "OK"),
   cannotVerify: () => smtpReply(252, "Cannot VRFY user, but will accept message and attempt delivery"),
@@ -94,19 +93,31 @@ export function formatPopReply(r: PopReply): string {
 
 const ok = (text: string): PopReply => ({ ok: true, text });
 const err = (text: string): PopReply => ({ ok: false, text });
+/** What a client learns of a failure that is no error code: a bug, say. */
+const INTERNAL = "internal error";
+const updateFailed = (why: string) => err(`[SYS/TEMP] some deleted messages not removed (${why}); goodbye, POP3 server signing off`);
 
 export const Pop = {
   greeting: () => ok("POP3 server ready"),
-  ok,
-  err,
+  capabilities: () => ok("Capability list follows"),
   userOk: (name: string) => ok(`send PASS for ${echo(name)}`),
   loggedIn: (count: number, octets: number) => ok(`maildrop locked and ready, ${count} messages (${octets} octets)`),
   badLogin: () => err("[AUTH] invalid user name or password"),
   needUser: () => err("send USER first"),
   locked: () => err("[IN-USE] mailbox is already in use by another POP3 session"),
   /** RFC 3206: SYS/PERM when it takes an administrator (a directory or a link where the file goes), else SYS/TEMP. */
-  cannotOpen: (why: string, permanent: boolean) => err(`[SYS/${permanent ? "PERM" : "TEMP"}] cannot open mailbox: ${why}`),
+  cannotOpen: (why = INTERNAL, permanent = false) => err(`[SYS/${permanent ? "PERM" : "TEMP"}] cannot open mailbox: ${why}`),
   stat: (count: number, octets: number) => ok(`${count} ${octets}`),
+  noop: () => ok(""),
+  /** RSET: the maildrop's totals with nothing marked deleted. */
+  reset: (count: number, octets: number) => ok(`maildrop has ${count} messages (${octets} octets)`),
+  /** LIST or UIDL of the whole maildrop: its rows follow. */
+  listing: (count: number, octets: number) => ok(`${count} messages (${octets} octets)`),
+  /** LIST or UIDL of one message: its number and its size or unique id. */
+  scanLine: (n: number, value: string | number) => ok(`${n} ${value}`),
+  retrOk: (octets: number) => ok(`${octets} octets`),
+  topOk: () => ok("top of message follows"),
+  deleOk: (n: number) => ok(`message ${n} deleted`),
   noSuchMessage: () => err("no such message"),
   mailboxChanged: () => err("[SYS/TEMP] the mailbox was changed by another program; log in again"),
   deleted: () => err("message already deleted"),
@@ -116,8 +127,14 @@ export const Pop = {
   syntax: (detail: string) => err(`syntax error: ${echo(detail)}`),
   goodbye: (user: string | null) => ok(user ? `goodbye ${user}, POP3 server signing off` : "goodbye, POP3 server signing off"),
   // RFC 1939 QUIT: -ERR when not every marked message was removed, and still a goodbye.
-  updateFailed: (why: string) => err(`[SYS/TEMP] some deleted messages not removed (${why}); goodbye, POP3 server signing off`),
+  updateFailed: (why = INTERNAL) => updateFailed(why),
+  /** QUIT found the mailbox changed under the session, so removed nothing. */
+  changedBeforeUpdate: () => updateFailed("the mailbox was changed by another program"),
   shuttingDown: () => err("server shutting down"),
+  /** The client went away while its login was being checked. */
+  connectionClosed: () => err("connection closed"),
+  /** An exception in the server: the connection closes. */
+  internalError: () => err(INTERNAL),
   timeout: () => err("autologout: idle for too long"),
   tooManyConnections: () => err("[SYS/TEMP] too many connections, try again later"),
   tooManyFromAddress: () => err("[SYS/TEMP] too many connections from your address, try again later"),

@@ -117,7 +117,7 @@ class SmtpHandler implements Handler {
   }
 
   midMessage(): boolean {
-    return this.session.state === "data";
+    return this.session.expectingData;
   }
 
   errorText(): string {

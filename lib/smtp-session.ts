@@ -1,7 +1,7 @@
 // The SMTP receiver as a plain state machine (sans-IO): command lines and message text go
 // in, replies come out. It knows nothing of sockets or files: recipients are resolved
 // through a Directory and messages handed to a MailStore, both injected.
-import { decodeBase64, encodeBase64, parsePlain, type Credentials, type LoginThrottle } from "./auth.ts";
+import { SASL_MECHANISMS, SaslExchange, type Credentials, type LoginThrottle, type SaslStep } from "./auth.ts";
 import { closingAngle, trimSp, UNDECODABLE, type MessageEvent } from "./lines.ts";
 import { buildRecordYielding, NoRoomForRecord, receivedLine } from "./mailbox.ts";
 import { isSafeUserName } from "./users.ts";
@@ -103,7 +103,7 @@ export function parsePath(arg: string): { addr: string; params: string[] } | { e
 }
 
 export class SmtpSession {
-  state: State = "command";
+  private state: State = "command";
   private helo: string | null = null;
   private from: string | null = null;
   private recipients: string[] = []; // user names, each once
@@ -114,7 +114,7 @@ export class SmtpSession {
   /** MAIL carried SMTPUTF8 (RFC 6531): its addresses may be UTF-8. */
   private utf8 = false;
   /** AUTH in progress: the next line is a SASL response, not a command. */
-  private sasl: { mech: "PLAIN" } | { mech: "LOGIN"; user: string | null } | null = null;
+  private sasl: SaslExchange | null = null;
   private failedLogins = 0;
   private messages = 0;
 
@@ -170,7 +170,7 @@ export class SmtpSession {
   }
 
   handleLine(line: string): SmtpResult {
-    if (this.sasl) return this.saslResponse(line);
+    if (this.sasl) return this.saslStep(this.sasl.respond(line));
     const m = /^[ \t]*([A-Za-z]+)(?:[ \t]+(.*))?$/.exec(line);
     const verb = m?.[1]?.toUpperCase() ?? "";
     const arg = trimSp(m?.[2] ?? "");
@@ -221,7 +221,7 @@ export class SmtpSession {
     // the bounce too (helper-60: a Subject "Grüße" sent through its sendmail was lost).
     const ext = ["PIPELINING", `SIZE ${this.config.maxMessageSize}`, "8BITMIME", "SMTPUTF8"];
     if (this.config.tls && !this.secure) ext.push("STARTTLS");
-    if (this.authOffered) ext.push("AUTH PLAIN LOGIN");
+    if (this.authOffered) ext.push(`AUTH ${SASL_MECHANISMS.join(" ")}`);
     ext.push("HELP");
     return one(Smtp.ehlo(this.config.domain, arg, ext));
   }
@@ -245,37 +245,27 @@ export class SmtpSession {
     if (this.from !== null) return one(Smtp.badSequence("AUTH not permitted during a mail transaction"));
     const [mech = "", initial, extra] = arg.split(/[ \t]+/);
     if (!mech || extra !== undefined) return one(Smtp.syntax("expected AUTH mechanism [initial-response]"));
-    switch (mech.toUpperCase()) {
-      case "PLAIN":
-        this.sasl = { mech: "PLAIN" };
-        return initial === undefined ? one(Smtp.authChallenge("")) : this.saslResponse(initial);
-      case "LOGIN":
-        this.sasl = { mech: "LOGIN", user: null };
-        return initial === undefined ? one(Smtp.authChallenge(encodeBase64("Username:"))) : this.saslResponse(initial);
-      default:
-        return one(Smtp.authMechanism());
-    }
+    const { exchange, step } = SaslExchange.start(mech, initial);
+    this.sasl = exchange;
+    return this.saslStep(step);
   }
 
-  private saslResponse(line: string): SmtpResult {
-    const sasl = this.sasl!;
-    if (trimSp(line) === "*") {
-      this.sasl = null;
-      return one(Smtp.authCancelled());
+  /** A step of the SASL exchange as SMTP replies; any but a challenge ends the exchange. */
+  private saslStep(step: SaslStep): SmtpResult {
+    if (step.kind !== "challenge") this.sasl = null;
+    switch (step.kind) {
+      case "challenge":
+        return one(Smtp.authChallenge(step.base64));
+      case "cancelled":
+        return one(Smtp.authCancelled());
+      case "badBase64":
+        return one(Smtp.authBadBase64());
+      case "unknownMech":
+        return one(Smtp.authMechanism());
+      case "creds":
+        // A malformed PLAIN response counts as a failed login: it is how a guesser would probe.
+        return { replies: [], login: step.creds ?? { user: "", password: "" } };
     }
-    const text = decodeBase64(line);
-    if (text === null) {
-      this.sasl = null;
-      return one(Smtp.authBadBase64());
-    }
-    if (sasl.mech === "LOGIN" && sasl.user === null) {
-      sasl.user = text;
-      return one(Smtp.authChallenge(encodeBase64("Password:")));
-    }
-    this.sasl = null;
-    const creds = sasl.mech === "PLAIN" ? parsePlain(text) : { user: sasl.user!, password: text };
-    // A malformed PLAIN response counts as a failed login: it is how a guesser would probe.
-    return { replies: [], login: creds ?? { user: "", password: "" } };
   }
 
   /** Checks the credentials from a `login` result; a failure is slowed per client address. */

@@ -1,6 +1,6 @@
 // Unit tests of lib/auth.ts and of the TLS/AUTH states of the two sans-IO sessions.
 import { describe, expect, test } from "bun:test";
-import { decodeBase64, LoginThrottle, maskAuth, parsePlain } from "../lib/auth.ts";
+import { decodeBase64, LoginThrottle, maskAuth, parsePlain, SaslExchange } from "../lib/auth.ts";
 import { Pop3Session } from "../lib/pop3-session.ts";
 import { formatSmtpReply } from "../lib/reply.ts";
 import { SmtpSession, type SmtpResult } from "../lib/smtp-session.ts";
@@ -28,6 +28,30 @@ describe("SASL decoding", () => {
     expect(parsePlain("bob\0alice\0pw")).toBeNull();
     expect(parsePlain("alice\0pw")).toBeNull();
     expect(parsePlain("\0\0pw")).toBeNull();
+  });
+});
+
+describe("SaslExchange", () => {
+  const b64 = (s: string) => Buffer.from(s).toString("base64");
+  test("PLAIN with and without an initial response; a malformed one gives null credentials", () => {
+    expect(SaslExchange.start("plain", b64("\0alice\0pw")).step).toEqual({ kind: "creds", creds: { user: "alice", password: "pw" } });
+    const { exchange, step } = SaslExchange.start("PLAIN", undefined);
+    expect(step).toEqual({ kind: "challenge", base64: "" });
+    expect(exchange!.respond(b64("alice\0pw"))).toEqual({ kind: "creds", creds: null });
+  });
+  test("LOGIN: Username: then Password: challenges, the initial response being the user name", () => {
+    const { exchange, step } = SaslExchange.start("LOGIN", undefined);
+    expect(step).toEqual({ kind: "challenge", base64: b64("Username:") });
+    expect(exchange!.respond(b64("alice"))).toEqual({ kind: "challenge", base64: b64("Password:") });
+    expect(exchange!.respond(b64("p w"))).toEqual({ kind: "creds", creds: { user: "alice", password: "p w" } });
+    const ir = SaslExchange.start("login", b64("bob"));
+    expect(ir.step).toEqual({ kind: "challenge", base64: b64("Password:") });
+    expect(ir.exchange!.respond("=")).toEqual({ kind: "creds", creds: { user: "bob", password: "" } });
+  });
+  test("'*' cancels, text that is not base64 ends it, an unknown mechanism has no exchange", () => {
+    expect(SaslExchange.start("LOGIN", undefined).exchange!.respond(" * ")).toEqual({ kind: "cancelled" });
+    expect(SaslExchange.start("PLAIN", "not base64!").step).toEqual({ kind: "badBase64" });
+    expect(SaslExchange.start("CRAM-MD5", undefined)).toEqual({ exchange: null, step: { kind: "unknownMech" } });
   });
 });
 

@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { appendFileSync, chmodSync, truncateSync, existsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { collectBody, FileMaildrop, MaildropBusy, MaildropChanged, type Body } from "../lib/maildrop.ts";
+import { collectBody, FileMaildrop, MaildropBusy, MaildropChanged, MaildropUnavailable, type Body } from "../lib/maildrop.ts";
 import { buildRecord, toWire } from "../lib/mailbox.ts";
 import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
@@ -666,20 +666,21 @@ describe("FileMaildrop", () => {
     expect(Bun.spawnSync(["mkfifo", p]).exitCode).toBe(0);
     for (let i = 0; i < 3; i++) {
       // Three in a row: a blocking open would hold both of Bun's pool threads by the third.
-      const e = await FileMaildrop.open(r, "alice").then(() => null, (err: NodeJS.ErrnoException) => err);
-      expect(e?.code).toBe("EFTYPE");
+      const e = await FileMaildrop.open(r, "alice").then(() => null, (err: MaildropUnavailable) => err);
+      expect(e).toBeInstanceOf(MaildropUnavailable);
+      expect([e?.why, e?.permanent]).toEqual(["not a regular file", true]);
     }
     expect(existsSync(popLockPath(r, "alice"))).toBe(false);
     removeRoot(p);
     // A link is not followed at all (helper-42: frank's link to bob's mailbox let frank read it).
     symlinkSync("/dev/zero", p);
-    const e = await FileMaildrop.open(r, "alice").then(() => null, (err: NodeJS.ErrnoException) => err);
-    expect(e?.code).toBe("ELOOP");
+    const e = await FileMaildrop.open(r, "alice").then(() => null, (err: MaildropUnavailable) => err);
+    expect([e?.why, e?.permanent]).toEqual(["ELOOP", true]);
     removeRoot(p);
     writeFileSync(join(r, "other"), record(1));
     symlinkSync(join(r, "other"), p);
-    const e2 = await FileMaildrop.open(r, "alice").then(() => null, (err: NodeJS.ErrnoException) => err);
-    expect(e2?.code).toBe("ELOOP");
+    const e2 = await FileMaildrop.open(r, "alice").then(() => null, (err: MaildropUnavailable) => err);
+    expect([e2?.why, e2?.permanent]).toEqual(["ELOOP", true]);
     expect(existsSync(popLockPath(r, "alice"))).toBe(false);
   });
 

@@ -2,7 +2,7 @@
 // in-memory PopStore and Maildrop: every command in every state, exact reply forms.
 import { describe, expect, test } from "bun:test";
 import { CAPABILITIES, Pop3Session, type PopResult, type PopStore } from "../lib/pop3-session.ts";
-import { collectBody, MaildropBusy, MaildropChanged, type Maildrop } from "../lib/maildrop.ts";
+import { collectBody, MaildropBusy, MaildropChanged, MaildropUnavailable, MaildropUpdateFailed, type Maildrop } from "../lib/maildrop.ts";
 import { formatPopReply } from "../lib/reply.ts";
 import { LoginThrottle } from "../lib/auth.ts";
 
@@ -204,8 +204,19 @@ describe("AUTHORIZATION state", () => {
     const s = new Pop3Session(env({ openError: new Error("EACCES: permission denied") }).store);
     await run(s, "USER alice");
     const r = await run(s, "PASS secret pw");
-    expect(status(r)).toStartWith("-ERR");
+    expect(status(r)).toBe("-ERR [SYS/TEMP] cannot open mailbox: internal error");
     expect(r.close).toBe(true);
+  });
+
+  test("MaildropUnavailable: its reason, SYS/PERM when permanent, the message (with paths) only in the log", async () => {
+    for (const [permanent, code] of [[true, "PERM"], [false, "TEMP"]] as const) {
+      const s = new Pop3Session(env({ openError: new MaildropUnavailable("/srv/mail/alice/mymailbox is not a regular file", "not a regular file", permanent) }).store);
+      await run(s, "USER alice");
+      const r = await run(s, "PASS secret pw");
+      expect(status(r)).toBe(`-ERR [SYS/${code}] cannot open mailbox: not a regular file`);
+      expect(r.close).toBe(true);
+      expect(r.log).toContain("/srv/mail/alice/mymailbox");
+    }
   });
 
   test("commands after the session closed get -ERR, not an exception", async () => {
@@ -334,6 +345,17 @@ describe("AUTH (RFC 5034)", () => {
   });
 });
 
+describe("logForm: the line as the log shows it", () => {
+  test("PASS, AUTH's initial response and SASL responses are masked; other commands are not", async () => {
+    const s = new Pop3Session(env().store);
+    expect(s.logForm("USER alice")).toBe("USER alice");
+    expect(s.logForm(" pass secret pw")).toBe("PASS ********");
+    expect(s.logForm("AUTH PLAIN AGFsaWNlAHNlY3JldCBwdw==")).toBe("AUTH PLAIN ********");
+    await run(s, "AUTH LOGIN");
+    expect(s.logForm("YWxpY2U=")).toBe("********");
+  });
+});
+
 describe("TRANSACTION state", () => {
   test("STAT gives '+OK n octets' exactly", async () => {
     const [s] = await loggedIn();
@@ -357,6 +379,12 @@ describe("TRANSACTION state", () => {
     expect(await bodyText(r)).toBe(`1 ${S1}\r\n2 ${S2}\r\n.\r\n`);
     expect(status(await run(s, "LIST 2"))).toBe(`+OK 2 ${S2}`);
     expect(status(await run(s, "LIST 1"))).toBe(`+OK 1 ${S1}`);
+  });
+
+  test("a listing of the whole maildrop says so (listing: true); other bodies and one-message forms do not", async () => {
+    const [s] = await loggedIn();
+    for (const c of ["LIST", " uidl "]) expect((await run(s, c)).listing).toBe(true);
+    for (const c of ["LIST 1", "UIDL 2", "RETR 1", "TOP 1 0", "CAPA", "STAT"]) expect((await run(s, c)).listing).toBeUndefined();
   });
 
   test("UIDL: multi-line and single forms", async () => {
@@ -465,7 +493,7 @@ describe("TRANSACTION state", () => {
     const e = env();
     e.drop.commit = async () => {
       e.drop.release();
-      throw Object.assign(new Error("ENOSPC: no space left on device, write '/srv/mail/alice/mymailbox.rewrite.1.tmp'"), { code: "ENOSPC" });
+      throw new MaildropUpdateFailed("ENOSPC: no space left on device, write '/srv/mail/alice/mymailbox.rewrite.1.tmp'", "ENOSPC");
     };
     const [s] = await loggedIn(e);
     await run(s, "DELE 1");
