@@ -9,6 +9,7 @@ import { createPopServer, filePopStore } from "./lib/pop3-server.ts";
 import { HeldFiles } from "./lib/server.ts";
 import { Users } from "./lib/users.ts";
 import { restartWithoutFtl } from "./lib/jit.ts";
+import { warmUpPop3 } from "./lib/warmup.ts";
 
 const FLAGS: FlagSpec = {
   "--root": { value: "DIR", help: "mail root holding user.txt and one directory per user (default: current directory)" },
@@ -62,6 +63,8 @@ void runMain("popserver", async () => {
     },
     filePopStore(root, users, log, held),
   );
+  // Before listening: a first client would otherwise share the CPU with the rehearsal.
+  await warmUpPop3();
   listenOrExplain(server, host, port);
   const tlsNote = sec.tlsFiles ? `, STLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
   // Before the line that says it listens: a stop sent as soon as it is read must be graceful.

@@ -12,9 +12,6 @@ import type { Users } from "./users.ts";
 const GC_EVERY_COMMANDS = 500;
 /** All sessions' commands together: many medium sessions (each under GC_EVERY_COMMANDS commands) still get collections. */
 const GC_EVERY_ALL_COMMANDS = 10_000;
-// A long listing leaves a string per message (100,000 for UIDL of 1 GiB): collected right
-// after, but at most every 250 ms, so no client can make every command a collection.
-const LISTING_GC_GAP_MS = 250;
 
 /**
  * Collections paced over one server's sessions: commands leave short-lived objects faster than
@@ -23,16 +20,11 @@ const LISTING_GC_GAP_MS = 250;
  */
 class GcPacer {
   private commands = 0;
-  private lastListingGc = -Infinity;
 
-  /** One command: `sessionCommands` of its session so far; `listed`: that session's last one was a long listing. */
-  command(sessionCommands: number, listed: boolean): void {
-    const now = performance.now();
+  /** One command: `sessionCommands` of its session so far. */
+  command(sessionCommands: number): void {
     this.commands++;
-    if (listed && now - this.lastListingGc >= LISTING_GC_GAP_MS) {
-      this.lastListingGc = now;
-      Bun.gc(true);
-    } else if (this.commands % GC_EVERY_ALL_COMMANDS === 0) Bun.gc(true);
+    if (this.commands % GC_EVERY_ALL_COMMANDS === 0) Bun.gc(true);
     else if (sessionCommands % GC_EVERY_COMMANDS === 0) Bun.gc(false);
   }
 }
@@ -83,8 +75,6 @@ function toOutput(r: PopResult): Output {
 
 /** One connection's handler: a class, so idle connections do not each hold seven closures (see smtp-server.ts). */
 class PopHandler implements Handler {
-  /** The last command was a long listing: the next one collects its garbage. */
-  private listed = false;
   private commands = 0;
 
   constructor(
@@ -104,14 +94,9 @@ class PopHandler implements Handler {
     if (ev.kind === "too-long") return toOutput(session.lineTooLong());
     // Passwords stay out of the log: PASS, AUTH's initial response, SASL responses.
     if (trace) trace(session.logForm(ev.text));
-    this.gc.command(++this.commands, this.listed);
+    this.gc.command(++this.commands);
     const r = session.handleLine(ev.text);
-    // A streamed body answering LIST or UIDL is a listing too long to send at once.
-    const note = (r: PopResult) => {
-      this.listed = !!r.listing && r.body !== undefined && !(r.body instanceof Uint8Array) && Symbol.asyncIterator in r.body;
-      return toOutput(r);
-    };
-    return r instanceof Promise ? r.then(note) : note(r);
+    return r instanceof Promise ? r.then(toOutput) : toOutput(r);
   }
 
   // RFC 1939: an autologout does not enter UPDATE, so nothing is deleted.

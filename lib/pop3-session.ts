@@ -26,8 +26,6 @@ export interface PopResult {
   startTls?: boolean;
   /** Wait this long before sending the reply (a failed login). */
   delayMs?: number;
-  /** The body is a listing of the whole maildrop (LIST or UIDL without an argument). */
-  listing?: boolean;
 }
 
 export interface PopTlsOptions {
@@ -350,7 +348,7 @@ export class Pop3Session {
       return { reply: Pop.scanLine(i + 1, value(i)) };
     }
     const [n, octets] = this.totals();
-    return { reply: Pop.listing(n, octets), body: this.scanListing(write), listing: true };
+    return { reply: Pop.listing(n, octets), body: this.scanListing(write) };
   }
 
   /**

@@ -381,12 +381,6 @@ describe("TRANSACTION state", () => {
     expect(status(await run(s, "LIST 1"))).toBe(`+OK 1 ${S1}`);
   });
 
-  test("a listing of the whole maildrop says so (listing: true); other bodies and one-message forms do not", async () => {
-    const [s] = await loggedIn();
-    for (const c of ["LIST", " uidl "]) expect((await run(s, c)).listing).toBe(true);
-    for (const c of ["LIST 1", "UIDL 2", "RETR 1", "TOP 1 0", "CAPA", "STAT"]) expect((await run(s, c)).listing).toBeUndefined();
-  });
-
   test("UIDL: multi-line and single forms", async () => {
     const [s] = await loggedIn();
     const r = await run(s, "UIDL");
