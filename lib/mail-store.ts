@@ -4,15 +4,12 @@
 // flight is appended to its mailbox files, then made durable by ONE fsync of the delivery
 // journal (journal.ts), whatever the number of mailboxes; only then do the 250s go out.
 // Mailbox files are fsync'd in a checkpoint every few hundred milliseconds, after which the
-// journal is emptied. Appends happen under the mailbox's write lock (lock.ts); popserver
-// takes the same lock for the last step of its rewrite, so an append never lands in a file
-// being replaced. Under load the lock is kept from one round to the next (taking and
-// dropping it every round was the largest storage cost): it is let go when deliveries
-// pause, or within HOLD_MS once popserver leaves its "wanted" marker.
-import { accessSync, closeSync, constants, fstatSync, ftruncateSync, lstatSync, mkdirSync, openSync, readSync, statSync } from "node:fs";
-import { closeFd, datasync, INLINE_WRITE_MAX, openFd, readAtSync, setAside, syncDir, writevAll, writevAllSync } from "./fsio.ts";
+// journal is emptied. The mailbox files, their write locks (kept from one round to the next
+// while busy) and the appends themselves are open-boxes.ts's.
+import { accessSync, closeSync, constants, fstatSync, lstatSync, openSync, readSync, statSync } from "node:fs";
+import { closeFd, datasync, openFd, syncDir } from "./fsio.ts";
 import { dirname } from "node:path";
-import { BOOT, dropLockTemp, foreignHolder, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
+import { BOOT, foreignHolder } from "./lock.ts";
 import { claimOrphanJournals, Journal, journalBoot, newJournalPath, PREALLOCATED, readJournal, removeJournal, type JournalEntry } from "./journal.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
 import { isSafeUserName } from "./users.ts";
@@ -20,6 +17,7 @@ import { TERMINATOR } from "./mailbox.ts";
 import { messageHash } from "./message-hash.ts";
 import { scanFile } from "./mailbox-scanner.ts";
 import { defer, notePlacement, readDeferred, removeDeferred, takeOverDeferred, type Deferred } from "./deferred.ts";
+import { CLOSE_IDLE_MS, LINGER_MS, OpenBoxes, type OpenBox } from "./open-boxes.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
@@ -58,45 +56,12 @@ interface Pending {
   placing?: (ino: number, offset: number, written: boolean) => void;
 }
 
-interface OpenBox {
-  fd: number;
-  ino: number;
-  /** Birth time (fstat's birthtimeMs; 0 if the filesystem keeps none): journalled with ino. */
-  birth: number;
-  dev: number;
-  /** File size after our last append; anything else means another writer was here. */
-  knownSize: number;
-  /** Look at the end of the file before the next append: another writer was here. */
-  checkTail: boolean;
-  dirty: boolean;
-  lastUsed: number;
-  /** Appends and checkpoints using fd right now: it is closed only when this is 0. */
-  users: number;
-  /** No longer in `boxes` (replaced by a POP3 rewrite, or idle): close fd when unused. */
-  retired: boolean;
-  /** The write lock, kept across rounds while deliveries keep coming. */
-  lock: Lock | null;
-  /** When the lock was taken, or last checked for a waiter. */
-  lockCheckedAt: number;
-  /** Let go for a waiter: do not take the lock again before this time. */
-  yieldUntil: number;
-}
-
 /** Milliseconds on a clock that never jumps: waits and timeouts survive a change of the date. */
 const now = () => performance.now();
 
 const CHECKPOINT_MS = 300;
 /** A checkpoint starts early once a journal is this full: past its zero-filled size, writes grow the file (slower). */
 const CHECKPOINT_BYTES = PREALLOCATED / 2;
-const CLOSE_IDLE_MS = 30_000;
-/** Mailbox descriptors kept open between deliveries, at most (each is one of the process's descriptors). */
-export const MAX_OPEN_BOXES = 64;
-/** How long a kept lock goes without checking for a waiting popserver. */
-const HOLD_MS = 5;
-/** How long a lock let go for a waiter stays untouched at most while the waiter has not taken it (see append). */
-const YIELD_MS = 25;
-/** A lock is let go this long after deliveries pause. */
-const LINGER_MS = 5;
 /** Deferred copies are tried again after this long, doubled after each try that stores none, up to RETRY_MAX_MS. */
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 60_000;
@@ -105,11 +70,7 @@ export class FileMailStore implements MailStore {
   readonly stats: StoreStats = { messages: 0, fsyncs: 0, batches: 0, locks: 0, journals: 0, checkpoints: 0, roundMs: 0, journalMs: 0 };
   private queue: Pending[] = [];
   private running = false;
-  private readonly boxes = new Map<string, OpenBox>();
-  /** The boxes holding their write lock, and their users: looked at after every round, where `boxes` may hold a thousand. */
-  private readonly lockedBoxes = new Map<OpenBox, string>();
-  /** Mailboxes whose lock we asked another holder for (a "wanted" marker we left). */
-  private readonly wanting = new Set<string>();
+  private readonly boxes: OpenBoxes;
   private journal: Journal | null = null;
   /**
    * The other journal file: a checkpoint switches rounds over to it and empties the one it
@@ -119,14 +80,6 @@ export class FileMailStore implements MailStore {
   /** The journal a checkpoint is emptying: it becomes the spare, so no new one is made meanwhile. */
   private retiring: Journal | null = null;
   private makingSpare: Promise<void> | null = null;
-  /**
-   * Per directory, a count bumped whenever a name in it may not be on disk yet (made here, or
-   * left by a holder that died), and the count the last completed fsync covered. A directory
-   * not synced yet by this process is synced once: a process killed between making a name
-   * and syncing it leaves nothing that says so.
-   */
-  private readonly dirChanges = new Map<string, number>();
-  private readonly dirSynced = new Map<string, number>();
   /** The round being committed, if any: a retired journal is closed only after it. */
   private currentRound: Promise<number> | null = null;
   private lastCheckpoint = now();
@@ -134,8 +87,6 @@ export class FileMailStore implements MailStore {
   private checkpointing: Promise<void> | null = null;
   private lingerTimer: ReturnType<typeof setTimeout> | null = null;
   private idleTimer: ReturnType<typeof setTimeout> | null = null;
-  /** Boxes retired with appends not yet fsync'd: the next checkpoint fsyncs them. */
-  private retiredDirty: OpenBox[] = [];
   /** Files of copies deferred by this process (deferred.ts), still to be delivered. */
   private readonly deferred = new Set<string>();
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -147,7 +98,9 @@ export class FileMailStore implements MailStore {
     private readonly root: string,
     private readonly warn: (msg: string) => void = () => {},
     private readonly lockTimeoutMs = 30_000,
-  ) {}
+  ) {
+    this.boxes = new OpenBoxes(root, warn, this.stats);
+  }
 
   /** `placing`, if given, is told where each copy goes right before it is written there, and again once it is. */
   deliver(users: readonly string[], record: Buffer, placing?: (user: string, ino: number, offset: number, written: boolean) => void): Promise<void> {
@@ -309,7 +262,7 @@ export class FileMailStore implements MailStore {
     // Through the same slot as the rounds' checkpoints, so two never run at once.
     this.startCheckpoint();
     await this.checkpointing;
-    if (!this.running) this.releaseLocks();
+    if (!this.running) this.boxes.releaseLocks();
   }
 
   /** Closes files and removes this process's (empty) journals. */
@@ -320,11 +273,7 @@ export class FileMailStore implements MailStore {
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
     if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.releaseLocks();
-    for (const [user, b] of this.boxes) {
-      this.retire(user, b);
-      dropLockTemp(writeLockPath(this.root, user));
-    }
+    this.boxes.closeAll();
     await this.makingSpare;
     for (const j of [this.journal, this.spare]) {
       if (!j) continue;
@@ -408,7 +357,7 @@ export class FileMailStore implements MailStore {
       await this.checkpoint();
       removeJournal(path);
     }
-    this.releaseLocks();
+    this.boxes.releaseLocks();
     if (restored) this.warn(`smtpmail: recovered ${restored} message copies from the delivery journal`);
     // Left by a process that is gone: delivered once serving, not before (a mailbox may still be locked).
     for (const path of takeOverDeferred(this.root)) this.deferred.add(path);
@@ -437,7 +386,7 @@ export class FileMailStore implements MailStore {
         this.currentRound = this.round(batch);
         const placed = await this.currentRound;
         this.currentRound = null;
-        this.yieldWantedLocks();
+        this.boxes.yieldWantedLocks();
         if (now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > CHECKPOINT_BYTES) this.startCheckpoint();
         // Everything waits on a busy mailbox lock (a POP3 rewrite): do not spin.
         if (placed === 0 && this.queue.length) await Bun.sleep(2);
@@ -448,9 +397,9 @@ export class FileMailStore implements MailStore {
     }
     this.lingerTimer ??= setTimeout(() => {
       this.lingerTimer = null;
-      if (!this.running) this.releaseLocks();
+      if (!this.running) this.boxes.releaseLocks();
     }, LINGER_MS);
-    if (!this.timer && (this.retiredDirty.length || [...this.boxes.values()].some((b) => b.dirty))) {
+    if (!this.timer && this.boxes.anyDirty()) {
       this.timer = setTimeout(() => {
         this.timer = null;
         this.startCheckpoint();
@@ -490,13 +439,13 @@ export class FileMailStore implements MailStore {
     const place = async ([user, items]: [string, Pending[]]) => {
       try {
         const placing = items.some((p) => p.placing) ? (ino: number, offsets: number[], written: boolean) => items.forEach((p, i) => p.placing?.(ino, offsets[i]!, written)) : undefined;
-        const done = await this.append(user, items.map((p) => p.record), placing);
+        const done = await this.boxes.append(user, items.map((p) => p.record), placing);
         if (!done) {
           // Locked by a POP3 rewrite: the other mailboxes go on; these wait for a later round.
           const t = now();
           for (const p of items) {
             if (t - p.since > this.lockTimeoutMs) {
-              this.unwant(user);
+              this.boxes.unwant(user);
               p.reject(new Error(`timed out waiting for the lock of ${user}'s mailbox`));
             } else this.queue.push(p);
           }
@@ -511,7 +460,7 @@ export class FileMailStore implements MailStore {
     };
     const locked: [string, Pending[]][] = [];
     const unlocked: [string, Pending[]][] = [];
-    for (const group of byUser) (this.boxes.get(group[0])?.lock ? locked : unlocked).push(group);
+    for (const group of byUser) (this.boxes.holdsLock(group[0]) ? locked : unlocked).push(group);
     // Mailboxes whose lock must be taken (and file maybe opened again: after a POP3 rewrite,
     // or closed while idle) wait on the thread pool: all at once, none behind another.
     const opening = unlocked.length ? Promise.all(unlocked.map(place)) : null;
@@ -582,245 +531,10 @@ export class FileMailStore implements MailStore {
   /** append() that waits for the lock (recovery, before serving). */
   private async appendWaiting(user: string, records: Buffer[]): Promise<void> {
     const deadline = now() + this.lockTimeoutMs;
-    while (!(await this.append(user, records))) {
+    while (!(await this.boxes.append(user, records))) {
       if (now() > deadline) throw new Error(`timed out waiting for the lock of ${user}'s mailbox`);
       await Bun.sleep(5);
     }
-  }
-
-  /**
-   * Appends records to a mailbox under its write lock; not yet fsync'd. Returns null,
-   * without waiting, when the lock is held by someone else (or was just let go for them).
-   */
-  private async append(user: string, records: Buffer[], placing?: (ino: number, offsets: number[], written: boolean) => void): Promise<{ ino: number; birth: number; offsets: number[] } | null> {
-    let box: OpenBox | null | undefined = this.boxes.get(user);
-    // Holding the lock keeps popserver out, not a person or program that ignores it: the
-    // file is still checked, as it is after taking the lock.
-    if (box?.lock && !this.sameFile(user, box)) box = undefined;
-    if (box?.lock) box.users++;
-    else {
-      // Let go for popserver: left alone until it has taken the lock (its marker goes then)
-      // rather than for a fixed time, which every message to this user waited out (helper-68).
-      if (box && now() < box.yieldUntil) {
-        if (isWanted(writeLockPath(this.root, user))) return null;
-        box.yieldUntil = 0;
-      }
-      box = await this.lockAndOpen(user);
-      if (!box) return null;
-    }
-    // Where this append starts and what it writes, once known: a failed one is cut back.
-    let start = -1;
-    let parts: Buffer[] = [];
-    try {
-      let size = box.knownSize;
-      let prefix = "";
-      if (box.checkTail) {
-        box.checkTail = false;
-        const path = mailboxPath(this.root, user);
-        if (size > 0) prefix = repairTail(box.fd, size, path, this.warn);
-        size = fstatSync(box.fd).size;
-      }
-      const offsets: number[] = [];
-      let at = size + prefix.length;
-      for (const r of records) {
-        offsets.push(at);
-        at += r.length;
-      }
-      placing?.(box.ino, offsets, false);
-      start = size;
-      parts = prefix ? [Buffer.from(prefix), ...records] : records;
-      // A large append (a big message, or many) goes to the thread pool, not the event loop.
-      if (parts.reduce((n, b) => n + b.length, 0) > INLINE_WRITE_MAX) await writevAll(box.fd, parts);
-      else writevAllSync(box.fd, parts);
-      placing?.(box.ino, offsets, true);
-      box.knownSize = at;
-      box.dirty = true;
-      box.lastUsed = now();
-      return { ino: box.ino, birth: box.birth, offsets };
-    } catch (e) {
-      // Maybe a partial write (a full disk): cut off at once, under the lock still held, so
-      // the file holds whole messages only; it stayed until the next append moved it aside
-      // (helper-83). Only if what follows `start` is ours alone: a program that ignores the
-      // lock may have appended a whole message there first (helper-90). Otherwise, or if the
-      // cut fails, whoever takes the lock next looks at the tail first.
-      box.knownSize = -1;
-      // Looked at again before the next append all the same (a hand-written last "." wants its newline again).
-      box.checkTail = true;
-      if (start >= 0) {
-        try {
-          const after = fstatSync(box.fd).size - start;
-          const ours = Buffer.concat(parts);
-          if (after >= 0 && after <= ours.length && readAtSync(box.fd, start, after).equals(ours.subarray(0, after))) {
-            ftruncateSync(box.fd, start);
-            box.knownSize = start;
-          }
-        } catch {}
-      }
-      this.releaseLock(box);
-      throw e;
-    } finally {
-      this.unuse(box);
-    }
-  }
-
-  /**
-   * Whether the box's descriptor is still the file at the mailbox's path; notes a size changed
-   * by someone else. By the path, not by the descriptor's link count: a file renamed away, or
-   * replaced by a POP3 rewrite while a backup's hard link keeps it alive, still has links,
-   * and a 250'd message appended to it would be lost to the user (helper-22).
-   */
-  private sameFile(user: string, box: OpenBox): boolean {
-    const st = statSync(mailboxPath(this.root, user), { throwIfNoEntry: false });
-    if (!st || st.ino !== box.ino || st.dev !== box.dev) {
-      this.retire(user, box);
-      return false;
-    }
-    if (st.size !== box.knownSize) {
-      box.checkTail = true;
-      box.knownSize = st.size;
-    }
-    return true;
-  }
-
-  /**
-   * Takes the mailbox's write lock and makes sure the box's descriptor is the current file
-   * (a POP3 rewrite renames a new file over it) and knows its size. Returns the box, in use
-   * and holding the lock, or null if the lock is someone else's.
-   */
-  private async lockAndOpen(user: string): Promise<OpenBox | null> {
-    const path = mailboxPath(this.root, user);
-    const lockPath = writeLockPath(this.root, user);
-    // A directory made here is synced into the root before anything is acknowledged in it.
-    if (!this.boxes.has(user) && mkdirSync(dirname(path), { recursive: true }) !== undefined) this.dirChanged(dirname(dirname(path)));
-    // Linked from one temp file kept in the root, as popserver's locks are: one link() per
-    // lock. A temp file per mailbox was made again each time a mailbox was closed (past 64
-    // open, or idle), and with 1000 users that was a third of smtpmail's time (helper-68).
-    let lock: Lock | null;
-    try {
-      lock = tryLock(lockPath, false, this.root);
-    } catch (e) {
-      // The user's directory removed while its box stayed open here (an `rm -rf` by hand):
-      // made again, as for a first delivery. Every message to the user failed with 451 until
-      // the idle box was closed, 30 s later (helper-83).
-      if ((e as NodeJS.ErrnoException).code !== "ENOENT" || mkdirSync(dirname(path), { recursive: true }) === undefined) throw e;
-      this.dirChanged(dirname(dirname(path)));
-      lock = tryLock(lockPath, false, this.root);
-    }
-    if (!lock) {
-      // Another smtpmail may be keeping it across busy rounds: ask, as popserver does.
-      if (want(lockPath)) this.wanting.add(user);
-      return null;
-    }
-    this.unwant(user);
-    this.stats.locks++;
-    try {
-      let box = this.boxes.get(user);
-      if (box && !this.sameFile(user, box)) box = undefined;
-      if (!box) {
-        const { fd, created } = await openMailbox(path);
-        const st = fstatSync(fd);
-        // A FIFO opened read-write does not block the open, but writes past its 64 KiB would
-        // block the event loop: only a regular file is a mailbox.
-        if (!st.isFile()) {
-          await closeFd(fd);
-          throw new Error(`${path} is not a regular file`);
-        }
-        // Whatever the file holds is looked at before the first append.
-        // In use from the start: closeIdleBoxes() may run while the directory is synced, and
-        // must not close a descriptor about to be written.
-        box = { fd, ino: st.ino, birth: st.birthtimeMs || 0, dev: st.dev, knownSize: st.size, checkTail: true, dirty: false, lastUsed: now(), users: 1, retired: false, lock: null, lockCheckedAt: 0, yieldUntil: 0 };
-        this.boxes.set(user, box);
-        // A file a POP3 rewrite left (empty or not) had its directory synced by popserver
-        // before it let go of the lock (unless that fsync failed: an I/O error, not handled
-        // here): syncing it again at every reopen cost an fsync per POP3 session (helper-68). A
-        // name made here is synced, and each directory once per process.
-        // Its directory's own name too: popserver makes a user's directory at a first login
-        // without syncing the root (helper-73).
-        if (created) for (const dir of [dirname(dirname(path)), dirname(path)]) this.dirChanged(dir);
-        // Its holder died (popserver between its rename and the directory's fsync, another
-        // smtpmail between making a name and syncing it): nothing says those names are on disk.
-        if (lock.brokeStale) for (const dir of [dirname(dirname(path)), dirname(path)]) this.dirChanged(dir);
-        try {
-          for (const dir of [dirname(dirname(path)), dirname(path)]) {
-            const gen = this.dirChanges.get(dir) ?? 0;
-            if ((this.dirSynced.get(dir) ?? -1) >= gen) continue;
-            await syncDir(dir);
-            // Only what was made before the fsync began is covered by it.
-            if ((this.dirSynced.get(dir) ?? -1) < gen) this.dirSynced.set(dir, gen);
-          }
-        } catch (e) {
-          // Still noted: the next open syncs it again.
-          this.retire(user, box);
-          this.unuse(box);
-          throw e;
-        }
-      } else box.users++;
-      box.lock = lock;
-      this.lockedBoxes.set(box, user);
-      box.lockCheckedAt = now();
-      return box;
-    } catch (e) {
-      lock.release();
-      throw e;
-    }
-  }
-
-  private dirChanged(dir: string): void {
-    this.dirChanges.set(dir, (this.dirChanges.get(dir) ?? 0) + 1);
-  }
-
-  /**
-   * After a round: lets go of the locks not used for LINGER_MS, and of those popserver is
-   * waiting for (checked every HOLD_MS).
-   */
-  private yieldWantedLocks(): void {
-    const t = now();
-    for (const [b, user] of this.lockedBoxes) {
-      if (t - b.lastUsed > LINGER_MS) {
-        this.releaseLock(b);
-        continue;
-      }
-      if (t - b.lockCheckedAt < HOLD_MS) continue;
-      b.lockCheckedAt = t;
-      if (isWanted(writeLockPath(this.root, user))) {
-        this.releaseLock(b);
-        b.yieldUntil = t + YIELD_MS;
-      }
-    }
-  }
-
-  /** Takes back our request for a lock; a failed unlink per lock taken cost 1 in 6 syscalls of a delivery. */
-  private unwant(user: string): void {
-    if (this.wanting.delete(user)) unwant(writeLockPath(this.root, user));
-  }
-
-  private releaseLocks(): void {
-    for (const b of this.lockedBoxes.keys()) this.releaseLock(b);
-  }
-
-  private releaseLock(box: OpenBox): void {
-    box.lock?.release();
-    box.lock = null;
-    this.lockedBoxes.delete(box);
-  }
-
-  private unuse(box: OpenBox): void {
-    if (--box.users === 0 && box.retired) void closeFd(box.fd).catch(() => {});
-  }
-
-  /** Takes a box out of use; its descriptor closes once nothing is using it. */
-  private retire(user: string, box: OpenBox): void {
-    if (this.boxes.get(user) === box) this.boxes.delete(user);
-    this.releaseLock(box);
-    if (box.retired) return;
-    box.retired = true;
-    // Appends not yet fsync'd are still covered by the journal only: the next checkpoint
-    // must fsync them before it empties it, though the box is no longer in `boxes`.
-    if (box.dirty) {
-      box.users++;
-      this.retiredDirty.push(box);
-    }
-    if (box.users === 0) void closeFd(box.fd).catch(() => {});
   }
 
   /** The checkpoint's work: the dirty mailboxes fsync'd, then the journal that covered them emptied and kept. */
@@ -838,7 +552,7 @@ export class FileMailStore implements MailStore {
       }
       throw e;
     } finally {
-      for (const b of dirty) this.unuse(b);
+      for (const b of dirty) this.boxes.unuse(b);
     }
     this.stats.fsyncs += dirty.length;
     if (!retired) return;
@@ -862,16 +576,7 @@ export class FileMailStore implements MailStore {
    * retires in turn.
    */
   private async checkpoint(): Promise<void> {
-    const dirty = [...this.boxes.values()].filter((b) => b.dirty);
-    for (const b of dirty) {
-      b.dirty = false;
-      b.users++;
-    }
-    // Already counted in use (retire() did it).
-    for (const b of this.retiredDirty.splice(0)) {
-      b.dirty = false;
-      dirty.push(b);
-    }
+    const dirty = this.boxes.takeDirty();
     const retired = this.journal;
     this.journal = null;
     this.retiring = retired;
@@ -885,22 +590,13 @@ export class FileMailStore implements MailStore {
   }
 
   /**
-   * Closes the mailboxes not written for CLOSE_IDLE_MS, and past MAX_OPEN_BOXES the least
-   * recently written, of those fsync'd and not in use. Again after CLOSE_IDLE_MS while any
+   * Closes the idle mailboxes (OpenBoxes.closeIdle), and again after CLOSE_IDLE_MS while any
    * stay open: closed only at a checkpoint, 120 mailboxes delivered to once stayed open
    * until the next delivery, and under a low descriptor limit new recipients got 451 for
    * good (helper-47).
    */
   private closeIdleBoxes(): void {
-    const t = now();
-    const idle = [...this.boxes].filter(([, b]) => !b.dirty && b.users === 0).sort((x, y) => x[1].lastUsed - y[1].lastUsed);
-    let over = this.boxes.size - MAX_OPEN_BOXES;
-    for (const [user, b] of idle) {
-      if (over <= 0 && t - b.lastUsed <= CLOSE_IDLE_MS) break;
-      this.retire(user, b);
-      dropLockTemp(writeLockPath(this.root, user));
-      over--;
-    }
+    this.boxes.closeIdle();
     if (this.boxes.size && !this.idleTimer && !this.closed) {
       this.idleTimer = setTimeout(() => {
         this.idleTimer = null;
@@ -960,66 +656,5 @@ async function messageCounts(path: string): Promise<Map<number, number>> {
     return counts;
   } finally {
     await closeFd(fd);
-  }
-}
-
-/**
- * Makes sure the file ends at a message boundary before appending. A crash in the middle of
- * an earlier append leaves an unterminated tail; appending after it would glue it onto the
- * next message. The tail was never acknowledged; it is moved aside (never silently dropped)
- * and cut off. Returns bytes to write first (a newline after a final "." without one).
- */
-function repairTail(fd: number, size: number, path: string, warn: (m: string) => void): string {
-  const end = (readAtSync(fd, Math.max(0, size - 4), Math.min(4, size))).toString("latin1");
-  const whole = size <= 4;
-  if (end.endsWith("\n.\r\n") || end.endsWith("\n.\n") || (whole && (end === ".\r\n" || end === ".\n"))) return "";
-  // A hand-written (LF) file whose final "." lacks its newline. "\r\n." is different: our
-  // records end in ".\r\n", so that is a torn append (maybe cut inside a "..x" line).
-  if ((end.endsWith("\n.") && !end.endsWith("\r\n.")) || (whole && end === ".")) return "\n";
-  // Search backwards for the last "." line.
-  let cut = 0;
-  const step = 64 * 1024;
-  for (let hi = size; hi > 0; hi -= step) {
-    const lo = Math.max(0, hi - step - 4);
-    const chunk = readAtSync(fd, lo, hi - lo);
-    const a = chunk.lastIndexOf("\n.\r\n");
-    const b = chunk.lastIndexOf("\n.\n");
-    if (a >= 0 || b >= 0) {
-      cut = lo + Math.max(a >= 0 ? a + 4 : -1, b >= 0 ? b + 3 : -1);
-      break;
-    }
-  }
-  if (cut === 0 && size >= 2) {
-    const head = (readAtSync(fd, 0, 3)).toString("latin1");
-    if (head.startsWith(".\r\n")) cut = 3;
-    else if (head.startsWith(".\n")) cut = 2;
-  }
-  const torn = readAtSync(fd, cut, size - cut);
-  // fsync'd before the cut: the cut may reach the disk first otherwise. Inline, as the
-  // append that follows is: a torn tail only exists after a crash, so this is rare.
-  const aside = setAside(path, torn, true);
-  ftruncateSync(fd, cut);
-  warn(`${path}: unterminated tail of ${torn.length} bytes (interrupted write) moved to ${aside}`);
-  return "";
-}
-
-/**
- * Opens a mailbox for appending, making it if there is none; says whether it made it. Never
- * through a symbolic link (O_NOFOLLOW), whatever was there at RCPT (see unavailable()).
- */
-async function openMailbox(path: string): Promise<{ fd: number; created: boolean }> {
-  const flags = constants.O_RDWR | constants.O_APPEND | constants.O_NOFOLLOW;
-  const open = (extra: number) => openFd(path, (flags | extra) as unknown as string);
-  try {
-    return { fd: await open(0), created: false };
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
-  }
-  try {
-    return { fd: await open(constants.O_CREAT | constants.O_EXCL), created: true };
-  } catch (e) {
-    // Made by someone else meanwhile (an administrator): as new as ours, so synced all the same.
-    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-    return { fd: await open(0), created: true };
   }
 }
