@@ -283,7 +283,7 @@ function breakStale(path: string, stale: string): boolean {
 
 /**
  * A waiter's request: smtpmail holds a mailbox's write lock across busy commit rounds and
- * lets go as soon as it sees this file (see mail-store.ts).
+ * lets go as soon as it sees this file (see open-boxes.ts).
  */
 export const wantedPath = (path: string) => `${path}.wanted`;
 /**

@@ -270,9 +270,13 @@ export class FileMailStore implements MailStore {
     // Deferred copies stay on disk; the next start delivers them.
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    // A pass already under way stops before its next file, but its delivery in flight must not
+    // reopen a mailbox (and make a journal) after this has closed them (helper-97).
+    while (this.retrying) await Bun.sleep(2);
     await this.idle();
     if (this.timer) clearTimeout(this.timer);
     if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.boxes.closeAll();
     await this.makingSpare;
     for (const j of [this.journal, this.spare]) {

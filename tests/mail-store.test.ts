@@ -8,6 +8,7 @@ import { acquireLock, wantedPath } from "../lib/lock.ts";
 import { buildRecord } from "../lib/mailbox.ts";
 import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { deferredDir, notePlacement, readDeferred } from "../lib/deferred.ts";
+import { journalDir } from "../lib/journal.ts";
 import * as fsio from "../lib/fsio.ts";
 
 const roots: string[] = [];
@@ -546,6 +547,39 @@ describe("FileMailStore", () => {
       expect(subjects(box(r, "bob"))).toEqual(["m1"]);
       expect(deferredFiles(r)).toEqual([]);
       expect(subjects(box(r, "alice"))).toEqual(["m1"]);
+    });
+
+    test("close() during a retry pass waits for it: no mailbox, lock or journal is opened after close() returned (helper-97)", async () => {
+      const r = root(["alice", "bob"]);
+      const store = new FileMailStore(r, () => {}, 300);
+      const sleeper = Bun.spawn(["sleep", "30"]);
+      try {
+        holdLock(r, "bob", sleeper.pid);
+        await store.deliver(["alice", "bob"], rec("m1"));
+        expect(deferredFiles(r).length).toBe(1);
+        // The pass after 1 s looks for copies already placed (it may run `sync -f`): slowed
+        // here, so that close() comes while it looks, and bob's lock is free by then.
+        const inner = store as unknown as { notYetPlaced: (d: unknown) => Promise<string[]> };
+        const look = inner.notYetPlaced.bind(store);
+        let looking = false;
+        inner.notYetPlaced = async (d) => {
+          looking = true;
+          await Bun.sleep(300);
+          return look(d);
+        };
+        await waitFor(() => looking);
+        expect(looking).toBe(true);
+        sleeper.kill();
+        await sleeper.exited;
+        await store.close();
+      } finally {
+        sleeper.kill();
+      }
+      const after = () => ({ journals: readdirSync(journalDir(r)), bobLocked: existsSync(join(r, "bob", "mymailbox.lock")) });
+      const atClose = after();
+      await Bun.sleep(400);
+      expect(after()).toEqual(atClose);
+      expect(atClose).toEqual({ journals: [], bobLocked: false });
     });
 
     test("are not deferred when no copy was stored: the delivery fails and nothing is kept", async () => {
