@@ -2,7 +2,7 @@
 // write a unique temp file, then link() it to the lock name. link() is atomic even on
 // NFS, where O_EXCL create was not always. The lock file holds "pid host boot", so a lock left
 // by a process that died (kill -9) is recognised and broken instead of blocking forever.
-import { closeSync, constants, linkSync, lstatSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, constants, linkSync, lstatSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { readRegularFile } from "./fsio.ts";
@@ -73,13 +73,22 @@ export function foreignHolder(path: string): string | null {
   return host && host !== HOST ? host : null;
 }
 
-/** Writes "pid host boot" into a lock's temp file; on a full disk, leaves no empty one behind. */
+/**
+ * Writes "pid host boot" into a lock's temp file, made anew: never through a symbolic link
+ * someone put by its name (it wrote our line over another user's mailbox, helper-94). On a
+ * full disk, leaves no empty one behind.
+ */
 function writeOwner(temp: string): void {
+  unlinkQuietly(temp);
+  let fd: number | null = null;
   try {
-    writeFileSync(temp, `${process.pid} ${HOST} ${BOOT}\n`);
+    fd = openSync(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o666);
+    writeSync(fd, `${process.pid} ${HOST} ${BOOT}\n`);
   } catch (e) {
-    unlinkQuietly(temp);
+    if (fd !== null) unlinkQuietly(temp);
     throw e;
+  } finally {
+    if (fd !== null) closeSync(fd);
   }
 }
 
@@ -423,12 +432,12 @@ export function unwant(path: string): void {
  * Waits for the lock, up to timeoutMs. While waiting it leaves a marker asking the holder
  * to let go, and polls often: a holder that yields stays off for a moment only.
  */
-export async function acquireLock(path: string, timeoutMs = 30_000, keepTemp = false): Promise<Lock> {
+export async function acquireLock(path: string, timeoutMs = 30_000, keepTemp = false, tempDir?: string): Promise<Lock> {
   const deadline = Date.now() + timeoutMs;
   let marked = false;
   try {
     for (let pause = 1; ; pause = Math.min(pause * 2, 4)) {
-      const lock = tryLock(path, keepTemp);
+      const lock = tryLock(path, keepTemp, tempDir);
       if (lock) return lock;
       if (Date.now() >= deadline) throw new Error(`timed out waiting for lock ${path}`);
       if (want(path)) marked = true;

@@ -398,7 +398,11 @@ export class FileMaildrop implements Maildrop {
   private async rewrite(deleted: ReadonlySet<number>): Promise<void> {
     const path = mailboxPath(this.root, this.user);
     const temp = `${path}.rewrite.${process.pid}.tmp`;
-    let out: number | null = await openFd(temp, "w");
+    // Made anew, never opened through what is there: a user who may write in their directory
+    // put a symbolic link by that name, and the kept mail went into its target, which took
+    // the mailbox's owner and mode (helper-94).
+    await unlink(temp).catch(() => {});
+    let out: number | null = await openFd(temp, (constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW) as unknown as string);
     const src = this.fd!;
     let renamed = false;
     // The temp file is flushed as it is written, SYNC_STEP bytes at a time: written whole and
@@ -494,12 +498,14 @@ export class FileMaildrop implements Maildrop {
       await settle();
       await datasync(out);
       // 2. Under the write lock: whatever was appended since login, then the swap.
-      const lock = await acquireLock(writeLockPath(this.root, this.user));
+      // Linked from a temp file in the mail root, as the session lock is: one made in the
+      // user's directory went through a symbolic link put there, onto another user's mailbox.
+      const lock = await acquireLock(writeLockPath(this.root, this.user), undefined, false, this.root);
       try {
         // Its holder died (an smtpmail between making the mailbox and syncing its name): made
         // durable before anything here relies on it (helper-73).
         if (lock.brokeStale) await syncDir(dirname(path));
-        const cur = await openFd(path, "r");
+        const cur = await openFd(path, (constants.O_RDONLY | constants.O_NOFOLLOW) as unknown as string);
         try {
           const st = fstatSync(cur);
           if (st.ino !== this.ino) throw new Error("mailbox was replaced during the session");

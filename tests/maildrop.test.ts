@@ -1,7 +1,7 @@
 // FileMaildrop over a real temp directory: POP3 lock, offset index, read/top, the rewrite at
 // QUIT beside concurrent appends, UIDs, hand-written LF files, crash leftovers.
 import { afterAll, describe, expect, test } from "bun:test";
-import { appendFileSync, chmodSync, truncateSync, existsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, truncateSync, existsSync, lstatSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { collectBody, FileMaildrop, MaildropBusy, MaildropChanged, MaildropUnavailable, type Body } from "../lib/maildrop.ts";
@@ -354,6 +354,30 @@ describe("FileMaildrop", () => {
     const d = await FileMaildrop.open(r, "alice");
     expect(await all(d)).toEqual([expected(3)]);
     await d.release();
+  });
+
+  test("QUIT never writes through a symbolic link its user put in the directory: not the rewrite's temp file, not a lock's (helper-94)", async () => {
+    const r = makeRoot({ alice: "pw", bob: "pw" });
+    roots.push(r);
+    const victim = join(r, "victim");
+    writeFileSync(victim, "precious\n");
+    chmodSync(victim, 0o600);
+    const bobBox = mailboxPath(r, "bob");
+    writeFileSync(bobBox, record(9));
+    const bobBefore = readFileSync(bobBox);
+    const p = writeBox(r, ...[1, 2].map((n) => record(n)));
+    const d = await FileMaildrop.open(r, "alice");
+    // Planted after login: the rewrite's temp name, and the names a lock's temp file takes.
+    symlinkSync(victim, `${p}.rewrite.${process.pid}.tmp`);
+    for (let n = 1; n <= 200; n++) symlinkSync(bobBox, join(r, "alice", `.link.${hostname()}.${process.pid}.${n}`));
+    await d.commit(new Set([0]));
+    expect(readFileSync(victim, "utf8")).toBe("precious\n");
+    expect(statSync(victim).mode & 0o7777).toBe(0o600);
+    expect(readFileSync(bobBox)).toEqual(bobBefore);
+    expect(lstatSync(p).isFile()).toBe(true);
+    const again = await FileMaildrop.open(r, "alice");
+    expect(await all(again)).toEqual([expected(2)]);
+    again.release();
   });
 
   test("scattered deletions among small and large messages keep every other message byte for byte, in order", async () => {
