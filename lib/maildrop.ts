@@ -24,6 +24,8 @@ const SYNC_READ_MAX = 128 * 1024;
 const HASH_PIECE = 1 << 20;
 /** Bytes read again at QUIT between two turns of the event loop. */
 const HASH_SLICE = 8 << 20;
+/** Marked messages looked at between two turns of the event loop (a power of two). */
+const MARKED_PER_TURN = 8192;
 
 /** A small message as bytes; a large one as a stream of chunks. */
 export type Body = Uint8Array | AsyncIterable<Uint8Array> | FileRange;
@@ -354,6 +356,9 @@ export class FileMaildrop implements Maildrop {
       await new Promise((r) => setImmediate(r));
     };
     for (let k = 0; k < order.length; k++) {
+      // Tiny messages read little: a turn every so many as well (a QUIT deleting 200,000
+      // tiny ones held the other clients 50-330 ms; 11-19 ms now, helper-94).
+      if ((k & (MARKED_PER_TURN - 1)) === MARKED_PER_TURN - 1) await new Promise((r) => setImmediate(r));
       const i = order[k]!;
       const at = ix.offset(i);
       const len = ix.length(i);
