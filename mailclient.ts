@@ -248,18 +248,25 @@ interface Entry {
 
 async function loadList(pop: Pop3Client): Promise<Entry[]> {
   let caps: string[] = [];
+  let capa = true;
   try {
     caps = (await pop.capa()).map((c) => c.trim().toUpperCase());
   } catch (err) {
-    if (!(err instanceof Pop3Error)) throw err; // no CAPA: an RFC 1939-only server, use RETR
+    if (!(err instanceof Pop3Error)) throw err;
+    capa = false;
   }
-  const hasTop = caps.includes("TOP");
+  // An RFC 1939-only server (no CAPA) may still have TOP, its optional command: tried, and
+  // RETR once it is refused, rather than every mail fetched whole for its header (helper-94).
+  let tryTop = !capa || caps.includes("TOP");
+  const topOrRetr = (n: number) =>
+    pop.top(n, 0).catch((err) => {
+      if (!(err instanceof Pop3Error)) throw err;
+      if (!capa) tryTop = false;
+      return pop.retr(n);
+    });
   // A mail the server will not give (-ERR to TOP and RETR) is listed without its header lines
   // rather than stopping the list of all the others (helper-64); reading it shows the -ERR.
-  const head = (n: number) =>
-    (hasTop ? pop.top(n, 0).catch((err) => (err instanceof Pop3Error ? pop.retr(n) : Promise.reject(err))) : pop.retr(n)).catch((err) =>
-      err instanceof Pop3Error ? "" : Promise.reject(err),
-    );
+  const head = (n: number) => (tryTop ? topOrRetr(n) : pop.retr(n)).catch((err) => (err instanceof Pop3Error ? "" : Promise.reject(err)));
   // With PIPELINING (RFC 2449) a window of requests is in flight at once, so a long mailbox
   // costs a few round trips instead of one per mail; the window bounds what is buffered.
   const window = caps.includes("PIPELINING") ? 64 : 1;

@@ -36,11 +36,11 @@ function mails(): FakeMail[] {
   ];
 }
 
-function fakes(opts: { top?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string; unreadable?: number; unreadableText?: string; dropOn?: "RETR"; refuseDele?: string } = {}) {
+function fakes(opts: { top?: boolean; noCapa?: boolean; mailbox?: FakeMail[]; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; refusal?: string; unreadable?: number; unreadableText?: string; dropOn?: "RETR"; refuseDele?: string } = {}) {
   const delivered: Array<{ from: string; to: string; data: string }> = [];
   const mailbox = opts.mailbox ?? mails();
   const smtp = fakeSmtp({ users: ["bob", "alice"], delivered, refusal: opts.refusal });
-  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn, unreadable: opts.unreadable, unreadableText: opts.unreadableText, dropOn: opts.dropOn, refuseDele: opts.refuseDele });
+  const pop = fakePop3({ user: "bob", pass: "secret", mailbox, top: opts.top ?? true, noCapa: opts.noCapa, inUse: opts.inUse, quitFails: opts.quitFails, downFirst: opts.downFirst, logoutOn: opts.logoutOn, unreadable: opts.unreadable, unreadableText: opts.unreadableText, dropOn: opts.dropOn, refuseDele: opts.refuseDele });
   return { delivered, mailbox, smtp, pop, args: ["127.0.0.1", String(smtp.port), String(pop.port)] };
 }
 
@@ -308,6 +308,17 @@ describe("Manage Mail", () => {
 
   // The race behind a flaky "reading a mail after the logout works in a new session" (CI under
   // load): the user's command went out before the client had seen the autologout's close.
+  for (const top of [true, false]) {
+    test(`a server without CAPA: TOP is tried for the list, RETR after it is refused once (${top ? "has TOP" : "no TOP"}; helper-94)`, async () => {
+      const f = fakes({ top, noCapa: true });
+      const r = await runClient(f.args, typed("bob", "secret", "1", "-1", "3"));
+      expect(r.code).toBe(0);
+      expectInOrder(r.stdout, ["      1  alice@mail.test  2026-12-01 : 04 : 27  First one", "      3  dave@mail.test   2026-12-02 : 10 : 05  Third one", "Enter mail no. to see: "]);
+      const sent = f.pop.conns.flatMap((c) => c.received).filter((l) => /^(TOP|RETR)/.test(l));
+      expect(sent).toEqual(top ? ["TOP 1 0", "TOP 2 0", "TOP 3 0"] : ["TOP 1 0", "RETR 1", "RETR 2", "RETR 3"]);
+    });
+  }
+
   test("an autologout crossing RETR on the wire (its -ERR taken for the reply, the close seen after): read in a new session", async () => {
     const f = fakes({ logoutOn: "RETR" });
     const r = await runClient(f.args, typed("bob", "secret", "1", "2", "x", "-1", "3"));

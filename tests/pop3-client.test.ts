@@ -137,8 +137,21 @@ describe("Pop3Client against a scripted server", () => {
       // Bounded here; the client gives up long before.
       for (let i = 0; i < 2000; i++) c.send(`${i + 1} 100\r\n`);
     });
-    const pop = await Pop3Client.connect("127.0.0.1", srv.port, { timeoutMs: 5000, maxBlockChars: 10_000 });
-    await expect(pop.list()).rejects.toThrow(/longer than 10000 characters without its end/);
+    const pop = await Pop3Client.connect("127.0.0.1", srv.port, { timeoutMs: 5000, maxBlockBytes: 10_000 });
+    await expect(pop.list()).rejects.toThrow(/larger than 10000 bytes without its end/);
+    pop.close();
+  });
+
+  test("short lines count what they cost, not their characters: 2000 lines of 'n 1' pass a limit of 100,000 characters, not of 100,000 bytes (helper-94)", async () => {
+    const srv = startFake(async (c) => {
+      c.send("+OK hi\r\n");
+      await c.readLine();
+      c.send("+OK listing follows\r\n");
+      for (let i = 0; i < 2000; i++) c.send(`${i + 1} 1\r\n`);
+      c.send(".\r\n");
+    });
+    const pop = await Pop3Client.connect("127.0.0.1", srv.port, { timeoutMs: 5000, maxBlockBytes: 100_000 });
+    await expect(pop.list()).rejects.toThrow(/larger than 100000 bytes without its end/);
     pop.close();
   });
 

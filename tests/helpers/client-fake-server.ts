@@ -137,7 +137,7 @@ export interface FakeMail {
  * `dropOn`: every such command (in every session) gets no answer, the connection is cut.
  * `refuseDele`: DELE is answered with that -ERR text and marks nothing.
  */
-export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; unreadable?: number; unreadableText?: string; dropOn?: "RETR"; refuseDele?: string }): FakeServer {
+export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]; top?: boolean; noCapa?: boolean; inUse?: boolean; quitFails?: boolean; downFirst?: boolean; logoutOn?: "RETR" | "DELE"; unreadable?: number; unreadableText?: string; dropOn?: "RETR"; refuseDele?: string }): FakeServer {
   let connections = 0;
   let loggedOut = false;
   return startFake(async (c) => {
@@ -195,7 +195,8 @@ export function fakePop3(opts: { user: string; pass: string; mailbox: FakeMail[]
           c.send(authed ? "+OK logged in\r\n" : "-ERR invalid user or password\r\n");
           break;
         case "CAPA":
-          c.send(`+OK\r\nUSER\r\n${opts.top ? "TOP\r\n" : ""}UIDL\r\n.\r\n`);
+          if (opts.noCapa) c.send("-ERR unknown command\r\n");
+          else c.send(`+OK\r\nUSER\r\n${opts.top ? "TOP\r\n" : ""}UIDL\r\n.\r\n`);
           break;
         case "STAT": {
           const live = opts.mailbox.filter((_, i) => !marked.has(i + 1));
