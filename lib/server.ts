@@ -150,6 +150,8 @@ export function openFileLimit(): number | null {
  */
 const FD_RESERVE = 128;
 const REFUSAL_ROOM = 32;
+/** Fewer sessions than this at once is worth a warning at start. */
+const LOW_ROOM = 1000;
 
 /**
  * Descriptors sessions hold besides their sockets (popserver's open mailboxes). The
@@ -162,10 +164,14 @@ export class HeldFiles {
   room: () => boolean = () => true;
 }
 
-/** Sockets, then sessions, that an open-file limit leaves room for. */
+/**
+ * Sockets, then sessions, that an open-file limit leaves room for. Under a small limit the
+ * reserves shrink with it: at `ulimit -n 64` the fixed ones left one socket, and clients were
+ * served one at a time, the others cut off without a word (helper-94).
+ */
 export function connectionRoom(limit: number): { sockets: number; sessions: number } {
-  const sockets = Math.max(1, limit - FD_RESERVE);
-  return { sockets, sessions: Math.max(1, sockets - REFUSAL_ROOM) };
+  const sockets = Math.max(1, limit - Math.min(FD_RESERVE, Math.floor(limit / 2)));
+  return { sockets, sessions: Math.max(1, sockets - Math.min(REFUSAL_ROOM, Math.floor(sockets / 4))) };
 }
 
 function isLoopback(address: string): boolean {
@@ -200,6 +206,8 @@ export class MailServer {
     const room = this.fileLimit === null ? null : connectionRoom(this.fileLimit);
     this.maxSockets = room?.sockets ?? Infinity;
     this.maxSessions = Math.min(opt.maxConnections, room?.sessions ?? Infinity);
+    if (room && room.sessions < LOW_ROOM && room.sessions < opt.maxConnections)
+      opt.log(`${opt.name}: warning: the open-file limit (${this.fileLimit}, ulimit -n) allows only ${room.sessions} connections at once`);
     const held = opt.heldFiles;
     if (held) held.room = () => this.conns.size + held.count < this.maxSockets;
   }
@@ -268,10 +276,18 @@ export class MailServer {
     };
   }
 
+  /** At most once a minute. */
+  private logFull(): void {
+    if (Date.now() - this.fullLoggedAt < 60_000) return;
+    this.fullLoggedAt = Date.now();
+    this.opt.log(`${this.opt.name}: refusing connections: ${this.maxSessions} at once is what the open-file limit (${this.fileLimit}, ulimit -n) allows`);
+  }
+
   private onOpen(s: Socket<Conn>, secure: boolean): void {
     const peer = `${s.remoteAddress}`;
     // Past the sockets the descriptors allow, not even a reply: its descriptor goes at once.
     if (this.conns.size + (this.opt.heldFiles?.count ?? 0) >= this.maxSockets) {
+      this.logFull();
       s.terminate();
       return;
     }
@@ -287,10 +303,7 @@ export class MailServer {
           ? (this.opt.tooManyFromAddressText ?? this.opt.tooManyText)
           : null;
     if (refusal !== null) {
-      if (this.conns.size > this.maxSessions && this.maxSessions < this.opt.maxConnections && Date.now() - this.fullLoggedAt > 60_000) {
-        this.fullLoggedAt = Date.now();
-        this.opt.log(`${this.opt.name}: refusing connections: ${this.maxSessions} at once is what the open-file limit (${this.fileLimit}, ulimit -n) allows`);
-      }
+      if (this.conns.size > this.maxSessions && this.maxSessions < this.opt.maxConnections) this.logFull();
       // Before a TLS handshake there is no way to say why.
       if (secure) s.terminate();
       else {
