@@ -58,6 +58,16 @@ describe("parseUserTable", () => {
     expect(t.problems[4]).toContain("line 6");
   });
 
+  test("names and passwords that can never work are reported: a user called user.txt is skipped; a password too long for a login line, or with a NUL, is kept with a warning (helper-94)", () => {
+    const t = parseUserTable(`user.txt pw\nann ${"p".repeat(505)}\nbob ${"q".repeat(506)}\ncid a\0b\n`);
+    expect(t.names).toEqual(["ann", "bob", "cid"]);
+    expect(t.problems).toEqual([
+      'user.txt line 1: user name "user.txt" is the user list\'s own file, skipped',
+      'user.txt line 3: the password of "bob" is longer than a login line carries (505 bytes): that user gets mail but cannot log in',
+      'user.txt line 4: the password of "cid" holds a NUL byte: AUTH PLAIN cannot carry it (USER/PASS can)',
+    ]);
+  });
+
   test("isSafeUserName rejects path-like and control names", () => {
     for (const bad of ["", ".", "..", "../x", "a/b", "/", "a\x00b", ".hidden", "a b", "x".repeat(65)]) expect(isSafeUserName(bad)).toBe(false);
     for (const good of ["alice", "a.b", "a_b-c+d", "A1", "x".repeat(64)]) expect(isSafeUserName(good)).toBe(true);
