@@ -94,10 +94,25 @@ interface Conn {
   upgradedTo: Socket<Conn> | null;
   /** On the implicit-TLS port, accepted and counted, its handshake not done yet. */
   awaitingTls: boolean;
+  /** Encrypted (implicit TLS or STARTTLS): closed with end(), which says close_notify first. */
+  tls: boolean;
+}
+
+/**
+ * After the last reply: a plain connection is only shut for writing, and what the client still
+ * sends is read and dropped until it closes (the sweep ends it after GOODBYE_GRACE_MS). Closed
+ * outright, commands a pipelining client had sent after ours crossed met a reset, and mpop
+ * reported "network write error: Connection reset by peer" instead of the goodbye (helper-91).
+ * A TLS one ends with end(), which sends close_notify. Never end(data): it truncated in recent
+ * Bun versions.
+ */
+function closeWrite(s: Socket<Conn>): void {
+  if (s.data.tls) s.end();
+  else s.shutdown();
 }
 
 function newConn(peer: string, now: number, id = ++nextId): Conn {
-  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null, awaitingTls: false };
+  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null, awaitingTls: false, tls: false };
 }
 
 /**
@@ -292,6 +307,7 @@ export class MailServer {
       return;
     }
     s.data = newConn(peer, Date.now());
+    s.data.tls = secure;
     this.conns.add(s);
     const fromPeer = (this.perAddress.get(peer) ?? 0) + 1;
     const limited = this.opt.maxPerAddress !== undefined && !(this.opt.perAddressExemptsLoopback && isLoopback(peer));
@@ -518,6 +534,7 @@ export class MailServer {
     this.conns.add(tls);
     c.reader = new LineReader();
     c.upgradedTo = tls;
+    c.tls = true;
     c.handler?.secured?.();
   }
 
@@ -638,7 +655,7 @@ export class MailServer {
     const d = c.drained;
     c.drained = null;
     d?.();
-    if (c.ending) s.end();
+    if (c.ending) closeWrite(s);
   }
 
   private waitDrain(s: Socket<Conn>): Promise<void> {
@@ -651,8 +668,7 @@ export class MailServer {
     const c = s.data;
     if (c.ending) return;
     c.ending = true;
-    // end() without data: end(bigData) has truncated in recent Bun versions.
-    if (c.out.length === 0) s.end();
+    if (c.out.length === 0) closeWrite(s);
   }
 
   private sweep(): void {

@@ -232,6 +232,54 @@ describe("popserver", () => {
   });
 });
 
+describe("after the goodbye, commands a client already sent meet no reset", () => {
+  /** Logs in, runs `trigger` once the session is open, then writes a command every 20 ms for 400 ms: what it read, and whether a write failed. */
+  async function pipelinerAfterGoodbye(port: number, trigger: (send: (line: string) => void) => void): Promise<{ text: string; writeError: string | null }> {
+    const { connect } = await import("node:net");
+    // Half-open allowed, as a C client's socket is: node's would end itself at the server's FIN.
+    const sock = connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+    let text = "";
+    let writeError: string | null = null;
+    sock.on("data", (d) => (text += d.toString("latin1")));
+    sock.on("error", (e) => (writeError ??= (e as NodeJS.ErrnoException).code ?? e.message));
+    const until = async (re: RegExp) => {
+      for (let i = 0; i < 200 && !re.test(text); i++) await Bun.sleep(10);
+    };
+    await until(/^\+OK/);
+    sock.write("USER alice\r\nPASS a\r\n");
+    await until(/maildrop/);
+    trigger((line) => sock.write(line + "\r\n"));
+    await until(/goodbye|shutting down/);
+    // As mpop does: commands pipelined behind the one answered last, still going out.
+    for (let i = 0; i < 20 && !writeError; i++) {
+      await new Promise<void>((resolve) => sock.write("NOOP\r\n", (e) => ((writeError ??= e ? ((e as NodeJS.ErrnoException).code ?? e.message) : null), resolve())));
+      await Bun.sleep(20);
+    }
+    sock.destroy();
+    return { text, writeError };
+  }
+
+  test("QUIT: the server reads on until the client closes (helper-91: mpop saw 'Connection reset by peer')", async () => {
+    const root = makeRoot({ alice: "a" });
+    roots.push(root);
+    const pop = await startPop(root);
+    const r = await pipelinerAfterGoodbye(pop.port, (send) => send("QUIT"));
+    expect(r.text).toMatch(/\+OK goodbye/);
+    expect(r.writeError).toBeNull();
+    expect(await pop.stop("SIGTERM")).toBe(0);
+  });
+
+  test("SIGTERM: -ERR server shutting down reaches a client still sending, and the server exits 0 once it closes", async () => {
+    const root = makeRoot({ alice: "a" });
+    roots.push(root);
+    const pop = await startPop(root);
+    const r = await pipelinerAfterGoodbye(pop.port, () => pop.proc.kill("SIGTERM"));
+    expect(r.text).toMatch(/-ERR.*shutting down/);
+    expect(r.writeError).toBeNull();
+    expect(await pop.proc.exited).toBe(0);
+  });
+});
+
 describe("npm start (scripts/start.ts)", () => {
   test("lists the users as the servers read user.txt: a malformed line is no user (helper-89)", { timeout: 30_000 }, async () => {
     const root = makeRoot({ alice: "a" });
