@@ -61,9 +61,16 @@ interface Session extends Config {
 /** End of input at any prompt: unwinds to main, which exits cleanly. */
 class EndOfInput extends Error {}
 
-async function ask(read: Promise<string | null>): Promise<string> {
+/**
+ * Input that ended at the login after a refused password, or a server that wants TLS first:
+ * main says "Not logged in." and exits 1.
+ */
+class NotLoggedIn extends EndOfInput {}
+
+/** The answer read; at the end of input (null) throws an `End`. */
+async function ask(read: Promise<string | null>, End: typeof EndOfInput = EndOfInput): Promise<string> {
   const answer = await read;
-  if (answer === null) throw new EndOfInput();
+  if (answer === null) throw new End();
   return answer;
 }
 
@@ -140,17 +147,16 @@ async function openPop3(s: Session): Promise<Pop3Client> {
   }
 }
 
-/** A login attempt failed and none has succeeded yet: end of input then exits 1. */
-let loginFailed = false;
-
 async function login(config: Config): Promise<Session> {
+  // Once a password has been refused, input that ends leaves the user not logged in.
+  let ended: typeof EndOfInput = EndOfInput;
   for (;;) {
-    const user = (await ask(readLine("Username: "))).trim();
+    const user = (await ask(readLine("Username: "), ended)).trim();
     if (user === "" || /\s/.test(user)) {
       say("The username is one word; please try again.");
       continue;
     }
-    const password = await ask(readPassword("Password: "));
+    const password = await ask(readPassword("Password: "), ended);
     const session = { ...config, user, password };
     try {
       const pop = await openPop3(session);
@@ -165,12 +171,11 @@ async function login(config: Config): Promise<Session> {
       }
       if (err instanceof Pop3Error && config.tlsMode === "none" && /\bTLS\b|\bSTLS\b/.test(err.text)) {
         // Asking again would not help: the server wants TLS first (helper-27).
-        loginFailed = true;
         say(`Cannot log in: the POP3 server requires TLS (it said: ${err.text}). Start mailclient with --starttls or --tls.`);
-        throw new EndOfInput();
+        throw new NotLoggedIn();
       }
       if (wrongPassword(err)) {
-        loginFailed = true;
+        ended = NotLoggedIn;
         say(`Login failed: wrong username or password (server said: ${err.text || "-ERR"}). Please try again.`);
         continue;
       }
@@ -445,7 +450,6 @@ async function commit(pop: Pop3Client): Promise<void> {
 
 async function run(config: Config): Promise<void> {
   const session = await login(config);
-  loginFailed = false;
   for (;;) {
     say();
     say("1. Manage Mail");
@@ -472,7 +476,7 @@ async function main(): Promise<number> {
   } catch (err) {
     if (!(err instanceof EndOfInput)) throw err;
     say();
-    if (loginFailed) {
+    if (err instanceof NotLoggedIn) {
       say("Not logged in.");
       return 1;
     }
