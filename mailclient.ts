@@ -341,111 +341,175 @@ async function openMailbox(s: Session): Promise<Pop3Client | null> {
   }
 }
 
+/**
+ * Manage Mail, as the assignment has it: the list, a mail number (-1: back to the menu), the
+ * mail, and a key: 'd' deletes it; the list again.
+ */
 async function manageMail(s: Session): Promise<void> {
-  const first = await openMailbox(s);
-  if (!first) return;
-  let pop = first;
-  // A deletion is committed at once (DELE, then QUIT: POP3 deletes only at QUIT), and a new
-  // session lists the mailbox again, so "deleted" on the screen is true of the file then,
-  // whatever happens to the client afterwards.
-  let entries: Entry[] = [];
+  const pop = await openMailbox(s);
+  if (!pop) return;
+  const box = new MailboxView(s, pop);
+  try {
+    await box.list();
+    for (;;) {
+      showList(box.entries);
+      const i = await askMailNumber(box.entries.length);
+      if (i < 0) break;
+      const entry = await showMail(box, i);
+      if (!entry) continue;
+      const key = await ask(readKey("Press d to delete this mail, any other key to return to the list: "));
+      // False: the session ended without saying whether the mail was deleted; to the menu.
+      if (key === "d" && !(await deleteMail(box, entry, i))) return;
+    }
+  } catch (err) {
+    if (err instanceof EndOfInput) {
+      await box.quitQuietly();
+      throw err;
+    }
+    box.close();
+    say(`Manage Mail stopped: ${errorText(err)}`);
+    return;
+  }
+  await box.quitQuietly();
+}
+
+/** A mail found (its entry in the current list) and what the operation on it gave. */
+interface Found<T> {
+  entry: Entry;
+  result: T;
+}
+
+/**
+ * The mailbox as Manage Mail shows it: a POP3 session and the list of its mails. A deletion is
+ * committed at once (DELE, then QUIT: POP3 deletes only at QUIT) and a new session lists the
+ * mailbox again, so "deleted" on the screen is true of the file then, whatever happens to the
+ * client afterwards.
+ */
+class MailboxView {
+  /** The list shown, from the current session: entries[i] is shown as number i + 1. */
+  entries: Entry[] = [];
+
+  constructor(
+    private readonly s: Session,
+    private pop: Pop3Client,
+  ) {}
+
+  /** Lists the mailbox in the current session. */
+  async list(): Promise<void> {
+    this.entries = await loadList(this.pop);
+  }
+
+  /** A new session (the current one is over) and its list. */
+  async reopen(): Promise<void> {
+    this.pop = await openPop3(this.s);
+    await this.list();
+  }
+
   /**
    * Runs `op` on the mail, in a new session if the server ended this one: it may log out a
    * session left idle while the user reads (RFC 1939's autologout timer). The new session finds
    * the mail again by its UID, so a deletion never lands on another mail. Null: it is gone.
    */
-  const onMail = async <T>(entry: Entry, op: (msgNo: number) => Promise<T>): Promise<{ entry: Entry; result: T } | null> => {
+  async withMail<T>(entry: Entry, op: (pop: Pop3Client, msgNo: number) => Promise<T>): Promise<Found<T> | null> {
     for (let retried = false; ; retried = true) {
-      if (pop.closed) {
-        pop = await openPop3(s);
-        entries = await loadList(pop);
+      if (this.pop.closed) {
+        await this.reopen();
         // Only a mail that is the one match: two with the same UID (a server that breaks RFC
         // 1939 7) could put a deletion on the wrong one (helper-64).
-        const found = entries.filter((e) => sameMail(e, entry));
+        const found = this.entries.filter((e) => sameMail(e, entry));
         if (found.length !== 1) return null;
         entry = found[0]!;
       }
       try {
-        return { entry, result: await op(entry.msgNo) };
+        return { entry, result: await op(this.pop, entry.msgNo) };
       } catch (err) {
         // An -ERR may be the server's autologout that crossed the command on the wire, its
         // close not seen yet: a NOOP tells a session that is over (no +OK, only the close).
-        if (!retried && !pop.closed && err instanceof Pop3Error) await pop.noop().catch(() => {});
+        if (!retried && !this.pop.closed && err instanceof Pop3Error) await this.pop.noop().catch(() => {});
         // Closed under the command (a DELE there was never committed): once more, anew.
-        if (retried || !pop.closed) throw err;
+        if (retried || !this.pop.closed) throw err;
       }
     }
-  };
-  try {
-    entries = await loadList(pop);
-    for (;;) {
-      showList(entries);
-      const i = await askMailNumber(entries.length);
-      if (i < 0) break;
-      let read;
-      try {
-        read = await onMail(entries[i]!, (n) => pop.retr(n));
-      } catch (err) {
-        // The server will not give this mail (gone from under the session, a read error): it
-        // is one mail, not the session. Say so and list again; a lost connection still stops.
-        if (!(err instanceof Pop3Error && err.command === "RETR")) throw err;
-        say(`Cannot read mail ${i + 1} (server said: ${err.text || "-ERR"}).`);
-        continue;
-      }
-      if (!read) {
-        say(`Mail ${i + 1} is no longer in the mailbox.`);
-        continue;
-      }
-      say();
-      process.stdout.write(sanitizeForTerminal(readableMail(read.result.replace(/\r\n/g, "\n"))));
-      say();
-      const key = await ask(readKey("Press d to delete this mail, any other key to return to the list: "));
-      if (key === "d") {
-        let marked;
-        try {
-          marked = await onMail(read.entry, (n) => pop.dele(n));
-        } catch (err) {
-          // Refused (a server that will not delete it): nothing is marked, the session goes on.
-          if (!(err instanceof Pop3Error && err.command === "DELE")) throw err;
-          say(`Mail ${i + 1} was not deleted (server said: ${err.text || "-ERR"}).`);
-          continue;
-        }
-        if (!marked) {
-          say(`Mail ${i + 1} is no longer in the mailbox.`);
-          continue;
-        }
-        try {
-          await pop.quit();
-        } catch (err) {
-          // -ERR: not deleted; a lost reply: maybe. The next list tells.
-          say(`Mail ${i + 1} may not have been deleted: ${errorText(err)}`);
-          return;
-        }
-        say(`Mail ${i + 1} deleted.`);
-        pop = await openPop3(s);
-        entries = await loadList(pop);
-      }
-    }
-  } catch (err) {
-    if (err instanceof EndOfInput) {
-      await commit(pop);
-      throw err;
-    }
-    pop.close();
-    say(`Manage Mail stopped: ${errorText(err)}`);
-    return;
   }
-  await commit(pop);
+
+  /** QUIT, so the server deletes what DELE marked: rejects if it did not, or may not have. */
+  async commitDeletion(): Promise<void> {
+    await this.pop.quit();
+  }
+
+  /**
+   * Ends the session with QUIT, whatever the server answers: nothing is marked for deletion by
+   * now (each deletion was committed at once), so there is nothing to report.
+   */
+  async quitQuietly(): Promise<void> {
+    await this.pop.quit().catch(() => {});
+  }
+
+  /** Drops the session without QUIT (after an error). */
+  close(): void {
+    this.pop.close();
+  }
+}
+
+/**
+ * Shows the mail listed at i: returns its entry (found again if the session was renewed), or
+ * null after saying why it cannot.
+ */
+async function showMail(box: MailboxView, i: number): Promise<Entry | null> {
+  let read: Found<string> | null;
+  try {
+    read = await box.withMail(box.entries[i]!, (pop, n) => pop.retr(n));
+  } catch (err) {
+    // The server will not give this mail (gone from under the session, a read error): it is
+    // one mail, not the session. Say so and list again; a lost connection still stops.
+    if (!(err instanceof Pop3Error && err.command === "RETR")) throw err;
+    say(`Cannot read mail ${i + 1} (server said: ${err.text || "-ERR"}).`);
+    return null;
+  }
+  if (!read) {
+    say(`Mail ${i + 1} is no longer in the mailbox.`);
+    return null;
+  }
+  say();
+  process.stdout.write(sanitizeForTerminal(readableMail(read.result.replace(/\r\n/g, "\n"))));
+  say();
+  return read.entry;
+}
+
+/**
+ * Deletes the mail shown as number i + 1 and lists the mailbox again in a new session. False:
+ * the QUIT failed, so the session is over and the mail may or may not have been deleted.
+ */
+async function deleteMail(box: MailboxView, entry: Entry, i: number): Promise<boolean> {
+  let marked: Found<string> | null;
+  try {
+    marked = await box.withMail(entry, (pop, n) => pop.dele(n));
+  } catch (err) {
+    // Refused (a server that will not delete it): nothing is marked, the session goes on.
+    if (!(err instanceof Pop3Error && err.command === "DELE")) throw err;
+    say(`Mail ${i + 1} was not deleted (server said: ${err.text || "-ERR"}).`);
+    return true;
+  }
+  if (!marked) {
+    say(`Mail ${i + 1} is no longer in the mailbox.`);
+    return true;
+  }
+  try {
+    await box.commitDeletion();
+  } catch (err) {
+    // -ERR: not deleted; a lost reply: maybe. The next list tells.
+    say(`Mail ${i + 1} may not have been deleted: ${errorText(err)}`);
+    return false;
+  }
+  say(`Mail ${i + 1} deleted.`);
+  await box.reopen();
+  return true;
 }
 
 /** The same mail in another session: by UID, or without UIDL by its number and its list line. */
 function sameMail(a: Entry, b: Entry): boolean {
   if (a.uid !== null || b.uid !== null) return a.uid === b.uid;
   return a.msgNo === b.msgNo && a.from === b.from && a.when === b.when && a.subject === b.subject;
-}
-
-async function commit(pop: Pop3Client): Promise<void> {
-  await pop.quit().catch(() => {});
 }
 
 async function run(config: Config): Promise<void> {
