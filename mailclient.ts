@@ -276,7 +276,8 @@ async function loadList(pop: Pop3Client): Promise<Entry[]> {
   // costs a few round trips instead of one per mail; the window bounds what is buffered.
   const window = caps.includes("PIPELINING") ? 64 : 1;
   const listing = await pop.list();
-  const uids = caps.includes("UIDL")
+  // UIDL is optional too: tried without CAPA, none if refused.
+  const uids = !capa || caps.includes("UIDL")
     ? await pop.uidl().then(
         (list) => new Map(list.map((u) => [u.n, u.uid])),
         (err) => (err instanceof Pop3Error ? null : Promise.reject(err)),

@@ -316,6 +316,8 @@ describe("Manage Mail", () => {
       expectInOrder(r.stdout, ["      1  alice@mail.test  2026-12-01 : 04 : 27  First one", "      3  dave@mail.test   2026-12-02 : 10 : 05  Third one", "Enter mail no. to see: "]);
       const sent = f.pop.conns.flatMap((c) => c.received).filter((l) => /^(TOP|RETR)/.test(l));
       expect(sent).toEqual(top ? ["TOP 1 0", "TOP 2 0", "TOP 3 0"] : ["TOP 1 0", "RETR 1", "RETR 2", "RETR 3"]);
+      // UIDL, optional as TOP is, is tried as well: it finds a mail again in a later session.
+      expect(f.pop.conns.flatMap((c) => c.received).filter((l) => l === "UIDL")).toEqual(["UIDL"]);
     });
   }
 
