@@ -101,9 +101,8 @@ function isStale(content: string): boolean {
   return !ownerAlive(pid, boot);
 }
 
-// The temp file each lock is linked from is kept between acquisitions of the same lock:
-// smtpmail takes a mailbox's lock for every commit round, and creating and deleting the
-// temp file each time cost more than the rest of the round. dropLockTemp() removes it.
+// The temp file a lock is linked from when no shared one is given (or it cannot be used):
+// made for the attempt, in the lock's directory, and removed after it (dropLockTemp()).
 const temps = new Map<string, string>();
 // The inode of each kept temp file: a lock linked from it has that inode.
 const tempInodes = new Map<string, number>();
@@ -185,10 +184,10 @@ process.on("exit", () => {
 });
 
 /**
- * Takes the lock now or returns null if someone else holds it. keepTemp keeps the lock's
- * own temp file for the next time; tempDir links from one kept in that directory instead.
+ * Takes the lock now or returns null if someone else holds it. tempDir: link from the temp
+ * file kept in that directory (the mail root) rather than one made in the lock's directory.
  */
-export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock | null {
+export function tryLock(path: string, tempDir?: string): Lock | null {
   if (held.has(path)) return null;
   let temp: string;
   const retryAt = tempDir === undefined ? undefined : unusable.get(tempDir);
@@ -214,8 +213,9 @@ export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock 
           linkSync(temp, path);
         } catch (e) {
           const code = (e as NodeJS.ErrnoException).code;
-          // The kept temp file vanished (someone cleaned the directory): make it again. A
-          // lock on another file system than tempDir takes a temp file of its own.
+          // The temp file vanished (someone cleaned the directory), or the lock's directory
+          // is missing (a new user's first login): the temp file is made again, and the link
+          // tried once more. A lock on another file system than tempDir takes a temp file of its own.
           if (code === "ENOENT") temp = tempDir ? sharedTemp(tempDir, true).temp : lockTemp(path, true);
           else if (code === "EXDEV" && tempDir) {
             tempDir = undefined;
@@ -253,7 +253,7 @@ export function tryLock(path: string, keepTemp = false, tempDir?: string): Lock 
     }
     return null;
   } finally {
-    if (!keepTemp) dropLockTemp(path); // nothing to do for a shared temp file
+    dropLockTemp(path); // nothing to do for a shared temp file
   }
 }
 
@@ -432,12 +432,12 @@ export function unwant(path: string): void {
  * Waits for the lock, up to timeoutMs. While waiting it leaves a marker asking the holder
  * to let go, and polls often: a holder that yields stays off for a moment only.
  */
-export async function acquireLock(path: string, timeoutMs = 30_000, keepTemp = false, tempDir?: string): Promise<Lock> {
+export async function acquireLock(path: string, timeoutMs = 30_000, tempDir?: string): Promise<Lock> {
   const deadline = Date.now() + timeoutMs;
   let marked = false;
   try {
     for (let pause = 1; ; pause = Math.min(pause * 2, 4)) {
-      const lock = tryLock(path, keepTemp, tempDir);
+      const lock = tryLock(path, tempDir);
       if (lock) return lock;
       if (Date.now() >= deadline) throw new Error(`timed out waiting for lock ${path}`);
       if (want(path)) marked = true;

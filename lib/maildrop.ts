@@ -505,7 +505,7 @@ export class FileMaildrop implements Maildrop {
       // 2. Under the write lock: whatever was appended since login, then the swap.
       // Linked from a temp file in the mail root, as the session lock is: one made in the
       // user's directory went through a symbolic link put there, onto another user's mailbox.
-      const lock = await acquireLock(writeLockPath(this.root, this.user), undefined, false, this.root);
+      const lock = await acquireLock(writeLockPath(this.root, this.user), undefined, this.root);
       try {
         // Its holder died (an smtpmail between making the mailbox and syncing its name): made
         // durable before anything here relies on it (helper-73).
@@ -586,11 +586,11 @@ export class FileMaildrop implements Maildrop {
 function lockSession(root: string, user: string): Lock | null {
   const path = popLockPath(root, user);
   try {
-    return tryLock(path, false, root);
+    return tryLock(path, root);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "ENOENT" || existsSync(dirname(path))) throw e;
     mkdirSync(dirname(path), { recursive: true });
-    return tryLock(path, false, root);
+    return tryLock(path, root);
   }
 }
 
@@ -608,7 +608,7 @@ export async function removeInterruptedRewrites(root: string, users: readonly st
     if (!names.some(isRewriteTemp(path))) continue;
     let lock: Lock | null = null;
     try {
-      lock = tryLock(popLockPath(root, user), false, root);
+      lock = tryLock(popLockPath(root, user), root);
     } catch {}
     if (!lock) continue;
     const removing = removeLeftovers(path).finally(() => {

@@ -202,14 +202,14 @@ export class OpenBoxes {
     // open, or idle), and with 1000 users that was a third of smtpmail's time (helper-68).
     let lock: Lock | null;
     try {
-      lock = tryLock(lockPath, false, this.root);
+      lock = tryLock(lockPath, this.root);
     } catch (e) {
       // The user's directory removed while its box stayed open here (an `rm -rf` by hand):
       // made again, as for a first delivery. Every message to the user failed with 451 until
       // the idle box was closed, 30 s later (helper-83).
       if ((e as NodeJS.ErrnoException).code !== "ENOENT" || mkdirSync(dirname(path), { recursive: true }) === undefined) throw e;
       this.dirChanged(dirname(dirname(path)));
-      lock = tryLock(lockPath, false, this.root);
+      lock = tryLock(lockPath, this.root);
     }
     if (!lock) {
       // Another smtpmail may be keeping it across busy rounds: ask, as popserver does.

@@ -222,7 +222,7 @@ export class MailServer {
     this.maxSockets = room?.sockets ?? Infinity;
     this.maxSessions = Math.min(opt.maxConnections, room?.sessions ?? Infinity);
     if (room && room.sessions < LOW_ROOM && room.sessions < opt.maxConnections)
-      opt.log(`${opt.name}: warning: the open-file limit (${this.fileLimit}, ulimit -n) allows only ${room.sessions} connections at once`);
+      opt.log(`${opt.name}: warning: the open-file limit (${this.fileLimit}, ulimit -n) allows only ${this.capacity()} at once`);
     const held = opt.heldFiles;
     if (held) held.room = () => this.conns.size + held.count < this.maxSockets;
   }
@@ -295,7 +295,13 @@ export class MailServer {
   private logFull(): void {
     if (Date.now() - this.fullLoggedAt < 60_000) return;
     this.fullLoggedAt = Date.now();
-    this.opt.log(`${this.opt.name}: refusing connections: ${this.maxSessions} at once is what the open-file limit (${this.fileLimit}, ulimit -n) allows`);
+    this.opt.log(`${this.opt.name}: refusing connections: ${this.capacity()} at once is what the open-file limit (${this.fileLimit}, ulimit -n) allows`);
+  }
+
+  /** A logged-in POP3 session holds its mailbox open too: two descriptors (helper-98). */
+  private capacity(): string {
+    const loggedIn = this.opt.heldFiles ? `, ${Math.min(this.maxSessions, Math.floor(this.maxSockets / 2))} of them logged in` : "";
+    return `${this.maxSessions} connections${loggedIn}`;
   }
 
   private onOpen(s: Socket<Conn>, secure: boolean): void {

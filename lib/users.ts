@@ -10,7 +10,7 @@ import { readRegularFile } from "./fsio.ts";
 export const MAX_NAME_LENGTH = 64;
 const VALID_NAME = new RegExp(`^[A-Za-z0-9_][A-Za-z0-9._+-]{0,${MAX_NAME_LENGTH - 1}}$`);
 const HASH_PREFIXES = ["$argon2", "$2a$", "$2b$", "$2y$"];
-/** A POP3 command line is at most 512 bytes ("PASS " and CRLF included; pop3-server.ts). */
+/** A POP3 command line is at most 512 bytes ("PASS " and CRLF included; pop3-server.ts); a SASL response may be longer. */
 const MAX_PASSWORD = 505;
 const REMOVED_GRACE_MS = 2000;
 /** How long a user.txt whose last line has no newline yet is taken as still being written. */
@@ -53,8 +53,8 @@ export function parseUserTable(text: string, fileName = "user.txt"): UserTable {
       problems.push(`${where}: duplicate user "${fields[0]}", skipped`);
     } else {
       if (fields[1]!.includes(UNDECODABLE)) problems.push(`${where}: the password of "${fields[0]}" is not valid UTF-8: that user gets mail but cannot log in`);
-      else if (!isHash(fields[1]!) && Buffer.byteLength(fields[1]!) > MAX_PASSWORD) problems.push(`${where}: the password of "${fields[0]}" is longer than a login line carries (${MAX_PASSWORD} bytes): that user gets mail but cannot log in`);
-      else if (fields[1]!.includes("\0")) problems.push(`${where}: the password of "${fields[0]}" holds a NUL byte: AUTH PLAIN cannot carry it (USER/PASS can)`);
+      else if (!isHash(fields[1]!) && Buffer.byteLength(fields[1]!) > MAX_PASSWORD) problems.push(`${where}: the password of "${fields[0]}" is longer than a PASS line carries (${MAX_PASSWORD} bytes): that user can log in with AUTH only, not with USER/PASS (mailclient)`);
+      else if (fields[1]!.includes("\0")) problems.push(`${where}: the password of "${fields[0]}" holds a NUL byte: AUTH PLAIN cannot carry it (USER/PASS and AUTH LOGIN can)`);
       names.push(fields[0]!);
       passwords.set(fields[0]!, fields[1]!);
     }

@@ -3,14 +3,16 @@
 // the first login took 37-42 ms and the first LIST 5-7 ms, against 18-29 and 2-3 ms once the
 // scanner, the hasher and the listing writers had run (JavaScriptCore compiles a function only
 // after it has run a while, and compiles on a thread that shares the two cores).
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { IndexCache } from "./index-cache.ts";
+import { alive } from "./lock.ts";
 import { FileMaildrop } from "./maildrop.ts";
 import { Pop3Session, type PopResult, type PopStore } from "./pop3-session.ts";
 
 const USER = "warmup";
+const PREFIX = "popserver-warmup-";
 const MESSAGES = 4000;
 const SESSIONS = 3;
 
@@ -21,7 +23,8 @@ const SESSIONS = 3;
 export async function warmUpPop3(): Promise<{ messages: number; sessions: number } | null> {
   let root: string | null = null;
   try {
-    root = mkdtempSync(join(tmpdir(), "popserver-warmup-"));
+    removeLeftovers();
+    root = mkdtempSync(join(tmpdir(), `${PREFIX}${process.pid}-`));
     mkdirSync(join(root, USER));
     const line = "x".repeat(76) + "\r\n";
     const messages: string[] = [];
@@ -49,6 +52,14 @@ export async function warmUpPop3(): Promise<{ messages: number; sessions: number
     if (root) rmSync(root, { recursive: true, force: true });
     // Its mailbox text and indexes go back before the first client comes.
     Bun.gc(true);
+  }
+}
+
+/** Rehearsal directories of popservers stopped before they removed theirs (a stop during the rehearsal). */
+function removeLeftovers(): void {
+  for (const name of readdirSync(tmpdir())) {
+    const pid = Number(/^popserver-warmup-(\d+)-/.exec(name)?.[1]);
+    if (pid && pid !== process.pid && !alive(pid)) rmSync(join(tmpdir(), name), { recursive: true, force: true });
   }
 }
 

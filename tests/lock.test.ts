@@ -25,6 +25,20 @@ function livePid(): number {
 }
 
 describe("tryLock", () => {
+  test("a lock's temp file is made anew: a symbolic link planted by its name is not written through (helper-94)", () => {
+    const sub = join(dir, "planted");
+    mkdirSync(sub);
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "precious\n");
+    // The names this process's temp files take, whatever its counter is at.
+    for (let i = 1; i <= 2000; i++) symlinkSync(victim, join(sub, `.link.${hostname()}.${process.pid}.${i}`));
+    const lock = tryLock(join(sub, "box.lock"))!;
+    expect(lock).not.toBeNull();
+    expect(readFileSync(join(sub, "box.lock"), "utf8")).toStartWith(`${process.pid} `);
+    lock.release();
+    expect(readFileSync(victim, "utf8")).toBe("precious\n");
+  });
+
   test("takes a free lock, writes 'pid host', refuses a second taker, and releases", () => {
     const p = lockPath();
     const a = tryLock(p)!;
@@ -102,7 +116,7 @@ describe("a FIFO in a lock's place", () => {
     const path = lockPath();
     expect(Bun.spawnSync(["mkfifo", path]).exitCode).toBe(0);
     expect(tryLock(path)).toBeNull();
-    expect(tryLock(path, true, dir)).toBeNull();
+    expect(tryLock(path, dir)).toBeNull();
     expect(Bun.spawnSync(["mkfifo", wantedPath(path)]).exitCode).toBe(0);
     expect(isWanted(path)).toBe(false);
   });
@@ -262,12 +276,12 @@ describe("acquireLock", () => {
       return join(d, "box.lock");
     });
     for (let round = 0; round < 2; round++) {
-      const locks = boxes.map((p) => tryLock(p, false, shared)!);
+      const locks = boxes.map((p) => tryLock(p, shared)!);
       expect(locks.every((l) => l !== null)).toBe(true);
       for (const p of boxes) {
         expect(readFileSync(p, "utf8").trim()).toBe(`${process.pid} ${hostname()} ${BOOT}`.trim());
         expect(readdirSync(dirname(p))).toEqual(["box.lock"]);
-        expect(tryLock(p, false, shared)).toBeNull();
+        expect(tryLock(p, shared)).toBeNull();
         expect(tryLock(p)).toBeNull();
       }
       // One temp file serves them all, and stays for the next time.
@@ -282,7 +296,7 @@ describe("acquireLock", () => {
     }
     // A temp directory that cannot be written to: the lock takes a temp file of its own.
     const missing = join(dir, "no-such-dir");
-    const fallback = tryLock(boxes[2]!, false, missing)!;
+    const fallback = tryLock(boxes[2]!, missing)!;
     expect(fallback).not.toBeNull();
     expect(readdirSync(dirname(boxes[2]!))).toEqual(["box.lock"]);
     fallback.release();
@@ -290,13 +304,13 @@ describe("acquireLock", () => {
     // ...and that directory is not tried again at every lock: once it exists, the next lock
     // still takes a temp file of its own (no temp kept there yet).
     mkdirSync(missing);
-    const next = tryLock(boxes[2]!, false, missing)!;
+    const next = tryLock(boxes[2]!, missing)!;
     expect(next).not.toBeNull();
     expect(readdirSync(missing)).toEqual([]);
     next.release();
     // The kept temp file removed behind our back is made again.
     for (const f of readdirSync(shared)) rmSync(join(shared, f));
-    const again = tryLock(boxes[1]!, false, shared)!;
+    const again = tryLock(boxes[1]!, shared)!;
     expect(again).not.toBeNull();
     again.release();
   });
@@ -305,7 +319,7 @@ describe("acquireLock", () => {
     const shared = mkdtempSync(join(dir, "shared-"));
     const p = lockPath();
     const lockTs = JSON.stringify(join(import.meta.dir, "../lib/lock.ts"));
-    const child = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${lockTs}); if (!tryLock(${JSON.stringify(p)}, false, ${JSON.stringify(shared)})) process.exit(3); console.log("held"); await Bun.sleep(60000);`], { stdout: "pipe" });
+    const child = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${lockTs}); if (!tryLock(${JSON.stringify(p)}, ${JSON.stringify(shared)})) process.exit(3); console.log("held"); await Bun.sleep(60000);`], { stdout: "pipe" });
     procs.push(child);
     const { value } = await child.stdout.getReader().read();
     expect(new TextDecoder().decode(value)).toContain("held");
@@ -313,7 +327,7 @@ describe("acquireLock", () => {
     child.kill(9);
     await child.exited;
     // Another process takes it (this one has no temp file in `shared` yet) and exits cleanly.
-    const next = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${lockTs}); const l = tryLock(${JSON.stringify(p)}, false, ${JSON.stringify(shared)}); if (!l) process.exit(3); l.release();`]);
+    const next = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${lockTs}); const l = tryLock(${JSON.stringify(p)}, ${JSON.stringify(shared)}); if (!l) process.exit(3); l.release();`]);
     expect(await next.exited).toBe(0);
     expect(existsSync(p)).toBe(false);
     expect(readdirSync(shared)).toEqual([]); // the dead one's removed, its own gone at exit

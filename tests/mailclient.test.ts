@@ -306,8 +306,6 @@ describe("Manage Mail", () => {
     expect(f.mailbox.map((m) => m.text)).toEqual([mails()[2]!.text]);
   });
 
-  // The race behind a flaky "reading a mail after the logout works in a new session" (CI under
-  // load): the user's command went out before the client had seen the autologout's close.
   for (const top of [true, false]) {
     test(`a server without CAPA: TOP is tried for the list, RETR after it is refused once (${top ? "has TOP" : "no TOP"}; helper-94)`, async () => {
       const f = fakes({ top, noCapa: true });
@@ -321,6 +319,8 @@ describe("Manage Mail", () => {
     });
   }
 
+  // The race behind a flaky "reading a mail after the logout works in a new session" (CI under
+  // load): the user's command went out before the client had seen the autologout's close.
   test("an autologout crossing RETR on the wire (its -ERR taken for the reply, the close seen after): read in a new session", async () => {
     const f = fakes({ logoutOn: "RETR" });
     const r = await runClient(f.args, typed("bob", "secret", "1", "2", "x", "-1", "3"));

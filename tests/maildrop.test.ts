@@ -296,7 +296,7 @@ describe("FileMaildrop", () => {
     const p = writeBox(r, record(1), record(2), record(3));
     const d = await FileMaildrop.open(r, "alice");
     // smtpmail holds the write lock for a moment, as under load; the kept messages are copied meanwhile.
-    const held = tryLock(writeLockPath(r, "alice"), false, r)!;
+    const held = tryLock(writeLockPath(r, "alice"), r)!;
     const quit = d.commit(new Set([1])).then(() => null, (e: Error) => e);
     for (let t = Date.now(); !existsSync(wantedPath(writeLockPath(r, "alice"))) && Date.now() - t < 5000; ) await Bun.sleep(1);
     // `cp backup mymailbox`: message 2's place now holds message 9, of the same size, which the session never saw.
@@ -371,6 +371,8 @@ describe("FileMaildrop", () => {
     symlinkSync(victim, `${p}.rewrite.${process.pid}.tmp`);
     for (let n = 1; n <= 200; n++) symlinkSync(bobBox, join(r, "alice", `.link.${hostname()}.${process.pid}.${n}`));
     await d.commit(new Set([0]));
+    // The write lock links from the mail root's temp file: nothing by those names was touched.
+    for (let n = 1; n <= 200; n++) expect(lstatSync(join(r, "alice", `.link.${hostname()}.${process.pid}.${n}`)).isSymbolicLink()).toBe(true);
     expect(readFileSync(victim, "utf8")).toBe("precious\n");
     expect(statSync(victim).mode & 0o7777).toBe(0o600);
     expect(readFileSync(bobBox)).toEqual(bobBefore);

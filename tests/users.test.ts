@@ -58,13 +58,13 @@ describe("parseUserTable", () => {
     expect(t.problems[4]).toContain("line 6");
   });
 
-  test("names and passwords that can never work are reported: a user called user.txt is skipped; a password too long for a login line, or with a NUL, is kept with a warning (helper-94)", () => {
+  test("names and passwords that can never work are reported: a user called user.txt is skipped; a password too long for a PASS line, or with a NUL, is kept with a warning (helper-94)", () => {
     const t = parseUserTable(`user.txt pw\nann ${"p".repeat(505)}\nbob ${"q".repeat(506)}\ncid a\0b\n`);
     expect(t.names).toEqual(["ann", "bob", "cid"]);
     expect(t.problems).toEqual([
       'user.txt line 1: user name "user.txt" is the user list\'s own file, skipped',
-      'user.txt line 3: the password of "bob" is longer than a login line carries (505 bytes): that user gets mail but cannot log in',
-      'user.txt line 4: the password of "cid" holds a NUL byte: AUTH PLAIN cannot carry it (USER/PASS can)',
+      'user.txt line 3: the password of "bob" is longer than a PASS line carries (505 bytes): that user can log in with AUTH only, not with USER/PASS (mailclient)',
+      'user.txt line 4: the password of "cid" holds a NUL byte: AUTH PLAIN cannot carry it (USER/PASS and AUTH LOGIN can)',
     ]);
   });
 

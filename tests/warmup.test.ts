@@ -1,6 +1,6 @@
 // popserver's start-up rehearsal: it must run the real session over a real file, and leave nothing behind.
 import { expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { warmUpPop3 } from "../lib/warmup.ts";
@@ -23,6 +23,24 @@ test("the rehearsal runs a whole session in a directory of its own and removes i
     expect(readdirSync(dir)).toEqual([]);
     expect(seen.flat().every((name) => name.startsWith("popserver-warmup-"))).toBe(true);
   } finally {
+    restore(saved);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a rehearsal directory left by a popserver stopped during its rehearsal is removed by the next one; a live one's is not (helper-98)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "warmup-test-"));
+  const saved = process.env.TMPDIR;
+  process.env.TMPDIR = dir;
+  const live = Bun.spawn(["sleep", "30"]);
+  const dead = Bun.spawn(["true"]);
+  await dead.exited;
+  try {
+    for (const pid of [live.pid, dead.pid]) mkdirSync(join(dir, `popserver-warmup-${pid}-abc123`, "warmup"), { recursive: true });
+    expect(await warmUpPop3()).not.toBeNull();
+    expect(readdirSync(dir)).toEqual([`popserver-warmup-${live.pid}-abc123`]);
+  } finally {
+    live.kill();
     restore(saved);
     rmSync(dir, { recursive: true, force: true });
   }
