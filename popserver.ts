@@ -63,12 +63,13 @@ void runMain("popserver", async () => {
     },
     filePopStore(root, users, log, held),
   );
+  // Before the rehearsal and the line that says it listens: a stop sent at any moment of the
+  // start is graceful (exit 0, the rehearsal's directory removed).
+  installShutdown("popserver", server, async () => {}, log);
   // Before listening: a first client would otherwise share the CPU with the rehearsal.
   await warmUpPop3();
   listenOrExplain(server, host, port);
   const tlsNote = sec.tlsFiles ? `, STLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
-  // Before the line that says it listens: a stop sent as soon as it is read must be graceful.
-  installShutdown("popserver", server, async () => {}, log);
   process.stdout.write(`popserver: listening on ${host} port ${server.port} (root ${root}, users ${users.summary()}${tlsNote})\n`);
   void removeInterruptedRewrites(root, users.names).catch((e) => log(`popserver: cleaning up interrupted rewrites: ${(e as Error).message}`));
 });

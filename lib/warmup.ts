@@ -22,6 +22,11 @@ const SESSIONS = 3;
  */
 export async function warmUpPop3(): Promise<{ messages: number; sessions: number } | null> {
   let root: string | null = null;
+  // A stop during the rehearsal exits the process from its signal handler: removed then too.
+  const remove = () => {
+    if (root) rmSync(root, { recursive: true, force: true });
+  };
+  process.on("exit", remove);
   try {
     removeLeftovers();
     root = mkdtempSync(join(tmpdir(), `${PREFIX}${process.pid}-`));
@@ -49,7 +54,8 @@ export async function warmUpPop3(): Promise<{ messages: number; sessions: number
     // Only speed is at stake.
     return null;
   } finally {
-    if (root) rmSync(root, { recursive: true, force: true });
+    remove();
+    process.off("exit", remove);
     // Its mailbox text and indexes go back before the first client comes.
     Bun.gc(true);
   }

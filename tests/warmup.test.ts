@@ -4,6 +4,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { warmUpPop3 } from "../lib/warmup.ts";
+import { command, makeRoot, removeRoot } from "./helpers/servers.ts";
 
 function restore(saved: string | undefined): void {
   if (saved === undefined) delete process.env.TMPDIR;
@@ -53,5 +54,22 @@ test("a temporary directory it cannot use costs the rehearsal only", async () =>
     expect(await warmUpPop3()).toBeNull();
   } finally {
     restore(saved);
+  }
+});
+
+test("popserver stopped during its rehearsal: exit 0, and its directory is removed (helper-99)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "warmup-test-"));
+  const root = makeRoot({ ann: "a" });
+  try {
+    const p = Bun.spawn(command("popserver", ["0", "--host", "127.0.0.1", "--root", root]), { env: { ...process.env, TMPDIR: dir }, stdout: "pipe", stderr: "pipe" });
+    // The directory exists only while the rehearsal runs: the stop comes in the middle of it.
+    const deadline = Date.now() + 10_000;
+    while (readdirSync(dir).length === 0 && Date.now() < deadline) await Bun.sleep(1);
+    p.kill("SIGTERM");
+    expect(await p.exited).toBe(0);
+    expect(readdirSync(dir)).toEqual([]);
+  } finally {
+    removeRoot(root);
+    rmSync(dir, { recursive: true, force: true });
   }
 });
