@@ -96,6 +96,8 @@ interface Conn {
   awaitingTls: boolean;
   /** Encrypted (implicit TLS or STARTTLS): closed with end(), which says close_notify first. */
   tls: boolean;
+  /** Refused at accept: closed outright, never kept reading (a flood of them held the slots of others). */
+  refused: boolean;
 }
 
 /**
@@ -107,12 +109,12 @@ interface Conn {
  * Bun versions.
  */
 function closeWrite(s: Socket<Conn>): void {
-  if (s.data.tls) s.end();
+  if (s.data.tls || s.data.refused) s.end();
   else s.shutdown();
 }
 
 function newConn(peer: string, now: number, id = ++nextId): Conn {
-  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null, awaitingTls: false, tls: false };
+  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null, awaitingTls: false, tls: false, refused: false };
 }
 
 /**
@@ -329,6 +331,7 @@ export class MailServer {
       // Before a TLS handshake there is no way to say why.
       if (secure) s.terminate();
       else {
+        s.data.refused = true;
         this.send(s, refusal);
         this.end(s);
       }
@@ -674,6 +677,8 @@ export class MailServer {
     const c = s.data;
     if (c.ending) return;
     c.ending = true;
+    // The grace after a goodbye counts from the goodbye, not from the client's last word.
+    c.lastActive = Date.now();
     if (c.out.length === 0) closeWrite(s);
   }
 
@@ -687,8 +692,13 @@ export class MailServer {
       }
       if (c.ending) {
         // We said goodbye (or 421 to a refused connection): a peer that neither reads nor
-        // closes must not keep holding a connection slot.
-        if (now - c.lastActive > Math.min(this.opt.idleTimeoutMs, GOODBYE_GRACE_MS)) s.terminate();
+        // closes must not keep holding a connection slot. A plain one is closed, not reset:
+        // the kernel may still hold the end of a large reply for a slow reader (a reset threw
+        // it away, with the goodbye after it, helper-102).
+        if (now - c.lastActive > Math.min(this.opt.idleTimeoutMs, GOODBYE_GRACE_MS)) {
+          if (c.tls) s.terminate();
+          else s.end();
+        }
         continue;
       }
       // Output waiting for the client (a big RETR): the drain event comes only once the

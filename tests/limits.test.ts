@@ -137,6 +137,38 @@ describe("connection limits", () => {
     expect(ok).toBe(true);
   });
 
+  test("a refused connection is closed outright, not kept reading: a flood of them that never close does not hold the slots of others (helper-102)", async () => {
+    const smtp = await track(startSmtp(root(), ["--max-per-address", "1", "--max-connections", "4"]));
+    const held = await SmtpConn.open(smtp.port);
+    wires.push(held);
+    expect(await held.code()).toBe(220);
+    // Refused ones whose client neither reads on nor closes: each must be ended by the server at once.
+    const flood: import("node:net").Socket[] = [];
+    try {
+      const replies = await Promise.all(
+        Array.from({ length: 10 }, () =>
+          new Promise<string>((resolve) => {
+            const sock = connect({ port: smtp.port, host: "127.0.0.1", allowHalfOpen: true });
+            flood.push(sock);
+            sock.once("data", (d) => resolve(d.toString().slice(0, 3)));
+            sock.on("error", () => {});
+          }),
+        ),
+      );
+      expect(replies).toEqual(Array(10).fill("421"));
+      // Another address, well within --max-connections once the refused ones are gone.
+      const other = await new Promise<string>((resolve) => {
+        const sock = connect({ port: smtp.port, host: "127.0.0.1", localAddress: "127.0.0.2" });
+        flood.push(sock);
+        sock.once("data", (d) => resolve(d.toString().slice(0, 3)));
+        sock.on("error", (e) => resolve(e.message));
+      });
+      expect(other).toBe("220");
+    } finally {
+      for (const sock of flood) sock.destroy();
+    }
+  });
+
   // Under a low open-file limit: sessions up to what the descriptors allow, then 421, then
   // sockets closed at once; never accept() failing, which Bun retried at 100 % CPU while new
   // clients hung without a word (helper-47).

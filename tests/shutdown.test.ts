@@ -280,6 +280,46 @@ describe("after the goodbye, commands a client already sent meet no reset", () =
   });
 });
 
+describe("a goodbye behind a large reply a slow client has not read yet", () => {
+  test("RETR and QUIT pipelined, the client pausing 6 s near the end: the whole message and the goodbye arrive (helper-102: a reset lost both)", { timeout: 30_000 }, async () => {
+    const root = makeRoot({ alice: "a" });
+    roots.push(root);
+    const line = "y".repeat(78) + "\r\n";
+    writeFileSync(join(root, "alice", "mymailbox"), `Subject: big\r\n\r\n${line.repeat(100_000)}.\r\n`);
+    const pop = await startPop(root);
+    const { connect } = await import("node:net");
+    const sock = connect({ port: pop.port, host: "127.0.0.1", allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    let got = 0;
+    let paused = false;
+    let error: string | null = null;
+    const ended = new Promise<void>((resolve) => {
+      sock.on("end", resolve);
+      sock.on("close", resolve);
+    });
+    sock.on("error", (e) => (error ??= (e as NodeJS.ErrnoException).code ?? e.message));
+    sock.on("data", (d) => {
+      chunks.push(d);
+      got += d.length;
+      // Near the end of the 8 MB: the rest sits in the kernel's buffers, the QUIT is answered.
+      if (!paused && got > 7_500_000) {
+        paused = true;
+        sock.pause();
+        setTimeout(() => sock.resume(), 6000);
+      }
+    });
+    sock.write("USER alice\r\nPASS a\r\n");
+    await Bun.sleep(300);
+    sock.write("RETR 1\r\nQUIT\r\n");
+    await ended;
+    sock.destroy();
+    const tail = Buffer.concat(chunks).subarray(-200).toString("latin1");
+    expect(error).toBeNull();
+    expect(tail).toMatch(/\r\n\.\r\n\+OK goodbye[^\r]*\r\n$/);
+    expect(await pop.stop("SIGTERM")).toBe(0);
+  });
+});
+
 describe("npm start (scripts/start.ts)", () => {
   test("lists the users as the servers read user.txt: a malformed line is no user (helper-89)", { timeout: 30_000 }, async () => {
     const root = makeRoot({ alice: "a" });
