@@ -299,7 +299,7 @@ describe("a goodbye behind a large reply a slow client has not read yet", () => 
     });
     sock.on("error", (e) => (error ??= (e as NodeJS.ErrnoException).code ?? e.message));
     sock.on("data", (d) => {
-      chunks.push(d);
+      chunks.push(d as Buffer);
       got += d.length;
       // Near the end of the 8 MB: the rest sits in the kernel's buffers, the QUIT is answered.
       if (!paused && got > 7_500_000) {
