@@ -10,7 +10,12 @@ import { SmtpConn, sendOne } from "./helpers/smtp-conn.ts";
 import { popLogin } from "./helpers/wire.ts";
 
 const roots: string[] = [];
-afterAll(() => roots.forEach(removeRoot));
+/** Servers a test may leave running when an assertion fails before its stop. */
+const running: { proc: { kill(): void } }[] = [];
+afterAll(() => {
+  for (const r of running) r.proc.kill();
+  roots.forEach(removeRoot);
+});
 
 function subjects(root: string, user: string): string[] {
   const path = join(root, user, "mymailbox");
@@ -263,6 +268,7 @@ describe("after the goodbye, commands a client already sent meet no reset", () =
     const root = makeRoot({ alice: "a" });
     roots.push(root);
     const pop = await startPop(root);
+    running.push(pop);
     const r = await pipelinerAfterGoodbye(pop.port, (send) => send("QUIT"));
     expect(r.text).toMatch(/\+OK goodbye/);
     expect(r.writeError).toBeNull();
@@ -273,6 +279,7 @@ describe("after the goodbye, commands a client already sent meet no reset", () =
     const root = makeRoot({ alice: "a" });
     roots.push(root);
     const pop = await startPop(root);
+    running.push(pop);
     const r = await pipelinerAfterGoodbye(pop.port, () => pop.proc.kill("SIGTERM"));
     expect(r.text).toMatch(/-ERR.*shutting down/);
     expect(r.writeError).toBeNull();
@@ -287,6 +294,7 @@ describe("a goodbye behind a large reply a slow client has not read yet", () => 
     const line = "y".repeat(78) + "\r\n";
     writeFileSync(join(root, "alice", "mymailbox"), `Subject: big\r\n\r\n${line.repeat(100_000)}.\r\n`);
     const pop = await startPop(root);
+    running.push(pop);
     const { connect } = await import("node:net");
     const sock = connect({ port: pop.port, host: "127.0.0.1", allowHalfOpen: true });
     const chunks: Buffer[] = [];
