@@ -10,8 +10,8 @@ import { readRegularFile } from "./fsio.ts";
 export const MAX_NAME_LENGTH = 64;
 const VALID_NAME = new RegExp(`^[A-Za-z0-9_][A-Za-z0-9._+-]{0,${MAX_NAME_LENGTH - 1}}$`);
 const HASH_PREFIXES = ["$argon2", "$2a$", "$2b$", "$2y$"];
-/** A POP3 command line is at most 512 bytes ("PASS " and CRLF included; pop3-server.ts); a SASL response may be longer. */
-const MAX_PASSWORD = 505;
+/** What "PASS " and CRLF leave of a POP3 command line (pop3-server.ts MAX_POP_LINE, 512; a test ties the two); a SASL response may be longer. */
+export const MAX_PASSWORD = 505;
 const REMOVED_GRACE_MS = 2000;
 /** How long a user.txt whose last line has no newline yet is taken as still being written. */
 const UNTERMINATED_SETTLE_MS = 1000;

@@ -65,7 +65,12 @@ export async function warmUpPop3(): Promise<{ messages: number; sessions: number
 function removeLeftovers(): void {
   for (const name of readdirSync(tmpdir())) {
     const pid = Number(/^popserver-warmup-(\d+)-/.exec(name)?.[1]);
-    if (pid && pid !== process.pid && !alive(pid)) rmSync(join(tmpdir(), name), { recursive: true, force: true });
+    if (!pid || pid === process.pid || alive(pid)) continue;
+    try {
+      rmSync(join(tmpdir(), name), { recursive: true, force: true });
+    } catch {
+      // Another user's (a shared /tmp): theirs to remove; it must not stop this rehearsal.
+    }
   }
 }
 

@@ -2,7 +2,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync, renameSync, unlinkSync, utimesSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { isSafeUserName, parseUserTable, UserFileError, Users } from "../lib/users.ts";
+import { isSafeUserName, MAX_PASSWORD, parseUserTable, UserFileError, Users } from "../lib/users.ts";
+import { MAX_POP_LINE } from "../lib/pop3-server.ts";
 import { decodeUtf8 } from "../lib/lines.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "users-test-"));
@@ -59,6 +60,7 @@ describe("parseUserTable", () => {
   });
 
   test("names and passwords that can never work are reported: a user called user.txt is skipped; a password too long for a PASS line, or with a NUL, is kept with a warning (helper-94)", () => {
+    expect(MAX_PASSWORD).toBe(MAX_POP_LINE - "PASS \r\n".length);
     const t = parseUserTable(`user.txt pw\nann ${"p".repeat(505)}\nbob ${"q".repeat(506)}\ncid a\0b\n`);
     expect(t.names).toEqual(["ann", "bob", "cid"]);
     expect(t.problems).toEqual([

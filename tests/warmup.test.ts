@@ -1,6 +1,6 @@
 // popserver's start-up rehearsal: it must run the real session over a real file, and leave nothing behind.
 import { expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { warmUpPop3 } from "../lib/warmup.ts";
@@ -42,6 +42,27 @@ test("a rehearsal directory left by a popserver stopped during its rehearsal is 
     expect(readdirSync(dir)).toEqual([`popserver-warmup-${live.pid}-abc123`]);
   } finally {
     live.kill();
+    restore(saved);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// An immutable file stands for one this process may not remove (another user's, in a shared /tmp).
+test.skipIf(!Bun.which("chattr"))("a leftover it cannot remove does not stop the rehearsal (helper-102)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "warmup-test-"));
+  const saved = process.env.TMPDIR;
+  process.env.TMPDIR = dir;
+  const dead = Bun.spawn(["true"]);
+  await dead.exited;
+  const stuck = join(dir, `popserver-warmup-${dead.pid}-abc123`, "f");
+  mkdirSync(join(stuck, ".."));
+  writeFileSync(stuck, "");
+  const immutable = Bun.spawnSync(["chattr", "+i", stuck]).exitCode === 0;
+  try {
+    expect(await warmUpPop3()).toEqual({ messages: 4000, sessions: 3 });
+    if (immutable) expect(readdirSync(dir)).toEqual([`popserver-warmup-${dead.pid}-abc123`]);
+  } finally {
+    if (immutable) Bun.spawnSync(["chattr", "-i", stuck]);
     restore(saved);
     rmSync(dir, { recursive: true, force: true });
   }
