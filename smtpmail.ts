@@ -75,10 +75,6 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
   const users = new Users(join(root, "user.txt"), log, typeof postmaster === "string" ? postmaster : undefined);
   users.load();
   const store = makeStore(root);
-  await store.recover().catch((e: Error) => {
-    // Before listening: a server that cannot journal must not take mail it cannot keep.
-    throw new Error(`cannot prepare the delivery journal in ${journalDir(root)}: ${e.message}`);
-  });
   const domain = String(flags.get("--domain") ?? hostname());
   const host = String(flags.get("--host") ?? "0.0.0.0");
   const sec = securityOptions(flags);
@@ -115,7 +111,18 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
     store,
     { check: (name, password) => users.check(name, password), throttle: sec.throttle },
   );
-  listenOrExplain(server, host, port);
+  // Every option is checked by now: a start that fails on one must not leave journals behind.
+  await store.recover().catch((e: Error) => {
+    // Before listening: a server that cannot journal must not take mail it cannot keep.
+    throw new Error(`cannot prepare the delivery journal in ${journalDir(root)}: ${e.message}`);
+  });
+  try {
+    listenOrExplain(server, host, port);
+  } catch (e) {
+    // The journals recover() made are this process's; a port in use must not leave them (helper-103).
+    await store.close();
+    throw e;
+  }
   const tlsNote = sec.tlsFiles ? `, STARTTLS${server.tlsPort ? `, TLS port ${server.tlsPort}` : ""}` : "";
   // Before the line that says it listens: a stop sent as soon as it is read must be graceful.
   installShutdown("smtpmail", server, async () => {

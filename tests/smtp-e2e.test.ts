@@ -659,7 +659,7 @@ describe("command line", () => {
     expect((await run(["-V"], mainRoot)).out).toMatch(/^smtpmail \d+\.\d+\.\d+\n$/);
   });
 
-  test("bad port, unknown option, missing user.txt, port in use: one line and a non-zero exit", async () => {
+  test("bad port, unknown option, missing user.txt, port in use: one line, a non-zero exit, no journal left behind", async () => {
     const empty = root({});
     const blocker = createServer();
     await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", () => r()));
@@ -682,6 +682,14 @@ describe("command line", () => {
         expect(err).toMatch(why);
         expect(oneLine(err)).toBe(true);
         expect(err).not.toContain("    at ");
+      }
+      // A start that fails leaves the mail root as it found it: no journal of the failed process.
+      const clean = root({ alice: "a" });
+      for (const args of [[String(used), "--host", "127.0.0.1"], ["0", "--host", "256.1.1.1"], ["0", "--host", "127.0.0.1", "--require-auth"]]) {
+        const { code } = await run([...args, "--root", clean], empty);
+        expect(code).not.toBe(0);
+        const journals = join(clean, ".smtpmail-journal");
+        expect(existsSync(journals) ? readdirSync(journals) : []).toEqual([]);
       }
     } finally {
       blocker.close();
