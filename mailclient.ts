@@ -309,9 +309,7 @@ function showList(entries: Entry[]): void {
 /** Ask until the answer is -1 or a listed number; returns the index into entries, or -1. */
 async function askMailNumber(count: number): Promise<number> {
   for (;;) {
-    const answer = (await ask(readLine("Enter mail no. to see: "))).trim();
-    // An empty line is asked again quietly: often the Enter typed after the one-key answer
-    // to "Press d", out of getchar() habit.
+    const answer = (await ask(readLine("Enter mail no. to see: ", true))).trim();
     if (answer === "") continue;
     if (!/^[-+]?\d+$/.test(answer)) {
       say("Please give a mail number, or -1 to go back.");

@@ -64,9 +64,21 @@ function write(text: string): void {
   prompts.write(text);
 }
 
-/** Print the prompt and read one line (without its line end); null at end of input. */
-export async function readLine(prompt = ""): Promise<string | null> {
+/**
+ * An empty line arriving this soon after its prompt was typed before the prompt could be seen:
+ * the Enter after a one-key answer, out of getchar() habit (a person needs 200 ms or more).
+ */
+const TYPED_BEFORE_PROMPT_MS = 100;
+
+/**
+ * Print the prompt and read one line (without its line end); null at end of input. With
+ * `dropEarlyEmpty` (where an empty answer means nothing), at a terminal an empty line typed
+ * before the prompt appeared is dropped without a trace: answered with the prompt again, it
+ * showed the prompt twice on one line (helper-103).
+ */
+export async function readLine(prompt = "", dropEarlyEmpty = false): Promise<string | null> {
   write(prompt);
+  const shown = performance.now();
   // Part of a line typed ahead in raw mode, its Enter not yet pressed: the terminal's own line
   // editor never saw it, so it could neither show it nor erase it (helper-43). This line is
   // edited here instead, starting from what was typed.
@@ -76,6 +88,7 @@ export async function readLine(prompt = ""): Promise<string | null> {
     if (nl >= 0) {
       const line = buffer.slice(pos, nl);
       pos = nl + 1;
+      if (dropEarlyEmpty && isTTY && (line === "" || line === "\r") && performance.now() - shown < TYPED_BEFORE_PROMPT_MS) continue;
       // Shown now, after its prompt, as the terminal would have shown it.
       if (nl < typedAhead) write(line + "\n");
       return line.endsWith("\r") ? line.slice(0, -1) : line;

@@ -582,6 +582,48 @@ describe("in a real terminal (tmux), fake servers", () => {
     }
   });
 
+  test.skipIf(!tmuxPath)("the Enter typed after a one-key answer (getchar() habit) does not ask for the mail number twice", async () => {
+    const f = fakes();
+    const term = new TmuxSession();
+    const doubled = /Enter mail no\. to see: *\n?Enter mail no\. to see:/;
+    try {
+      await term.start(clientCommand(f.args), ROOT);
+      await term.waitFor("Username: ");
+      await term.line("bob");
+      await term.waitFor("Password: ");
+      await term.line("secret");
+      await term.waitFor("Enter option: ");
+      await term.line("1");
+      await term.waitFor("Enter mail no. to see: ");
+      await term.line("1");
+      await term.waitFor("Press d to delete");
+      await term.type("x\r"); // in one burst: the Enter comes with the key
+      await term.waitFor("Enter mail no. to see: ", 2);
+      await Bun.sleep(300);
+      expect(await term.screen()).not.toMatch(doubled);
+      await term.line("2");
+      await term.waitFor("Press d to delete", 2);
+      await term.type("d"); // then Enter on its own, while the deletion is under way
+      await term.press("Enter");
+      await term.waitFor("Mail 2 deleted.");
+      await term.waitFor("Enter mail no. to see: ", 3);
+      await Bun.sleep(300);
+      const screen = await term.screen();
+      expect(screen).not.toMatch(doubled);
+      expect(screen.trimEnd()).toEndWith("Enter mail no. to see:");
+      // An empty line given at the prompt itself is still asked again.
+      await term.press("Enter");
+      await term.waitFor("Enter mail no. to see: ", 4);
+      await term.line("-1");
+      await term.waitFor("Enter option: ", 2);
+      await term.line("3");
+      expect(await term.waitFor("EXIT=")).toContain("EXIT=0");
+      expect(f.mailbox.length).toBe(2);
+    } finally {
+      await term.stop();
+    }
+  });
+
   test.skipIf(!tmuxPath)("keys typed ahead after a password or a one-key answer are shown and acted on at once", async () => {
     const f = fakes();
     const term = new TmuxSession();
