@@ -185,7 +185,7 @@ async function login(config: Config): Promise<Session> {
           ? `Cannot check the password: the POP3 server said -ERR ${err.text}; continuing.`
           : /\bTLS\b|certificate/i.test(why)
             ? `Cannot check the password: no trusted TLS connection to the POP3 server (${why}); continuing.`
-            : `Cannot check the password: POP3 server unreachable (${why}); continuing.`,
+            : `Cannot check the password: POP3 server unreachable (${why}); continuing. (Servers on other ports: mailclient <server_IP> <smtp_port> <pop3_port>)`,
       );
       return session;
     }

@@ -27,7 +27,7 @@ function field(line: string | undefined, name: string): string | null {
 export function parseComposedMail(lines: string[]): ComposedMail {
   // "From:alice@x" reads as From but lacks the space the format shows: said so, not just "must be From:".
   const missing = (line: string | undefined, name: string, which: string, rest: string) => {
-    const spaced = new RegExp(`^${name}:\\S`, "i").test(line ?? "") ? ` (one or more spaces after "${name}:")` : "";
+    const spaced = new RegExp(`^${name}:\\S`, "i").test(line ?? "") ? `, with one or more spaces after "${name}:"` : "";
     return { ok: false as const, reason: `the ${which} line must be ${name}: ${rest}${spaced}` };
   };
   const from = field(lines[0], "From");

@@ -36,9 +36,9 @@ describe("parseComposedMail", () => {
   });
 
   test("a header word without the space after its colon is refused, saying so", () => {
-    expect(parseComposedMail(["From:alice@x", "To: c@d", "Subject: s"])).toEqual({ ok: false, reason: 'the first line must be From: <user>@<domain> (one or more spaces after "From:")' });
-    expect(parseComposedMail(["From: a@b", "to:c@d", "Subject: s"])).toEqual({ ok: false, reason: 'the second line must be To: <user>@<domain> (one or more spaces after "To:")' });
-    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject:hello"])).toEqual({ ok: false, reason: 'the third line must be Subject: <subject> (one or more spaces after "Subject:")' });
+    expect(parseComposedMail(["From:alice@x", "To: c@d", "Subject: s"])).toEqual({ ok: false, reason: 'the first line must be From: <user>@<domain>, with one or more spaces after "From:"' });
+    expect(parseComposedMail(["From: a@b", "to:c@d", "Subject: s"])).toEqual({ ok: false, reason: 'the second line must be To: <user>@<domain>, with one or more spaces after "To:"' });
+    expect(parseComposedMail(["From: a@b", "To: c@d", "Subject:hello"])).toEqual({ ok: false, reason: 'the third line must be Subject: <subject>, with one or more spaces after "Subject:"' });
     // Anything else: the plain reason.
     expect(parseComposedMail(["Hello", "To: c@d", "Subject: s"])).toEqual({ ok: false, reason: "the first line must be From: <user>@<domain>" });
     expect(parseComposedMail(["From : a@b", "To: c@d", "Subject: s"])).toEqual({ ok: false, reason: "the first line must be From: <user>@<domain>" });

@@ -147,7 +147,7 @@ describe("login", () => {
     const dead = closedPort();
     const r = await runClient(["127.0.0.1", String(f.smtp.port), String(dead)], typed("bob", "secret", "3"));
     expect(r.code).toBe(0);
-    expectInOrder(r.stdout, [`POP3 server unreachable (cannot connect to 127.0.0.1:${dead}: connection refused); continuing.`, "1. Manage Mail"]);
+    expectInOrder(r.stdout, [`POP3 server unreachable (cannot connect to 127.0.0.1:${dead}: connection refused); continuing. (Servers on other ports: mailclient <server_IP> <smtp_port> <pop3_port>)`, "1. Manage Mail"]);
   });
 
   test("end of input at any prompt exits cleanly", async () => {
