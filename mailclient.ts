@@ -158,6 +158,8 @@ async function login(config: Config): Promise<Session> {
     }
     const password = await ask(readPassword("Password: "), ended);
     const session = { ...config, user, password };
+    // A server that does not answer costs the whole timeout (10 s and more): said, not silent.
+    const slow = setTimeout(() => say(`Checking the password with the POP3 server at ${config.host} port ${config.pop3Port}...`), 1000);
     try {
       const pop = await openPop3(session);
       await pop.quit().catch(() => {});
@@ -188,6 +190,8 @@ async function login(config: Config): Promise<Session> {
             : `Cannot check the password: POP3 server unreachable (${why}); continuing. (Servers on other ports: mailclient <server_IP> <smtp_port> <pop3_port>)`,
       );
       return session;
+    } finally {
+      clearTimeout(slow);
     }
   }
 }

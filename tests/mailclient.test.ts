@@ -150,6 +150,20 @@ describe("login", () => {
     expectInOrder(r.stdout, [`POP3 server unreachable (cannot connect to 127.0.0.1:${dead}: connection refused); continuing. (Servers on other ports: mailclient <server_IP> <smtp_port> <pop3_port>)`, "1. Manage Mail"]);
   });
 
+  test("a POP3 server that never answers: said after a second, not seconds of silence", async () => {
+    const f = fakes();
+    const mute = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    try {
+      const r = await runClient(["127.0.0.1", String(f.smtp.port), String(mute.port)], typed("bob", "secret", "3"), { timeoutMs: 2500 });
+      expect(r.code).toBe(0);
+      expectInOrder(r.stdout, [`Checking the password with the POP3 server at 127.0.0.1 port ${mute.port}...`, "Cannot check the password", "1. Manage Mail"]);
+      // A server that answers in time is not announced.
+      expect((await runClient(f.args, typed("bob", "secret", "3"))).stdout).not.toContain("Checking the password");
+    } finally {
+      mute.stop(true);
+    }
+  });
+
   test("end of input at any prompt exits cleanly", async () => {
     const f = fakes();
     for (const input of ["", typed("bob"), typed("bob", "secret"), typed("bob", "secret", "2", "From: a@b"), typed("bob", "secret", "1", "1")]) {

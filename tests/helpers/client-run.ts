@@ -14,13 +14,13 @@ export interface RunResult {
   stderr: string;
 }
 
-export async function runClient(args: string[], input: string, opts: { limitMs?: number } = {}): Promise<RunResult> {
+export async function runClient(args: string[], input: string, opts: { limitMs?: number; timeoutMs?: number } = {}): Promise<RunResult> {
   const proc = Bun.spawn(clientCommand(args), {
     cwd: ROOT,
     stdin: new TextEncoder().encode(input),
     stdout: "pipe",
     stderr: "pipe",
-    env: { ...process.env, MAILCLIENT_TIMEOUT_MS: "10000", NO_COLOR: "1" },
+    env: { ...process.env, MAILCLIENT_TIMEOUT_MS: String(opts.timeoutMs ?? 10_000), NO_COLOR: "1" },
   });
   // A hung client must fail the test, not the whole run.
   const killer = setTimeout(() => proc.kill("SIGKILL"), opts.limitMs ?? 30_000);
