@@ -94,27 +94,35 @@ interface Conn {
   upgradedTo: Socket<Conn> | null;
   /** On the implicit-TLS port, accepted and counted, its handshake not done yet. */
   awaitingTls: boolean;
-  /** Encrypted (implicit TLS or STARTTLS): closed with end(), which says close_notify first. */
+  /** Encrypted (implicit TLS or STARTTLS): shut with close_notify, and closed with close() at the end of its grace. */
   tls: boolean;
   /** Refused at accept: closed outright, never kept reading (a flood of them held the slots of others). */
   refused: boolean;
+  /** closeWrite() has run: a drain after it must not shut the socket again. */
+  writeShut: boolean;
 }
 
 /**
- * After the last reply: a plain connection is only shut for writing, and what the client still
+ * After the last reply: the connection is only shut for writing, and what the client still
  * sends is read and dropped until it closes (the sweep ends it after GOODBYE_GRACE_MS). Closed
  * outright, commands a pipelining client had sent after ours crossed met a reset, and mpop
  * reported "network write error: Connection reset by peer" instead of the goodbye (helper-91).
- * A TLS one ends with end(), which sends close_notify. Never end(data): it truncated in recent
- * Bun versions.
+ * On a TLS connection Bun 1.4.5's shutdown() sends close_notify, then the FIN, and keeps the
+ * socket ours. Not end(): it sends the same close_notify but lets go of the socket (readyState
+ * -1), so neither the sweep nor a server shutdown could close it any more (terminate(), end()
+ * and close() after it do nothing), and a client that kept its side open held the connection
+ * until Bun's own close 10 to 12 s later: every SIGTERM waited its full grace for it
+ * (helper-106). Never end(data): it truncated in recent Bun versions.
  */
 function closeWrite(s: Socket<Conn>): void {
-  if (s.data.tls || s.data.refused) s.end();
+  if (s.data.writeShut) return;
+  s.data.writeShut = true;
+  if (s.data.refused) s.end();
   else s.shutdown();
 }
 
 function newConn(peer: string, now: number, id = ++nextId): Conn {
-  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null, awaitingTls: false, tls: false, refused: false };
+  return { id, peer, handler: null, reader: new LineReader(), out: [], outBytes: 0, busy: false, eof: false, partialSince: 0, ending: false, closed: false, lastActive: now, opened: now, drained: null, counted: false, upgradedTo: null, awaitingTls: false, tls: false, refused: false, writeShut: false };
 }
 
 /**
@@ -692,11 +700,13 @@ export class MailServer {
       }
       if (c.ending) {
         // We said goodbye (or 421 to a refused connection): a peer that neither reads nor
-        // closes must not keep holding a connection slot. A plain one is closed, not reset:
-        // the kernel may still hold the end of a large reply for a slow reader (a reset threw
-        // it away, with the goodbye after it, helper-102).
+        // closes must not keep holding a connection slot. It is closed, not reset: the kernel
+        // may still hold the end of a large reply for a slow reader (a reset threw it away,
+        // with the goodbye after it, helper-102). A TLS one with close(), which lets go of the
+        // descriptor at once whether or not the close_notify went out (a peer that stopped
+        // reading); end() there would hand it to Bun's own close, seconds later.
         if (now - c.lastActive > Math.min(this.opt.idleTimeoutMs, GOODBYE_GRACE_MS)) {
-          if (c.tls) s.terminate();
+          if (c.tls) s.close();
           else s.end();
         }
         continue;

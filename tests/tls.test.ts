@@ -193,6 +193,147 @@ print(json.dumps({"stls": first, "pass": passed, "again": again}))
   });
 });
 
+/**
+ * A client over TLS that keeps its side open after the server's last line: one that never reads
+ * again, or takes the close_notify and never answers it. Each line it prints is JSON: "said"
+ * (the server's last line), then, once told to go on (a line on stdin), "end": how the stream
+ * ended ("close_notify", or the error).
+ */
+const LINGERER = `
+import socket, ssl, sys, json
+cafile, kind, port, user, pw, action = sys.argv[1:7]
+ctx = ssl.create_default_context(cafile=cafile)
+def out(**o): print(json.dumps(o), flush=True)
+def until(sock, buf, done):
+    while not done(buf):
+        d = sock.recv(4096)
+        if not d: raise SystemExit("closed early: %r" % buf)
+        buf += d
+    return buf
+raw = socket.create_connection(("127.0.0.1", int(port)))
+pop = kind.startswith("pop")
+if kind.endswith("-tls"):
+    s = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+    until(s, b"", lambda b: b.endswith(b"\\r\\n"))
+else:
+    until(raw, b"", lambda b: b.endswith(b"\\r\\n"))
+    if pop:
+        raw.sendall(b"STLS\\r\\n"); until(raw, b"", lambda b: b.endswith(b"\\r\\n"))
+    else:
+        raw.sendall(b"EHLO py\\r\\n"); until(raw, b"", lambda b: b"\\r\\n250 " in b"\\r\\n" + b and b.endswith(b"\\r\\n"))
+        raw.sendall(b"STARTTLS\\r\\n"); until(raw, b"", lambda b: b.endswith(b"\\r\\n"))
+    s = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+hello = ("USER %s\\r\\nPASS %s\\r\\n" % (user, pw)) if pop else "EHLO py\\r\\n"
+ready = (lambda b: b"maildrop" in b and b.endswith(b"\\r\\n")) if pop else (lambda b: b"\\r\\n250 " in b"\\r\\n" + b and b.endswith(b"\\r\\n"))
+if action == "quit":
+    s.sendall((hello + "QUIT\\r\\n").encode())
+    buf = until(s, b"", lambda b: (b"goodbye" in b or b"\\r\\n221 " in b) and b.endswith(b"\\r\\n"))
+else:
+    s.sendall(hello.encode())
+    buf = until(s, b"", ready)
+    out(ready=True)
+    buf = until(s, b"", lambda b: b.endswith(b"\\r\\n"))
+out(said=buf.decode().split("\\r\\n")[-2])
+sys.stdin.readline()
+try:
+    d = s.recv(100)
+    out(end="close_notify" if d == b"" else "data %r" % d)
+except Exception as e:
+    out(end=repr(e))
+`;
+
+describe.skipIf(!cert || !hasPython)("TLS connections end within the grace after the goodbye (helper-106)", () => {
+  const KINDS = [
+    ["pop-tls", "carol", "carolpw"],
+    ["pop-stls", "dave", "davepw"],
+    ["smtp-tls", "", ""],
+    ["smtp-starttls", "", ""],
+  ] as const;
+
+  /** One lingering client: its JSON lines as they come, and a way to let it read on. */
+  function linger(kind: string, port: number, user: string, pw: string, action: "quit" | "wait") {
+    const p = Bun.spawn(["python3", "-c", LINGERER, cert!.cert, kind, String(port), user, pw, action], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    const timer = setTimeout(() => p.kill(9), 40_000);
+    const lines: any[] = [];
+    void (async () => {
+      let text = "";
+      for await (const chunk of p.stdout) {
+        text += new TextDecoder().decode(chunk);
+        for (let i; (i = text.indexOf("\n")) >= 0; text = text.slice(i + 1)) lines.push(JSON.parse(text.slice(0, i)));
+      }
+    })();
+    const find = async (key: string) => {
+      for (let i = 0; i < 1000; i++) {
+        const hit = lines.find((l) => key in l);
+        if (hit) return hit[key];
+        if (p.exitCode !== null) throw new Error(`${kind}: python exited ${p.exitCode}: ${await new Response(p.stderr).text()}`);
+        await Bun.sleep(10);
+      }
+      throw new Error(`${kind}: no "${key}" in 10 s`);
+    };
+    return {
+      find,
+      async end(): Promise<string> {
+        p.stdin.write("go\n");
+        await p.stdin.flush();
+        try {
+          return await find("end");
+        } finally {
+          clearTimeout(timer);
+          p.kill(9);
+        }
+      },
+    };
+  }
+
+  /** The servers for one test: --timeout 4 makes the goodbye grace 4 s (it is the smaller of 5 s and the timeout). */
+  async function servers(): Promise<[Running, Running]> {
+    const tls = ["--tls-cert", cert!.cert, "--tls-key", cert!.key, "--tls-port", "0", "--timeout", "4"];
+    const both = await Promise.all([startPop(root, tls), startSmtp(root, ["--domain", "mx.tls", ...tls])]);
+    running.push(...both);
+    return both;
+  }
+  const portFor = (kind: string, pop: Running, smtp: Running) => {
+    const server = kind.startsWith("pop") ? pop : smtp;
+    return kind.endsWith("-tls") ? server.tlsPort : server.port;
+  };
+  const disconnects = (r: Running) => r.log().match(/\] disconnect /g)?.length ?? 0;
+
+  test("QUIT, then the client neither reads nor closes: the server lets go at the grace, not 12 s later; the goodbye and a close_notify arrived", { timeout: 60_000 }, async () => {
+    const [pop, smtp] = await servers();
+    const clients = KINDS.map(([kind, user, pw]) => linger(kind, portFor(kind, pop, smtp), user, pw, "quit"));
+    const said = await Promise.all(clients.map((c) => c.find("said")));
+    const t0 = Date.now();
+    // Bun 1.4.5 let go of a TLS socket ended with end(): it stayed open until Bun closed it
+    // itself, about 12 s after it opened.
+    while ((disconnects(pop) < 2 || disconnects(smtp) < 2) && Date.now() - t0 < 10_000) await Bun.sleep(50);
+    const took = Date.now() - t0;
+    const ends = await Promise.all(clients.map((c) => c.end()));
+    expect(said).toEqual([expect.stringMatching(/^\+OK goodbye/), expect.stringMatching(/^\+OK goodbye/), expect.stringMatching(/^221 /), expect.stringMatching(/^221 /)]);
+    expect([disconnects(pop), disconnects(smtp)]).toEqual([2, 2]);
+    expect(took).toBeLessThan(7000);
+    expect(ends).toEqual(Array(4).fill("close_notify"));
+    expect(await pop.stop("SIGTERM")).toBe(0);
+    expect(await smtp.stop("SIGTERM")).toBe(0);
+  });
+
+  test("SIGTERM with such clients: each gets its 421 / -ERR and a close_notify, and the server exits at the goodbye grace, not its 10 s shutdown grace", { timeout: 60_000 }, async () => {
+    const [pop, smtp] = await servers();
+    const clients = KINDS.map(([kind, user, pw]) => linger(kind, portFor(kind, pop, smtp), user, pw, "wait"));
+    await Promise.all(clients.map((c) => c.find("ready")));
+    const t0 = Date.now();
+    const exits = [pop, smtp].map(async (r) => [await r.stop("SIGTERM"), Date.now() - t0]);
+    const said = await Promise.all(clients.map((c) => c.find("said")));
+    const [[popCode, popTook], [smtpCode, smtpTook]] = await Promise.all(exits);
+    const ends = await Promise.all(clients.map((c) => c.end()));
+    expect(said).toEqual([expect.stringMatching(/^-ERR .*shutting down/), expect.stringMatching(/^-ERR .*shutting down/), expect.stringMatching(/^421 /), expect.stringMatching(/^421 /)]);
+    expect([popCode, smtpCode]).toEqual([0, 0]);
+    expect(popTook).toBeLessThan(7500);
+    expect(smtpTook).toBeLessThan(7500);
+    expect(ends).toEqual(Array(4).fill("close_notify"));
+  });
+});
+
 describe.skipIf(!cert || !hasCurl)("curl over TLS", () => {
   test("curl --ssl-reqd smtp:// (STARTTLS + AUTH) and smtps://, pop3:// with --ssl-reqd and pop3s://", async () => {
     const msg = (s: string) => `From: alice@mx.tls\r\nTo: carol@mx.tls\r\nSubject: ${s}\r\n\r\nvia curl\r\n`;
