@@ -17,7 +17,7 @@ import { TERMINATOR } from "./mailbox.ts";
 import { messageHash } from "./message-hash.ts";
 import { scanFile } from "./mailbox-scanner.ts";
 import { defer, notePlacement, readDeferred, removeDeferred, takeOverDeferred, type Deferred } from "./deferred.ts";
-import { CLOSE_IDLE_MS, LINGER_MS, NoRoom, OpenBoxes, type OpenBox } from "./open-boxes.ts";
+import { CLOSE_IDLE_MS, LINGER_MS, NoRoom, OpenBoxes, outOfDescriptors, type OpenBox } from "./open-boxes.ts";
 import type { HeldFiles } from "./server.ts";
 
 export interface MailStore {
@@ -336,6 +336,15 @@ export class FileMailStore implements MailStore {
    * come back at its restart (33 of 70,023 in a kill -9 stress run, helper-26).
    */
   async recover(): Promise<number> {
+    this.boxes.bounded = true;
+    try {
+      return await this.recoverJournals();
+    } finally {
+      this.boxes.bounded = false;
+    }
+  }
+
+  private async recoverJournals(): Promise<number> {
     let restored = 0;
     for (const path of claimOrphanJournals(this.root)) {
       if (BOOT && journalBoot(path) === BOOT && (await this.syncMailboxesOf(readJournal(path)))) {
@@ -680,7 +689,10 @@ async function messageCounts(path: string): Promise<Map<number, number>> {
   try {
     // Non-blocking: a FIFO in a mailbox's place must not hang recovery or the deferred retries.
     fd = await openFd(path, (constants.O_RDONLY | constants.O_NONBLOCK) as unknown as string);
-  } catch {
+  } catch (e) {
+    // Not read for want of a descriptor says nothing of what it holds: taken for empty, its
+    // copies were delivered again (helper-107).
+    if (outOfDescriptors(e)) throw e;
     return counts;
   }
   try {

@@ -259,9 +259,16 @@ export class OpenBoxes {
     }
   }
 
+  /**
+   * Recovery (before serving): at most `keep` open, with no sockets to make room beside. Run
+   * into EMFILE instead, a read of recovery's own met it first and took a carried-over copy
+   * for missing: it was put back twice (helper-107).
+   */
+  bounded = false;
+
   /** Whether one more mailbox descriptor fits: within `keep`, or beside the sockets. */
   private fits(): boolean {
-    return this.fds < this.keep || this.held.spare();
+    return this.fds < this.keep || (!this.bounded && this.held.spare());
   }
 
   private countFds(n: number): void {
