@@ -11,6 +11,7 @@ import { Users } from "./lib/users.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
 import { promptOnStderr, readPassword } from "./lib/terminal.ts";
+import { HeldFiles } from "./lib/server.ts";
 import { restartWithoutFtl } from "./lib/jit.ts";
 
 const FLAGS: FlagSpec = {
@@ -51,7 +52,7 @@ export interface DeliveryStore extends MailStore {
 }
 
 /** The whole program, given its arguments; the store is a parameter, never a flag. */
-export async function smtpmail(argv: string[], makeStore: (root: string) => DeliveryStore = (root) => new FileMailStore(root, log)): Promise<void> {
+export async function smtpmail(argv: string[], makeStore: (root: string, held: HeldFiles) => DeliveryStore = (root, held) => new FileMailStore(root, log, undefined, held)): Promise<void> {
   const { positional, flags } = parseArgs(argv, FLAGS);
   if (flags.has("--help")) {
     process.stdout.write(helpText(USAGE, "SMTP server: receives mail and stores it in <root>/<user>/mymailbox.", FLAGS));
@@ -74,7 +75,9 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
   const postmaster = flags.get("--postmaster");
   const users = new Users(join(root, "user.txt"), log, typeof postmaster === "string" ? postmaster : undefined);
   users.load();
-  const store = makeStore(root);
+  // Mailbox descriptors past the store's share of the open-file limit: counted with the sockets.
+  const held = new HeldFiles(false);
+  const store = makeStore(root, held);
   const domain = String(flags.get("--domain") ?? hostname());
   const host = String(flags.get("--host") ?? "0.0.0.0");
   const sec = securityOptions(flags);
@@ -89,6 +92,7 @@ export async function smtpmail(argv: string[], makeStore: (root: string) => Deli
       domain,
       host,
       port,
+      heldFiles: held,
       maxMessageSize,
       dataMemoryLimit,
       localDomains: flags.has("--local-domains") ? parseDomains(String(flags.get("--local-domains"))) : undefined,

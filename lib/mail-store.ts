@@ -17,7 +17,8 @@ import { TERMINATOR } from "./mailbox.ts";
 import { messageHash } from "./message-hash.ts";
 import { scanFile } from "./mailbox-scanner.ts";
 import { defer, notePlacement, readDeferred, removeDeferred, takeOverDeferred, type Deferred } from "./deferred.ts";
-import { CLOSE_IDLE_MS, LINGER_MS, OpenBoxes, type OpenBox } from "./open-boxes.ts";
+import { CLOSE_IDLE_MS, LINGER_MS, NoRoom, OpenBoxes, outOfDescriptors, type OpenBox } from "./open-boxes.ts";
+import type { HeldFiles } from "./server.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
@@ -93,13 +94,17 @@ export class FileMailStore implements MailStore {
   private retryDelay = RETRY_FIRST_MS;
   private retrying = false;
   private closed = false;
+  /** A round found no descriptor for a mailbox: a checkpoint lets written ones close. */
+  private roomWanted = false;
 
   constructor(
     private readonly root: string,
     private readonly warn: (msg: string) => void = () => {},
     private readonly lockTimeoutMs = 30_000,
+    /** The server's count of descriptors beside its sockets (smtpmail's): mailboxes past the files reserve go there. */
+    held?: HeldFiles,
   ) {
-    this.boxes = new OpenBoxes(root, warn, this.stats);
+    this.boxes = new OpenBoxes(root, warn, this.stats, held);
   }
 
   /** `placing`, if given, is told where each copy goes right before it is written there, and again once it is. */
@@ -331,6 +336,15 @@ export class FileMailStore implements MailStore {
    * come back at its restart (33 of 70,023 in a kill -9 stress run, helper-26).
    */
   async recover(): Promise<number> {
+    this.boxes.bounded = true;
+    try {
+      return await this.recoverJournals();
+    } finally {
+      this.boxes.bounded = false;
+    }
+  }
+
+  private async recoverJournals(): Promise<number> {
     let restored = 0;
     for (const path of claimOrphanJournals(this.root)) {
       if (BOOT && journalBoot(path) === BOOT && (await this.syncMailboxesOf(readJournal(path)))) {
@@ -391,7 +405,9 @@ export class FileMailStore implements MailStore {
         const placed = await this.currentRound;
         this.currentRound = null;
         this.boxes.yieldWantedLocks();
-        if (now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > CHECKPOINT_BYTES) this.startCheckpoint();
+        const roomWanted = this.roomWanted && this.boxes.anyDirty();
+        this.roomWanted = false;
+        if (roomWanted || now() - this.lastCheckpoint >= CHECKPOINT_MS || (this.journal?.bytes ?? 0) > CHECKPOINT_BYTES) this.startCheckpoint();
         // Everything waits on a busy mailbox lock (a POP3 rewrite): do not spin.
         if (placed === 0 && this.queue.length) await Bun.sleep(2);
       }
@@ -440,24 +456,38 @@ export class FileMailStore implements MailStore {
     }
     const entries: JournalEntry[] = [];
     const placed: Pending[] = [];
+    // Back in the queue for a later round, unless they have waited the lock timeout already.
+    const waitForLater = (user: string, items: Pending[], what: string) => {
+      const t = now();
+      for (const p of items) {
+        if (t - p.since > this.lockTimeoutMs) {
+          // Our "wanted" marker would keep another smtpmail yielding a lock we no longer wait for.
+          this.boxes.unwant(user);
+          this.warn(`delivery to ${user} failed: timed out waiting for ${what}`);
+          p.reject(new Error(`timed out waiting for ${what}`));
+        } else this.queue.push(p);
+      }
+    };
     const place = async ([user, items]: [string, Pending[]]) => {
       try {
         const placing = items.some((p) => p.placing) ? (ino: number, offsets: number[], written: boolean) => items.forEach((p, i) => p.placing?.(ino, offsets[i]!, written)) : undefined;
         const done = await this.boxes.append(user, items.map((p) => p.record), placing);
         if (!done) {
           // Locked by a POP3 rewrite: the other mailboxes go on; these wait for a later round.
-          const t = now();
-          for (const p of items) {
-            if (t - p.since > this.lockTimeoutMs) {
-              this.boxes.unwant(user);
-              p.reject(new Error(`timed out waiting for the lock of ${user}'s mailbox`));
-            } else this.queue.push(p);
-          }
+          waitForLater(user, items, `the lock of ${user}'s mailbox`);
           return;
         }
         items.forEach((p, i) => entries.push({ user, ino: done.ino, birth: done.birth, offset: done.offsets[i]!, record: p.record }));
         placed.push(...items);
       } catch (e) {
+        if (e instanceof NoRoom) {
+          // Every mailbox descriptor the limit allows is written and not yet fsync'd: a
+          // checkpoint (started after this round) fsyncs and closes them. Until then these
+          // wait, as for a lock; a 451 here was mail the server could have taken (helper-105).
+          this.roomWanted = true;
+          waitForLater(user, items, `a descriptor for ${user}'s mailbox (${e.message})`);
+          return;
+        }
         this.warn(`delivery to ${user} failed: ${(e as Error).message}`);
         for (const p of items) p.reject(e as Error);
       }
@@ -535,7 +565,16 @@ export class FileMailStore implements MailStore {
   /** append() that waits for the lock (recovery, before serving). */
   private async appendWaiting(user: string, records: Buffer[]): Promise<void> {
     const deadline = now() + this.lockTimeoutMs;
-    while (!(await this.boxes.append(user, records))) {
+    for (;;) {
+      try {
+        if (await this.boxes.append(user, records)) return;
+      } catch (e) {
+        if (!(e instanceof NoRoom) || now() > deadline) throw e;
+        // Every mailbox descriptor the system gave holds copies put back and not yet fsync'd:
+        // the checkpoint recover() does after each journal, sooner (it fsyncs and closes them).
+        await this.checkpoint();
+        continue;
+      }
       if (now() > deadline) throw new Error(`timed out waiting for the lock of ${user}'s mailbox`);
       await Bun.sleep(5);
     }
@@ -650,7 +689,10 @@ async function messageCounts(path: string): Promise<Map<number, number>> {
   try {
     // Non-blocking: a FIFO in a mailbox's place must not hang recovery or the deferred retries.
     fd = await openFd(path, (constants.O_RDONLY | constants.O_NONBLOCK) as unknown as string);
-  } catch {
+  } catch (e) {
+    // Not read for want of a descriptor says nothing of what it holds: taken for empty, its
+    // copies were delivered again (helper-107).
+    if (outOfDescriptors(e)) throw e;
     return counts;
   }
   try {

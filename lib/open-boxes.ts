@@ -7,11 +7,20 @@
 // its "wanted" marker. Nothing here runs by itself: the store says when a round is over
 // (yieldWantedLocks), when deliveries paused (releaseLocks), what a checkpoint fsyncs
 // (takeDirty, then unuse) and when to close idle mailboxes (closeIdle).
-import { constants, fstatSync, ftruncateSync, mkdirSync, statSync } from "node:fs";
+//
+// Each open mailbox is a descriptor. How many stay open between deliveries (`keep`) is what
+// the open-file limit's files reserve holds for them (mailboxRoom()); more are opened for a
+// round only while the sockets leave room (counted in HeldFiles, as popserver's maildrops are).
+// Past that, a new mailbox first closes the least recently written idle one; if every open
+// one still waits for its checkpoint's fsync, the delivery waits for a later round (NoRoom)
+// and the store checkpoints early. Under `ulimit -n 64` with 200 users, three messages in four
+// got 451 (EMFILE) before (helper-105).
+import { constants, fstatSync, ftruncateSync, mkdirSync, statSync, type Stats } from "node:fs";
 import { closeFd, INLINE_WRITE_MAX, openFd, readAtSync, setAside, syncDir, writevAll, writevAllSync } from "./fsio.ts";
 import { dirname } from "node:path";
 import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
+import { connectionRoom, HeldFiles, openFileLimit } from "./server.ts";
 
 export interface OpenBox {
   fd: number;
@@ -43,6 +52,29 @@ const now = () => performance.now();
 export const CLOSE_IDLE_MS = 30_000;
 /** Mailbox descriptors kept open between deliveries, at most (each is one of the process's descriptors). */
 export const MAX_OPEN_BOXES = 64;
+
+/**
+ * Mailbox descriptors kept open between deliveries under an open-file limit: half of what
+ * connectionRoom() leaves beside the sockets (the other half is for the journals, listeners,
+ * the runtime's own and files open for a moment: a directory synced, a deferred copy), at
+ * most MAX_OPEN_BOXES. 64 at `ulimit -n` 256 and up, 32 at 128, 16 at 64.
+ */
+export function mailboxRoom(limit: number | null): number {
+  if (limit === null) return MAX_OPEN_BOXES;
+  return Math.max(1, Math.min(MAX_OPEN_BOXES, Math.floor((limit - connectionRoom(limit).sockets) / 2)));
+}
+
+/** No descriptor for another mailbox until a checkpoint has fsync'd and closed some: the delivery waits for a later round. */
+export class NoRoom extends Error {}
+
+/** EMFILE (the process's descriptors) or ENFILE (the system's). */
+export function outOfDescriptors(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  return code === "EMFILE" || code === "ENFILE";
+}
+
+/** Idle mailboxes closed at once when opening one failed with EMFILE or ENFILE, before the one retry. */
+const EVICT_ON_EMFILE = 4;
 /** How long a kept lock goes without checking for a waiting popserver. */
 const HOLD_MS = 5;
 /** How long a lock let go for a waiter stays untouched at most while the waiter has not taken it (see append). */
@@ -64,15 +96,32 @@ export class OpenBoxes {
    */
   private readonly dirChanges = new Map<string, number>();
   private readonly dirSynced = new Map<string, number>();
+  /** The directory fsyncs under way or waiting for a turn (syncChanges). */
+  private readonly dirSyncing = new Map<string, Promise<void>>();
+  /** Directory fsyncs holding a descriptor now, at most maxDirSyncs; the others wait here. */
+  private dirSyncs = 0;
+  private readonly maxDirSyncs: number;
+  private readonly dirSyncWaiting: (() => void)[] = [];
   /** Boxes retired with appends not yet fsync'd: the next checkpoint fsyncs them. */
   private retiredDirty: OpenBox[] = [];
+  /** Mailbox descriptors open, being opened (counted before the open) or being closed. */
+  private fds = 0;
+  /** Mailboxes kept open between deliveries, and opened without asking the server for room. */
+  readonly keep: number;
 
   constructor(
     private readonly root: string,
     private readonly warn: (msg: string) => void,
     /** The store's: lockAndOpen counts each lock it takes there. */
     private readonly stats: { locks: number },
-  ) {}
+    /** Descriptors past `keep`, counted against the server's sockets (HeldFiles.spare). */
+    private readonly held = new HeldFiles(false),
+    fileLimit: number | null = openFileLimit(),
+  ) {
+    this.keep = mailboxRoom(fileLimit);
+    // A quarter of the mailboxes' share: 4 at `ulimit -n 64`, 16 from 256 on.
+    this.maxDirSyncs = Math.max(1, Math.floor(this.keep / 4));
+  }
 
   /** Mailboxes open here (written to lately). */
   get size(): number {
@@ -110,7 +159,7 @@ export class OpenBoxes {
         if (isWanted(writeLockPath(this.root, user))) return null;
         box.yieldUntil = 0;
       }
-      box = await this.lockAndOpen(user);
+      box = await this.lockAndOpenRetrying(user);
       if (!box) return null;
     }
     // Where this append starts and what it writes, once known: a failed one is cut back.
@@ -188,6 +237,71 @@ export class OpenBoxes {
   }
 
   /**
+   * lockAndOpen(), once more after closing idle mailboxes if the system had no descriptor
+   * for it (EMFILE, ENFILE: the sockets or files open for a moment took more than counted).
+   * NoRoom while mailboxes of ours are open that a checkpoint will let close; otherwise the error.
+   */
+  private async lockAndOpenRetrying(user: string): Promise<OpenBox | null> {
+    try {
+      return await this.lockAndOpen(user);
+    } catch (e) {
+      if (!outOfDescriptors(e)) throw e;
+      if ((await this.evict(EVICT_ON_EMFILE)) === 0) {
+        if (this.fds > 0) throw new NoRoom(`no descriptor for ${user}'s mailbox yet: ${(e as Error).message}`);
+        throw e;
+      }
+    }
+    try {
+      return await this.lockAndOpen(user);
+    } catch (e) {
+      if (outOfDescriptors(e) && this.fds > 0) throw new NoRoom(`no descriptor for ${user}'s mailbox yet: ${(e as Error).message}`);
+      throw e;
+    }
+  }
+
+  /**
+   * Recovery (before serving): at most `keep` open, with no sockets to make room beside. Run
+   * into EMFILE instead, a read of recovery's own met it first and took a carried-over copy
+   * for missing: it was put back twice (helper-107).
+   */
+  bounded = false;
+
+  /** Whether one more mailbox descriptor fits: within `keep`, or beside the sockets. */
+  private fits(): boolean {
+    return this.fds < this.keep || (!this.bounded && this.held.spare());
+  }
+
+  private countFds(n: number): void {
+    this.fds += n;
+    this.held.count = Math.max(0, this.fds - this.keep);
+  }
+
+  /** The open mailboxes that may be closed now (fsync'd, not in use), least recently written first. */
+  private idleBoxes(): [string, OpenBox][] {
+    return [...this.boxes].filter(([, b]) => !b.dirty && b.users === 0).sort((x, y) => x[1].lastUsed - y[1].lastUsed);
+  }
+
+  /** Closes up to `n` idle mailboxes, least recently written first, and waits for their descriptors to go. Returns how many. */
+  private async evict(n: number): Promise<number> {
+    const closing = this.idleBoxes()
+      .slice(0, n)
+      .map(([user, b]) => this.close(user, b));
+    await Promise.all(closing);
+    return closing.length;
+  }
+
+  /**
+   * Room for one more mailbox descriptor, closing idle ones (least recently written first) if
+   * none fits; false if every open one waits for its checkpoint or is in use. Counts the new
+   * descriptor when true: the caller opens it at once or calls countFds(-1).
+   */
+  private async takeRoom(): Promise<boolean> {
+    while (!this.fits()) if ((await this.evict(1)) === 0) return false;
+    this.countFds(1);
+    return true;
+  }
+
+  /**
    * Takes the mailbox's write lock and makes sure the box's descriptor is the current file
    * (a POP3 rewrite renames a new file over it) and knows its size. Returns the box, in use
    * and holding the lock, or null if the lock is someone else's.
@@ -195,6 +309,8 @@ export class OpenBoxes {
   private async lockAndOpen(user: string): Promise<OpenBox | null> {
     const path = mailboxPath(this.root, user);
     const lockPath = writeLockPath(this.root, user);
+    // No lock taken (and let go again) for a mailbox that could not be opened anyway.
+    if (!this.boxes.has(user) && !this.fits() && !this.idleBoxes().length) throw new NoRoom(`no descriptor for ${user}'s mailbox yet`);
     // A directory made here is synced into the root before anything is acknowledged in it.
     if (!this.boxes.has(user) && mkdirSync(dirname(path), { recursive: true }) !== undefined) this.dirChanged(dirname(dirname(path)));
     // Linked from one temp file kept in the root, as popserver's locks are: one link() per
@@ -222,12 +338,26 @@ export class OpenBoxes {
       let box = this.boxes.get(user);
       if (box && !this.sameFile(user, box)) box = undefined;
       if (!box) {
-        const { fd, created } = await openMailbox(path);
-        const st = fstatSync(fd);
+        if (!(await this.takeRoom())) throw new NoRoom(`no descriptor for ${user}'s mailbox yet`);
+        let opened: { fd: number; created: boolean };
+        try {
+          opened = await openMailbox(path);
+        } catch (e) {
+          this.countFds(-1);
+          throw e;
+        }
+        const { fd, created } = opened;
+        let st: Stats;
+        try {
+          st = fstatSync(fd);
+        } catch (e) {
+          await this.closeFd(fd);
+          throw e;
+        }
         // A FIFO opened read-write does not block the open, but writes past its 64 KiB would
         // block the event loop: only a regular file is a mailbox.
         if (!st.isFile()) {
-          await closeFd(fd);
+          await this.closeFd(fd);
           throw new Error(`${path} is not a regular file`);
         }
         // Whatever the file holds is looked at before the first append.
@@ -246,13 +376,7 @@ export class OpenBoxes {
         // smtpmail between making a name and syncing it): nothing says those names are on disk.
         if (lock.brokeStale) for (const dir of [dirname(dirname(path)), dirname(path)]) this.dirChanged(dir);
         try {
-          for (const dir of [dirname(dirname(path)), dirname(path)]) {
-            const gen = this.dirChanges.get(dir) ?? 0;
-            if ((this.dirSynced.get(dir) ?? -1) >= gen) continue;
-            await syncDir(dir);
-            // Only what was made before the fsync began is covered by it.
-            if ((this.dirSynced.get(dir) ?? -1) < gen) this.dirSynced.set(dir, gen);
-          }
+          for (const dir of [dirname(dirname(path)), dirname(path)]) await this.syncChanges(dir);
         } catch (e) {
           // Still noted: the next open syncs it again.
           this.retire(user, box);
@@ -268,6 +392,51 @@ export class OpenBoxes {
       lock.release();
       throw e;
     }
+  }
+
+  /**
+   * fsyncs a directory if names may have been made in it since its last fsync. One at a time
+   * per directory: first deliveries to many users each synced the mail root at once, a
+   * descriptor each (EMFILE under `ulimit -n 64`, helper-105); one under way covers those made
+   * before it began.
+   */
+  private async syncChanges(dir: string): Promise<void> {
+    for (;;) {
+      const gen = this.dirChanges.get(dir) ?? 0;
+      if ((this.dirSynced.get(dir) ?? -1) >= gen) return;
+      const under = this.dirSyncing.get(dir);
+      if (under) {
+        // Then looked at again: it covers our change if it counted it, else ours is next.
+        await under.catch(() => {});
+        continue;
+      }
+      // Its descriptor waits for a turn: the first deliveries to 20 new users at once held
+      // 20 directories open beside their mailboxes (EMFILE at `ulimit -n 64`).
+      const syncing = this.dirSyncTurn()
+        .then(() => syncDir(dir))
+        .finally(() => this.endDirSync())
+        .then(() => {
+          // Only what was made before the fsync began is covered by it (gen was counted sooner still).
+          if ((this.dirSynced.get(dir) ?? -1) < gen) this.dirSynced.set(dir, gen);
+        });
+      this.dirSyncing.set(dir, syncing);
+      try {
+        await syncing;
+      } finally {
+        if (this.dirSyncing.get(dir) === syncing) this.dirSyncing.delete(dir);
+      }
+      return;
+    }
+  }
+
+  private async dirSyncTurn(): Promise<void> {
+    while (this.dirSyncs >= this.maxDirSyncs) await new Promise<void>((resolve) => this.dirSyncWaiting.push(resolve));
+    this.dirSyncs++;
+  }
+
+  private endDirSync(): void {
+    this.dirSyncs--;
+    this.dirSyncWaiting.shift()?.();
   }
 
   private dirChanged(dir: string): void {
@@ -310,11 +479,25 @@ export class OpenBoxes {
   }
 
   unuse(box: OpenBox): void {
-    if (--box.users === 0 && box.retired) void closeFd(box.fd).catch(() => {});
+    if (--box.users === 0 && box.retired) void this.closeFd(box.fd);
   }
 
-  /** Takes a box out of use; its descriptor closes once nothing is using it. */
-  private retire(user: string, box: OpenBox): void {
+  /** Closes a mailbox descriptor; it stops counting once closed. */
+  private async closeFd(fd: number): Promise<void> {
+    try {
+      await closeFd(fd);
+    } catch {
+    } finally {
+      this.countFds(-1);
+    }
+  }
+
+  /**
+   * Takes a box out of use; its descriptor closes once nothing is using it (and, if it was
+   * written since the last checkpoint, once that checkpoint has fsync'd it). Resolves when
+   * the descriptor is closed, if that is now.
+   */
+  private retire(user: string, box: OpenBox): Promise<void> | undefined {
     if (this.boxes.get(user) === box) this.boxes.delete(user);
     this.releaseLock(box);
     if (box.retired) return;
@@ -325,7 +508,7 @@ export class OpenBoxes {
       box.users++;
       this.retiredDirty.push(box);
     }
-    if (box.users === 0) void closeFd(box.fd).catch(() => {});
+    if (box.users === 0) return this.closeFd(box.fd);
   }
 
   /**
@@ -347,19 +530,24 @@ export class OpenBoxes {
   }
 
   /**
-   * Closes the mailboxes not written for CLOSE_IDLE_MS, and past MAX_OPEN_BOXES the least
-   * recently written, of those fsync'd and not in use.
+   * Closes the mailboxes not written for CLOSE_IDLE_MS, and past `keep` the least recently
+   * written, of those fsync'd and not in use.
    */
   closeIdle(): void {
     const t = now();
-    const idle = [...this.boxes].filter(([, b]) => !b.dirty && b.users === 0).sort((x, y) => x[1].lastUsed - y[1].lastUsed);
-    let over = this.boxes.size - MAX_OPEN_BOXES;
-    for (const [user, b] of idle) {
+    let over = this.boxes.size - this.keep;
+    for (const [user, b] of this.idleBoxes()) {
       if (over <= 0 && t - b.lastUsed <= CLOSE_IDLE_MS) break;
-      this.retire(user, b);
-      dropLockTemp(writeLockPath(this.root, user));
+      void this.close(user, b);
       over--;
     }
+  }
+
+  /** An idle mailbox closed (closeIdle, or to make room for another). */
+  private close(user: string, b: OpenBox): Promise<void> | undefined {
+    const closing = this.retire(user, b);
+    dropLockTemp(writeLockPath(this.root, user));
+    return closing;
   }
 
   /** Lets go of every lock and closes every mailbox (once unused): the store is closing. */

@@ -169,8 +169,9 @@ export function openFileLimit(): number | null {
 
 /**
  * Descriptors kept for everything but sockets and HeldFiles: smtpmail's mailboxes kept open
- * (MAX_OPEN_BOXES) and journals, lock files, listeners, the runtime's own. REFUSAL_ROOM of the
- * sockets are for telling clients "too many connections". A POP3 session's mailbox counts
+ * (half of them, up to MAX_OPEN_BOXES: mailboxRoom() in open-boxes.ts) and journals, lock
+ * files, listeners, the runtime's own. REFUSAL_ROOM of the sockets are for telling clients
+ * "too many connections". A POP3 session's mailbox counts
  * (HeldFiles) only while open: 10,000 idle connections must fit in a limit of 20,000.
  */
 const FD_RESERVE = 128;
@@ -187,6 +188,14 @@ export class HeldFiles {
   count = 0;
   /** Set by the server: whether one more fits within the open-file bound. */
   room: () => boolean = () => true;
+  /**
+   * Set by the server: whether one more fits in the sockets kept for refusals, or taking at most
+   * half of the sessions' sockets not in use, so that clients arriving meanwhile still find a
+   * session (smtpmail's mailboxes past their share of FD_RESERVE, which a checkpoint closes).
+   */
+  spare: () => boolean = () => true;
+  /** `perSession`: a session holds them (popserver's logged-in maildrops), as its capacity line says. */
+  constructor(readonly perSession = true) {}
 }
 
 /**
@@ -234,7 +243,13 @@ export class MailServer {
     if (room && room.sessions < LOW_ROOM && room.sessions < opt.maxConnections)
       opt.log(`${opt.name}: warning: the open-file limit (${this.fileLimit}, ulimit -n) allows only ${this.capacity()} at once`);
     const held = opt.heldFiles;
-    if (held) held.room = () => this.conns.size + held.count < this.maxSockets;
+    if (held) {
+      held.room = () => this.conns.size + held.count < this.maxSockets;
+      // The descriptors' count of sessions, not --max-connections: refused ones hold sockets too.
+      const sessions = room?.sessions ?? Infinity;
+      const refusals = room ? room.sockets - room.sessions : Infinity;
+      held.spare = () => held.count + 1 <= refusals || this.conns.size + 2 * (held.count + 1) <= sessions;
+    }
   }
 
   get port(): number {
@@ -310,7 +325,7 @@ export class MailServer {
 
   /** A logged-in POP3 session holds its mailbox open too: two descriptors (helper-98). */
   private capacity(): string {
-    const loggedIn = this.opt.heldFiles ? `, ${Math.min(this.maxSessions, Math.floor(this.maxSockets / 2))} of them logged in` : "";
+    const loggedIn = this.opt.heldFiles?.perSession ? `, ${Math.min(this.maxSessions, Math.floor(this.maxSockets / 2))} of them logged in` : "";
     return `${this.maxSessions} connections${loggedIn}`;
   }
 

@@ -5,7 +5,7 @@ import { DataBudget, type LineReader } from "./lines.ts";
 import { RECORD_ROOM } from "./mailbox.ts";
 import type { MailStore } from "./mail-store.ts";
 import { formatSmtpReply, Smtp, type SmtpReply } from "./reply.ts";
-import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
+import { MailServer, type Handler, type HeldFiles, type ListenOptions, type Output } from "./server.ts";
 import { SmtpSession, type Authenticator, type Directory, type SmtpConfig, type SmtpResult } from "./smtp-session.ts";
 
 // RFC 5321 4.5.3.1.4: 512 octets, CRLF included, raised by each extension offered for MAIL:
@@ -15,6 +15,8 @@ export const MAX_COMMAND_LINE = 512 + 26 + 500;
 export interface SmtpServerOptions extends SmtpConfig, ListenOptions {
   /** Memory for messages received and not yet stored, all connections together (default: 512 MiB, at least 4 messages of the size limit). */
   dataMemoryLimit?: number;
+  /** The store's mailbox descriptors past its share of the open-file limit: the sockets make room for them. */
+  heldFiles?: HeldFiles;
 }
 
 const text = (replies: SmtpReply[]) => replies.map(formatSmtpReply).join("");
