@@ -44,10 +44,25 @@ await runMain("start", async () => {
   const { names, passwords } = parseUserTable(userText);
   for (const name of names) console.log(`  ${demo ? `${name} ${passwords.get(name)}` : name}`);
 
+  // The handlers go in before the servers start: a SIGTERM that came in between ended this
+  // process by the default action, and both servers ran on, adopted by init, with nobody to
+  // stop them (9 of 100 SIGTERMs sent as soon as "Press Ctrl-C" was read; helper-104).
+  const servers: ReturnType<typeof Bun.spawn>[] = [];
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    for (const p of servers) if (p.exitCode === null) p.kill("SIGTERM");
+  };
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
+  const nohup = hangupIgnored();
+  if (!nohup) process.on("SIGHUP", stop);
   const spawn = (script: string, port: number) =>
     Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root], { stdio: ["ignore", "inherit", "inherit"] });
   const smtp = spawn("smtpmail.ts", smtpPort);
   const pop = spawn("popserver.ts", popPort);
+  servers.push(smtp, pop);
   // Port 0 lets each server pick one: the ports are in their own "listening" lines then.
   // Bun comes from npm and is not on PATH: the hint names the copy that is there.
   const client = here === PROJECT ? "node_modules/.bin/bun mailclient.ts" : `${join(PROJECT, "node_modules/.bin/bun")} ${join(PROJECT, "mailclient.ts")}`;
@@ -55,16 +70,6 @@ await runMain("start", async () => {
   else console.log(`Each server prints the port it picked in its "listening" line below; then: ${client} 127.0.0.1 <smtp port> <pop3 port>`);
   console.log("Press Ctrl-C to stop both servers.");
 
-  let stopping = false;
-  const stop = () => {
-    if (stopping) return;
-    stopping = true;
-    for (const p of [smtp, pop]) if (p.exitCode === null) p.kill("SIGTERM");
-  };
-  process.on("SIGINT", stop);
-  process.on("SIGTERM", stop);
-  const nohup = hangupIgnored();
-  if (!nohup) process.on("SIGHUP", stop);
   // npm passes a SIGTERM on to its shell, not to us: left alone we would keep both servers
   // running with nobody to stop them (helper-26). An orphan is adopted by another process.
   // Only under npm, and not under nohup: a start put in the background on purpose must

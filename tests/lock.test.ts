@@ -222,6 +222,7 @@ describe("acquireLock", () => {
     await Bun.sleep(WANTED_STALE_MS + 100);
     expect(isWanted(p)).toBe(false);
     const child = Bun.spawn([process.execPath, join(import.meta.dir, "helpers", "marker-waiter.ts"), p, "3500"], { stdout: "pipe" });
+    procs.push(child);
     const out = (child.stdout as ReadableStream<Uint8Array>).getReader();
     expect(new TextDecoder().decode((await out.read()).value)).toBe("first try: made\n");
     expect(isWanted(p)).toBe(true);
@@ -328,6 +329,7 @@ describe("acquireLock", () => {
     await child.exited;
     // Another process takes it (this one has no temp file in `shared` yet) and exits cleanly.
     const next = Bun.spawn([process.execPath, "-e", `const { tryLock } = await import(${lockTs}); const l = tryLock(${JSON.stringify(p)}, ${JSON.stringify(shared)}); if (!l) process.exit(3); l.release();`]);
+    procs.push(next);
     expect(await next.exited).toBe(0);
     expect(existsSync(p)).toBe(false);
     expect(readdirSync(shared)).toEqual([]); // the dead one's removed, its own gone at exit

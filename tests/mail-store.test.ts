@@ -600,11 +600,14 @@ describe("FileMailStore", () => {
     async function killedMidDelivery(r: string, tag: string, written: boolean): Promise<void> {
       const first = new FileMailStore(r, () => {}, 150);
       const sleeper = Bun.spawn(["sleep", "30"]);
-      holdLock(r, "bob", sleeper.pid);
-      await first.deliver(["alice", "bob"], rec(tag));
-      await first.close();
-      sleeper.kill();
-      await sleeper.exited;
+      try {
+        holdLock(r, "bob", sleeper.pid);
+        await first.deliver(["alice", "bob"], rec(tag));
+        await first.close();
+      } finally {
+        sleeper.kill();
+        await sleeper.exited;
+      }
       const [name] = deferredFiles(r);
       const path = join(deferredDir(r), name!);
       // What the retry does before it is killed: note the place, then (maybe) write the copy there.
@@ -704,11 +707,14 @@ describe("FileMailStore", () => {
       const r = root();
       const first = new FileMailStore(r, () => {}, 150);
       const sleeper = Bun.spawn(["sleep", "30"]);
-      holdLock(r, "bob", sleeper.pid);
-      await first.deliver(["alice", "bob"], rec("m2"));
-      await first.close(); // the deferred copy stays on disk
-      sleeper.kill();
-      await sleeper.exited;
+      try {
+        holdLock(r, "bob", sleeper.pid);
+        await first.deliver(["alice", "bob"], rec("m2"));
+        await first.close(); // the deferred copy stays on disk
+      } finally {
+        sleeper.kill();
+        await sleeper.exited;
+      }
       const [name] = deferredFiles(r);
       expect(name).toBeDefined();
       // As if its process had been killed: the file names a pid that is gone.

@@ -11,6 +11,13 @@ import { makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpe
 import { TmuxSession, tmuxPath } from "./helpers/client-tmux.ts";
 
 afterEach(stopFakes);
+/** Clients typed to over time (liveClient): one a failed test leaves waiting for input is killed after it. */
+const live: { kill(signal?: number): void; exited: Promise<number> }[] = [];
+afterEach(async () => {
+  const left = live.splice(0);
+  for (const p of left) p.kill(9);
+  await Promise.all(left.map((p) => p.exited));
+});
 
 /** Each needle appears in the text after the previous one. */
 function expectInOrder(text: string, needles: string[]): void {
@@ -854,6 +861,7 @@ function liveClient(args: string[]) {
     stderr: "pipe",
     env: { ...process.env, MAILCLIENT_TIMEOUT_MS: "10000", NO_COLOR: "1" },
   });
+  live.push(proc);
   const killer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
   let out = "";
   void (async () => {

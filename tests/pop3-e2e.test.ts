@@ -26,6 +26,19 @@ afterAll(async () => {
 });
 
 const RECEIVED = "Received: 2024-05-06 : 07 : 08";
+
+/** python3 -c: its stdout and stderr. Killed at 30 s (a client stuck on a server that never answers). */
+async function python([script, ...args]: string[]): Promise<[string, string]> {
+  const proc = Bun.spawn(["python3", "-c", script!, ...args], { stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => proc.kill(9), 30_000);
+  try {
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    return [out, err];
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function rec(n: number, body: string[] = [`body ${n}`]): Buffer {
   return buildRecord(Buffer.from([`From: x@y`, `To: u@z`, `Subject: msg ${n}`, "", ...body].map((l) => (l.startsWith(".") ? "." + l : l) + "\r\n").join("")), RECEIVED);
 }
@@ -457,8 +470,7 @@ while True:
     data += chunk
 print(len(data), b"-ERR" in data, data.endswith(b"\\r\\n.\\r\\n"))
 `;
-    const proc = Bun.spawn(["python3", "-c", script, p], { stdout: "pipe", stderr: "pipe" });
-    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    const [out, err] = await python([script, p]);
     expect(err).toBe("");
     const [len, hasErr, ended] = out.trim().split(" ");
     expect(Number(len)).toBeGreaterThan(0);
@@ -495,8 +507,7 @@ while b"\\r\\n.\\r\\n" not in data[-(1 << 16):]:
     if time.time() - started < 4: time.sleep(0.05)  # 160 KB/s for 4 s, then as fast as it comes
 print(len(data), data.find(b"\\r\\n.\\r\\n") + 5)
 `;
-    const proc = Bun.spawn(["python3", "-c", script], { stdout: "pipe", stderr: "pipe" });
-    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    const [out, err] = await python([script]);
     expect(err).toBe("");
     const [, end] = out.trim().split(" ").map(Number);
     // The whole message came, after its +OK line.

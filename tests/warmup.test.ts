@@ -33,9 +33,9 @@ test("a rehearsal directory left by a popserver stopped during its rehearsal is 
   const dir = mkdtempSync(join(tmpdir(), "warmup-test-"));
   const saved = process.env.TMPDIR;
   process.env.TMPDIR = dir;
-  const live = Bun.spawn(["sleep", "30"]);
   const dead = Bun.spawn(["true"]);
   await dead.exited;
+  const live = Bun.spawn(["sleep", "30"]);
   try {
     for (const pid of [live.pid, dead.pid]) mkdirSync(join(dir, `popserver-warmup-${pid}-abc123`, "warmup"), { recursive: true });
     expect(await warmUpPop3()).not.toBeNull();
@@ -81,15 +81,17 @@ test("a temporary directory it cannot use costs the rehearsal only", async () =>
 test("popserver stopped during its rehearsal: exit 0, and its directory is removed (helper-99)", async () => {
   const dir = mkdtempSync(join(tmpdir(), "warmup-test-"));
   const root = makeRoot({ ann: "a" });
+  const p = Bun.spawn(command("popserver", ["0", "--host", "127.0.0.1", "--root", root]), { env: { ...process.env, TMPDIR: dir }, stdout: "pipe", stderr: "pipe" });
   try {
-    const p = Bun.spawn(command("popserver", ["0", "--host", "127.0.0.1", "--root", root]), { env: { ...process.env, TMPDIR: dir }, stdout: "pipe", stderr: "pipe" });
     // The directory exists only while the rehearsal runs: the stop comes in the middle of it.
     const deadline = Date.now() + 10_000;
     while (readdirSync(dir).length === 0 && Date.now() < deadline) await Bun.sleep(1);
     p.kill("SIGTERM");
-    expect(await p.exited).toBe(0);
+    expect(await Promise.race([p.exited, Bun.sleep(15_000).then(() => "still running")])).toBe(0);
     expect(readdirSync(dir)).toEqual([]);
   } finally {
+    p.kill("SIGKILL"); // a no-op once it has exited
+    await p.exited;
     removeRoot(root);
     rmSync(dir, { recursive: true, force: true });
   }

@@ -5,6 +5,7 @@ import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { own } from "./children.ts";
 
 export const PROJECT = resolve(import.meta.dir, "../..");
 const BIN_DIR = process.env.MAIL_TEST_BIN ? resolve(PROJECT, process.env.MAIL_TEST_BIN) : null;
@@ -39,12 +40,15 @@ export interface Running {
 
 /** `prefix`: a command the server runs under, such as prlimit. */
 async function start(program: "smtpmail" | "popserver", root: string, args: string[], prefix: string[] = []): Promise<Running> {
-  const proc = Bun.spawn([...prefix, ...command(program, ["0", "--root", root, "--host", "127.0.0.1", ...args])], {
-    cwd: root,
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
+  // Recorded at once: the run's last hook (tests/helpers/preload.ts) stops a server its test left running.
+  const proc = own(
+    Bun.spawn([...prefix, ...command(program, ["0", "--root", root, "--host", "127.0.0.1", ...args])], {
+      cwd: root,
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    }),
+  );
   let errText = "";
   void (async () => {
     const dec = new TextDecoder();
@@ -53,12 +57,20 @@ async function start(program: "smtpmail" | "popserver", root: string, args: stri
   const reader = proc.stdout.getReader();
   const dec = new TextDecoder();
   let out = "";
-  const deadline = Date.now() + 15_000;
-  while (!/port (\d+).*\n/.test(out)) {
-    if (Date.now() > deadline) throw new Error(`${program} did not start: ${out} ${errText}`);
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${program} exited before listening: ${out} ${errText}`);
-    out += dec.decode(value, { stream: true });
+  // Bounded even when the server says nothing at all.
+  const late = Bun.sleep(15_000).then(() => null);
+  try {
+    while (!/port (\d+).*\n/.test(out)) {
+      const r = await Promise.race([reader.read(), late]);
+      if (!r) throw new Error(`${program} did not start within 15 s: ${out} ${errText}`);
+      if (r.done) throw new Error(`${program} exited before listening: ${out} ${errText}`);
+      out += dec.decode(r.value, { stream: true });
+    }
+  } catch (e) {
+    // No caller has it to stop: stopped here.
+    proc.kill("SIGKILL");
+    await proc.exited;
+    throw e;
   }
   // Keep draining stdout so the child never blocks on a full pipe.
   void (async () => {
