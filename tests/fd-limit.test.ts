@@ -3,11 +3,12 @@
 // written since the last checkpoint open and answered 451 (EMFILE) past the limit: at
 // `ulimit -n 64` with 200 users, three messages in four (helper-105).
 import { afterAll, describe, expect, spyOn, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeRoot, removeRoot, startSmtp, type Running } from "./helpers/servers.ts";
 import { SmtpConn, sendOne } from "./helpers/smtp-conn.ts";
+import { openMailboxes } from "./helpers/open-fds.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { buildRecord } from "../lib/mailbox.ts";
 import { mailboxRoom, MAX_OPEN_BOXES } from "../lib/open-boxes.ts";
@@ -128,15 +129,6 @@ describe("FileMailStore when descriptors run short", () => {
     roots.push(r);
     return r;
   }
-  const openBoxes = (r: string) =>
-    readdirSync("/proc/self/fd").filter((fd) => {
-      try {
-        const target = readlinkSync(`/proc/self/fd/${fd}`);
-        return target.startsWith(r) && target.endsWith("/mymailbox");
-      } catch {
-        return false;
-      }
-    }).length;
 
   test("past its share, with the sockets leaving none: a new mailbox waits for the checkpoint that closes the written ones, then is delivered (not refused)", async () => {
     const r = storeRoot();
@@ -146,7 +138,7 @@ describe("FileMailStore when descriptors run short", () => {
     try {
       const users = Array.from({ length: MAX_OPEN_BOXES + 40 }, (_, i) => `w${i}`);
       let most = 0;
-      const watching = setInterval(() => (most = Math.max(most, openBoxes(r))), 1);
+      const watching = setInterval(() => (most = Math.max(most, openMailboxes(r))), 1);
       // All in one round: more mailboxes than the share, none fsync'd yet.
       await Promise.all(users.map((u) => store.deliver([u], rec(u))));
       clearInterval(watching);
@@ -167,7 +159,7 @@ describe("FileMailStore when descriptors run short", () => {
     try {
       for (const u of ["a", "b", "c", "d", "e"]) await store.deliver([u], rec(u));
       await store.idle(); // fsync'd: idle, closable
-      expect(openBoxes(r)).toBe(5);
+      expect(openMailboxes(r)).toBe(5);
       // The system has no descriptor left for the next one, once.
       open.mockImplementationOnce(() => Promise.reject(Object.assign(new Error("EMFILE: too many open files, open"), { code: "EMFILE" })));
       await store.deliver(["f"], rec("f"));
@@ -175,7 +167,7 @@ describe("FileMailStore when descriptors run short", () => {
       expect(readFileSync(join(r, "f", "mymailbox"), "latin1")).toContain("Subject: f\r\n");
       // The least recently written ones made room.
       await store.idle();
-      expect(openBoxes(r)).toBeLessThan(6);
+      expect(openMailboxes(r)).toBeLessThan(6);
       await store.deliver(["a"], rec("a2"));
       expect(readFileSync(join(r, "a", "mymailbox"), "latin1")).toContain("Subject: a2\r\n");
     } finally {

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, describe, expect, spyOn, test } from "bun:test";
-import { appendFileSync, chmodSync, readlinkSync, existsSync, linkSync, statSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, linkSync, statSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileMailStore } from "../lib/mail-store.ts";
@@ -10,6 +10,7 @@ import { scanBuffer } from "../lib/mailbox-scanner.ts";
 import { deferredDir, notePlacement, readDeferred } from "../lib/deferred.ts";
 import { journalDir } from "../lib/journal.ts";
 import * as fsio from "../lib/fsio.ts";
+import { openMailboxes } from "./helpers/open-fds.ts";
 
 const roots: string[] = [];
 // Every store is closed after its test: an open FileHandle collected later is an error in Bun.
@@ -70,15 +71,7 @@ describe("FileMailStore", () => {
     const store = track(new FileMailStore(r));
     for (const u of users) await store.deliver([u], rec(u));
     await store.idle();
-    const openBoxes = () =>
-      readdirSync("/proc/self/fd").filter((fd) => {
-        try {
-          const target = readlinkSync(`/proc/self/fd/${fd}`);
-          return target.startsWith(r) && target.endsWith("/mymailbox");
-        } catch {
-          return false;
-        }
-      }).length;
+    const openBoxes = () => openMailboxes(r);
     // Descriptors are closed asynchronously.
     for (let i = 0; i < 100 && openBoxes() > MAX_OPEN_BOXES; i++) await Bun.sleep(20);
     expect(openBoxes()).toBeLessThanOrEqual(MAX_OPEN_BOXES);

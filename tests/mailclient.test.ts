@@ -567,6 +567,16 @@ async function terminalSession(args: string[]): Promise<void> {
   }
 }
 
+/** The client started in tmux and logged in as bob, at the menu. */
+async function loggedIn(term: TmuxSession, args: string[], columns = 120): Promise<void> {
+  await term.start(clientCommand(args), ROOT, columns);
+  await term.waitFor("Username: ");
+  await term.line("bob");
+  await term.waitFor("Password: ");
+  await term.line("secret");
+  await term.waitFor("Enter option: ");
+}
+
 describe("in a real terminal (tmux), fake servers", () => {
   if (!tmuxPath) console.warn("SKIP tmux tests: tmux is not installed (apt-get install -y tmux)");
 
@@ -582,12 +592,7 @@ describe("in a real terminal (tmux), fake servers", () => {
     const f = fakes({ mailbox: [long, ...mails()] });
     const term = new TmuxSession();
     try {
-      await term.start(clientCommand(f.args), ROOT, 60);
-      await term.waitFor("Username: ");
-      await term.line("bob");
-      await term.waitFor("Password: ");
-      await term.line("secret");
-      await term.waitFor("Enter option: ");
+      await loggedIn(term, f.args, 60);
       await term.line("1");
       const screen = await term.waitFor("Enter mail no. to see: ");
       const list = screen.slice(screen.indexOf("Sl. No."), screen.indexOf("Enter mail no.")).trimEnd().split("\n");
@@ -608,12 +613,7 @@ describe("in a real terminal (tmux), fake servers", () => {
     const term = new TmuxSession();
     const doubled = /Enter mail no\. to see: *\n?Enter mail no\. to see:/;
     try {
-      await term.start(clientCommand(f.args), ROOT);
-      await term.waitFor("Username: ");
-      await term.line("bob");
-      await term.waitFor("Password: ");
-      await term.line("secret");
-      await term.waitFor("Enter option: ");
+      await loggedIn(term, f.args);
       await term.line("1");
       await term.waitFor("Enter mail no. to see: ");
       await term.line("1");
