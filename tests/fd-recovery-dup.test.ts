@@ -21,8 +21,13 @@ const underLimit = (limit: number) => ["sh", "-c", `ulimit -n ${limit} && exec "
 const rec = (s: string) => buildRecord(Buffer.from(`Subject: ${s}\r\n\r\nbody\r\n`), "Received: 2024-01-01 : 00 : 00");
 const count = (text: string, s: string) => text.split(`Subject: ${s}\r\n`).length - 1;
 
-for (const limit of [0, 64])
-  test.skipIf(!BOOT)(`${limit ? `ulimit -n ${limit}` : "no limit"}: recovery puts back the lost copies once and a carried-over copy not again`, async () => {
+// "store": FileMailStore.recover() with no server beside it (tests/helpers/recover-once.ts), so
+// HeldFiles.spare() always says yes: only the store's own bound (OpenBoxes.bounded) and
+// messageCounts() rethrowing EMFILE keep the copies single. Under smtpmail the server's spare()
+// happens to bound recovery too (it is built before recover() runs), so the server cases pass
+// with both of those reverted.
+for (const [limit, how] of [[0, "server"], [64, "server"], [64, "store"]] as const)
+  test.skipIf(!BOOT)(`${limit ? `ulimit -n ${limit}` : "no limit"}, ${how}: recovery puts back the lost copies once and a carried-over copy not again`, async () => {
     const n = 80;
     const xs = Array.from({ length: n }, (_, i) => `x${i}`);
     const ys = Array.from({ length: n }, (_, i) => `y${i}`);
@@ -50,14 +55,24 @@ for (const limit of [0, 64])
     const journal = await Journal.create(newJournalPath(root).replace(`~b${BOOT}-`, "~b000000000000-"));
     await journal.append(entries);
     journal.close();
-    const smtp = await startSmtp(root, ["--quiet"], limit ? underLimit(limit) : []);
-    running.push(smtp);
-    expect(await smtp.stop()).toBe(0);
+    let restored: string;
+    if (how === "store") {
+      const p = Bun.spawn([...underLimit(limit), process.execPath, join(import.meta.dir, "helpers", "recover-once.ts"), root], { stdout: "pipe", stderr: "pipe" });
+      const timer = setTimeout(() => p.kill(9), 30_000);
+      const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]).finally(() => clearTimeout(timer));
+      expect({ code, err: err.includes("EMFILE") ? err : "" }).toEqual({ code: 0, err: "" });
+      restored = out;
+    } else {
+      const smtp = await startSmtp(root, ["--quiet"], limit ? underLimit(limit) : []);
+      running.push(smtp);
+      expect(await smtp.stop()).toBe(0);
+      restored = /recovered (\d+) message copies/.exec(smtp.log())?.[1] ?? smtp.log();
+    }
     const twice = ys.filter((y) => count(readFileSync(join(root, y, "mymailbox"), "latin1"), `c-${y}`) !== 1);
     const xBad = xs.filter((x) => {
       const t = readFileSync(join(root, x, "mymailbox"), "latin1");
       return count(t, `a-${x}`) !== 1 || count(t, `b-${x}`) !== 1;
     });
     expect({ twice, xBad }).toEqual({ twice: [], xBad: [] });
-    expect(smtp.log()).toContain(`recovered ${2 * n} message copies`);
+    expect(restored).toBe(String(2 * n));
   }, 60_000);
