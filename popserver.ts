@@ -6,7 +6,7 @@ import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
 import { removeInterruptedRewrites } from "./lib/maildrop.ts";
 import { createPopServer, filePopStore } from "./lib/pop3-server.ts";
-import { HeldFiles } from "./lib/server.ts";
+import { HeldFiles } from "./lib/descriptors.ts";
 import { Users } from "./lib/users.ts";
 import { restartWithoutFtl } from "./lib/jit.ts";
 import { warmUpPop3 } from "./lib/warmup.ts";

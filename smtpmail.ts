@@ -11,7 +11,7 @@ import { Users } from "./lib/users.ts";
 import { installShutdown, listenOrExplain } from "./lib/daemon.ts";
 import { log } from "./lib/log.ts";
 import { promptOnStderr, readPassword } from "./lib/terminal.ts";
-import { HeldFiles } from "./lib/server.ts";
+import { HeldFiles } from "./lib/descriptors.ts";
 import { restartWithoutFtl } from "./lib/jit.ts";
 
 const FLAGS: FlagSpec = {

@@ -18,7 +18,7 @@ import { messageHash } from "./message-hash.ts";
 import { scanFile } from "./mailbox-scanner.ts";
 import { defer, notePlacement, readDeferred, removeDeferred, takeOverDeferred, type Deferred } from "./deferred.ts";
 import { CLOSE_IDLE_MS, LINGER_MS, NoRoom, OpenBoxes, outOfDescriptors, type OpenBox } from "./open-boxes.ts";
-import type { HeldFiles } from "./server.ts";
+import type { HeldFiles } from "./descriptors.ts";
 
 export interface MailStore {
   /** Appends the record to each user's mailbox; resolves once it is on disk everywhere. */
@@ -336,11 +336,11 @@ export class FileMailStore implements MailStore {
    * come back at its restart (33 of 70,023 in a kill -9 stress run, helper-26).
    */
   async recover(): Promise<number> {
-    this.boxes.bounded = true;
+    this.boxes.recovering = true;
     try {
       return await this.recoverJournals();
     } finally {
-      this.boxes.bounded = false;
+      this.boxes.recovering = false;
     }
   }
 
@@ -485,7 +485,7 @@ export class FileMailStore implements MailStore {
           // checkpoint (started after this round) fsyncs and closes them. Until then these
           // wait, as for a lock; a 451 here was mail the server could have taken (helper-105).
           this.roomWanted = true;
-          waitForLater(user, items, `a descriptor for ${user}'s mailbox (${e.message})`);
+          waitForLater(user, items, `a descriptor for ${user}'s mailbox`);
           return;
         }
         this.warn(`delivery to ${user} failed: ${(e as Error).message}`);

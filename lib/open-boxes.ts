@@ -20,7 +20,7 @@ import { closeFd, INLINE_WRITE_MAX, openFd, readAtSync, setAside, syncDir, write
 import { dirname } from "node:path";
 import { dropLockTemp, isWanted, tryLock, unwant, want, type Lock } from "./lock.ts";
 import { mailboxPath, writeLockPath } from "./paths.ts";
-import { connectionRoom, HeldFiles, openFileLimit } from "./server.ts";
+import { connectionRoom, HeldFiles, openFileLimit } from "./descriptors.ts";
 
 export interface OpenBox {
   fd: number;
@@ -65,7 +65,11 @@ export function mailboxRoom(limit: number | null): number {
 }
 
 /** No descriptor for another mailbox until a checkpoint has fsync'd and closed some: the delivery waits for a later round. */
-export class NoRoom extends Error {}
+export class NoRoom extends Error {
+  constructor(user: string, cause?: Error) {
+    super(`no descriptor for ${user}'s mailbox yet${cause ? ` (${cause.message})` : ""}`);
+  }
+}
 
 /** EMFILE (the process's descriptors) or ENFILE (the system's). */
 export function outOfDescriptors(e: unknown): boolean {
@@ -247,14 +251,14 @@ export class OpenBoxes {
     } catch (e) {
       if (!outOfDescriptors(e)) throw e;
       if ((await this.evict(EVICT_ON_EMFILE)) === 0) {
-        if (this.fds > 0) throw new NoRoom(`no descriptor for ${user}'s mailbox yet: ${(e as Error).message}`);
+        if (this.fds > 0) throw new NoRoom(user, e as Error);
         throw e;
       }
     }
     try {
       return await this.lockAndOpen(user);
     } catch (e) {
-      if (outOfDescriptors(e) && this.fds > 0) throw new NoRoom(`no descriptor for ${user}'s mailbox yet: ${(e as Error).message}`);
+      if (outOfDescriptors(e) && this.fds > 0) throw new NoRoom(user, e as Error);
       throw e;
     }
   }
@@ -264,11 +268,11 @@ export class OpenBoxes {
    * into EMFILE instead, a read of recovery's own met it first and took a carried-over copy
    * for missing: it was put back twice (helper-107).
    */
-  bounded = false;
+  recovering = false;
 
   /** Whether one more mailbox descriptor fits: within `keep`, or beside the sockets. */
   private fits(): boolean {
-    return this.fds < this.keep || (!this.bounded && this.held.spare());
+    return this.fds < this.keep || (!this.recovering && this.held.spare());
   }
 
   private countFds(n: number): void {
@@ -310,7 +314,7 @@ export class OpenBoxes {
     const path = mailboxPath(this.root, user);
     const lockPath = writeLockPath(this.root, user);
     // No lock taken (and let go again) for a mailbox that could not be opened anyway.
-    if (!this.boxes.has(user) && !this.fits() && !this.idleBoxes().length) throw new NoRoom(`no descriptor for ${user}'s mailbox yet`);
+    if (!this.boxes.has(user) && !this.fits() && !this.idleBoxes().length) throw new NoRoom(user);
     // A directory made here is synced into the root before anything is acknowledged in it.
     if (!this.boxes.has(user) && mkdirSync(dirname(path), { recursive: true }) !== undefined) this.dirChanged(dirname(dirname(path)));
     // Linked from one temp file kept in the root, as popserver's locks are: one link() per
@@ -338,7 +342,7 @@ export class OpenBoxes {
       let box = this.boxes.get(user);
       if (box && !this.sameFile(user, box)) box = undefined;
       if (!box) {
-        if (!(await this.takeRoom())) throw new NoRoom(`no descriptor for ${user}'s mailbox yet`);
+        if (!(await this.takeRoom())) throw new NoRoom(user);
         let opened: { fd: number; created: boolean };
         try {
           opened = await openMailbox(path);
@@ -351,13 +355,13 @@ export class OpenBoxes {
         try {
           st = fstatSync(fd);
         } catch (e) {
-          await this.closeFd(fd);
+          await this.closeCounted(fd);
           throw e;
         }
         // A FIFO opened read-write does not block the open, but writes past its 64 KiB would
         // block the event loop: only a regular file is a mailbox.
         if (!st.isFile()) {
-          await this.closeFd(fd);
+          await this.closeCounted(fd);
           throw new Error(`${path} is not a regular file`);
         }
         // Whatever the file holds is looked at before the first append.
@@ -479,11 +483,11 @@ export class OpenBoxes {
   }
 
   unuse(box: OpenBox): void {
-    if (--box.users === 0 && box.retired) void this.closeFd(box.fd);
+    if (--box.users === 0 && box.retired) void this.closeCounted(box.fd);
   }
 
   /** Closes a mailbox descriptor; it stops counting once closed. */
-  private async closeFd(fd: number): Promise<void> {
+  private async closeCounted(fd: number): Promise<void> {
     try {
       await closeFd(fd);
     } catch {
@@ -508,7 +512,7 @@ export class OpenBoxes {
       box.users++;
       this.retiredDirty.push(box);
     }
-    if (box.users === 0) return this.closeFd(box.fd);
+    if (box.users === 0) return this.closeCounted(box.fd);
   }
 
   /**
@@ -553,10 +557,7 @@ export class OpenBoxes {
   /** Lets go of every lock and closes every mailbox (once unused): the store is closing. */
   closeAll(): void {
     this.releaseLocks();
-    for (const [user, b] of this.boxes) {
-      this.retire(user, b);
-      dropLockTemp(writeLockPath(this.root, user));
-    }
+    for (const [user, b] of this.boxes) void this.close(user, b);
   }
 }
 

@@ -2,7 +2,8 @@
 // file owns the Bun.listen details: framing, write backpressure (Bun's write() does not
 // buffer), idle timeouts, connection limits, logging and graceful shutdown.
 import type { Socket, TCPSocketListener } from "bun";
-import { readFileSync, readSync } from "node:fs";
+import { readSync } from "node:fs";
+import { connectionRoom, openFileLimit, type HeldFiles } from "./descriptors.ts";
 import { LineReader } from "./lines.ts";
 import type { ServerTls } from "./tls.ts";
 import type { FileRange } from "./fsio.ts";
@@ -112,7 +113,8 @@ interface Conn {
  * -1), so neither the sweep nor a server shutdown could close it any more (terminate(), end()
  * and close() after it do nothing), and a client that kept its side open held the connection
  * until Bun's own close 10 to 12 s later: every SIGTERM waited its full grace for it
- * (helper-106). Never end(data): it truncated in recent Bun versions.
+ * (helper-106). A connection refused at accept is ended outright (a flood of them kept reading
+ * filled the connection slots). Never end(data): it truncated in recent Bun versions.
  */
 function closeWrite(s: Socket<Conn>): void {
   if (s.data.writeShut) return;
@@ -157,56 +159,8 @@ function readFully(fd: number, buf: Buffer, at: number, length: number, position
 }
 let nextId = 0;
 
-/** The open-file limit in force (Bun raises the soft limit to the hard one at start), or null where unknown. */
-export function openFileLimit(): number | null {
-  try {
-    const m = /^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
-    return m ? Number(m[1]) : null;
-  } catch {
-    return null;
-  }
-}
-
-/**
- * Descriptors kept for everything but sockets and HeldFiles: smtpmail's mailboxes kept open
- * (half of them, up to MAX_OPEN_BOXES: mailboxRoom() in open-boxes.ts) and journals, lock
- * files, listeners, the runtime's own. REFUSAL_ROOM of the sockets are for telling clients
- * "too many connections". A POP3 session's mailbox counts
- * (HeldFiles) only while open: 10,000 idle connections must fit in a limit of 20,000.
- */
-const FD_RESERVE = 128;
-const REFUSAL_ROOM = 32;
 /** Fewer sessions than this at once is worth a warning at start. */
 const LOW_ROOM = 1000;
-
-/**
- * Descriptors sessions hold besides their sockets (popserver's open mailboxes). The
- * open-file bound counts them with the sockets: with logged-in sessions' mailboxes filling the
- * limit, accept() failed again and the server spun (helper-49).
- */
-export class HeldFiles {
-  count = 0;
-  /** Set by the server: whether one more fits within the open-file bound. */
-  room: () => boolean = () => true;
-  /**
-   * Set by the server: whether one more fits in the sockets kept for refusals, or taking at most
-   * half of the sessions' sockets not in use, so that clients arriving meanwhile still find a
-   * session (smtpmail's mailboxes past their share of FD_RESERVE, which a checkpoint closes).
-   */
-  spare: () => boolean = () => true;
-  /** `perSession`: a session holds them (popserver's logged-in maildrops), as its capacity line says. */
-  constructor(readonly perSession = true) {}
-}
-
-/**
- * Sockets, then sessions, that an open-file limit leaves room for. Under a small limit the
- * reserves shrink with it: at `ulimit -n 64` the fixed ones left one socket, and clients were
- * served one at a time, the others cut off without a word (helper-94).
- */
-export function connectionRoom(limit: number): { sockets: number; sessions: number } {
-  const sockets = Math.max(1, limit - Math.min(FD_RESERVE, Math.floor(limit / 2)));
-  return { sockets, sessions: Math.max(1, sockets - Math.min(REFUSAL_ROOM, Math.floor(sockets / 4))) };
-}
 
 function isLoopback(address: string): boolean {
   return address.startsWith("127.") || address === "::1" || address.startsWith("::ffff:127.");

@@ -5,7 +5,8 @@ import { DataBudget, type LineReader } from "./lines.ts";
 import { RECORD_ROOM } from "./mailbox.ts";
 import type { MailStore } from "./mail-store.ts";
 import { formatSmtpReply, Smtp, type SmtpReply } from "./reply.ts";
-import { MailServer, type Handler, type HeldFiles, type ListenOptions, type Output } from "./server.ts";
+import { MailServer, type Handler, type ListenOptions, type Output } from "./server.ts";
+import type { HeldFiles } from "./descriptors.ts";
 import { SmtpSession, type Authenticator, type Directory, type SmtpConfig, type SmtpResult } from "./smtp-session.ts";
 
 // RFC 5321 4.5.3.1.4: 512 octets, CRLF included, raised by each extension offered for MAIL:

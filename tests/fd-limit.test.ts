@@ -12,7 +12,7 @@ import { openMailboxes } from "./helpers/open-fds.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
 import { buildRecord } from "../lib/mailbox.ts";
 import { mailboxRoom, MAX_OPEN_BOXES } from "../lib/open-boxes.ts";
-import { HeldFiles } from "../lib/server.ts";
+import { HeldFiles } from "../lib/descriptors.ts";
 import { Journal, newJournalPath } from "../lib/journal.ts";
 import { BOOT } from "../lib/lock.ts";
 import * as fsio from "../lib/fsio.ts";

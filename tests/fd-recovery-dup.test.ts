@@ -22,7 +22,7 @@ const rec = (s: string) => buildRecord(Buffer.from(`Subject: ${s}\r\n\r\nbody\r\
 const count = (text: string, s: string) => text.split(`Subject: ${s}\r\n`).length - 1;
 
 // "store": FileMailStore.recover() with no server beside it (tests/helpers/recover-once.ts), so
-// HeldFiles.spare() always says yes: only the store's own bound (OpenBoxes.bounded) and
+// HeldFiles.spare() always says yes: only the store's own bound (OpenBoxes.recovering) and
 // messageCounts() rethrowing EMFILE keep the copies single. Under smtpmail the server's spare()
 // happens to bound recovery too (it is built before recover() runs), so the server cases pass
 // with both of those reverted.

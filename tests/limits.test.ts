@@ -7,7 +7,7 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import { command, makeRoot, removeRoot, startPop, startSmtp, type Running } from "./helpers/servers.ts";
 import { SmtpConn, sendOne } from "./helpers/smtp-conn.ts";
-import { connectionRoom } from "../lib/server.ts";
+import { connectionRoom } from "../lib/descriptors.ts";
 import { popLogin, Wire } from "./helpers/wire.ts";
 
 /** No answer for this long is a client left silent (generous: CI machines are loaded). */
