@@ -6,7 +6,7 @@ import { afterAll, describe, expect, spyOn, test } from "bun:test";
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { makeRoot, removeRoot, startSmtp, type Running } from "./helpers/servers.ts";
+import { makeRoot, removeRoot, startSmtp, underLimit, type Running } from "./helpers/servers.ts";
 import { SmtpConn, sendOne } from "./helpers/smtp-conn.ts";
 import { openMailboxes } from "./helpers/open-fds.ts";
 import { FileMailStore } from "../lib/mail-store.ts";
@@ -29,7 +29,6 @@ afterAll(async () => {
 });
 
 /** Runs the server under `ulimit -n limit` (soft and hard: Bun raises the soft one to the hard one). */
-const underLimit = (limit: number) => ["sh", "-c", `ulimit -n ${limit} && exec "$@"`, "sh"];
 
 /** Message ids (Subject) in a mailbox, in order. */
 function stored(root: string, user: string): string[] {

@@ -4,7 +4,7 @@
 import { afterAll, expect, test } from "bun:test";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { makeRoot, removeRoot, startSmtp, type Running } from "./helpers/servers.ts";
+import { makeRoot, removeRoot, startSmtp, underLimit, type Running } from "./helpers/servers.ts";
 import { buildRecord } from "../lib/mailbox.ts";
 import { Journal, newJournalPath } from "../lib/journal.ts";
 import { BOOT } from "../lib/lock.ts";
@@ -17,7 +17,6 @@ afterAll(async () => {
   for (const r of roots) removeRoot(r);
 });
 
-const underLimit = (limit: number) => ["sh", "-c", `ulimit -n ${limit} && exec "$@"`, "sh"];
 const rec = (s: string) => buildRecord(Buffer.from(`Subject: ${s}\r\n\r\nbody\r\n`), "Received: 2024-01-01 : 00 : 00");
 const count = (text: string, s: string) => text.split(`Subject: ${s}\r\n`).length - 1;
 

@@ -92,5 +92,8 @@ async function start(program: "smtpmail" | "popserver", root: string, args: stri
   };
 }
 
+/** A command prefix that runs the rest under `ulimit -n limit` (the soft and hard open-file limit). */
+export const underLimit = (limit: number) => ["sh", "-c", `ulimit -n ${limit} && exec "$@"`, "sh"];
+
 export const startSmtp = (root: string, args: string[] = [], prefix: string[] = []) => start("smtpmail", root, args, prefix);
 export const startPop = (root: string, args: string[] = [], prefix: string[] = []) => start("popserver", root, args, prefix);
