@@ -50,8 +50,12 @@ export function alive(pid: number): boolean {
   }
   // kill() reaches a thread by its id too: a dead owner's pid, reused as a thread of another
   // process, kept its lock for ever (helper-71: popserver's own thread, [IN-USE] until restart).
+  // It reaches a zombie as well: a server killed under a parent that never reaps it kept its
+  // locks and journals, and every delivery to its mailboxes waited 30 s (helper-111).
   try {
-    const tgid = /^Tgid:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"))?.[1];
+    const status = readFileSync(`/proc/${pid}/status`, "latin1");
+    if (/^State:\s*[ZX]/m.test(status)) return false;
+    const tgid = /^Tgid:\s*(\d+)$/m.exec(status)?.[1];
     return tgid === undefined || Number(tgid) === pid;
   } catch {
     return true;

@@ -59,6 +59,7 @@ export const Smtp = {
   noValidRecipients: () => smtpReply(554, "No valid recipients"),
   // STARTTLS (RFC 3207) and AUTH (RFC 4954)
   readyForTls: () => smtpReply(220, "Ready to start TLS"),
+  tlsNotAvailable: () => smtpReply(502, "STARTTLS not available (no certificate configured)"),
   tlsActive: () => smtpReply(503, "Bad sequence of commands: TLS already active"),
   tlsRequired: () => smtpReply(530, "Must issue a STARTTLS command first"),
   authRequired: () => smtpReply(530, "Authentication required"),

@@ -227,7 +227,8 @@ export class SmtpSession {
   }
 
   private starttls(arg: string): SmtpResult {
-    if (!this.config.tls) return one(Smtp.unknownCommand());
+    // A command we know but do not offer here: 502 (RFC 5321 4.2.4), as Postfix and as AUTH.
+    if (!this.config.tls) return one(Smtp.tlsNotAvailable());
     if (arg) return one(Smtp.syntax("STARTTLS takes no arguments"));
     if (this.secure) return one(Smtp.tlsActive());
     // RFC 3207 4.2 forgets the transaction at the handshake: refuse rather than drop it.

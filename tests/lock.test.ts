@@ -3,6 +3,7 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { hostname, tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { acquireLock, alive, BOOT, isWanted, tryLock, want, wantedPath, WANTED_STALE_MS } from "../lib/lock.ts";
+import { own, stopOwned } from "./helpers/children.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "lock-test-"));
 const procs: { pid: number; kill(): void }[] = [];
@@ -389,6 +390,38 @@ describe("a lock's owner", () => {
       expect(lock).not.toBeNull();
       lock!.release();
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a killed owner not yet reaped by its parent (a zombie) is a dead owner: its lock is broken (helper-111)", async () => {
+    // The outer sleep never waits for its child: the child, killed, stays a zombie until the
+    // outer one ends.
+    const parent = own(Bun.spawn(["bash", "-c", "sleep 60 & echo $!; exec sleep 60"], { stdout: "pipe" }));
+    const dir = mkdtempSync(join(tmpdir(), "lock-zombie-"));
+    try {
+      const reader = parent.stdout.getReader();
+      let text = "";
+      while (!text.includes("\n")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      const zombie = Number(text.trim());
+      expect(alive(zombie)).toBe(true);
+      process.kill(zombie, "SIGKILL");
+      const deadline = Date.now() + 5000;
+      while (!/^State:\s*Z/m.test(readFileSync(`/proc/${zombie}/status`, "latin1")) && Date.now() < deadline) await Bun.sleep(10);
+      expect(readFileSync(`/proc/${zombie}/status`, "latin1")).toMatch(/^State:\s*Z/m);
+      // Before: true, and smtpmail neither broke its locks nor replayed its journals.
+      expect(alive(zombie)).toBe(false);
+      writeFileSync(join(dir, "box.lock"), `${zombie} ${hostname()} ${BOOT}\n`);
+      const lock = tryLock(join(dir, "box.lock"));
+      expect(lock).not.toBeNull();
+      lock!.release();
+    } finally {
+      parent.kill("SIGKILL");
+      await stopOwned();
       rmSync(dir, { recursive: true, force: true });
     }
   });
