@@ -138,7 +138,9 @@ export class Pop3Session {
         case "USER":
           return this.loginAllowed ? this.userCmd(args) : { reply: Pop.tlsRequired() };
         case "PASS":
-          return this.loginAllowed ? this.pass(rest) : { reply: Pop.tlsRequired() };
+          // Trimmed at both ends alike: user.txt's passwords are words, so spaces before one
+          // are never part of it ("PASS  pw" was refused while "PASS pw " logged in; helper-112).
+          return this.loginAllowed ? this.pass(trimSp(rest)) : { reply: Pop.tlsRequired() };
         case "AUTH":
           return this.loginAllowed ? this.authCmd(args) : { reply: Pop.tlsRequired() };
         case "STAT": case "LIST": case "RETR": case "DELE": case "RSET": case "NOOP": case "UIDL": case "TOP":

@@ -181,6 +181,12 @@ describe("AUTHORIZATION state", () => {
     expect(status(await run(s, "PASS secret pw"))).toStartWith("+OK");
   });
 
+  test("spaces before the password are not part of it, as spaces after it are not (helper-112)", async () => {
+    const s = new Pop3Session(env().store);
+    await run(s, "USER alice");
+    expect(status(await run(s, "PASS  \tsecret pw  "))).toStartWith("+OK");
+  });
+
   test("QUIT in AUTHORIZATION: +OK, close, nothing opened or committed", async () => {
     const e = env();
     const s = new Pop3Session(e.store);
