@@ -18,10 +18,10 @@ export function listenOrExplain(server: MailServer, host: string, port: number):
 
 export function installShutdown(name: string, server: MailServer, drain: () => Promise<void>, log: (l: string) => void): void {
   let stopping = false;
-  const stop = async (signal: string) => {
+  const stop = async (reason: string) => {
     if (stopping) return;
     stopping = true;
-    log(`${name}: ${signal} received, finishing ${server.connections} connection(s)`);
+    log(`${name}: ${reason}, finishing ${server.connections} connection(s)`);
     await server.shutdown();
     await drain();
     log(`${name}: stopped`);
@@ -31,8 +31,20 @@ export function installShutdown(name: string, server: MailServer, drain: () => P
   // process like kill -9: no goodbye to clients, locks and journals left behind (helper-26).
   // Not when it was ignored at start (nohup): a handler would undo that (helper-28).
   const signals = hangupIgnored() ? (["SIGTERM", "SIGINT"] as const) : (["SIGTERM", "SIGINT", "SIGHUP"] as const);
-  for (const signal of signals) process.on(signal, () => void stop(signal));
+  for (const signal of signals) process.on(signal, () => void stop(`${signal} received`));
+  // Started by `npm start` (scripts/start.ts): a parent killed with SIGKILL cannot stop us, and
+  // both servers ran on, adopted by init, holding their ports. Once the parent is gone we stop
+  // as on SIGTERM. Only for that parent, named in the environment: a server started from a
+  // shell must outlive the shell when it was put in the background on purpose.
+  const parent = Number(process.env[STOP_WITH_PARENT]);
+  if (Number.isInteger(parent) && parent > 1) {
+    if (process.ppid !== parent) void stop(`parent process ${parent} gone`);
+    else setInterval(() => process.ppid !== parent && void stop(`parent process ${parent} gone`), 500).unref();
+  }
 }
+
+/** Environment variable naming the pid whose end stops a server (set by scripts/start.ts). */
+export const STOP_WITH_PARENT = "MAIL_STOP_WITH_PARENT";
 
 /** Whether this process was started with SIGHUP ignored (nohup), from /proc; false where unknown. */
 export function hangupIgnored(): boolean {

@@ -4,7 +4,7 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs, parsePort, runMain, type FlagSpec } from "../lib/cli.ts";
-import { hangupIgnored } from "../lib/daemon.ts";
+import { hangupIgnored, STOP_WITH_PARENT } from "../lib/daemon.ts";
 import { parseUserTable } from "../lib/users.ts";
 
 const PROJECT = resolve(import.meta.dir, "..");
@@ -59,7 +59,11 @@ await runMain("start", async () => {
   const nohup = hangupIgnored();
   if (!nohup) process.on("SIGHUP", stop);
   const spawn = (script: string, port: number) =>
-    Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root], { stdio: ["ignore", "inherit", "inherit"] });
+    Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root], {
+      stdio: ["ignore", "inherit", "inherit"],
+      // Killed by SIGKILL, this process stops nobody: each server watches for that itself.
+      env: { ...process.env, [STOP_WITH_PARENT]: String(process.pid) },
+    });
   const smtp = spawn("smtpmail.ts", smtpPort);
   const pop = spawn("popserver.ts", popPort);
   servers.push(smtp, pop);

@@ -433,4 +433,28 @@ describe("npm start (scripts/start.ts)", () => {
     expect(log).toContain("popserver: stopped");
     expect(leftovers(root, ["alice"])).toEqual([]);
   });
+
+  test("killed itself with SIGKILL, its servers notice and stop cleanly", { timeout: 30_000 }, async () => {
+    const root = makeRoot({ alice: "a" });
+    roots.push(root);
+    const log = join(root, "start.log");
+    const p = track(Bun.spawn(["bash", "-c", `exec "$0" "$1" --root "$2" --smtp-port 0 --pop-port 0 > "$2/start.log" 2>&1`, process.execPath, START, root]));
+    const deadline = Date.now() + 15_000;
+    const text = () => (existsSync(log) ? readFileSync(log, "utf8") : "");
+    while (!/popserver: listening/.test(text()) || !/smtpmail: listening/.test(text())) {
+      if (Date.now() > deadline) throw new Error(`servers did not start: ${text()}`);
+      await Bun.sleep(50);
+    }
+    const servers = descendantsOf(p.pid).map(known);
+    others.push(...servers);
+    expect(servers).toHaveLength(2);
+    p.kill("SIGKILL");
+    await p.exited;
+    // Before: both ran on, adopted by init, holding their ports, until killed by hand.
+    expect(await gone(servers, 15_000)).toBe(true);
+    expect(text()).toMatch(/smtpmail: parent process \d+ gone, finishing 0 connection\(s\)/);
+    expect(text()).toContain("smtpmail: stopped");
+    expect(text()).toContain("popserver: stopped");
+    expect(leftovers(root, ["alice"])).toEqual([]);
+  });
 });
