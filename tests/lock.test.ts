@@ -395,9 +395,12 @@ describe("a lock's owner", () => {
   });
 
   test("a killed owner not yet reaped by its parent (a zombie) is a dead owner: its lock is broken (helper-111)", async () => {
-    // The outer sleep never waits for its child: the child, killed, stays a zombie until the
-    // outer one ends.
-    const parent = own(Bun.spawn(["bash", "-c", "sleep 60 & echo $!; exec sleep 60"], { stdout: "pipe" }));
+    // A parent that never waits for its child: the child, killed, stays a zombie until the
+    // parent ends. (bash with `exec sleep` after it was racy: a child killed before the exec
+    // was reaped by bash.) SIGCHLD set back to its default: were it ignored, as a process may
+    // inherit it, the kernel would reap the child at once.
+    const program = "import os,signal,time\nsignal.signal(signal.SIGCHLD,signal.SIG_DFL)\npid=os.fork()\nif pid==0:\n  time.sleep(60); os._exit(0)\nprint(pid,flush=True)\ntime.sleep(60)\n";
+    const parent = own(Bun.spawn(["python3", "-c", program], { stdout: "pipe" }));
     const dir = mkdtempSync(join(tmpdir(), "lock-zombie-"));
     try {
       const reader = parent.stdout.getReader();
