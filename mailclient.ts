@@ -184,7 +184,7 @@ async function login(config: Config): Promise<Session> {
       const why = errorText(err);
       say(
         err instanceof Pop3Error
-          ? `Cannot check the password: the POP3 server said -ERR ${err.text}; continuing.`
+          ? `Cannot check the password: ${err.command === "STLS" ? noStls(err) : `the POP3 server said -ERR ${err.text}`}; continuing.`
           : /\bTLS\b|certificate/i.test(why)
             ? `Cannot check the password: no trusted TLS connection to the POP3 server (${why}); continuing.`
             : `Cannot check the password: POP3 server unreachable (${why}); continuing. (Servers on other ports: mailclient <server_IP> <smtp_port> <pop3_port>)`,
@@ -201,6 +201,11 @@ async function login(config: Config): Promise<Session> {
  * [IN-USE] or [SYS/TEMP] / [SYS/PERM]: those come after a right password, from a mailbox that
  * cannot be opened (just now, or until an administrator steps in).
  */
+/** --starttls against a POP3 server without STLS: said as such, not as "unknown command". */
+function noStls(err: Pop3Error): string {
+  return `the POP3 server does not offer STLS (it said: -ERR ${err.text})`;
+}
+
 function wrongPassword(err: unknown): err is Pop3Error {
   return err instanceof Pop3Error && (err.command === "USER" || err.command === "PASS") && (/^\[AUTH\]/i.test(err.text) || !/^\[/.test(err.text));
 }
@@ -338,7 +343,7 @@ async function openMailbox(s: Session): Promise<Pop3Client | null> {
         s.password = await ask(readPassword(`Password for ${s.user}: `));
         continue;
       }
-      say(err instanceof Pop3Error ? `Cannot open the mailbox: ${err.text}` : `Cannot reach the POP3 server: ${errorText(err)}`);
+      say(err instanceof Pop3Error ? `Cannot open the mailbox: ${err.command === "STLS" ? noStls(err) : err.text}` : `Cannot reach the POP3 server: ${errorText(err)}`);
       return null;
     }
   }

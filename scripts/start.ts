@@ -13,17 +13,20 @@ const FLAGS: FlagSpec = {
   "--smtp-port": { value: "PORT", help: "SMTP port (default 2525)" },
   "--pop-port": { value: "PORT", help: "POP3 port (default 1100)" },
   "--root": { value: "DIR", help: "mail root to serve" },
+  "--host": { value: "ADDR", help: "address to listen on (default: all, as the servers)" },
   "--help": { help: "show this help" },
 };
 
 await runMain("start", async () => {
   const { flags } = parseArgs(Bun.argv.slice(2), FLAGS);
   if (flags.has("--help")) {
-    console.log("usage: npm start [-- --smtp-port P --pop-port P --root DIR]");
+    console.log("usage: npm start [-- --smtp-port P --pop-port P --root DIR --host ADDR]");
     return;
   }
   const smtpPort = parsePort(flags.get("--smtp-port") as string | undefined, 2525, "SMTP port");
   const popPort = parsePort(flags.get("--pop-port") as string | undefined, 1100, "POP3 port");
+  // Checked by the servers, which say what is wrong with it.
+  const host = flags.has("--host") ? ["--host", String(flags.get("--host"))] : [];
   // npm runs scripts in the package directory; INIT_CWD is where the user typed the command.
   const here = process.env.INIT_CWD ?? process.cwd();
   let root = flags.has("--root") ? resolve(here, String(flags.get("--root"))) : existsSync(join(here, "user.txt")) ? here : join(PROJECT, "demo-root");
@@ -59,7 +62,7 @@ await runMain("start", async () => {
   const nohup = hangupIgnored();
   if (!nohup) process.on("SIGHUP", stop);
   const spawn = (script: string, port: number) =>
-    Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root], {
+    Bun.spawn([process.execPath, join(PROJECT, script), String(port), "--root", root, ...host], {
       stdio: ["ignore", "inherit", "inherit"],
       // Killed by SIGKILL, this process stops nobody: each server watches for that itself.
       env: { ...process.env, [STOP_WITH_PARENT]: String(process.pid) },

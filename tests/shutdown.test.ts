@@ -352,7 +352,7 @@ describe("npm start (scripts/start.ts)", () => {
     const root = makeRoot({ alice: "a" });
     roots.push(root);
     writeFileSync(join(root, "user.txt"), "alice a\nbad line here\n# a comment\nbob b\n");
-    const p = track(Bun.spawn([process.execPath, START, "--root", root, "--smtp-port", "0", "--pop-port", "0"], { stdout: "pipe", stderr: "pipe" }));
+    const p = track(Bun.spawn([process.execPath, START, "--root", root, "--smtp-port", "0", "--pop-port", "0", "--host", "127.0.0.1"], { stdout: "pipe", stderr: "pipe" }));
     let out = "";
     let servers: Known[] = [];
     const reader = p.stdout.getReader();
@@ -387,7 +387,7 @@ describe("npm start (scripts/start.ts)", () => {
     for (let round = 0; round < 10; round++) {
       const root = makeRoot({ alice: "a" });
       roots.push(root);
-      const p = track(Bun.spawn([process.execPath, START, "--root", root, "--smtp-port", "0", "--pop-port", "0"], { stdout: "ignore", stderr: "ignore" }));
+      const p = track(Bun.spawn([process.execPath, START, "--root", root, "--smtp-port", "0", "--pop-port", "0", "--host", "127.0.0.1"], { stdout: "ignore", stderr: "ignore" }));
       let servers: Known[] = [];
       const deadline = Date.now() + 15_000;
       while ((servers = childrenOf(p.pid).map(known)).length < 2 && p.exitCode === null && Date.now() < deadline) await Bun.sleep(0);
@@ -406,7 +406,7 @@ describe("npm start (scripts/start.ts)", () => {
     roots.push(root);
     // Started by a shell that then dies, as npm's does when npm is killed.
     const sh = track(
-      Bun.spawn(["bash", "-c", `"$0" "$1" --root "$2" --smtp-port 0 --pop-port 0 > "$2/start.log" 2>&1 & echo $!; wait`, process.execPath, START, root], {
+      Bun.spawn(["bash", "-c", `"$0" "$1" --root "$2" --smtp-port 0 --pop-port 0 --host 127.0.0.1 > "$2/start.log" 2>&1 & echo $!; wait`, process.execPath, START, root], {
         stdout: "pipe",
         env: { ...process.env, npm_lifecycle_event: "start" }, // as npm runs it
       }),
@@ -438,7 +438,7 @@ describe("npm start (scripts/start.ts)", () => {
     const root = makeRoot({ alice: "a" });
     roots.push(root);
     const log = join(root, "start.log");
-    const p = track(Bun.spawn(["bash", "-c", `exec "$0" "$1" --root "$2" --smtp-port 0 --pop-port 0 > "$2/start.log" 2>&1`, process.execPath, START, root]));
+    const p = track(Bun.spawn(["bash", "-c", `exec "$0" "$1" --root "$2" --smtp-port 0 --pop-port 0 --host 127.0.0.1 > "$2/start.log" 2>&1`, process.execPath, START, root]));
     const deadline = Date.now() + 15_000;
     const text = () => (existsSync(log) ? readFileSync(log, "utf8") : "");
     while (!/popserver: listening/.test(text()) || !/smtpmail: listening/.test(text())) {
@@ -453,6 +453,9 @@ describe("npm start (scripts/start.ts)", () => {
     // Before: both ran on, adopted by init, holding their ports, until killed by hand.
     expect(await gone(servers, 15_000)).toBe(true);
     expect(text()).toMatch(/smtpmail: parent process \d+ gone, finishing 0 connection\(s\)/);
+    // --host reached both servers.
+    expect(text()).toMatch(/smtpmail: listening on 127\.0\.0\.1 port/);
+    expect(text()).toMatch(/popserver: listening on 127\.0\.0\.1 port/);
     expect(text()).toContain("smtpmail: stopped");
     expect(text()).toContain("popserver: stopped");
     expect(leftovers(root, ["alice"])).toEqual([]);

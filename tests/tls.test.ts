@@ -426,6 +426,19 @@ describe.skipIf(!cert)("our own clients over TLS", () => {
     expect(bad.out).not.toContain("unreachable");
   });
 
+  test("mailclient --starttls against servers without TLS: each says the server does not offer it, and nothing goes out in the clear", async () => {
+    const plainSmtp = await startSmtp(root, ["--domain", "mx.plain"]);
+    const plainPop = await startPop(root);
+    running.push(plainSmtp, plainPop);
+    const input = ["bob", "bobpw", "1", "2", "From: bob@mx.tls", "To: carol@mx.tls", "Subject: never-sent", "x", ".", "3", ""].join("\n");
+    const r = await run(command("mailclient", ["--starttls", "127.0.0.1", String(plainSmtp.port), String(plainPop.port)]), input);
+    // Before: "the POP3 server said -ERR unknown command" and "Cannot open the mailbox: unknown command".
+    expect(r.out).toContain("Cannot check the password: the POP3 server does not offer STLS (it said: -ERR ");
+    expect(r.out).toContain("Cannot open the mailbox: the POP3 server does not offer STLS (it said: -ERR ");
+    expect(r.out).toMatch(/Error in sending mail: 127\.0\.0\.1:\d+ does not offer STARTTLS/);
+    expect(mailbox("carol")).not.toContain("never-sent");
+  });
+
   test("mailclient without TLS against servers that require it: told to use TLS, and the password never goes out in the clear", async () => {
     const refused = await run(command("mailclient", ["127.0.0.1", String(strict.port), String(strictPop.port)]), ["bob", "bobpw", "3", ""].join("\n"));
     expect(refused.out).toContain("Cannot log in: the POP3 server requires TLS");
