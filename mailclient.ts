@@ -196,16 +196,16 @@ async function login(config: Config): Promise<Session> {
   }
 }
 
-/**
- * USER or PASS refused for the credentials: [AUTH], or no response code at all (RFC 2449). Not
- * [IN-USE] or [SYS/TEMP] / [SYS/PERM]: those come after a right password, from a mailbox that
- * cannot be opened (just now, or until an administrator steps in).
- */
 /** --starttls against a POP3 server without STLS: said as such, not as "unknown command". */
 function noStls(err: Pop3Error): string {
   return `the POP3 server does not offer STLS (it said: -ERR ${err.text})`;
 }
 
+/**
+ * USER or PASS refused for the credentials: [AUTH], or no response code at all (RFC 2449). Not
+ * [IN-USE] or [SYS/TEMP] / [SYS/PERM]: those come after a right password, from a mailbox that
+ * cannot be opened (just now, or until an administrator steps in).
+ */
 function wrongPassword(err: unknown): err is Pop3Error {
   return err instanceof Pop3Error && (err.command === "USER" || err.command === "PASS") && (/^\[AUTH\]/i.test(err.text) || !/^\[/.test(err.text));
 }

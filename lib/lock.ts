@@ -54,7 +54,9 @@ export function alive(pid: number): boolean {
   // locks and journals, and every delivery to its mailboxes waited 30 s (helper-111).
   try {
     const status = readFileSync(`/proc/${pid}/status`, "latin1");
-    if (/^State:\s*[ZX]/m.test(status)) return false;
+    // Only with no thread left: a leader that ended before its other threads shows Z too, and
+    // that process still runs (its pool threads may be writing).
+    if (/^State:\s*[ZX]/m.test(status) && Number(/^Threads:\s*(\d+)/m.exec(status)?.[1] ?? 1) <= 1) return false;
     const tgid = /^Tgid:\s*(\d+)$/m.exec(status)?.[1];
     return tgid === undefined || Number(tgid) === pid;
   } catch {

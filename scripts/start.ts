@@ -73,8 +73,11 @@ await runMain("start", async () => {
   // Port 0 lets each server pick one: the ports are in their own "listening" lines then.
   // Bun comes from npm and is not on PATH: the hint names the copy that is there.
   const client = here === PROJECT ? "node_modules/.bin/bun mailclient.ts" : `${join(PROJECT, "node_modules/.bin/bun")} ${join(PROJECT, "mailclient.ts")}`;
-  if (smtpPort && popPort) console.log(`SMTP on port ${smtpPort}, POP3 on port ${popPort}. Try: ${client} 127.0.0.1 ${smtpPort} ${popPort}`);
-  else console.log(`Each server prints the port it picked in its "listening" line below; then: ${client} 127.0.0.1 <smtp port> <pop3 port>`);
+  // Servers on one address are reached there; on all of them, through this machine's own.
+  const given = host[1];
+  const address = !given || given === "0.0.0.0" || given === "::" ? "127.0.0.1" : given;
+  if (smtpPort && popPort) console.log(`SMTP on port ${smtpPort}, POP3 on port ${popPort}. Try: ${client} ${address} ${smtpPort} ${popPort}`);
+  else console.log(`Each server prints the port it picked in its "listening" line below; then: ${client} ${address} <smtp port> <pop3 port>`);
   console.log("Press Ctrl-C to stop both servers.");
 
   // npm passes a SIGTERM on to its shell, not to us: left alone we would keep both servers

@@ -394,7 +394,7 @@ describe("a lock's owner", () => {
     }
   });
 
-  test("a killed owner not yet reaped by its parent (a zombie) is a dead owner: its lock is broken (helper-111)", async () => {
+  test.skipIf(!Bun.which("python3"))("a killed owner not yet reaped by its parent (a zombie) is a dead owner: its lock is broken (helper-111)", async () => {
     // A parent that never waits for its child: the child, killed, stays a zombie until the
     // parent ends. (bash with `exec sleep` after it was racy: a child killed before the exec
     // was reaped by bash.) SIGCHLD set back to its default: were it ignored, as a process may
@@ -424,6 +424,26 @@ describe("a lock's owner", () => {
       lock!.release();
     } finally {
       parent.kill("SIGKILL");
+      await stopOwned();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test.skipIf(!Bun.which("python3"))("a process whose first thread ended while others run shows Z, and is alive: its lock is respected (helper-116)", async () => {
+    const program = "import os,threading,time,ctypes\nthreading.Thread(target=lambda: time.sleep(60)).start()\nprint(os.getpid(),flush=True)\nctypes.CDLL(None).pthread_exit(None)\n";
+    const proc = own(Bun.spawn(["python3", "-c", program], { stdout: "pipe" }));
+    const dir = mkdtempSync(join(tmpdir(), "lock-leader-"));
+    try {
+      const { value } = await proc.stdout.getReader().read();
+      const pid = Number(new TextDecoder().decode(value).trim());
+      const deadline = Date.now() + 5000;
+      while (!/^State:\s*Z/m.test(readFileSync(`/proc/${pid}/status`, "latin1")) && Date.now() < deadline) await Bun.sleep(10);
+      expect(readFileSync(`/proc/${pid}/status`, "latin1")).toMatch(/^State:\s*Z/m);
+      expect(alive(pid)).toBe(true);
+      writeFileSync(join(dir, "box.lock"), `${pid} ${hostname()} ${BOOT}\n`);
+      expect(tryLock(join(dir, "box.lock"))).toBeNull();
+    } finally {
+      proc.kill("SIGKILL");
       await stopOwned();
       rmSync(dir, { recursive: true, force: true });
     }
