@@ -399,53 +399,56 @@ describe("a lock's owner", () => {
     // parent ends. (bash with `exec sleep` after it was racy: a child killed before the exec
     // was reaped by bash.) SIGCHLD set back to its default: were it ignored, as a process may
     // inherit it, the kernel would reap the child at once.
-    const program = "import os,signal,time\nsignal.signal(signal.SIGCHLD,signal.SIG_DFL)\npid=os.fork()\nif pid==0:\n  time.sleep(60); os._exit(0)\nprint(pid,flush=True)\ntime.sleep(60)\n";
-    const parent = own(Bun.spawn(["python3", "-c", program], { stdout: "pipe" }));
-    const dir = mkdtempSync(join(tmpdir(), "lock-zombie-"));
-    try {
-      const reader = parent.stdout.getReader();
-      let text = "";
-      while (!text.includes("\n")) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += new TextDecoder().decode(value);
-      }
-      const zombie = Number(text.trim());
+    await withPython("import os,signal,time\nsignal.signal(signal.SIGCHLD,signal.SIG_DFL)\npid=os.fork()\nif pid==0:\n  time.sleep(60); os._exit(0)\nprint(pid,flush=True)\ntime.sleep(60)\n", async (zombie, lockPath) => {
       expect(alive(zombie)).toBe(true);
       process.kill(zombie, "SIGKILL");
-      const deadline = Date.now() + 5000;
-      while (!/^State:\s*Z/m.test(readFileSync(`/proc/${zombie}/status`, "latin1")) && Date.now() < deadline) await Bun.sleep(10);
-      expect(readFileSync(`/proc/${zombie}/status`, "latin1")).toMatch(/^State:\s*Z/m);
+      await showsZombie(zombie);
       // Before: true, and smtpmail neither broke its locks nor replayed its journals.
       expect(alive(zombie)).toBe(false);
-      writeFileSync(join(dir, "box.lock"), `${zombie} ${hostname()} ${BOOT}\n`);
-      const lock = tryLock(join(dir, "box.lock"));
+      const lock = tryLock(lockPath);
       expect(lock).not.toBeNull();
       lock!.release();
-    } finally {
-      parent.kill("SIGKILL");
-      await stopOwned();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   test.skipIf(!Bun.which("python3"))("a process whose first thread ended while others run shows Z, and is alive: its lock is respected (helper-116)", async () => {
-    const program = "import os,threading,time,ctypes\nthreading.Thread(target=lambda: time.sleep(60)).start()\nprint(os.getpid(),flush=True)\nctypes.CDLL(None).pthread_exit(None)\n";
-    const proc = own(Bun.spawn(["python3", "-c", program], { stdout: "pipe" }));
-    const dir = mkdtempSync(join(tmpdir(), "lock-leader-"));
-    try {
-      const { value } = await proc.stdout.getReader().read();
-      const pid = Number(new TextDecoder().decode(value).trim());
-      const deadline = Date.now() + 5000;
-      while (!/^State:\s*Z/m.test(readFileSync(`/proc/${pid}/status`, "latin1")) && Date.now() < deadline) await Bun.sleep(10);
-      expect(readFileSync(`/proc/${pid}/status`, "latin1")).toMatch(/^State:\s*Z/m);
+    await withPython("import os,threading,time,ctypes\nthreading.Thread(target=lambda: time.sleep(60)).start()\nprint(os.getpid(),flush=True)\nctypes.CDLL(None).pthread_exit(None)\n", async (pid, lockPath) => {
+      await showsZombie(pid);
       expect(alive(pid)).toBe(true);
-      writeFileSync(join(dir, "box.lock"), `${pid} ${hostname()} ${BOOT}\n`);
-      expect(tryLock(join(dir, "box.lock"))).toBeNull();
-    } finally {
-      proc.kill("SIGKILL");
-      await stopOwned();
-      rmSync(dir, { recursive: true, force: true });
-    }
+      expect(tryLock(lockPath)).toBeNull();
+    });
   });
 });
+
+/**
+ * Runs a python program that prints a pid on its first line, and `check` with that pid and a
+ * lock file naming it; the program is killed afterwards.
+ */
+async function withPython(program: string, check: (pid: number, lockPath: string) => Promise<void>): Promise<void> {
+  const proc = own(Bun.spawn(["python3", "-c", program], { stdout: "pipe" }));
+  const dir = mkdtempSync(join(tmpdir(), "lock-owner-"));
+  try {
+    const reader = proc.stdout.getReader();
+    let text = "";
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    const pid = Number(text.trim());
+    writeFileSync(join(dir, "box.lock"), `${pid} ${hostname()} ${BOOT}\n`);
+    await check(pid, join(dir, "box.lock"));
+  } finally {
+    proc.kill("SIGKILL");
+    await stopOwned();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Waits (5 s at most) until /proc shows pid in state Z, and expects it to. */
+async function showsZombie(pid: number): Promise<void> {
+  const status = () => readFileSync(`/proc/${pid}/status`, "latin1");
+  const deadline = Date.now() + 5000;
+  while (!/^State:\s*Z/m.test(status()) && Date.now() < deadline) await Bun.sleep(10);
+  expect(status()).toMatch(/^State:\s*Z/m);
+}
